@@ -1,0 +1,116 @@
+"""Command line: `prefalign run CONFIG`, one stage at a time, or helpers.
+
+    prefalign run CONFIG [--set key.path=value ...]        every stage, resumable
+    prefalign sample|pairs|train|evaluate|report CONFIG     up to that stage
+    prefalign config CONFIG                                 print the validated config
+    prefalign config-help                                   every config key, its default and help
+    prefalign build-demo [NAME]                             build (or find) the built-in models
+
+CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit codes: 0 done,
+1 a stage failed (model not loadable, pairs impossible, ...), 2 invalid config or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from prefalign import __version__
+
+STAGE_HELP = {
+    "run": "run every stage (sample, pairs, train, evaluate, report); finished stages are skipped",
+    "sample": "sample texts from the policy and score them",
+    "pairs": "build chosen/rejected pairs (runs sample first if needed)",
+    "train": "train one model per (strategy, loss, beta) (runs earlier stages if needed)",
+    "evaluate": "evaluate the original and trained models over several seeded runs",
+    "report": "write results.csv, report.md and plots",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefalign",
+        description="Align a text generator to a classifier's preferences (DPO / SLiC / IPO with TRL).",
+    )
+    parser.add_argument("--version", action="version", version=f"prefalign {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.betas=[0.1,1] (repeatable)")  # fmt: skip
+    p = sub.add_parser("config", help="validate a config and print it resolved")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("config-help", help="list every config key with its default and help text")
+    sub.add_parser("presets", help="list the presets shipped with prefalign")
+    p = sub.add_parser("build-demo", help="build (or find in the cache) prefalign's own offline models")
+    p.add_argument("name", nargs="?", default="tiny", help="which built-in model set (default: tiny)")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the log to prefalign's own lines plus training progress; PREFALIGN_VERBOSE=1 restores all."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("PREFALIGN_VERBOSE"):
+        return
+    import warnings
+
+    # transformers 5 deprecation notices about arguments TRL itself passes; nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from prefalign.config import ConfigError, describe, load_config, preset_names
+
+    try:
+        if args.command == "config-help":
+            for key, default, help_text in describe():
+                print(f"{key} = {default}\n    {help_text}")
+            return 0
+        if args.command == "presets":
+            print("\n".join(preset_names()))
+            return 0
+        if args.command == "build-demo":
+            from prefalign.demo.build import SPECS, build
+
+            _quiet_libraries()
+            if args.name not in SPECS:
+                print(f"prefalign: unknown built-in model set {args.name!r} (have: {', '.join(SPECS)})", file=sys.stderr)
+                return 2
+            print(build(SPECS[args.name]))
+            return 0
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"prefalign: {e}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
+        return 0
+
+    _quiet_libraries()
+    from prefalign.models import ModelLoadError
+    from prefalign.pairs import PairError
+    from prefalign.pipeline import run
+
+    try:
+        run(cfg, until="report" if args.command == "run" else args.command)
+    except (ModelLoadError, PairError) as e:
+        print(f"prefalign: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Build the models prefalign ships without a network: a policy LM and a sentiment classifier.
+
+Algorithm (the same for the `tiny` smoke-test models and the larger `demo` models; only the corpus
+and the sizes differ):
+
+1. train a byte-level BPE tokenizer on the corpus with `tokenizers`; the policy's copy follows
+   GPT-2's conventions (BOS = EOS = `<|endoftext|>`, no pad token), the classifier's copy adds
+   `[CLS] ... [SEP]` and a `[PAD]` token like BERT's;
+2. train a `GPT2LMHeadModel` on every text wrapped in BOS/EOS (next-token cross-entropy, AdamW,
+   one-cycle schedule) and report held-out perplexity: the stand-in for `lvwerra/gpt2-imdb`;
+3. train a `DistilBertForSequenceClassification` with `id2label={0: NEGATIVE, 1: POSITIVE}` on the
+   labelled texts and report held-out accuracy: the stand-in for `lvwerra/distilbert-imdb`;
+4. save both with `save_pretrained` under `<cache>/models/<name>-<hash of the spec>/`, written to
+   a temporary directory and renamed, so a later run (or a killed build) reuses or rebuilds cleanly.
+
+Run with `prefalign build-demo` (or implicitly, by any config whose model is `prefalign:<name>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+BOS = "<|endoftext|>"
+POLICY_DIR, REWARD_DIR, INFO_FILE = "policy", "reward", "info.json"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything that determines the built models; its hash keys the cache."""
+
+    name: str
+    corpus: str  # "synthetic" (generated sentences) or a corpus source understood by prefalign.corpus
+    vocab_size: int = 512
+    lm_layers: int = 2
+    lm_dim: int = 64
+    lm_heads: int = 2
+    lm_positions: int = 128  # > sampling max_length + 1: TRL appends EOS to each completion
+    lm_epochs: int = 3
+    lm_lr: float = 3e-3
+    lm_batch: int = 32
+    clf_layers: int = 2
+    clf_dim: int = 64
+    clf_heads: int = 2
+    clf_epochs: int = 4
+    clf_lr: float = 3e-3
+    clf_batch: int = 32
+    max_text_tokens: int = 96
+    held_out: int = 100
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+SPECS = {
+    # Seconds to build; only for smoke tests and `prefalign run tiny`.
+    "tiny": BuildSpec(name="tiny", corpus="synthetic"),
+}
+
+
+def cache_dir() -> Path:
+    """`$PREFALIGN_CACHE`, else `$XDG_CACHE_HOME/prefalign`, else `~/.cache/prefalign`."""
+    if os.environ.get("PREFALIGN_CACHE"):
+        return Path(os.environ["PREFALIGN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefalign"
+
+
+def synthetic_corpus(n: int = 600, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Short templated movie opinions, half positive and half negative (label 1 = positive)."""
+    rng = random.Random(seed)
+    subjects = ["this movie", "the film", "the plot", "the acting", "the script", "the ending", "the cast"]
+    verbs = ["is", "was", "feels", "seemed"]
+    adverbs = ["", "really ", "very ", "truly ", "quite "]
+    good = ["great", "wonderful", "brilliant", "moving", "funny", "charming", "superb", "delightful"]
+    bad = ["awful", "boring", "dull", "terrible", "clumsy", "tedious", "painful", "bland"]
+    tails = ["", " and I loved it", " from start to finish", " , a waste of time", " overall", " at times"]
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        adj = rng.choice(good if label else bad)
+        text = f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(adverbs)}{adj}{rng.choice(tails)}."
+        texts.append(text[0].upper() + text[1:])
+        labels.append(label)
+    return texts, labels
+
+
+def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
+    if spec.corpus == "synthetic":
+        return synthetic_corpus(seed=spec.seed)
+    from prefalign.corpus import load_labelled_texts
+
+    return load_labelled_texts(spec.corpus)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def train_tokenizers(texts: list[str], vocab_size: int):
+    """Byte-level BPE; returns (policy tokenizer, classifier tokenizer) sharing one vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [BOS, "[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    policy_tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tok.to_str()), bos_token=BOS, eos_token=BOS, unk_token=BOS
+    )
+    clf = Tokenizer.from_str(tok.to_str())
+    cls_id, sep_id = clf.token_to_id("[CLS]"), clf.token_to_id("[SEP]")
+    clf.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    clf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=clf, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+    return policy_tok, clf_tok
+
+
+# --------------------------------------------------------------------------------------------
+# Training loops (deliberately plain: a few hundred steps on CPU, no checkpoints to pickle)
+
+
+def _batches(n: int, batch: int, rng: torch.Generator):
+    order = torch.randperm(n, generator=rng).tolist()
+    return [order[i : i + batch] for i in range(0, n, batch)]
+
+
+def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[str], log) -> tuple[object, float]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(spec.seed)
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=spec.lm_positions, n_embd=spec.lm_dim, n_layer=spec.lm_layers,
+        n_head=spec.lm_heads, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    tok.model_max_length = spec.lm_positions
+    limit = min(spec.max_text_tokens, spec.lm_positions) - 2
+
+    def encode(texts):
+        # Each text is a document: BOS text EOS, as the policy will be sampled from a lone BOS.
+        return [[tok.bos_token_id, *tok.encode(t, add_special_tokens=False)[:limit], tok.eos_token_id] for t in texts]
+
+    train_ids, eval_ids = encode(train_texts), encode(eval_texts)
+
+    def loss_on(ids_list):
+        width = max(map(len, ids_list))
+        ids = torch.full((len(ids_list), width), tok.eos_token_id)
+        labels = torch.full((len(ids_list), width), -100)
+        for i, ids_i in enumerate(ids_list):
+            ids[i, : len(ids_i)] = torch.tensor(ids_i)
+            labels[i, : len(ids_i)] = torch.tensor(ids_i)
+        mask = (labels != -100).long()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        return out.loss, int(mask[:, 1:].sum())
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    steps = spec.lm_epochs * math.ceil(len(train_ids) / spec.lm_batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lm_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lm_lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for epoch in range(spec.lm_epochs):
+        t0 = time.time()
+        for idx in _batches(len(train_ids), spec.lm_batch, gen):
+            loss, _ = loss_on([train_ids[i] for i in idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        ppl = _perplexity(model, eval_ids, loss_on)
+        log(f"policy epoch {epoch + 1}/{spec.lm_epochs}: held-out perplexity {ppl:.1f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    return model, ppl
+
+
+@torch.inference_mode()
+def _perplexity(model, ids_list, loss_on, batch: int = 64) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(ids_list), batch):
+        loss, n = loss_on(ids_list[i : i + batch])
+        total, count = total + float(loss) * n, count + n
+    model.train()
+    return math.exp(total / max(count, 1))
+
+
+def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log) -> tuple[object, float]:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(spec.seed)
+    config = DistilBertConfig(
+        vocab_size=len(tok), max_position_embeddings=max(spec.max_text_tokens, 64), dim=spec.clf_dim,
+        hidden_dim=4 * spec.clf_dim, n_layers=spec.clf_layers, n_heads=spec.clf_heads, pad_token_id=tok.pad_token_id,
+        num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )  # fmt: skip
+    model = DistilBertForSequenceClassification(config)
+    max_len = tok.model_max_length = config.max_position_embeddings
+
+    def batch_of(texts, labels):
+        enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return enc, torch.tensor(labels)
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    texts, labels = train
+    steps = spec.clf_epochs * math.ceil(len(texts) / spec.clf_batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.clf_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.clf_lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for epoch in range(spec.clf_epochs):
+        t0 = time.time()
+        for idx in _batches(len(texts), spec.clf_batch, gen):
+            enc, y = batch_of([texts[i] for i in idx], [labels[i] for i in idx])
+            loss = model(**enc, labels=y).loss
+            loss.backward()
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        acc = _accuracy(model, held, batch_of)
+        log(f"classifier epoch {epoch + 1}/{spec.clf_epochs}: held-out accuracy {acc:.3f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    return model, acc
+
+
+@torch.inference_mode()
+def _accuracy(model, held, batch_of, batch: int = 128) -> float:
+    model.eval()
+    texts, labels = held
+    correct = 0
+    for i in range(0, len(texts), batch):
+        enc, y = batch_of(texts[i : i + batch], labels[i : i + batch])
+        correct += int((model(**enc).logits.argmax(-1) == y).sum())
+    model.train()
+    return correct / max(len(texts), 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Build + cache
+
+
+def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
+    """Return the directory holding `policy/`, `reward/` and `info.json`, building it if missing."""
+    target = (root or cache_dir()) / "models" / spec.key()
+    if (target / INFO_FILE).is_file():
+        return target
+    t0 = time.time()
+    log(f"building prefalign:{spec.name} models into {target}")
+    texts, labels = load_corpus(spec)
+    rng = random.Random(spec.seed)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    held, kept = order[: spec.held_out], order[spec.held_out :]
+    policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size)
+    policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
+    labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
+    held_l = [i for i in held if labels[i] >= 0]
+    clf, acc = train_classifier(
+        spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]),
+        ([texts[i] for i in held_l], [labels[i] for i in held_l]), log,
+    )  # fmt: skip
+
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / POLICY_DIR)
+    policy_tok.save_pretrained(tmp / POLICY_DIR)
+    clf.save_pretrained(tmp / REWARD_DIR)
+    clf_tok.save_pretrained(tmp / REWARD_DIR)
+    info = {
+        "spec": dataclasses.asdict(spec),
+        "policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()},
+        "reward_model": {"accuracy": acc, "held_out_texts": len(held_l), "params": clf.num_parameters()},
+        "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
+        "build_seconds": round(time.time() - t0, 1),
+    }
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if target.exists():  # a concurrent build finished first; ours is identical
+        shutil.rmtree(tmp)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    log(f"built in {time.time() - t0:.0f}s: perplexity {ppl:.1f}, classifier accuracy {acc:.3f}")
+    return target

@@ -1,0 +1,144 @@
+"""Loading the policy and the reward classifier, wherever they live.
+
+A model reference is one of:
+- `prefalign:NAME`: a model prefalign builds and caches itself (`prefalign.demo.build.SPECS`);
+  `NAME` selects the spec and the policy or reward half is picked by the caller;
+- a local directory written by `save_pretrained`;
+- a Hugging Face hub id (with an optional revision). Offline, loading fails at once with a message
+  saying which model could not be reached and how to point the config at a local copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded; the CLI prints the message and exits 1."""
+
+
+def resolve(ref: str, role: str) -> str:
+    """Turn a reference into something `from_pretrained` accepts; builds `prefalign:` models."""
+    if ref.startswith("prefalign:"):
+        from prefalign.demo.build import POLICY_DIR, REWARD_DIR, SPECS, build
+
+        name = ref.split(":", 1)[1]
+        if name not in SPECS:
+            raise ModelLoadError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
+        root = build(SPECS[name])
+        return str(root / (POLICY_DIR if role == "policy" else REWARD_DIR))
+    return ref
+
+
+def identity(ref: str, revision: str | None = None) -> str:
+    """A string that changes when the model behind `ref` changes (a stage cache key).
+
+    Hub ids are identified by id + revision; local directories by their files' names, sizes and
+    modification times, so retraining a local model invalidates every stage built on it.
+    """
+    if ref.startswith("prefalign:"):
+        from prefalign.demo.build import SPECS
+
+        spec = SPECS.get(ref.split(":", 1)[1])
+        return f"{ref}@{spec.key() if spec else '?'}"
+    path = Path(ref)
+    if path.is_dir():
+        stats = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
+        return f"dir:{path.resolve()}:{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
+    return f"hub:{ref}@{revision or 'main'}"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device: cuda was asked for but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    # bf16 halves memory traffic on GPUs that support it; on CPU fp32 is both faster and exact.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs):
+    is_local = Path(ref).is_dir()
+    try:
+        return loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
+    except (OSError, ValueError) as e:
+        if is_local:
+            raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {e}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise ModelLoadError(
+            f"{role} model {ref!r} could not be loaded from the Hugging Face hub"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ' (the hub is unreachable, or the id is wrong)'}.\n"
+            f"  Download it on a machine with network (`hf download {ref} --local-dir DIR`) and set "
+            f"`{'policy' if role == 'policy' else 'reward'}.model: DIR` in the config (or `--set "
+            f"{'policy' if role == 'policy' else 'reward'}.model=DIR`), or use the offline demo models.\n"
+            f"  Cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, resolve(ref, role), role, revision)
+    if role == "policy":
+        if tok.bos_token_id is None:
+            # Unconditional sampling needs a start token; GPT-2-style tokenizers use EOS for it.
+            if tok.eos_token_id is None:
+                raise ModelLoadError(f"policy tokenizer {ref!r} has neither a BOS nor an EOS token to start from")
+            tok.bos_token = tok.eos_token
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None):
+    """The causal LM in eval mode on `device`, and its tokenizer (BOS and pad always set)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(ref, revision, "policy")
+    model = _from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=dtype or torch.float32)
+    return model.to(device).eval(), tok
+
+
+def load_classifier(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None):
+    from transformers import AutoModelForSequenceClassification
+
+    tok = load_tokenizer(ref, revision, "reward")
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, resolve(ref, "reward"), "reward", revision, dtype=dtype or torch.float32
+    )
+    if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model.to(device).eval(), tok
+
+
+def positive_index(id2label: dict, name: str) -> int:
+    """Index of the class called `name` in `config.id2label` (exact match, else a unique case-insensitive one)."""
+    labels = {int(k): str(v) for k, v in id2label.items()}
+    exact = [i for i, v in labels.items() if v == name]
+    if len(exact) == 1:
+        return exact[0]
+    folded = [i for i, v in labels.items() if v.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    shown = ", ".join(f"{i}: {v!r}" for i, v in sorted(labels.items()))
+    raise ModelLoadError(
+        f"reward.positive_label {name!r} is not a label of the classifier (its id2label is {{{shown}}}); "
+        "set reward.positive_label to one of those names"
+    )

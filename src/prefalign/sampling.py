@@ -1,0 +1,94 @@
+"""Sample texts from the policy and score them: the `sample` stage, and the engine `evaluate` reuses.
+
+Every text is generated unconditionally from the policy's BOS token (`max_length` tokens including
+BOS, top-k / top-p sampling, KV cache on), decoded with special tokens skipped, then scored by the
+classifier (see scoring.py). Batch b is generated under seed `hash(seed, b)`, so a config gives the
+same texts every time. Results are streamed to Parquet in chunks (flat memory in N), into a
+temporary file that is renamed when complete. Run alone with:
+
+    prefalign sample CONFIG
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from prefalign.scoring import score_texts
+
+
+def auto_batch_size(model, max_length: int, device: torch.device) -> int:
+    """Sequences per generate() call: bounded by memory for the KV cache and logits."""
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 12)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 768)
+    bytes_per = 2 if model.dtype in (torch.float16, torch.bfloat16) else 4
+    per_seq = (2 * layers * hidden * max_length + 4 * cfg.vocab_size) * bytes_per
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(8, min(2048, 0.3 * free / per_seq)))
+    # On CPU throughput stops growing past a few hundred sequences; memory is rarely the limit.
+    import psutil
+
+    return int(max(8, min(256, 0.1 * psutil.virtual_memory().available / per_seq)))
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    return (seed * 1_000_003 + batch * 7919) % (2**63 - 1)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | None = None, desc: str = "sample"):
+    """Yield (texts, n_tokens) chunks, n texts in all."""
+    device = next(model.parameters()).device
+    batch_size = batch_size or sampling.batch_size or auto_batch_size(model, sampling.max_length, device)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    with tqdm(total=n, desc=desc, unit="text", leave=False, disable=None) as bar:
+        for b, start in enumerate(range(0, n, batch_size)):
+            size = min(batch_size, n - start)
+            torch.manual_seed(_batch_seed(seed, b))
+            # All sequences start from the same single BOS: no prompt padding, plain attention mask.
+            prompt = torch.full((size, 1), bos, dtype=torch.long, device=device)
+            out = model.generate(
+                input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                max_length=sampling.max_length, top_k=sampling.top_k, top_p=sampling.top_p,
+                temperature=sampling.temperature, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+            )  # fmt: skip
+            gen = out[:, 1:].cpu()
+            # Length = tokens before the first EOS (sequences that never stop count every token).
+            is_eos = gen == eos
+            n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1), gen.shape[1]).numpy()
+            texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
+            bar.update(size)
+            yield texts, n_tokens
+
+
+def sample_and_score(policy, ptok, clf, ctok, positive: int, n: int, sampling, seed: int, reward_batch: int | None,
+                     out_path: Path, desc: str = "sample") -> pd.DataFrame:  # fmt: skip
+    """Generate and score n texts, streaming them to `out_path` (Parquet) atomically."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    schema = pa.schema([("text", pa.string()), ("reward", pa.float32()), ("positive_prob", pa.float32()),
+                        ("is_positive", pa.bool_()), ("n_tokens", pa.int32())])  # fmt: skip
+    t0 = time.time()
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for texts, n_tokens in generate(policy, ptok, n, sampling, seed, desc=desc):
+                scores = score_texts(texts, clf, ctok, positive, reward_batch or 128)
+                table = pa.table({"text": texts, **scores, "n_tokens": n_tokens.astype(np.int32)}, schema=schema)
+                writer.write_table(table)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    df = pd.read_parquet(out_path)
+    df.attrs["seconds"] = time.time() - t0
+    return df

@@ -1,0 +1,40 @@
+"""Score texts with the reward classifier: reward = logit of the positive class.
+
+The positive class is found by name in `config.id2label` (`reward.positive_label`), never by
+index. Texts are tokenized with the classifier's own tokenizer, special tokens added ([CLS]/[SEP]
+for BERT) and truncated to its maximum length. Batches are formed from length-sorted texts so
+little compute is spent on padding, and results are put back in input order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def max_input_length(model, tokenizer) -> int:
+    """The classifier's real input limit: the smaller of its position table and its tokenizer's limit."""
+    limits = (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+    limits = [int(x) for x in limits if x and 0 < x < 1_000_000]  # tokenizers use 1e30 for "unset"
+    return min(limits) if limits else 512
+
+
+@torch.inference_mode()
+def score_texts(texts: list[str], model, tokenizer, positive: int, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Return `reward` (positive logit), `positive_prob` (softmax) and `is_positive` (argmax) per text."""
+    n = len(texts)
+    reward, prob, is_pos = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, bool)
+    if n == 0:
+        return {"reward": reward, "positive_prob": prob, "is_positive": is_pos}
+    enc = tokenizer(list(texts), truncation=True, max_length=max_input_length(model, tokenizer))
+    ids = enc["input_ids"]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    device = next(model.parameters()).device
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+        reward[idx] = logits[:, positive].cpu().numpy()
+        prob[idx] = logits.softmax(-1)[:, positive].cpu().numpy()
+        is_pos[idx] = (logits.argmax(-1) == positive).cpu().numpy()
+    return {"reward": reward, "positive_prob": prob, "is_positive": is_pos}

@@ -1,0 +1,136 @@
+"""Train one aligned policy per (pair strategy, loss, beta) with TRL's DPOTrainer: the `train` stage.
+
+For each grid point the policy starts from the original weights, the reference model is a second,
+frozen copy of the original passed explicitly (TRL would otherwise try to reload it from the hub by
+name), and the preference data is the strategy's pair file. The loss is TRL's: `sigmoid` is DPO,
+`hinge` is SLiC as TRL implements it (`relu(1 - beta * delta)`, so beta is the reciprocal of the
+margin), `ipo` is IPO. Two recipes:
+
+- `seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, linear decay,
+  3 epochs, batch 8, max_length 256, fp32, reference log-probs recomputed every step).
+- `default`: TRL's defaults with reference log-probs computed once before training, a learning rate
+  that moves a small policy in one epoch without collapsing it into word salad (5e-5: the value
+  that kept fluent text in the demo-size probe of ../shared/NOTES.md), and no gradient
+  checkpointing (these policies are small; recomputation only costs time).
+
+Any `trl.DPOConfig` field in `train.dpo` overrides the recipe. The model is written with
+`save_pretrained` (safetensors) plus its tokenizer and `train.json` (settings and metrics), to a
+temporary directory renamed when complete. Run alone with:
+
+    prefalign train CONFIG
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import PrinterCallback, TrainerCallback
+
+RECIPES: dict[str, dict] = {
+    "seed": dict(
+        learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
+        per_device_train_batch_size=8, max_length=256, bf16=False, fp16=False, gradient_checkpointing=False,
+        precompute_ref_log_probs=False,
+    ),
+    "default": dict(
+        learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=8, max_length=256,
+        gradient_checkpointing=False, precompute_ref_log_probs=True, precompute_ref_batch_size=64,
+    ),
+}  # fmt: skip
+
+
+class _LogLine(TrainerCallback):
+    def __init__(self, log):
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            acc = logs.get("rewards/accuracies", float("nan"))
+            self.log(f"  step {state.global_step}/{state.max_steps}: loss {float(logs['loss']):.4f}, "
+                     f"reward accuracy {float(acc):.2f}, margin {float(logs.get('rewards/margins', float('nan'))):.3f}")
+
+
+def bos_prompt(tokenizer) -> str:
+    """The prompt column: the BOS token, or "" when the tokenizer already prepends BOS itself.
+
+    With an empty prompt TRL 1.16 never scores the first completion token (log-probs are shifted by
+    one), so every completion needs a one-token prompt, and that token is what sampling starts from.
+    """
+    ids = tokenizer("")["input_ids"]
+    return "" if ids and ids[0] == tokenizer.bos_token_id else tokenizer.bos_token
+
+
+def dpo_args(recipe: str, loss: str, beta: float, overrides: dict, device: torch.device, seed: int, output_dir: str):
+    from trl import DPOConfig
+
+    settings = {**RECIPES[recipe], **overrides}
+    if device.type == "cpu":
+        settings.setdefault("use_cpu", True)
+    if device.type != "cuda":
+        # bf16 autocast defaults on in TRL; on CPU it is slower and changes the numbers.
+        settings.setdefault("bf16", False)
+    settings.update(
+        output_dir=output_dir, loss_type=[loss], beta=beta, seed=seed, data_seed=seed, report_to="none",
+        save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
+    )  # fmt: skip
+    return DPOConfig(**settings), settings
+
+
+def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss: str,
+              beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print) -> dict:  # fmt: skip
+    """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    from prefalign.models import load_tokenizer, resolve
+
+    path = resolve(policy_ref, "policy")
+    tokenizer = load_tokenizer(policy_ref, revision, "policy")
+    kwargs = {} if Path(path).is_dir() else {"revision": revision}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+    ref_model.requires_grad_(False)
+
+    pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
+    dataset = Dataset.from_pandas(pairs, preserve_index=False)
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
+    try:
+        args, settings = dpo_args(recipe, loss, beta, overrides, device, seed, scratch)
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        # One short line per logging step instead of the Trainer's metric dicts.
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_LogLine(log))
+        t0 = time.time()
+        result = trainer.train()
+        seconds = time.time() - t0
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "key": key, "recipe": recipe, "loss": loss, "beta": beta, "base_model": policy_ref, "pairs_file": str(pairs_path),
+            "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
+            "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
+            "metrics": result.metrics,
+            "log_history": trainer.state.log_history,
+        }  # fmt: skip
+        (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
+        log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
+        return info
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
