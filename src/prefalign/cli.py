@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    sub.add_parser("config-help", help="list every config key with its default and help text")
+    p = sub.add_parser("config-help", help="list every config key with its default and help text")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's reference)")
     sub.add_parser("presets", help="list the presets shipped with prefalign")
     p = sub.add_parser("build-demo", help="build (or find in the cache) prefalign's own offline models")
     p.add_argument("name", nargs="?", default="tiny", help="which built-in model set (default: tiny)")
@@ -74,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "config-help":
-            for key, default, help_text in describe():
-                print(f"{key} = {default}\n    {help_text}")
+            rows = describe()
+            if args.markdown:
+                print("| key | default | meaning |\n|---|---|---|")
+                print("\n".join(f"| `{key}` | `{default}` | {help_text} |" for key, default, help_text in rows))
+            else:
+                print("\n".join(f"{key} = {default}\n    {help_text}" for key, default, help_text in rows))
             return 0
         if args.command == "presets":
             print("\n".join(preset_names()))

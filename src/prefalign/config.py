@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,28 @@ TRL_LOSSES = (
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
 PAIR_STRATEGIES = ("random", "margin", "threshold")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(Exception):
@@ -202,7 +225,7 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
     else:
         raise ConfigError(f"no config file or preset named {source!r} (presets: {', '.join(preset_names())})")
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if raw is None:
@@ -225,7 +248,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"--set {key}: `{'.'.join(parts[: i + 1])}` is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        node[parts[-1]] = _yaml(value) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from None
 

@@ -58,6 +58,10 @@ class BuildSpec:
     max_text_tokens: int = 96
     held_out: int = 100
     seed: int = 0
+    # Downsample the majority class of the classifier's training texts to the minority's count, so its
+    # decision boundary is not shifted towards the majority (held-out accuracy is still measured on
+    # the corpus as it is). The policy always learns from every text.
+    balance_classifier: bool = False
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -272,6 +276,11 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size)
     policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
     labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
+    if spec.balance_classifier:
+        per_class = {y: [i for i in labelled if labels[i] == y] for y in (0, 1)}
+        n = min(map(len, per_class.values()))
+        keep = {i for ids in per_class.values() for i in rng.sample(ids, n)}
+        labelled = [i for i in labelled if i in keep]
     held_l = [i for i in held if labels[i] >= 0]
     clf, acc = train_classifier(
         spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]),

@@ -1,0 +1,121 @@
+import pytest
+
+from prefalign.cli import main
+from prefalign.config import Config, ConfigError, describe, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_empty_config_is_the_reference_experiment(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.name == "exp"
+    assert cfg.policy.model == "lvwerra/gpt2-imdb" and cfg.reward.model == "lvwerra/distilbert-imdb"
+    assert (cfg.sampling.num_samples, cfg.sampling.max_length, cfg.sampling.top_k, cfg.sampling.top_p) == (10000, 64, 50, 0.85)
+    assert (cfg.pairs.count, cfg.pairs.margin, cfg.pairs.threshold) == (20000, 1.0, 0.5)
+    assert (cfg.evaluate.runs, cfg.evaluate.samples) == (10, 5000)
+    assert str(cfg.run_path) == "runs/exp"
+
+
+def test_misspelled_key_is_named_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"`train.betaz`: unknown key \(did you mean `train.betas`\?\)"):
+        load_config(write(tmp_path, "train:\n  betaz: [0.1]\n"))
+
+
+def test_unknown_top_level_section(tmp_path):
+    with pytest.raises(ConfigError, match="`sampler`: unknown key"):
+        load_config(write(tmp_path, "sampler: {}\n"))
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="`sampling.num_samples`"):
+        load_config(write(tmp_path, "sampling:\n  num_samples: lots\n"))
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("sampling: {top_p: 1.5}", "sampling.top_p"),
+        ("pairs: {count: 0}", "pairs.count"),
+        ("pairs: {strategies: [random, best]}", "pairs.strategies"),
+        ("pairs: {strategies: []}", "pairs.strategies"),
+        ("train: {betas: [0.1, -1]}", "train.betas"),
+        ("train: {losses: [sigmoid, dpo]}", "train.losses"),
+        ("train: {recipe: fast}", "train.recipe"),
+        ("train: {dpo: {learning_rat: 0.1}}", "train.dpo"),
+        ("train: {dpo: {beta: 0.3}}", "train.dpo"),
+        ("evaluate: {runs: 0}", "evaluate.runs"),
+        ("sampling: {max_length: 1}", "sampling.max_length"),
+    ],
+)
+def test_impossible_values_are_rejected_with_their_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=f"`{key}"):
+        load_config(write(tmp_path, text))
+
+
+def test_dpo_field_typo_gets_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean `learning_rate`"):
+        load_config(write(tmp_path, "train: {dpo: {learning_rat: 0.1}}"))
+
+
+def test_set_overrides_parse_values_as_yaml(tmp_path):
+    cfg = load_config(write(tmp_path, ""), ["train.betas=[0.5,2]", "sampling.top_k=10", "train.dpo.learning_rate=1e-4"])
+    assert cfg.train.betas == [0.5, 2.0]
+    assert cfg.sampling.top_k == 10
+    assert cfg.train.dpo == {"learning_rate": 1e-4}
+
+
+def test_set_with_unknown_key_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="`evaluate.run`: unknown key"):
+        load_config(write(tmp_path, ""), ["evaluate.run=3"])
+
+
+def test_set_without_equals_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(write(tmp_path, ""), ["evaluate.runs"])
+
+
+def test_non_mapping_yaml_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_presets_are_found_by_name():
+    cfg = load_config("tiny")
+    assert cfg.name == "tiny" and cfg.policy.model == "prefalign:tiny"
+
+
+def test_missing_config_lists_presets():
+    with pytest.raises(ConfigError, match="presets: .*tiny"):
+        load_config("no-such-config")
+
+
+def test_cli_exits_2_naming_the_key(tmp_path, capsys):
+    path = write(tmp_path, "pairs:\n  stratgies: [random]\n")
+    assert main(["run", path]) == 2
+    assert "`pairs.stratgies`: unknown key" in capsys.readouterr().err
+
+
+def test_cli_set_error_exits_2(tmp_path, capsys):
+    assert main(["train", write(tmp_path, ""), "--set", "train.betas=oops"]) == 2
+    assert "`train.betas`" in capsys.readouterr().err
+
+
+def test_every_field_has_help_and_a_default():
+    rows = describe(Config)
+    assert len(rows) > 25
+    for key, default, help_text in rows:
+        assert help_text, key
+
+
+def test_readme_config_reference_is_current(capsys):
+    from pathlib import Path
+
+    assert main(["config-help", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start, end = readme.index("<!-- config-reference:start -->"), readme.index("<!-- config-reference:end -->")
+    assert readme[start:end].split("\n", 1)[1].strip() == table

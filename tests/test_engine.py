@@ -1,0 +1,64 @@
+"""Sampling and scoring on the tiny local models."""
+
+import numpy as np
+import pytest
+import torch
+
+from prefalign.config import SamplingConfig
+from prefalign.sampling import generate, sample_and_score
+from prefalign.scoring import score_texts
+
+SAMPLING = SamplingConfig(max_length=24, batch_size=16)
+
+
+def texts_of(policy, tok, n, seed, sampling=SAMPLING):
+    return [t for chunk, _ in generate(policy, tok, n, sampling, seed) for t in chunk]
+
+
+def test_same_seed_same_texts_other_seed_other_texts(tiny_policy):
+    policy, tok = tiny_policy
+    a, b, c = texts_of(policy, tok, 40, 0), texts_of(policy, tok, 40, 0), texts_of(policy, tok, 40, 1)
+    assert len(a) == 40 and a == b and a != c
+
+
+def test_lengths_respect_max_length_and_special_tokens_are_skipped(tiny_policy):
+    policy, tok = tiny_policy
+    chunks = list(generate(policy, tok, 50, SAMPLING, 3))
+    n_tokens = np.concatenate([n for _, n in chunks])
+    texts = [t for chunk, _ in chunks for t in chunk]
+    assert n_tokens.max() <= SAMPLING.max_length - 1  # BOS counts toward max_length
+    assert all(tok.bos_token not in t for t in texts)
+
+
+def test_scores_are_the_positive_logit_in_input_order(tiny_classifier):
+    clf, tok = tiny_classifier
+    texts = ["The film was great and I loved it.", "Dull.", "The plot is awful , a waste of time.", "", "Superb!"]
+    batched = score_texts(texts, clf, tok, positive=1, batch_size=2)  # length-sorted, several batches
+    with torch.inference_mode():
+        for i, text in enumerate(texts):
+            logits = clf(**tok(text, return_tensors="pt")).logits[0]
+            assert batched["reward"][i] == pytest.approx(float(logits[1]), abs=1e-4)
+            assert batched["positive_prob"][i] == pytest.approx(float(logits.softmax(-1)[1]), abs=1e-5)
+            assert batched["is_positive"][i] == bool(logits.argmax() == 1)
+
+
+def test_scoring_adds_the_classifiers_special_tokens(tiny_classifier):
+    clf, tok = tiny_classifier
+    ids = tok("great film")["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+
+
+def test_classifier_truncates_long_texts(tiny_classifier):
+    clf, tok = tiny_classifier
+    out = score_texts(["great " * 2000], clf, tok, positive=1)
+    assert np.isfinite(out["reward"]).all()
+
+
+def test_sample_and_score_writes_every_column(tiny_policy, tiny_classifier, tmp_path):
+    policy, ptok = tiny_policy
+    clf, ctok = tiny_classifier
+    df = sample_and_score(policy, ptok, clf, ctok, 1, 30, SAMPLING, 0, 8, tmp_path / "s.parquet")
+    assert list(df.columns) == ["text", "reward", "positive_prob", "is_positive", "n_tokens"]
+    assert len(df) == 30 and (tmp_path / "s.parquet").exists()
+    assert not list(tmp_path.glob(".*tmp*"))
+    assert ((df.positive_prob > 0.5) == df.is_positive).all()

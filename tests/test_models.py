@@ -1,0 +1,42 @@
+import time
+
+import pytest
+import torch
+
+from prefalign.models import ModelLoadError, load_policy, positive_index
+
+
+def test_positive_label_found_by_name_not_index():
+    assert positive_index({0: "NEGATIVE", 1: "POSITIVE"}, "POSITIVE") == 1
+    assert positive_index({"0": "POSITIVE", "1": "NEGATIVE"}, "POSITIVE") == 0
+
+
+def test_positive_label_case_insensitive_fallback():
+    assert positive_index({0: "negative", 1: "positive"}, "POSITIVE") == 1
+
+
+def test_absent_label_lists_the_labels():
+    with pytest.raises(ModelLoadError, match=r"'LABEL_0'.*'LABEL_1'"):
+        positive_index({0: "LABEL_0", 1: "LABEL_1"}, "POSITIVE")
+
+
+def test_hub_model_offline_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(ModelLoadError) as err:
+        load_policy("lvwerra/gpt2-imdb", None, torch.device("cpu"))
+    assert time.time() - t0 < 30
+    msg = str(err.value)
+    assert "lvwerra/gpt2-imdb" in msg and "policy.model" in msg and "local" in msg.lower()
+
+
+def test_missing_local_dir_is_not_mistaken_for_hub(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="local directory"):
+        load_policy(str(tmp_path / "empty"), None, torch.device("cpu"))
+
+
+def test_policy_tokenizer_gets_bos_and_pad(tiny_policy):
+    model, tok = tiny_policy
+    assert tok.bos_token == "<|endoftext|>" and tok.pad_token_id is not None
+    assert not model.training
