@@ -40,3 +40,9 @@ def test_policy_tokenizer_gets_bos_and_pad(tiny_policy):
     model, tok = tiny_policy
     assert tok.bos_token == "<|endoftext|>" and tok.pad_token_id is not None
     assert not model.training
+
+
+def test_policy_too_short_for_max_length_is_refused(tiny_dir):
+    # The tiny policy has 128 positions; 128 sampled tokens + the EOS TRL appends cannot fit.
+    with pytest.raises(ModelLoadError, match="lower sampling.max_length to at most 127"):
+        load_policy(str(tiny_dir / "policy"), None, torch.device("cpu"), max_length=128)

@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from prefalign.models import ModelLoadError
     from prefalign.pairs import PairError
-    from prefalign.pipeline import run
+    from prefalign.pipeline import RunLocked, run
 
     try:
         run(cfg, until="report" if args.command == "run" else args.command)
-    except (ModelLoadError, PairError) as e:
+    except (ModelLoadError, PairError, RunLocked) as e:
         print(f"prefalign: {e}", file=sys.stderr)
         return 1
     return 0

@@ -95,6 +95,12 @@ class SamplingConfig(Section):
         None, gt=0, description="Sequences generated per batch. Empty: sized from available memory."
     )
     seed: int = Field(0, ge=0, description="Seed of the sample stage; the same seed gives the same texts.")
+    engine: Literal["fast", "hf"] = Field(
+        "fast",
+        description="`fast`: prefalign's KV-cache decode loop (finished sequences leave the batch, top-k "
+        "before top-p); `hf`: transformers' `generate`. Same sampling distribution; use `hf` for "
+        "architectures whose cache the fast loop cannot shrink.",
+    )
 
 
 class PairsConfig(Section):

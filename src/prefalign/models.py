@@ -10,10 +10,13 @@ A model reference is one of:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -72,17 +75,43 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs):
+@functools.cache
+def _go_offline_if_hub_unreachable() -> None:
+    """Switch huggingface_hub to offline mode when the hub cannot be reached.
+
+    Without this, every file request retries for about a minute before failing. Offline mode
+    still loads models already in the local HF cache, and fails at once for the others.
+    """
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return
+    host = urlparse(hub.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        hub.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs):
+    """`loader.from_pretrained(ref)` that fails fast offline and explains what to do in a ModelLoadError."""
     is_local = Path(ref).is_dir()
+    if not is_local:
+        _go_offline_if_hub_unreachable()
     try:
         return loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
     except (OSError, ValueError) as e:
         if is_local:
             raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {e}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        import huggingface_hub.constants as hub
+
+        why = (
+            "the hub is unreachable from this machine (or HF_HUB_OFFLINE is set) and the model is not in the "
+            "local Hugging Face cache" if hub.HF_HUB_OFFLINE else "the id is wrong, private, or the download failed"
+        )
         raise ModelLoadError(
-            f"{role} model {ref!r} could not be loaded from the Hugging Face hub"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ' (the hub is unreachable, or the id is wrong)'}.\n"
+            f"{role} model {ref!r} could not be loaded from the Hugging Face hub: {why}.\n"
             f"  Download it on a machine with network (`hf download {ref} --local-dir DIR`) and set "
             f"`{'policy' if role == 'policy' else 'reward'}.model: DIR` in the config (or `--set "
             f"{'policy' if role == 'policy' else 'reward'}.model=DIR`), or use the offline demo models.\n"
@@ -93,7 +122,7 @@ def _from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs
 def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer, resolve(ref, role), role, revision)
+    tok = from_pretrained(AutoTokenizer, resolve(ref, role), role, revision)
     if role == "policy":
         if tok.bos_token_id is None:
             # Unconditional sampling needs a start token; GPT-2-style tokenizers use EOS for it.
@@ -105,20 +134,34 @@ def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
     return tok
 
 
-def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None):
+def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
+                max_length: int | None = None):
     """The causal LM in eval mode on `device`, and its tokenizer (BOS and pad always set)."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(ref, revision, "policy")
-    model = _from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=dtype or torch.float32)
+    model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=dtype or torch.float32)
+    if max_length is not None:
+        check_context(model, max_length, ref)
     return model.to(device).eval(), tok
+
+
+def check_context(model, max_length: int, ref: str) -> None:
+    """Fail early when sampled texts (plus the EOS TRL appends in training) do not fit the policy."""
+    cfg = model.config
+    limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    if limit is not None and limit <= max_length:
+        raise ModelLoadError(
+            f"policy {ref!r} has {limit} positions, but sampling.max_length is {max_length} and DPO training "
+            f"appends an EOS token: lower sampling.max_length to at most {limit - 1}"
+        )
 
 
 def load_classifier(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None):
     from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(ref, revision, "reward")
-    model = _from_pretrained(
+    model = from_pretrained(
         AutoModelForSequenceClassification, resolve(ref, "reward"), "reward", revision, dtype=dtype or torch.float32
     )
     if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do

@@ -11,6 +11,7 @@ depends on it. Asking for one stage first brings the stages it reads up to date.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import time
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class Run:
     def model_key(self, point: GridPoint) -> str:
         t = self.cfg.train
         return key_of("model", self.pairs_key(point.strategy), self.k_policy, point.loss, point.beta, t.recipe, t.dpo,
-                      t.seed, self.cfg.device)  # fmt: skip
+                      t.seed)  # fmt: skip
 
     def eval_keys(self, model_key: str) -> dict[int, str]:
         s, e = self.cfg.sampling, self.cfg.evaluate
@@ -124,7 +125,7 @@ class Run:
         s = self.cfg.sampling
         log(f"sample: {s.num_samples} texts from {self.cfg.policy.model} on {self.device}")
         policy, ptok = M.load_policy(self.cfg.policy.model, self.cfg.policy.revision, self.device,
-                                     M.inference_dtype(self.device))  # fmt: skip
+                                     M.inference_dtype(self.device), s.max_length)  # fmt: skip
         clf, ctok, pos = self.classifier()
         df = sample_and_score(policy, ptok, clf, ctok, pos, s.num_samples, s, s.seed, self.cfg.reward.batch_size,
                               self.samples_path)  # fmt: skip
@@ -186,7 +187,9 @@ class Run:
                 continue
             log(f"evaluate {name}: {cfg.evaluate.runs} runs x {cfg.evaluate.samples} samples")
             clf, ctok, pos = self.classifier()
-            load = lambda ref=ref, revision=revision: M.load_policy(ref, revision, self.device, M.inference_dtype(self.device))  # noqa: E731
+            load = lambda ref=ref, revision=revision: M.load_policy(  # noqa: E731
+                ref, revision, self.device, M.inference_dtype(self.device), cfg.sampling.max_length
+            )
             evaluate_model(name, load, clf, ctok, pos, cfg, keys, root, log=log)
 
     def report(self) -> None:
@@ -220,14 +223,25 @@ class Run:
                 shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
+class RunLocked(Exception):
+    """Another prefalign process is working in the same run directory."""
+
+
 def run(cfg: Config, until: str = "report") -> Run:
     """Bring every stage up to `until` up to date, in order."""
     r = Run(cfg)
     r.root.mkdir(parents=True, exist_ok=True)
-    r.clean_stale()
-    r.write_provenance()
-    t0 = time.time()
-    for stage in STAGES[: STAGES.index(until) + 1]:
-        getattr(r, stage)()
-    log(f"{until}: finished in {time.time() - t0:.1f}s; outputs in {r.root}")
+    with open(r.root / ".lock", "a") as lock:  # "a": opening must not touch the file
+        # Two processes in one run dir would delete each other's temporary files; the OS drops the
+        # lock when the holder dies, so a killed run never leaves a stale lock behind.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another prefalign process is running in {r.root}") from None
+        r.clean_stale()
+        r.write_provenance()
+        t0 = time.time()
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            getattr(r, stage)()
+        log(f"{until}: finished in {time.time() - t0:.1f}s; outputs in {r.root}")
     return r

@@ -90,13 +90,13 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
-    from prefalign.models import load_tokenizer, resolve
+    from prefalign.models import from_pretrained, load_tokenizer, resolve
 
     path = resolve(policy_ref, "policy")
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
-    kwargs = {} if Path(path).is_dir() else {"revision": revision}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+    # Training weights stay fp32 whatever the device; bf16 autocast is the recipe's choice (TRL's `bf16`).
+    model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
+    ref_model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32).eval()
     ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])

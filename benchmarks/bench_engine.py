@@ -1,0 +1,159 @@
+"""Benchmark prefalign's sample+score engine and training recipe against the original experiment's code.
+
+The baseline is a faithful re-implementation of the original's evaluation loop: generate from a
+single BOS tensor with `num_return_sequences=100`, `max_length=64`, `top_k=50`, `top_p=0.85`,
+decode, and score each batch of 100 with the classifier called *without* `no_grad` /
+`inference_mode`, tokenized with `padding=True`; repeat until N. The engine is
+`prefalign.sampling.sample_and_score` with the settings a config would use. Both run in the same
+process, alternating, `--reps` times; the median wall time of each is reported with the ratio.
+
+    python benchmarks/bench_engine.py sample --models demo --n 2000 --reps 3
+    python benchmarks/bench_engine.py sample --models gpt2-small --n 200 --reps 3
+    python benchmarks/bench_engine.py train --models demo --pairs 512 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def load_models(which: str):
+    """(policy, policy tokenizer, classifier, classifier tokenizer, positive index, policy dir)."""
+    from prefalign.models import load_classifier, load_policy, positive_index
+
+    cpu = torch.device("cpu")
+    if which in ("demo", "tiny"):
+        from prefalign.demo.build import SPECS, build
+
+        root = build(SPECS[which])
+        policy_dir, reward_dir = str(root / "policy"), str(root / "reward")
+    elif which == "gpt2-small":
+        policy_dir, reward_dir = build_base_sized(Path(tempfile.gettempdir()) / "prefalign-bench-base")
+    else:
+        raise SystemExit(f"unknown model set {which}")
+    policy, ptok = load_policy(policy_dir, None, cpu)
+    clf, ctok = load_classifier(reward_dir, None, cpu)
+    return policy, ptok, clf, ctok, positive_index(clf.config.id2label, "POSITIVE"), policy_dir
+
+
+def build_base_sized(root: Path) -> tuple[str, str]:
+    """GPT-2-small (124M) and DistilBERT-base (67M) shaped models with random weights: same cost as the real ones."""
+    from prefalign.demo.build import synthetic_corpus, train_tokenizers
+
+    policy_dir, reward_dir = root / "policy", root / "reward"
+    if not (reward_dir / "config.json").exists():
+        from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+        texts, _ = synthetic_corpus()
+        ptok, ctok = train_tokenizers(texts, 1000)
+        torch.manual_seed(0)
+        # Vocabulary sizes of the real models: the output layer is a large share of the cost.
+        policy = GPT2LMHeadModel(GPT2Config(vocab_size=50257, bos_token_id=ptok.bos_token_id, eos_token_id=ptok.eos_token_id))
+        clf = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=30522, pad_token_id=ctok.pad_token_id, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+            label2id={"NEGATIVE": 0, "POSITIVE": 1}))  # fmt: skip
+        policy.save_pretrained(policy_dir), ptok.save_pretrained(policy_dir)
+        clf.save_pretrained(reward_dir), ctok.save_pretrained(reward_dir)
+    return str(policy_dir), str(reward_dir)
+
+
+def baseline(policy, ptok, clf, ctok, positive: int, n: int) -> list[float]:
+    """The original experiment's loop, as described in ../shared/NOTES.md."""
+    bos = torch.tensor([[ptok.bos_token_id]])
+    rewards: list[float] = []
+    while len(rewards) < n:
+        out = policy.generate(bos, do_sample=True, max_length=64, top_k=50, top_p=0.85, num_return_sequences=100,
+                              pad_token_id=ptok.eos_token_id)  # fmt: skip
+        texts = ptok.batch_decode(out, skip_special_tokens=True)
+        enc = ctok(texts, padding=True, return_tensors="pt")
+        logits = clf(**enc).logits  # no no_grad, as in the original
+        rewards.extend(logits[:, positive].tolist())
+    return rewards[:n]
+
+
+def engine(policy, ptok, clf, ctok, positive: int, n: int) -> None:
+    from prefalign.config import SamplingConfig
+    from prefalign.sampling import sample_and_score
+
+    with tempfile.TemporaryDirectory() as d:
+        sample_and_score(policy, ptok, clf, ctok, positive, n, SamplingConfig(), 0, None, Path(d) / "s.parquet")
+
+
+def bench_sample(args) -> None:
+    policy, ptok, clf, ctok, pos, _ = load_models(args.models)
+    engine(policy, ptok, clf, ctok, pos, min(args.n, 100))  # warm-up (allocator, lazy imports)
+    times: dict[str, list[float]] = {"baseline": [], "engine": []}
+    for rep in range(args.reps):
+        for name, fn in (("baseline", baseline), ("engine", engine)):
+            t0 = time.perf_counter()
+            fn(policy, ptok, clf, ctok, pos, args.n)
+            times[name].append(time.perf_counter() - t0)
+            print(f"rep {rep} {name}: {times[name][-1]:.1f}s ({args.n / times[name][-1]:.1f} samples/s)", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{machine()}\nmodels={args.models} N={args.n} reps={args.reps}")
+    print(f"baseline median {med['baseline']:.1f}s ({args.n / med['baseline']:.1f} samples/s)")
+    print(f"engine   median {med['engine']:.1f}s ({args.n / med['engine']:.1f} samples/s)")
+    print(f"ratio (baseline / engine): {med['baseline'] / med['engine']:.2f}x")
+
+
+def bench_train(args) -> None:
+    import pandas as pd
+
+    from prefalign.training import train_one
+
+    *_, policy_dir = load_models(args.models)
+    texts = ["A strong, intelligent and quietly entertaining film.", "The plot is a mess and the jokes fall flat.",
+             "An excellently funny, engaging story that never lets up.", "Dull."]  # fmt: skip
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [texts[i % 2 * 2] + f" {i}" for i in range(args.pairs)],
+                          "rejected": [texts[1 + i % 2 * 2] + f" {i}" for i in range(args.pairs)]})  # fmt: skip
+    times: dict[str, list[float]] = {"seed": [], "default": []}
+    with tempfile.TemporaryDirectory() as d:
+        pairs.to_parquet(Path(d) / "pairs.parquet")
+        for rep in range(args.reps):
+            for recipe in ("seed", "default"):
+                # One epoch over the same pairs for both: pairs/s compares the per-pair cost of each recipe.
+                t0 = time.perf_counter()
+                train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / f"m-{recipe}", recipe, "sigmoid", 0.1,
+                          {"num_train_epochs": 1, "warmup_steps": 0}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+                times[recipe].append(time.perf_counter() - t0)
+                print(f"rep {rep} {recipe}: {times[recipe][-1]:.1f}s ({args.pairs / times[recipe][-1]:.1f} pairs/s)")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{machine()}\nmodels={args.models} pairs={args.pairs} reps={args.reps} (wall time incl. model loading and"
+          " reference log-prob precompute)")  # fmt: skip
+    for k in med:
+        print(f"{k:8s} median {med[k]:.1f}s ({args.pairs / med[k]:.1f} pairs/s)")
+    print(f"ratio (default / seed pairs/s): {med['seed'] / med['default']:.2f}x")
+
+
+def machine() -> str:
+    return f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("sample")
+    p.add_argument("--models", default="demo")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--reps", type=int, default=3)
+    p = sub.add_parser("train")
+    p.add_argument("--models", default="demo")
+    p.add_argument("--pairs", type=int, default=512)
+    p.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    from prefalign.cli import _quiet_libraries
+
+    _quiet_libraries()
+    bench_sample(args) if args.what == "sample" else bench_train(args)
+
+
+if __name__ == "__main__":
+    main()
