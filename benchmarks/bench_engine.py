@@ -45,7 +45,12 @@ def load_models(which: str):
 
 
 def build_base_sized(root: Path) -> tuple[str, str]:
-    """GPT-2-small (124M) and DistilBERT-base (67M) shaped models with random weights: same cost as the real ones."""
+    """GPT-2-small (124M) and DistilBERT-base (67M) shaped models with random weights: same cost as the real ones.
+
+    The tokenizer is a small BPE padded with single-token fillers up to GPT-2's 50,257 ids, shared by
+    both models, so every id the random policy samples decodes to one token the classifier also sees
+    as one token (texts keep GPT-2-like lengths for the classifier).
+    """
     from prefalign.demo.build import synthetic_corpus, train_tokenizers
 
     policy_dir, reward_dir = root / "policy", root / "reward"
@@ -54,12 +59,16 @@ def build_base_sized(root: Path) -> tuple[str, str]:
 
         texts, _ = synthetic_corpus()
         ptok, ctok = train_tokenizers(texts, 1000)
+        fillers = [f" w{i}" for i in range(50257 - len(ptok))]
+        ptok.add_tokens(fillers), ctok.add_tokens(fillers)
+        assert len(ptok) == 50257 and ptok.convert_tokens_to_ids(" w7") == ctok.convert_tokens_to_ids(" w7")
         torch.manual_seed(0)
-        # Vocabulary sizes of the real models: the output layer is a large share of the cost.
-        policy = GPT2LMHeadModel(GPT2Config(vocab_size=50257, bos_token_id=ptok.bos_token_id, eos_token_id=ptok.eos_token_id))
+        policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(ptok), bos_token_id=ptok.bos_token_id,
+                                            eos_token_id=ptok.eos_token_id))  # fmt: skip
         clf = DistilBertForSequenceClassification(DistilBertConfig(
-            vocab_size=30522, pad_token_id=ctok.pad_token_id, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+            vocab_size=len(ctok), pad_token_id=ctok.pad_token_id, id2label={0: "NEGATIVE", 1: "POSITIVE"},
             label2id={"NEGATIVE": 0, "POSITIVE": 1}))  # fmt: skip
+        ctok.model_max_length = 512
         policy.save_pretrained(policy_dir), ptok.save_pretrained(policy_dir)
         clf.save_pretrained(reward_dir), ctok.save_pretrained(reward_dir)
     return str(policy_dir), str(reward_dir)

@@ -1,0 +1,89 @@
+"""GPU runbook: the original's table-1 grid at full scale (or a stated fraction) on locally built models.
+
+On a machine with a CUDA GPU and no network, this builds GPT-2-small and DistilBERT-base shaped
+models with random weights (same cost as `lvwerra/gpt2-imdb` / `lvwerra/distilbert-imdb`), runs
+the `imdb` preset's table-1 grid (random pairs x sigmoid/hinge x beta 0.1/1, `seed` recipe, 10k
+samples, 20k pairs, 10 runs x 5000) with every count multiplied by `--fraction`, and prints the time
+of each stage, samples/s, pairs/s and peak GPU memory, plus a full-scale extrapolation (each stage
+scales linearly in its count).
+
+    python benchmarks/gpu.py --fraction 1.0            # the whole table (goal on one H100: <= 10 min)
+    python benchmarks/gpu.py --fraction 0.1 --device cpu   # a smoke run of this script anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import build_base_sized  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fraction", type=float, default=1.0, help="scale of every count (samples, pairs, eval)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "prefalign-gpu"))
+    parser.add_argument("--models", default=None, help="dir with policy/ and reward/ (default: build base-sized)")
+    args = parser.parse_args()
+
+    from prefalign.cli import _quiet_libraries
+    from prefalign.config import load_config
+    from prefalign.pipeline import STAGES, Run
+
+    _quiet_libraries()
+    work = Path(args.workdir)
+    if args.models:
+        policy_dir, reward_dir = str(Path(args.models) / "policy"), str(Path(args.models) / "reward")
+    else:
+        policy_dir, reward_dir = build_base_sized(work / "models")
+    f = args.fraction
+    overrides = [
+        f"run_dir={work / f'run-{f:g}'}", f"device={args.device}", f"policy.model={policy_dir}",
+        f"reward.model={reward_dir}", "pairs.strategies=[random]", f"sampling.num_samples={max(2, int(10000 * f))}",
+        f"pairs.count={max(1, int(20000 * f))}", f"evaluate.samples={max(1, int(5000 * f))}",
+    ]  # fmt: skip
+    cfg = load_config("imdb", overrides)
+    run = Run(cfg)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_provenance()
+    cuda = run.device.type == "cuda"
+    name = torch.cuda.get_device_name(run.device) if cuda else "cpu"
+    print(f"device: {name}; fraction {f:g}; run dir {run.root}", flush=True)
+    timings = {}
+    t_all = time.time()
+    for stage in STAGES:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        getattr(run, stage)()
+        timings[stage] = {"seconds": round(time.time() - t0, 1),
+                          "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}  # fmt: skip
+    total = time.time() - t_all
+
+    samples = json.loads((run.root / "samples.meta.json").read_text())
+    trains = [json.loads((run.model_dir(p) / "train.json").read_text()) for p in run.grid()]
+    evals = sorted((run.root / "eval").glob("*/run-*.json"))
+    eval_samples = sum(json.loads(p.read_text())["samples"] for p in evals)
+    print(f"\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|")
+    rates = {
+        "sample": f"{samples['samples_per_second']} samples/s (sample + score)",
+        "train": f"{sum(t['pairs'] * 3 for t in trains) / max(timings['train']['seconds'], 1e-9):.0f} pairs/s (3 epochs)",
+        "evaluate": f"{eval_samples / max(timings['evaluate']['seconds'], 1e-9):.0f} samples/s over {eval_samples} samples",
+    }
+    for stage, t in timings.items():
+        est = t["seconds"] / f if stage != "report" else t["seconds"]
+        print(f"| {stage} | {t['seconds']} | {est:.0f} | {t['peak_gpu_gib']} | {rates.get(stage, '')} |")
+    est_total = sum(t["seconds"] / (f if s != "report" else 1) for s, t in timings.items())
+    print(f"\ntotal {total:.0f}s at fraction {f:g}; full-table estimate {est_total / 60:.1f} min on {name}")
+
+
+if __name__ == "__main__":
+    main()
