@@ -1,4 +1,4 @@
-# prefalign: `make install`, `make test`, `make demo`.
+# prefalign: `make demo`, `make test` (each installs into .venv first if needed).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +22,11 @@ test: install
 
 tiny: install
 	$(BIN)/prefalign run tiny
+
+# The offline demo: builds (once, cached under ~/.cache/prefalign) the demo policy and classifier
+# on the Rotten Tomatoes snippets, then runs the original's grid; report in runs/demo/report.md.
+demo: install
+	$(BIN)/prefalign run demo
 
 clean:
 	rm -rf runs .pytest_cache

