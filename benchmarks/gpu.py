@@ -72,7 +72,7 @@ def main() -> None:
     trains = [json.loads((run.model_dir(p) / "train.json").read_text()) for p in run.grid()]
     evals = sorted((run.root / "eval").glob("*/run-*.json"))
     eval_samples = sum(json.loads(p.read_text())["samples"] for p in evals)
-    print(f"\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|")
+    print("\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|")
     rates = {
         "sample": f"{samples['samples_per_second']} samples/s (sample + score)",
         "train": f"{sum(t['pairs'] * 3 for t in trains) / max(timings['train']['seconds'], 1e-9):.0f} pairs/s (3 epochs)",

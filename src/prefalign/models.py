@@ -14,9 +14,7 @@ import functools
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
@@ -84,12 +82,9 @@ def _go_offline_if_hub_unreachable() -> None:
     """
     import huggingface_hub.constants as hub
 
-    if hub.HF_HUB_OFFLINE:
-        return
-    host = urlparse(hub.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError:
+    from prefalign.corpus import hub_reachable
+
+    if not hub.HF_HUB_OFFLINE and not hub_reachable():
         hub.HF_HUB_OFFLINE = True
         os.environ["HF_HUB_OFFLINE"] = "1"
 
