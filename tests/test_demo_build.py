@@ -105,3 +105,13 @@ def test_demo_spec():
     assert spec.lm_positions > 65
     assert spec.key() != B.SPECS["tiny"].key() and spec.key().startswith("demo-")
     assert spec.held_out >= 1000  # accuracy and perplexity are measured on enough texts to compare specs
+
+
+def test_build_demo_cli_takes_another_corpus(corpus_csv, tmp_path, monkeypatch, capsys):
+    from prefalign.cli import main
+
+    monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path))
+    assert main(["build-demo", "tiny", "--corpus", corpus_csv]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    info = json.loads((tmp_path / "models" / out.rsplit("/", 1)[-1] / "info.json").read_text())
+    assert info["spec"]["corpus"] == corpus_csv and info["corpus"]["labelled"] == 240

@@ -4,7 +4,7 @@
     prefalign sample|pairs|train|evaluate|report CONFIG     up to that stage
     prefalign config CONFIG                                 print the validated config
     prefalign config-help                                   every config key, its default and help
-    prefalign build-demo [NAME]                             build (or find) the built-in models
+    prefalign build-demo [NAME] [--corpus SRC]              build (or find) the built-in models
 
 CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit codes: 0 done,
 1 a stage failed (model not loadable, pairs impossible, ...), 2 invalid config or arguments.
@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the presets shipped with prefalign")
     p = sub.add_parser("build-demo", help="build (or find in the cache) prefalign's own offline models")
     p.add_argument("name", nargs="?", default="tiny", help="which built-in model set (default: tiny)")
+    p.add_argument("--corpus", default=None,
+                   help="train on another corpus: a CSV/JSONL/Parquet file with text and label columns, an "
+                        "aclImdb/ folder, or a hub dataset id; prints the directory to use as policy.model "
+                        "(<dir>/policy) and reward.model (<dir>/reward)")  # fmt: skip
     return parser
 
 
@@ -92,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.name not in SPECS:
                 print(f"prefalign: unknown built-in model set {args.name!r} (have: {', '.join(SPECS)})", file=sys.stderr)
                 return 2
-            print(build(SPECS[args.name]))
+            spec = SPECS[args.name]
+            if args.corpus:
+                import dataclasses
+
+                spec = dataclasses.replace(spec, corpus=args.corpus)
+            print(build(spec))
             return 0
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
