@@ -191,22 +191,40 @@ def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[
         out = model(input_ids=ids, attention_mask=mask, labels=labels)
         return out.loss, int(mask[:, 1:].sum())
 
-    gen = torch.Generator().manual_seed(spec.seed)
-    steps = spec.lm_epochs * math.ceil(len(train_ids) / spec.lm_batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lm_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lm_lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    for epoch in range(spec.lm_epochs):
-        t0 = time.time()
-        for idx in _batches(len(train_ids), spec.lm_batch, gen):
-            loss, _ = loss_on([train_ids[i] for i in idx])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+    def step(idx):
+        loss, _ = loss_on([train_ids[i] for i in idx])
+        return loss
+
+    def report(epoch, seconds):
         ppl = _perplexity(model, eval_ids, loss_on)
-        log(f"policy epoch {epoch + 1}/{spec.lm_epochs}: held-out perplexity {ppl:.1f} ({time.time() - t0:.0f}s)")
-    model.eval()
+        log(f"policy epoch {epoch + 1}/{spec.lm_epochs}: held-out perplexity {ppl:.1f} ({seconds:.0f}s)")
+        return ppl
+
+    ppl = _fit(model, step, report, len(train_ids), spec.lm_batch, spec.lm_epochs, spec.lm_lr, spec.seed, clip=1.0)
     return model, ppl
+
+
+def _fit(model, step, report, n: int, batch: int, epochs: int, lr: float, seed: int, clip: float | None = None):
+    """AdamW with a one-cycle schedule over `epochs` shuffled passes; `report` runs after each epoch.
+
+    `step(indices)` returns the batch loss; the last `report` value is returned.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(n / batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    result = None
+    for epoch in range(epochs):
+        t0 = time.time()
+        for idx in _batches(n, batch, gen):
+            step(idx).backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        result = report(epoch, time.time() - t0)
+    model.eval()
+    return result
 
 
 @torch.inference_mode()
@@ -236,22 +254,18 @@ def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple
         enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         return enc, torch.tensor(labels)
 
-    gen = torch.Generator().manual_seed(spec.seed)
     texts, labels = train
-    steps = spec.clf_epochs * math.ceil(len(texts) / spec.clf_batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.clf_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.clf_lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    for epoch in range(spec.clf_epochs):
-        t0 = time.time()
-        for idx in _batches(len(texts), spec.clf_batch, gen):
-            enc, y = batch_of([texts[i] for i in idx], [labels[i] for i in idx])
-            loss = model(**enc, labels=y).loss
-            loss.backward()
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+
+    def step(idx):
+        enc, y = batch_of([texts[i] for i in idx], [labels[i] for i in idx])
+        return model(**enc, labels=y).loss
+
+    def report(epoch, seconds):
         acc = _accuracy(model, held, batch_of)
-        log(f"classifier epoch {epoch + 1}/{spec.clf_epochs}: held-out accuracy {acc:.3f} ({time.time() - t0:.0f}s)")
-    model.eval()
+        log(f"classifier epoch {epoch + 1}/{spec.clf_epochs}: held-out accuracy {acc:.3f} ({seconds:.0f}s)")
+        return acc
+
+    acc = _fit(model, step, report, len(texts), spec.clf_batch, spec.clf_epochs, spec.clf_lr, spec.seed)
     return model, acc
 
 
