@@ -56,6 +56,15 @@ def test_impossible_values_are_rejected_with_their_key(tmp_path, text, key):
         load_config(write(tmp_path, text))
 
 
+def test_dpo_values_are_type_checked_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="`learning_rate`: 'fast' is not a valid"):
+        load_config(write(tmp_path, "train: {dpo: {learning_rate: fast}}"))
+    with pytest.raises(ConfigError, match="`per_device_train_batch_size`: 2.5"):
+        load_config(write(tmp_path, "train: {dpo: {per_device_train_batch_size: 2.5}}"))
+    cfg = load_config(write(tmp_path, "train: {dpo: {optim: adamw_torch, loss_weights: [1, 0.5], max_length: null}}"))
+    assert cfg.train.dpo == {"optim": "adamw_torch", "loss_weights": [1.0, 0.5], "max_length": None}
+
+
 def test_dpo_field_typo_gets_a_hint(tmp_path):
     with pytest.raises(ConfigError, match="did you mean `learning_rate`"):
         load_config(write(tmp_path, "train: {dpo: {learning_rat: 0.1}}"))

@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
@@ -176,15 +177,27 @@ class TrainConfig(Section):
         from trl import DPOConfig
 
         names = {f.name for f in dataclasses.fields(DPOConfig)}
+        hints = typing.get_type_hints(DPOConfig)
         # These are set per model by prefalign itself; letting YAML change them would desync the grid.
         owned = {"beta", "loss_type", "output_dir"}
-        for key in v:
+        checked = {}
+        for key, value in v.items():
             if key in owned:
                 raise ValueError(f"`{key}` is set by prefalign (use train.betas / train.losses)")
             if key not in names:
                 hint = difflib.get_close_matches(key, names, n=1)
                 raise ValueError(f"`{key}` is not a DPOConfig field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
-        return v
+            # Type-check against DPOConfig's own annotation now, not after sampling has run for an hour.
+            try:
+                adapter = TypeAdapter(hints[key])
+            except Exception:  # an annotation pydantic cannot express: leave it to DPOConfig
+                checked[key] = value
+                continue
+            try:
+                checked[key] = adapter.validate_python(value)
+            except ValidationError as e:
+                raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
+        return checked
 
 
 class EvaluateConfig(Section):
