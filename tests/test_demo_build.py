@@ -115,3 +115,11 @@ def test_build_demo_cli_takes_another_corpus(corpus_csv, tmp_path, monkeypatch, 
     out = capsys.readouterr().out.strip().splitlines()[-1]
     info = json.loads((tmp_path / "models" / out.rsplit("/", 1)[-1] / "info.json").read_text())
     assert info["spec"]["corpus"] == corpus_csv and info["corpus"]["labelled"] == 240
+
+
+def test_a_killed_builds_leftovers_are_removed(corpus_csv, tmp_path):
+    spec = spec_for(corpus_csv, seed=7)
+    stale = tmp_path / "models" / f".{spec.key()}.tmp-999999999"  # no such process
+    (stale / "policy").mkdir(parents=True)
+    target = B.build(spec, root=tmp_path, log=lambda m: None)
+    assert (target / "info.json").exists() and not stale.exists()

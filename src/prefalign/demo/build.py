@@ -285,6 +285,16 @@ def _accuracy(model, held, batch_of, batch: int = 128) -> float:
 # Build + cache
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     """Return the directory holding `policy/`, `reward/` and `info.json`, building it if missing."""
     target = (root or cache_dir()) / "models" / spec.key()
@@ -307,7 +317,9 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     )  # fmt: skip
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
     policy.save_pretrained(tmp / POLICY_DIR)
     policy_tok.save_pretrained(tmp / POLICY_DIR)
     clf.save_pretrained(tmp / REWARD_DIR)
