@@ -317,6 +317,7 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     )  # fmt: skip
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):  # left by a killed build
             shutil.rmtree(stale, ignore_errors=True)
