@@ -22,6 +22,7 @@ temporary directory renamed when complete. Run alone with:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -96,7 +97,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
     # Training weights stay fp32 whatever the device; bf16 autocast is the recipe's choice (TRL's `bf16`).
     model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
-    ref_model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32).eval()
+    # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
+    ref_model = copy.deepcopy(model).eval()
     ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
