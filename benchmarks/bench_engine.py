@@ -9,7 +9,7 @@ process, alternating, `--reps` times; the median wall time of each is reported w
 
     python benchmarks/bench_engine.py sample --models demo --n 2000 --reps 3
     python benchmarks/bench_engine.py sample --models gpt2-small --n 200 --reps 3
-    python benchmarks/bench_engine.py train --models demo --pairs 512 --reps 3
+    python benchmarks/bench_engine.py train --models demo --pairs 1024 --reps 3
 """
 
 from __future__ import annotations
@@ -114,32 +114,46 @@ def bench_sample(args) -> None:
 
 
 def bench_train(args) -> None:
+    """Pairs/s of the `default` recipe vs the seed recipe's TRL usage, on pairs of the policy's own samples.
+
+    The pairs are random couples of texts the policy sampled (the lengths of a real run: most texts
+    short, some running to max_length), the same for both sides. Baseline: the `seed` recipe with
+    stock TRL (`completion_only_head: false`), i.e. the original's usage, reference forward every
+    step. Both train one epoch (the same number of steps at batch 8), warmup 0. Wall time covers
+    the trainer's construction (the `default` recipe's reference pre-pass), training and nothing
+    else; datasets caching is off so no repetition reuses an earlier reference pre-pass.
+    """
+    import datasets
+    import numpy as np
     import pandas as pd
 
+    from prefalign.config import load_config
+    from prefalign.sampling import generate
     from prefalign.training import train_one
 
-    *_, policy_dir = load_models(args.models)
-    texts = ["A strong, intelligent and quietly entertaining film.", "The plot is a mess and the jokes fall flat.",
-             "An excellently funny, engaging story that never lets up.", "Dull."]  # fmt: skip
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [texts[i % 2 * 2] + f" {i}" for i in range(args.pairs)],
-                          "rejected": [texts[1 + i % 2 * 2] + f" {i}" for i in range(args.pairs)]})  # fmt: skip
-    times: dict[str, list[float]] = {"seed": [], "default": []}
+    datasets.disable_caching()
+    policy, ptok, *_, policy_dir = load_models(args.models)
+    texts = [t for chunk, _ in generate(policy, ptok, 2 * args.pairs, load_config("demo").sampling, 0) for t in chunk]
+    order = np.random.default_rng(0).permutation(len(texts))
+    pairs = pd.DataFrame({"prompt": ptok.bos_token, "chosen": [texts[i] for i in order[: args.pairs]],
+                          "rejected": [texts[i] for i in order[args.pairs :]]})  # fmt: skip
+    sides = {"seed (stock TRL)": ("seed", {"completion_only_head": False}), "default": ("default", {})}
+    times: dict[str, list[float]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
         for rep in range(args.reps):
-            for recipe in ("seed", "default"):
-                # One epoch over the same pairs for both: pairs/s compares the per-pair cost of each recipe.
-                t0 = time.perf_counter()
-                train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / f"m-{recipe}", recipe, "sigmoid", 0.1,
-                          {"num_train_epochs": 1, "warmup_steps": 0}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
-                times[recipe].append(time.perf_counter() - t0)
-                print(f"rep {rep} {recipe}: {times[recipe][-1]:.1f}s ({args.pairs / times[recipe][-1]:.1f} pairs/s)")
+            for name, (recipe, extra) in sides.items():
+                info = train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", recipe, "sigmoid", 0.1,
+                                 {"num_train_epochs": 1, "warmup_steps": 0, **extra}, torch.device("cpu"), 0,
+                                 log=lambda m: None)  # fmt: skip
+                times[name].append(info["train_seconds"])
+                print(f"rep {rep} {name}: {times[name][-1]:.1f}s ({args.pairs / times[name][-1]:.1f} pairs/s)")
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{machine()}\nmodels={args.models} pairs={args.pairs} reps={args.reps} (wall time incl. model loading and"
-          " reference log-prob precompute)")  # fmt: skip
+    print(f"\n{machine()}\nmodels={args.models} pairs={args.pairs} reps={args.reps}")
     for k in med:
-        print(f"{k:8s} median {med[k]:.1f}s ({args.pairs / med[k]:.1f} pairs/s)")
-    print(f"ratio (default / seed pairs/s): {med['seed'] / med['default']:.2f}x")
+        print(f"{k:18s} median {med[k]:.1f}s ({args.pairs / med[k]:.1f} pairs/s)")
+    base, new = med["seed (stock TRL)"], med["default"]
+    print(f"ratio (default / seed pairs/s): {base / new:.2f}x")
 
 
 def machine() -> str:
@@ -155,7 +169,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p = sub.add_parser("train")
     p.add_argument("--models", default="demo")
-    p.add_argument("--pairs", type=int, default=512)
+    p.add_argument("--pairs", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     from prefalign.cli import _quiet_libraries

@@ -128,3 +128,10 @@ def test_readme_config_reference_is_current(capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     start, end = readme.index("<!-- config-reference:start -->"), readme.index("<!-- config-reference:end -->")
     assert readme[start:end].split("\n", 1)[1].strip() == table
+
+
+def test_prefalign_training_switches_are_accepted_in_train_dpo():
+    cfg = load_config("tiny", ["train.dpo.group_by_length=false", "train.dpo.completion_only_head=true"])
+    assert (cfg.train.dpo["group_by_length"], cfg.train.dpo["completion_only_head"]) == (False, True)
+    with pytest.raises(ConfigError, match="group_by_length"):
+        load_config("tiny", ["train.dpo.group_by_length=3"])

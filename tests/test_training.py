@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pandas as pd
@@ -38,3 +39,67 @@ def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, 
     after = load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_length_grouped_order_is_a_permutation_of_sorted_megabatches():
+    import numpy as np
+
+    from prefalign.training import length_grouped_order
+
+    lengths = np.random.default_rng(1).integers(1, 64, size=203)
+    order = length_grouped_order(lengths, batch_size=4, seed=3, megabatch=5)
+    assert sorted(order.tolist()) == list(range(203))
+    for start in range(0, 203, 20):  # each megabatch of 5 x 4 is sorted longest first
+        chunk = lengths[order[start : start + 20]]
+        assert (np.diff(chunk) <= 0).all()
+    assert (order == length_grouped_order(lengths, 4, 3, 5)).all()
+    assert not (order == length_grouped_order(lengths, 4, 4, 5)).all()
+    # the point of it: batches pad far less than in a random order
+    pad = lambda o: sum(lengths[o[i : i + 4]].max() * 4 - lengths[o[i : i + 4]].sum() for i in range(0, 200, 4))  # noqa: E731
+    assert pad(order) < 0.3 * pad(np.random.default_rng(0).permutation(203))
+
+
+def test_completion_only_head_gives_the_same_log_probs_and_gradients(tiny_dir):
+    """The patched TRL head (completion positions only) must match stock TRL's every-position path on CPU."""
+    import copy
+
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from prefalign.training import completion_tokens_only
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
+    trl_utils.add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    ids = torch.randint(5, base.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :2] = -100  # prompt
+    labels[0, 9:] = -100  # padding of a shorter row
+    results = []
+    for patched in (True, False):
+        model = copy.deepcopy(base)
+        with completion_tokens_only() if patched else contextlib.nullcontext():
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+            out.log_probs.sum().backward()
+        results.append((out.log_probs.detach(), out.entropy.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (lp1, ent1, g1), (lp2, ent2, g2) = results
+    assert (lp1[0, 8:] == 0).all() and lp1.abs().sum() > 0  # masked positions are zero, the rest scored
+    torch.testing.assert_close(lp1, lp2)
+    torch.testing.assert_close(ent1, ent2)
+    for n in g1:
+        torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6)
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # the patch is undone on exit
+
+
+def test_default_recipe_records_its_own_switches(tiny_dir, tmp_path):
+    texts = ["The film was superb and I loved it.", "Awful.", "A long, slow and very dull story about nothing.", "Fine."]
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [texts[i % 4] for i in range(16)],
+                          "rejected": [texts[(i + 1) % 4] + " no" for i in range(16)]})  # fmt: skip
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "m", "default", "sigmoid",
+                     0.1, {"group_by_length": False}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+    assert info["settings"]["group_by_length"] is False and info["settings"]["completion_only_head"] is True
+    assert "train_sampling_strategy" not in info["settings"]  # TRL's random sampler
+    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "m", "default", "sigmoid",
+                     0.1, {}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+    # the pairs arrive in length-grouped random order, which the trainer must then keep
+    assert info["settings"]["train_sampling_strategy"] == "sequential"

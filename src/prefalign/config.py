@@ -25,6 +25,12 @@ TRL_LOSSES = (
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
 PAIR_STRATEGIES = ("random", "margin", "threshold")
+# Training switches that are prefalign's own, accepted in `train.dpo` next to DPOConfig's fields.
+OWN_SETTINGS = {
+    "group_by_length": "batch pairs of similar token length (a random order of length-sorted megabatches)",
+    "completion_only_head": "project only completion tokens through the LM head on every device (TRL does so on "
+    "CUDA only); same results, less work",
+}
 
 
 class _Loader(yaml.SafeLoader):
@@ -144,7 +150,9 @@ class TrainConfig(Section):
     dpo: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra `trl.DPOConfig` fields, applied on top of the recipe (e.g. "
-        "`{learning_rate: 1e-5, num_train_epochs: 1}`). Names are checked against DPOConfig.",
+        "`{learning_rate: 1e-5, num_train_epochs: 1}`). Names are checked against DPOConfig. Also accepts "
+        + "; ".join(f"`{k}` ({v})" for k, v in OWN_SETTINGS.items())
+        + ".",
     )
     seed: int = Field(0, ge=0, description="Training seed (data order, dropout).")
 
@@ -182,10 +190,15 @@ class TrainConfig(Section):
         owned = {"beta", "loss_type", "output_dir"}
         checked = {}
         for key, value in v.items():
+            if key in OWN_SETTINGS:
+                if not isinstance(value, bool):
+                    raise ValueError(f"`{key}` must be true or false, not {value!r}")
+                checked[key] = value
+                continue
             if key in owned:
                 raise ValueError(f"`{key}` is set by prefalign (use train.betas / train.losses)")
             if key not in names:
-                hint = difflib.get_close_matches(key, names, n=1)
+                hint = difflib.get_close_matches(key, names | set(OWN_SETTINGS), n=1)
                 raise ValueError(f"`{key}` is not a DPOConfig field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
             # Type-check against DPOConfig's own annotation now, not after sampling has run for an hour.
             try:

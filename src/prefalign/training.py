@@ -22,6 +22,7 @@ temporary directory renamed when complete. Run alone with:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -30,19 +31,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import PrinterCallback, TrainerCallback
+
+from prefalign.config import OWN_SETTINGS
 
 RECIPES: dict[str, dict] = {
     "seed": dict(
         learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
         per_device_train_batch_size=8, max_length=256, bf16=False, fp16=False, gradient_checkpointing=False,
-        precompute_ref_log_probs=False,
+        precompute_ref_log_probs=False, completion_only_head=True,
     ),
     "default": dict(
         learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=8, max_length=256,
         gradient_checkpointing=False, precompute_ref_log_probs=True, precompute_ref_batch_size=64,
+        group_by_length=True, completion_only_head=True,
     ),
 }  # fmt: skip
 
@@ -56,6 +61,42 @@ class _LogLine(TrainerCallback):
             acc = logs.get("rewards/accuracies", float("nan"))
             self.log(f"  step {state.global_step}/{state.max_steps}: loss {float(logs['loss']):.4f}, "
                      f"reward accuracy {float(acc):.2f}, margin {float(logs.get('rewards/margins', float('nan'))):.3f}")
+
+
+def length_grouped_order(lengths, batch_size: int, seed: int, megabatch: int = 50) -> np.ndarray:
+    """A random order of the examples in which every run of `batch_size` has similar lengths.
+
+    As transformers' LengthGroupedSampler: shuffle, cut into megabatches of `megabatch * batch_size`,
+    sort each megabatch by length, longest first. Each batch is then padded to nearly its own
+    length, and the reference pre-pass (which reads the data in this order) pads little too.
+    """
+    lengths = np.asarray(lengths)
+    perm = np.random.default_rng(seed).permutation(len(lengths))
+    size = max(1, megabatch * batch_size)
+    chunks = [perm[i : i + size] for i in range(0, len(perm), size)]
+    return np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks]) if chunks else perm
+
+
+@contextlib.contextmanager
+def completion_tokens_only():
+    """Have TRL's fused LM head project only the completion tokens on every device.
+
+    TRL 1.16 scores only the positions with a label on CUDA (its Triton path) but every position,
+    padding and prompt included, elsewhere, to keep tile shapes fixed for compilers such as Neuron's.
+    On CPU without compilation that only wastes work: the per-token vocabulary projection and its
+    backward are most of a small policy's training step. The results are the same either way.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # another TRL version: leave it alone
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def bos_prompt(tokenizer) -> str:
@@ -72,6 +113,7 @@ def dpo_args(recipe: str, loss: str, beta: float, overrides: dict, device: torch
     from trl import DPOConfig
 
     settings = {**RECIPES[recipe], **overrides}
+    own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
     if device.type != "cuda":
@@ -81,7 +123,10 @@ def dpo_args(recipe: str, loss: str, beta: float, overrides: dict, device: torch
         output_dir=output_dir, loss_type=[loss], beta=beta, seed=seed, data_seed=seed, report_to="none",
         save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
     )  # fmt: skip
-    return DPOConfig(**settings), settings
+    if own.get("group_by_length"):
+        # The pairs arrive already in length-grouped random order (see train_one).
+        settings["train_sampling_strategy"] = "sequential"
+    return DPOConfig(**settings), {**settings, **own}
 
 
 def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss: str,
@@ -102,20 +147,25 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
-    dataset = Dataset.from_pandas(pairs, preserve_index=False)
-
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
+    args, settings = dpo_args(recipe, loss, beta, overrides, device, seed, scratch)
+    if settings.get("group_by_length"):
+        ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
+        longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
+        pairs = pairs.iloc[length_grouped_order(longest, args.per_device_train_batch_size, seed)]
+    dataset = Dataset.from_pandas(pairs, preserve_index=False)
     try:
-        args, settings = dpo_args(recipe, loss, beta, overrides, device, seed, scratch)
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        # One short line per logging step instead of the Trainer's metric dicts.
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(_LogLine(log))
         t0 = time.time()
-        result = trainer.train()
+        with completion_tokens_only() if settings.get("completion_only_head") else contextlib.nullcontext():
+            # Timed from here: with precomputed reference log-probs the constructor runs the reference pass.
+            trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+            # One short line per logging step instead of the Trainer's metric dicts.
+            trainer.remove_callback(PrinterCallback)
+            trainer.add_callback(_LogLine(log))
+            result = trainer.train()
         seconds = time.time() - t0
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
