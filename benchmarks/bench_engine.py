@@ -133,7 +133,7 @@ def bench_train(args) -> None:
 
     datasets.disable_caching()
     policy, ptok, *_, policy_dir = load_models(args.models)
-    texts = [t for chunk, _ in generate(policy, ptok, 2 * args.pairs, load_config("demo").sampling, 0) for t in chunk]
+    texts = [t for chunk in generate(policy, ptok, 2 * args.pairs, load_config("demo").sampling, 0) for t in chunk["text"]]
     order = np.random.default_rng(0).permutation(len(texts))
     pairs = pd.DataFrame({"prompt": ptok.bos_token, "chosen": [texts[i] for i in order[: args.pairs]],
                           "rejected": [texts[i] for i in order[args.pairs :]]})  # fmt: skip

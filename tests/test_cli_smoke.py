@@ -51,16 +51,20 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
         assert json.loads((d / "train.json").read_text())["pairs"] == 200
     results = pd.read_csv(root / "results.csv")
-    assert list(results.columns[:10]) == ["model", "strategy", "loss", "beta", "recipe", "run", "reward_mean",
-                                          "reward_std", "diversity", "positive_rate"]  # fmt: skip
+    assert list(results.columns[:11]) == ["model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef",
+                                          "run", "reward_mean", "reward_std"]  # fmt: skip
+    assert {"diversity", "positive_rate", "distinct_1", "distinct_2", "kl_seq", "kl_token", "share_above_0",
+            "share_above_0.5", "reward_p05", "reward_p95", "mean_tokens"} <= set(results.columns)  # fmt: skip
     assert len(results) == (1 + len(MODELS)) * 2
     original = results[results.model == "original"]
     assert original.strategy.isna().all() and original.loss.isna().all() and original.beta.isna().all()
     assert results.diversity.between(0.1, 10).all() and results.positive_rate.between(0, 1).all()
+    assert (original.kl_seq == 0).all() and (results[results.model != "original"].kl_seq != 0).all()
     report = (root / "report.md").read_text()
     for s in STRATEGIES:
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000
-    assert "| original model |" in report and "| sigmoid 0.1 |" in report and "| hinge 0.1 |" in report
+    assert "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
+    assert "Pareto-optimal" in report and (root / "plots" / "frontier-reward-vs-kl.png").stat().st_size > 5000
     models = json.loads((root / "models.json").read_text())
     assert "accuracy" in models["reward_model"] and "perplexity" in models["policy"]
     assert not list(root.rglob(".*tmp*"))

@@ -12,7 +12,7 @@ SAMPLING = SamplingConfig(max_length=24, batch_size=16)
 
 
 def texts_of(policy, tok, n, seed, sampling=SAMPLING):
-    return [t for chunk, _ in generate(policy, tok, n, sampling, seed) for t in chunk]
+    return [t for chunk in generate(policy, tok, n, sampling, seed) for t in chunk["text"]]
 
 
 def test_same_seed_same_texts_other_seed_other_texts(tiny_policy):
@@ -24,8 +24,8 @@ def test_same_seed_same_texts_other_seed_other_texts(tiny_policy):
 def test_lengths_respect_max_length_and_special_tokens_are_skipped(tiny_policy):
     policy, tok = tiny_policy
     chunks = list(generate(policy, tok, 50, SAMPLING, 3))
-    n_tokens = np.concatenate([n for _, n in chunks])
-    texts = [t for chunk, _ in chunks for t in chunk]
+    n_tokens = np.concatenate([c["n_tokens"] for c in chunks])
+    texts = [t for c in chunks for t in c["text"]]
     assert n_tokens.max() <= SAMPLING.max_length - 1  # BOS counts toward max_length
     assert all(tok.bos_token not in t for t in texts)
 
@@ -90,6 +90,6 @@ def test_fast_engine_matches_hf_distribution(tiny_policy):
     stats = {}
     for engine in ("fast", "hf"):
         cfg = SamplingConfig(max_length=24, batch_size=200, engine=engine)
-        n = np.concatenate([n for _, n in generate(policy, tok, 600, cfg, 11)])
+        n = np.concatenate([c["n_tokens"] for c in generate(policy, tok, 600, cfg, 11)])
         stats[engine] = n.mean()
     assert abs(stats["fast"] - stats["hf"]) < 1.0, stats

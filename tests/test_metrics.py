@@ -40,3 +40,56 @@ def test_diversity_retokenizes_with_policy_tokenizer_without_special_tokens(tiny
 def test_run_summary():
     s = run_summary([1.0, 3.0], [True, False])
     assert s == {"reward_mean": 2.0, "reward_std": 1.0, "positive_rate": 0.5}
+
+
+# ---- issue 5 metrics: hand-computed cases ------------------------------------------------------
+
+
+def test_distinct_n_counts_over_all_texts_without_crossing_them():
+    from prefalign.metrics import distinct_n
+
+    texts = [[1, 2, 1, 2], [2, 1]]
+    # unigrams: 6 tokens, {1, 2} distinct -> 2/6; bigrams: (1,2),(2,1),(1,2) + (2,1) -> 2 distinct of 4
+    assert distinct_n(texts, 1) == pytest.approx(2 / 6)
+    assert distinct_n(texts, 2) == pytest.approx(2 / 4)
+    # no bigram spans the two texts [3] and [4]
+    assert distinct_n([[3], [4]], 2) == 0.0
+    assert distinct_n([[1, 2, 3]], 3) == 1.0
+
+
+def test_reward_profile_shares_and_percentiles():
+    import numpy as np
+
+    from prefalign.metrics import reward_profile
+
+    r = np.array([-1.0, 0.0, 0.25, 0.5, 2.0])
+    out = reward_profile(r, thresholds=(0.0, 0.5), quantiles=(5, 50, 95))
+    assert out["share_above_0"] == pytest.approx(3 / 5)  # strictly above: 0.0 does not count
+    assert out["share_above_0.5"] == pytest.approx(1 / 5)
+    assert out["reward_p50"] == 0.25
+    # numpy linear interpolation: position 0.05 * 4 = 0.2 between -1 and 0
+    assert out["reward_p05"] == pytest.approx(-0.8)
+    assert out["reward_p95"] == pytest.approx(0.5 + 0.8 * 1.5)
+
+
+def test_kl_estimate_per_sequence_and_per_token():
+    from prefalign.metrics import kl_estimate
+
+    out = kl_estimate([-10.0, -4.0], [-12.0, -3.0], [4, 6])
+    assert out["kl_seq"] == pytest.approx((2.0 + -1.0) / 2)
+    assert out["kl_token"] == pytest.approx((2.0 - 1.0) / 10)
+    assert kl_estimate([-3.0], [-3.0], [2]) == {"kl_seq": 0.0, "kl_token": 0.0}
+
+
+def test_pareto_mask_keeps_exactly_the_undominated():
+    import numpy as np
+
+    from prefalign.metrics import pareto_mask
+
+    # columns: reward (max), diversity (max); KL (min)
+    reward_div = np.array([[1.0, 5.0], [2.0, 4.0], [1.5, 3.0], [2.0, 4.0], [0.5, 6.0]])
+    kl = np.array([[0.0], [3.0], [4.0], [2.0], [0.0]])
+    # row 2 is dominated by row 1 (higher reward and diversity, lower KL); row 1 by row 3 (same
+    # reward and diversity, lower KL); rows 0 and 4 trade reward for diversity at KL 0.
+    assert pareto_mask(reward_div, kl).tolist() == [True, False, False, True, True]
+    assert pareto_mask(reward_div).tolist() == [True, True, False, True, True]  # exact ties both stay

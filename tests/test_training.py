@@ -103,3 +103,14 @@ def test_default_recipe_records_its_own_switches(tiny_dir, tmp_path):
                      0.1, {}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
     # the pairs arrive in length-grouped random order, which the trainer must then keep
     assert info["settings"]["train_sampling_strategy"] == "sequential"
+
+
+def test_loss_entries_resolve_to_trl_types_and_weights():
+    from prefalign.config import LossMix
+    from prefalign.training import resolve_loss
+
+    assert resolve_loss("sigmoid") == ("sigmoid", ["sigmoid"], None)
+    assert resolve_loss("slic", 0.3) == ("slic", ["hinge", "sft"], [1.0, 0.3])
+    mix = LossMix(types=["sigmoid", "bco_pair"], weights=[0.8, 0.2])
+    assert resolve_loss(mix) == ("0.8sigmoid+0.2bco_pair", ["sigmoid", "bco_pair"], [0.8, 0.2])
+    assert resolve_loss(LossMix(types=["ipo"], name="myipo"))[0] == "myipo"

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
-PAIR_STRATEGIES = ("random", "margin", "threshold")
+PAIR_STRATEGIES = ("random", "margin", "threshold", "best_worst", "stratified", "quantile")
 # Training switches that are prefalign's own, accepted in `train.dpo` next to DPOConfig's fields.
 OWN_SETTINGS = {
     "group_by_length": "batch pairs of similar token length (a random order of length-sorted megabatches)",
@@ -90,6 +90,24 @@ class RewardConfig(Section):
     )
 
 
+class PromptConfig(Section):
+    corpus: str = Field(
+        ..., description="Where prompts come from: `rotten_tomatoes` (offline), a CSV/TSV/JSONL/Parquet file, an "
+        "aclImdb folder or a hub dataset id (as `prefalign build-demo --corpus`).",
+    )
+    split: str | None = Field(None, description="Split of an aclImdb folder or hub dataset (default `train`).")
+    text_column: str = Field("text", description="Text column of a file or hub dataset.")
+    min_tokens: int = Field(2, ge=1, description="Shortest prompt, in policy tokens.")
+    max_tokens: int = Field(8, ge=1, description="Longest prompt, in policy tokens (each prompt's length is uniform in between).")
+    per_prompt: int = Field(4, ge=1, description="Samples drawn per prompt (k); pairs are formed among them.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is above max_tokens ({self.max_tokens})")
+        return self
+
+
 class SamplingConfig(Section):
     num_samples: int = Field(10_000, gt=1, description="Texts drawn from the policy for pair building.")
     max_length: int = Field(
@@ -102,6 +120,11 @@ class SamplingConfig(Section):
         None, gt=0, description="Sequences generated per batch. Empty: sized from available memory."
     )
     seed: int = Field(0, ge=0, description="Seed of the sample stage; the same seed gives the same texts.")
+    prompts: PromptConfig | None = Field(
+        None,
+        description="Empty: every text starts from the BOS token alone (the original). A section: start from the "
+        "first tokens of corpus texts, `per_prompt` samples each (see prompts.py).",
+    )
     engine: Literal["fast", "hf"] = Field(
         "fast",
         description="`fast`: prefalign's KV-cache decode loop (finished sequences leave the batch, top-k "
@@ -109,18 +132,36 @@ class SamplingConfig(Section):
         "architectures whose cache the fast loop cannot shrink.",
     )
 
+    @model_validator(mode="after")
+    def _room_for_completions(self):
+        if self.prompts is not None and self.prompts.max_tokens + 2 > self.max_length:
+            raise ValueError(f"prompts.max_tokens ({self.prompts.max_tokens}) + BOS leaves no room for a completion "
+                             f"under max_length ({self.max_length})")  # fmt: skip
+        return self
+
 
 class PairsConfig(Section):
-    strategies: list[Literal["random", "margin", "threshold"]] = Field(
+    strategies: list[Literal["random", "margin", "threshold", "best_worst", "stratified", "quantile"]] = Field(
         default_factory=lambda: ["random"],
         min_length=1,
         description="Pair rules to build, one pair file (and one set of models) each. `random`: two "
         "distinct samples, higher reward chosen; `margin`: random pairs with a reward gap above "
-        "`margin`; `threshold`: one sample below `threshold` (rejected) and one at or above it (chosen).",
+        "`margin`; `threshold`: one sample below `threshold` (rejected) and one at or above it (chosen); "
+        "`best_worst`: best vs worst of each group of `group_size` samples (of each prompt, with prompts); "
+        "`stratified`: chosen rewards spread evenly over `interval` in `bins` bins, rejected any lower "
+        "sample; `quantile`: chosen from the top `quantile` share, rejected from the bottom one. With "
+        "prompts every rule pairs samples of the same prompt only.",
     )
     count: int = Field(20_000, gt=0, description="Distinct pairs to build per strategy.")
     margin: float = Field(1.0, ge=0, description="`margin` strategy: minimum reward gap (exclusive).")
     threshold: float = Field(0.5, description="`threshold` strategy: the reward that splits rejected from chosen.")
+    group_size: int = Field(4, ge=2, description="`best_worst` without prompts: samples per group.")
+    interval: tuple[float, float] = Field(
+        (0.0, 2.5), description="`stratified`: the reward interval the chosen texts cover evenly (the original's [0, 2.5])."
+    )
+    bins: int = Field(10, ge=1, description="`stratified`: equal-width bins of `interval`, each with the same number of pairs.")
+    stratified_gap: float = Field(0.0, ge=0, description="`stratified`: the rejected reward is below the chosen by more than this.")
+    quantile: float = Field(0.25, gt=0, le=0.5, description="`quantile`: share of samples on each side (top / bottom).")
     seed: int = Field(0, ge=0, description="Seed of the pair draw.")
 
     @field_validator("strategies")
@@ -128,6 +169,73 @@ class PairsConfig(Section):
     def _unique(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("strategies must not repeat")
+        return v
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"interval must be [low, high] with low < high, got {list(v)}")
+        return v
+
+    def rule(self, strategy: str) -> dict:
+        """The settings `strategy` reads (what its pair file depends on)."""
+        return {"margin": {"margin": self.margin}, "threshold": {"threshold": self.threshold},
+                "best_worst": {"group_size": self.group_size},
+                "stratified": {"interval": tuple(self.interval), "bins": self.bins, "margin_floor": self.stratified_gap},
+                "quantile": {"q": self.quantile}}.get(strategy, {})  # fmt: skip
+
+
+class LossMix(Section):
+    types: list[str] = Field(..., min_length=1, description="TRL `loss_type` values combined in one objective.")
+    weights: list[float] | None = Field(None, description="TRL `loss_weights`, one per type (default: all 1).")
+    name: str | None = Field(None, description="Name in model names and tables (default: built from the parts).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        for t in self.types:
+            if t not in TRL_LOSSES:
+                raise ValueError(f"unknown loss {t!r} in types; TRL 1.16 supports {', '.join(TRL_LOSSES)}")
+        if self.weights is not None and len(self.weights) != len(self.types):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.types)} types")
+        if self.weights is not None and any(w < 0 for w in self.weights):
+            raise ValueError("loss weights must be >= 0")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.+]+", self.name):
+            raise ValueError(f"loss name {self.name!r}: use letters, digits, _ . + only (it names directories)")
+        return self
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        weights = self.weights or [1.0] * len(self.types)
+        return "+".join(t if w == 1 else f"{w:g}{t}" for t, w in zip(self.types, weights))
+
+
+def _check_loss(entry: str | LossMix) -> str | LossMix:
+    if isinstance(entry, str) and entry not in TRL_LOSSES + ("slic",):
+        hint = difflib.get_close_matches(entry, TRL_LOSSES + ("slic",), n=1)
+        raise ValueError(f"unknown loss {entry!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + f"; TRL 1.16 supports {', '.join(TRL_LOSSES)}, plus `slic`")  # fmt: skip
+    return entry
+
+
+def loss_label(entry: str | LossMix) -> str:
+    return entry if isinstance(entry, str) else entry.label()
+
+
+class ExtraPoint(Section):
+    strategy: str = Field(..., description="Pair rule (one of pairs.strategies' choices).")
+    loss: str | LossMix = Field(..., description="A loss entry as in train.losses.")
+    beta: float = Field(..., gt=0, description="DPO beta.")
+    recipe: Literal["default", "seed"] | None = Field(None, description="Recipe (default: train.recipe).")
+
+    _loss = field_validator("loss")(classmethod(lambda cls, v: _check_loss(v)))
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        if v not in PAIR_STRATEGIES:
+            raise ValueError(f"unknown pair strategy {v!r}; one of {', '.join(PAIR_STRATEGIES)}")
         return v
 
 
@@ -138,11 +246,16 @@ class TrainConfig(Section):
         "3 epochs, batch 8, max_length 256, fp32). `default`: TRL's defaults plus precomputed "
         "reference log-probs, tuned for this task (see training.py).",
     )
-    losses: list[str] = Field(
+    losses: list[str | LossMix] = Field(
         default_factory=lambda: ["sigmoid", "hinge"],
         min_length=1,
-        description="DPOTrainer `loss_type` values to train, one model each (sigmoid = DPO, hinge = "
-        f"SLiC as TRL implements it, ipo, ...). Any of: {', '.join(TRL_LOSSES)}.",
+        description="Losses to train, one model each: a DPOTrainer `loss_type` (sigmoid = DPO, hinge = "
+        f"SLiC's hinge as TRL implements it, ipo, ...; any of: {', '.join(TRL_LOSSES)}); `slic` = hinge "
+        "plus `slic_sft_weight` x cross-entropy on the chosen text (SLiC-HF's regularised form); or a "
+        "mapping `{types: [...], weights: [...], name: ...}` for a weighted combination.",
+    )
+    slic_sft_weight: float = Field(
+        0.1, ge=0, description="`slic`: weight of the cross-entropy term (TRL's `sft` loss) next to hinge at weight 1."
     )
     betas: list[float] = Field(
         default_factory=lambda: [0.1, 1.0], min_length=1, description="DPO beta values, one model each."
@@ -156,13 +269,19 @@ class TrainConfig(Section):
     )
     seed: int = Field(0, ge=0, description="Training seed (data order, dropout).")
 
+    extra: list[ExtraPoint] = Field(
+        default_factory=list,
+        description="Models to train besides the product strategies x losses x betas: each "
+        "`{strategy, loss, beta, recipe}` (e.g. a new pair rule at one beta only).",
+    )
+
     @field_validator("losses")
     @classmethod
-    def _known_losses(cls, v: list[str]) -> list[str]:
+    def _known_losses(cls, v: list) -> list:
         for loss in v:
-            if loss not in TRL_LOSSES:
-                raise ValueError(f"unknown loss {loss!r}; TRL 1.16 supports {', '.join(TRL_LOSSES)}")
-        if len(set(v)) != len(v):
+            _check_loss(loss)
+        labels = [loss_label(x) for x in v]
+        if len(set(labels)) != len(labels):
             raise ValueError("losses must not repeat")
         return v
 
@@ -217,6 +336,35 @@ class EvaluateConfig(Section):
     runs: int = Field(10, gt=0, description="Independent evaluation runs per model, each with its own seed.")
     samples: int = Field(5_000, gt=0, description="Texts sampled per run (same sampler settings as `sampling`).")
     seed: int = Field(1_000, ge=0, description="Run k uses seed `seed + k`; every model sees the same seeds.")
+    reward_thresholds: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5], description="Each run reports the share of texts with reward above each value."
+    )
+    kl: bool = Field(
+        True, description="Estimate KL(policy || original) on each run's samples (one extra forward of both models)."
+    )
+
+
+class IterativeConfig(Section):
+    rounds: int = Field(0, ge=0, description="Rounds of sample -> score -> pairs -> train, each from the previous "
+                        "round's model (0: off). Reference fixed to the original policy; every round is evaluated.")
+    strategy: str = Field("random", description="Pair rule of every round.")
+    losses: list[str | LossMix] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description="One chain per loss.")
+    betas: list[float] = Field(default_factory=lambda: [0.1], min_length=1, description="One chain per beta.")
+    recipe: Literal["default", "seed"] | None = Field(None, description="Recipe (default: train.recipe).")
+    samples: int | None = Field(None, gt=1, description="Texts sampled per round (default: sampling.num_samples).")
+
+    _loss = field_validator("losses")(classmethod(lambda cls, v: [_check_loss(x) for x in v]))
+    _strategy = field_validator("strategy")(classmethod(lambda cls, v: ExtraPoint._known_strategy(v)))
+
+
+class OnlineConfig(Section):
+    kl_coefs: list[float] = Field(
+        default_factory=list, description="One RLOO model per KL coefficient (TRL's `beta`); empty: no online baseline."
+    )
+    steps: int = Field(100, gt=0, description="RLOO optimizer steps.")
+    rloo: dict[str, Any] = Field(
+        default_factory=dict, description="Extra `trl.RLOOConfig` fields (e.g. `{learning_rate: 1e-5, num_generations: 8}`)."
+    )
 
 
 class Config(Section):
@@ -231,6 +379,8 @@ class Config(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="Pairs stage.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Train stage.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluate stage.")
+    iterative: IterativeConfig = Field(default_factory=IterativeConfig, description="On-policy DPO rounds.")
+    online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL baseline (TRL's RLOOTrainer).")
 
     @property
     def run_path(self) -> Path:

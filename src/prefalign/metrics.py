@@ -41,3 +41,60 @@ def run_summary(rewards: np.ndarray, positive: np.ndarray) -> dict[str, float]:
         "reward_std": float(rewards.std()),
         "positive_rate": float(np.asarray(positive, dtype=bool).mean()),
     }
+
+
+def distinct_n(token_ids: Iterable[Sequence[int]], n: int) -> float:
+    """distinct-n (Li et al., 2016): distinct n-grams / all n-grams, counted over every text of a run.
+
+    n-grams never cross texts. 0.0 when no text has n tokens.
+    """
+    seen: set[tuple[int, ...]] = set()
+    total = 0
+    for ids in token_ids:
+        ids = list(ids)
+        grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+        seen.update(grams)
+        total += len(grams)
+    return len(seen) / total if total else 0.0
+
+
+def reward_profile(rewards: np.ndarray, thresholds: Sequence[float] = (0.0, 0.5),
+                   quantiles: Sequence[int] = (5, 25, 50, 75, 95)) -> dict[str, float]:  # fmt: skip
+    """Shares of rewards strictly above each threshold (`share_above_<t>`) and percentiles (`reward_p<q>`).
+
+    Percentiles use numpy's default (linear interpolation between order statistics).
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    out = {f"share_above_{t:g}": float((r > t).mean()) for t in thresholds}
+    out.update({f"reward_p{q:02d}": float(np.percentile(r, q)) for q in quantiles})
+    return out
+
+
+def kl_estimate(logp: np.ndarray, logp_ref: np.ndarray, n_scored: np.ndarray) -> dict[str, float]:
+    """Monte-Carlo KL(policy || reference) from samples: per sequence and per token.
+
+    `logp` / `logp_ref`: each sample's log-probability under the policy / reference (summed over its
+    scored tokens); `n_scored`: how many tokens were scored. `kl_seq` = mean of logp - logp_ref;
+    `kl_token` = sum of (logp - logp_ref) / sum of n_scored (nats per generated token).
+
+    The estimator is unbiased only when the samples come from the policy's own distribution. prefalign
+    samples with top-k / top-p, i.e. from a truncated q, and scores with the full pi and pi_ref, so
+    it estimates E_q[log pi - log pi_ref] = KL(q || pi_ref) - KL(q || pi), not KL(pi || pi_ref); the
+    gap grows with how much mass the truncation removes. Individual terms can be negative.
+    """
+    d = np.asarray(logp, dtype=np.float64) - np.asarray(logp_ref, dtype=np.float64)
+    tokens = float(np.sum(n_scored))
+    return {"kl_seq": float(d.mean()) if len(d) else 0.0, "kl_token": float(d.sum() / tokens) if tokens else 0.0}
+
+
+def pareto_mask(maximize: np.ndarray, minimize: np.ndarray | None = None) -> np.ndarray:
+    """True for the rows no other row dominates: at least as good on every column, better on one.
+
+    `maximize`: (n, a) values where higher is better; `minimize`: (n, b) where lower is better.
+    """
+    x = np.asarray(maximize, dtype=np.float64).reshape(len(maximize), -1)
+    if minimize is not None:
+        x = np.hstack([x, -np.asarray(minimize, dtype=np.float64).reshape(len(maximize), -1)])
+    ge = (x[:, None, :] >= x[None, :, :]).all(-1)  # ge[j, i]: j at least as good as i everywhere
+    gt = (x[:, None, :] > x[None, :, :]).any(-1)
+    return ~(ge & gt).any(0)

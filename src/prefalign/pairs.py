@@ -5,11 +5,21 @@ The original experiment drew two samples at random and called the higher-reward 
 - `random`: two distinct samples drawn uniformly; the higher reward is chosen.
 - `margin`: as random, restricted to pairs whose reward gap exceeds `margin`.
 - `threshold`: one sample with reward < `threshold` (rejected) and one with reward >= it (chosen).
+- `quantile`: chosen from the top `q` fraction by reward, rejected from the bottom `q`: a clear
+  preference signal without a hand-picked threshold.
+- `best_worst`: one pair per group of samples, its best against its worst (the common recipe when
+  several completions are sampled per prompt).
+- `stratified`: chosen rewards spread evenly over `interval` (equal quotas per bin), so training
+  sees a flat density of chosen rewards instead of the sample distribution's bulge.
 
-Every rule draws *distinct* pairs (no (i, j) twice) uniformly from the pairs it allows, and exact
-reward ties are never pairs (there is no preference to learn). The number of allowed pairs is
-counted exactly first, so a request that cannot be met stops with a message saying why instead of
-looping or writing a short file. Run alone with:
+Every rule draws *distinct* pairs (no (i, j) twice), and exact reward ties are never pairs (there
+is no preference to learn). `random`, `margin`, `threshold` and `quantile` draw uniformly from the
+pairs they allow. The number of allowed pairs is counted exactly first, so a request that cannot be
+met stops with a message saying why instead of looping or writing a short file.
+
+`groups` (one id per sample, e.g. the prompt it was generated from) confines every rule to pairs
+within a group: comparing completions of different prompts mixes prompt difficulty into the
+preference. Run alone with:
 
     prefalign pairs CONFIG
 """
@@ -19,78 +29,145 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+STRATEGIES = ("random", "margin", "threshold", "quantile", "best_worst", "stratified")
+
 
 class PairError(ValueError):
-    """The samples cannot give the pairs asked for."""
+    """The samples cannot give the pairs asked for (or the rule's settings are impossible)."""
 
 
-def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, threshold: float = 0.5,
-                seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, threshold: float = 0.5, seed: int = 0, *,
+                groups=None, group_size: int = 4, interval: tuple[float, float] = (0.0, 2.5), bins: int = 10,
+                margin_floor: float = 0.0, q: float = 0.25) -> pd.DataFrame:  # fmt: skip
     """Return `count` distinct (chosen, rejected) index pairs with their rewards.
 
     Columns: `chosen_index`, `rejected_index`, `chosen_reward`, `rejected_reward`; always
-    chosen_reward > rejected_reward (by more than `margin` for `margin`).
+    chosen_reward > rejected_reward (by more than `margin` for `margin`, by more than `margin_floor`
+    for `stratified`). With `groups`, both indices of every pair share a group id.
     """
     r = np.asarray(rewards, dtype=np.float64)
     n = len(r)
-    order = np.argsort(r, kind="stable")
-    s = r[order]
-    # For each sample (in sorted order), the first sorted position whose reward may be chosen over it.
-    if strategy == "random":
-        lo = np.searchsorted(s, s, side="right")
-        allowed_low = np.ones(n, bool)
-        why = "all samples have the same reward"
-    elif strategy == "margin":
-        lo = np.searchsorted(s, s + margin, side="right")
-        allowed_low = np.ones(n, bool)
-        why = f"no two samples differ in reward by more than margin={margin} (rewards span {s[0]:.3f}..{s[-1]:.3f})" if n else ""
-    elif strategy == "threshold":
-        n_below = int(np.searchsorted(s, threshold, side="left"))
-        lo = np.full(n, n_below)
-        allowed_low = np.arange(n) < n_below
-        why = (f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
-               f"(rewards span {s[0]:.3f}..{s[-1]:.3f}); both sides need samples") if n else ""  # fmt: skip
-    else:
+    if strategy not in STRATEGIES:
         raise ValueError(f"unknown pair strategy {strategy!r}")
     if n < 2:
         raise PairError(f"{strategy}: need at least 2 samples, got {n}")
+    g = _group_codes(groups, n)
+    rng = np.random.default_rng(seed)
+    if strategy == "best_worst":
+        return _best_worst(r, g, groups is not None, group_size, count, rng)
+    order, s, gs, start, end = _layout(r, g)
+    if strategy == "stratified":
+        return _frame(r, *_stratified(s, gs, start, order, interval, bins, margin_floor, count, rng))
 
-    # weight[i] = number of partners sample i can be rejected against.
-    weight = np.where(allowed_low, n - lo, 0).astype(np.float64)
+    sizes = np.bincount(g)
+    scope = f"; pairs stay within a group: {len(sizes)} groups of {sizes.min()}..{sizes.max()} samples"
+    scope = scope if groups is not None else ""
+    pos = np.arange(n)
+    ok = np.ones(n, bool)  # ok[p]: the sample at sorted position p may be rejected
+    advice = "lower pairs.count or sample more"
+    # lo[p]: first sorted position (in p's group) whose sample may be chosen over p; end[p] closes the group.
+    if strategy == "random":
+        lo = _search(gs, s, gs, s, "right")
+        why = "all samples have the same reward" if groups is None else "no group holds two different rewards"
+        short = "ties excluded"
+    elif strategy == "margin":
+        lo = _search(gs, s, gs, s + margin, "right")
+        why = f"no two samples differ in reward by more than margin={margin} (rewards span {s[0]:.3f}..{s[-1]:.3f})"
+        short = why
+    elif strategy == "threshold":
+        lo = _search(gs, s, gs, np.full(n, float(threshold)), "left")
+        ok = pos < lo
+        n_below = int(ok.sum())
+        why = (f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
+               f"(rewards span {s[0]:.3f}..{s[-1]:.3f}); both sides need samples")  # fmt: skip
+        short = why
+    else:  # quantile, taken within each group
+        if not 0 < q <= 0.5:
+            raise PairError(f"quantile: q must be in (0, 0.5], got {q}")
+        # The epsilon keeps floor(0.29 * 100) at 29 despite 0.29 * 100 == 28.999999999999996.
+        k = np.floor(q * (end - start) + 1e-9).astype(np.int64)
+        if k.max() == 0:
+            raise PairError(f"quantile: floor(q * {sizes.max()} samples) = 0 at q={q}: no sample on either side"
+                            f"{scope}; raise q (at most 0.5) or sample more")  # fmt: skip
+        lo = np.maximum(end - k, _search(gs, s, gs, s, "right"))
+        ok = pos < start + k
+        side = f"{k.max()} samples a side" if groups is None else "sides taken per group"
+        why = f"the top and bottom q={q} ({side}) all share one reward"
+        short = f"top x bottom q={q}, {side}, ties excluded"
+        advice = "lower pairs.count, raise q or sample more"
+
+    # weight[p] = number of partners the sample at sorted position p can be rejected against.
+    weight = np.where(ok, end - lo, 0).astype(np.int64)
     available = int(weight.sum())
     if available == 0:
-        raise PairError(f"{strategy}: cannot build any pair: {why}")
+        raise PairError(f"{strategy}: cannot build any pair: {why}{scope}")
     if available < count:
-        raise PairError(
-            f"{strategy}: asked for {count} distinct pairs but the {n} samples allow only {available} "
-            f"({why if strategy != 'random' else 'ties excluded'}); lower pairs.count or sample more"
-        )
-
-    rng = np.random.default_rng(seed)
+        raise PairError(f"{strategy}: asked for {count} distinct pairs but the {n} samples allow only {available} "
+                        f"({short}{scope}); {advice}")  # fmt: skip
     if count * 4 >= available:
         # Dense request: enumerate every allowed pair and pick without replacement.
-        w = weight.astype(np.int64)
-        low_all = np.repeat(np.arange(n), w)
-        offsets = np.arange(available) - np.repeat(np.cumsum(w) - w, w)
+        low_all = np.repeat(np.arange(n), weight)
+        offsets = np.arange(available) - np.repeat(np.cumsum(weight) - weight, weight)
         pick = rng.choice(available, size=count, replace=False)
         low, high = low_all[pick], lo[low_all[pick]] + offsets[pick]
     else:
-        low, high = _sparse_draw(rng, weight / weight.sum(), lo, n, count)
-    rejected, chosen = order[low], order[high]
+        low, high = _sparse_draw(rng, weight / weight.sum(), lo, end, count)
+    return _frame(r, order[high], order[low])
+
+
+def _frame(r, chosen, rejected) -> pd.DataFrame:
     return pd.DataFrame({
         "chosen_index": chosen, "rejected_index": rejected, "chosen_reward": r[chosen], "rejected_reward": r[rejected],
     })  # fmt: skip
 
 
-def _sparse_draw(rng, p, lo, n, count):
+def _group_codes(groups, n):
+    """Group ids as integer codes 0..G-1 (all zeros without groups: one group holding every sample)."""
+    if groups is None:
+        return np.zeros(n, np.int64)
+    ids = np.asarray(groups)
+    if ids.shape != (n,):
+        raise PairError(f"groups must hold one id per sample: got shape {ids.shape} for {n} samples")
+    return np.unique(ids, return_inverse=True)[1].reshape(n).astype(np.int64)
+
+
+def _layout(r, g):
+    """Sort by (group, reward, index): each group is a contiguous run of sorted positions, ascending.
+
+    Returns the order, sorted rewards and group codes, and each position's group run [start, end).
+    Without groups this is exactly a stable argsort of the rewards.
+    """
+    order = np.lexsort((r, g))
+    s, gs = r[order], g[order]
+    return order, s, gs, np.searchsorted(gs, gs, "left"), np.searchsorted(gs, gs, "right")
+
+
+def _search(gs, s, qg, qv, side):
+    """np.searchsorted of the keys (qg, qv) into the (group, reward)-sorted (gs, s): exact, vectorised.
+
+    Queries and samples are merged in one lexicographic sort; a query's answer is the number of
+    samples before it. On equal keys samples go first for side="right", after for side="left".
+    """
+    m = len(s)
+    tie = np.r_[np.full(m, side == "left"), np.full(len(qv), side == "right")]
+    merged = np.lexsort((tie, np.r_[s, qv], np.r_[gs, qg]))
+    is_sample = merged < m
+    before = np.cumsum(is_sample) - is_sample
+    out = np.empty(len(qv), np.int64)
+    out[merged[~is_sample] - m] = before[~is_sample]
+    return out
+
+
+def _sparse_draw(rng, p, lo, hi, count):
     """Distinct allowed pairs by rejection of repeats (the request is < 1/4 of all allowed pairs)."""
+    n = len(lo)
     seen: dict[tuple[int, int], None] = {}  # insertion-ordered set: deterministic output order
     while len(seen) < count:
         need = count - len(seen)
-        # Rejected ~ its number of partners, then chosen uniform among its partners: together a
-        # uniform draw over all allowed pairs.
+        # Rejected ~ its number of partners, then chosen uniform among its partners [lo, hi): together
+        # a uniform draw over all allowed pairs.
         low = rng.choice(n, size=2 * need + 16, p=p)
-        high = lo[low] + np.floor(rng.random(len(low)) * (n - lo[low])).astype(np.int64)
+        high = lo[low] + np.floor(rng.random(len(low)) * (hi[low] - lo[low])).astype(np.int64)
         for a, b in zip(low.tolist(), high.tolist()):
             seen.setdefault((a, b))
             if len(seen) == count:
@@ -98,11 +175,129 @@ def _sparse_draw(rng, p, lo, n, count):
     return np.array(list(seen)).T
 
 
+def _best_worst(r, g, grouped, group_size, count, rng) -> pd.DataFrame:
+    """One pair per group: the highest reward chosen over the lowest (ties: lowest sample index).
+
+    Without `groups` the groups are consecutive blocks of `group_size` samples: the samples are
+    i.i.d., so consecutive blocks are random groups (a trailing single sample cannot make a pair).
+    """
+    n = len(r)
+    if not grouped:
+        if int(group_size) != group_size or group_size < 2:
+            raise PairError(f"best_worst: group_size must be an integer >= 2, got {group_size}")
+        g = np.arange(n) // int(group_size)
+    order, s, gs, _, _ = _layout(r, g)
+    first = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])  # lowest reward, lowest index among ties
+    last = np.r_[first[1:], n] - 1
+    top = _search(gs, s, gs[last], s[last], "left")  # first position holding the group's highest reward
+    qualify = np.flatnonzero(s[first] < s[last])
+    if len(qualify) < count:
+        n_groups = int(np.sum(last > first))
+        kind = "groups given" if grouped else f"blocks of group_size={group_size}"
+        fix = "sample more per group or lower pairs.count" if grouped else \
+            "sample more, use a smaller group_size, or lower pairs.count"  # fmt: skip
+        raise PairError(f"best_worst: asked for {count} pairs but only {len(qualify)} of the {n_groups} {kind} "
+                        f"(with 2+ samples, from {n} samples) hold two different rewards, one pair each; "
+                        f"{fix}")  # fmt: skip
+    pick = qualify[rng.choice(len(qualify), size=count, replace=False)]
+    return _frame(r, order[top[pick]], order[first[pick]])
+
+
+def _stratified(s, gs, start, order, interval, bins, margin_floor, count, rng):
+    """Chosen rewards with a flat density over `interval`: equal quotas per equal-width bin.
+
+    Bins follow np.histogram(range=interval): [e_i, e_i+1), the last closed. A bin's chosen is drawn
+    uniformly from its samples that still have an unused partner, its rejected uniformly from that
+    sample's unused partners: same-group samples with reward < chosen - `margin_floor`. Drawing
+    chosen-first (not pair-uniform) keeps the density flat inside each bin too; pair-uniform would
+    favour high rewards, which have more partners.
+    """
+    low, high = (float(x) for x in interval)
+    if not low < high or int(bins) != bins or bins < 1 or margin_floor < 0:
+        raise PairError(f"stratified: need low < high, bins >= 1 and margin_floor >= 0; got interval={interval}, "
+                        f"bins={bins}, margin_floor={margin_floor}")  # fmt: skip
+    bins = int(bins)
+    edges = np.linspace(low, high, bins + 1)
+    inside = (s >= low) & (s <= high)
+    b = np.where(s == high, bins - 1, np.searchsorted(edges, s, "right") - 1)
+    partners = _search(gs, s, gs, s - margin_floor, "left") - start  # partners of p: positions [start, start + w)
+    quota = count // bins + (np.arange(bins) < count % bins)
+    members = np.bincount(b[inside], minlength=bins)
+    allowed = np.bincount(b[inside], weights=partners[inside], minlength=bins).astype(np.int64)
+    short = np.flatnonzero(allowed < quota)
+    if len(short):
+        desc = "; ".join(f"bin [{edges[i]:.4g}, {edges[i + 1]:.4g}{']' if i == bins - 1 else ')'} holds "
+                         f"{members[i]} samples allowing {allowed[i]} distinct pairs, needs {quota[i]}"
+                         for i in short[:3])  # fmt: skip
+        more = f" (and {len(short) - 3} more bins)" if len(short) > 3 else ""
+        raise PairError(f"stratified: {count} pairs over {bins} bins of {interval}: {desc}{more}; use a narrower "
+                        "interval, fewer bins, fewer pairs, or sample more")  # fmt: skip
+    chosen, rejected = [], []
+    for i in range(bins):
+        cand = np.flatnonzero(inside & (b == i) & (partners > 0))
+        times = _capped_counts(rng, partners[cand], int(quota[i]))
+        owner, offset = _distinct_offsets(rng, times, partners[cand])
+        chosen.append(cand[owner])
+        rejected.append(start[cand[owner]] + offset)
+    perm = rng.permutation(count)  # rows in random order, not bin by bin
+    return order[np.concatenate(chosen)[perm]], order[np.concatenate(rejected)[perm]]
+
+
+def _capped_counts(rng, cap, total):
+    """How often each candidate is picked when every pick is uniform over candidates picked < cap times.
+
+    Batched: draws hitting a candidate that filled up earlier in the batch are dropped and drawn
+    again next round from the candidates still open, which is the same as the one-by-one process.
+    """
+    times = np.zeros(len(cap), np.int64)
+    while (need := total - int(times.sum())) > 0:
+        open_ = np.flatnonzero(times < cap)
+        d = open_[rng.integers(len(open_), size=need)]
+        by = np.argsort(d, kind="stable")
+        rank = np.empty(need, np.int64)  # how many earlier draws in this batch hit the same candidate
+        rank[by] = np.arange(need) - np.searchsorted(d[by], d[by], "left")
+        times += np.bincount(d[times[d] + rank < cap[d]], minlength=len(cap))
+    return times
+
+
+def _distinct_offsets(rng, times, width):
+    """For each k, times[k] distinct offsets uniform in [0, width[k]); returns (owner, offset) arrays.
+
+    Owners needing >= 1/4 of their range rank all its offsets by random keys (this enumerates at
+    most 4 * sum(times) offsets); the others draw with replacement and redraw repeats.
+    """
+    dense = 4 * times >= width
+    dk = np.flatnonzero(dense & (times > 0))
+    own = np.repeat(dk, width[dk])
+    base = np.repeat(np.cumsum(width[dk]) - width[dk], width[dk])
+    by_key = np.lexsort((rng.random(len(own)), own))  # per owner, a random order of its offsets
+    keep = np.arange(len(own)) - base < times[own]
+    d_owner, d_offset = own[keep], (np.arange(len(own)) - base)[by_key][keep]
+    sk = np.flatnonzero(~dense)
+    s_owner = np.repeat(sk, times[sk])
+    s_offset = np.floor(rng.random(len(s_owner)) * width[s_owner]).astype(np.int64)
+    while len(s_owner):
+        key = s_owner * (int(width.max()) + 1) + s_offset
+        repeat = np.ones(len(key), bool)
+        repeat[np.unique(key, return_index=True)[1]] = False
+        if not repeat.any():
+            break
+        s_offset[repeat] = np.floor(rng.random(int(repeat.sum())) * width[s_owner[repeat]]).astype(np.int64)
+    return np.r_[d_owner, s_owner], np.r_[d_offset, s_offset]
+
+
 def pairs_frame(samples: pd.DataFrame, prompt: str, **rule) -> pd.DataFrame:
-    """Pairs as the trainer reads them: `prompt`, `chosen`, `rejected` texts plus rewards and indices."""
-    idx = build_pairs(samples["reward"].to_numpy(), **rule)
+    """Pairs as the trainer reads them: `prompt`, `chosen`, `rejected` texts plus rewards and indices.
+
+    If `samples` has a `prompt` column, pairs stay within a prompt (completions of different prompts
+    are not comparable) and each row's prompt is `prompt` (the BOS token) followed by its own prompt.
+    """
+    grouped = "prompt" in samples.columns
+    groups = samples["prompt"].to_numpy() if grouped else None
+    idx = build_pairs(samples["reward"].to_numpy(), groups=groups, **rule)
+    prompts = [prompt + str(p) for p in groups[idx["chosen_index"]]] if grouped else prompt
     return pd.DataFrame({
-        "prompt": prompt,
+        "prompt": prompts,
         "chosen": samples["text"].to_numpy()[idx["chosen_index"]],
         "rejected": samples["text"].to_numpy()[idx["rejected_index"]],
         "chosen_reward": idx["chosen_reward"], "rejected_reward": idx["rejected_reward"],

@@ -15,13 +15,14 @@ import fcntl
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from prefalign import models as M
-from prefalign.config import Config
+from prefalign.config import Config, loss_label
 from prefalign.store import is_done, key_of, read_json, write_json, write_parquet, write_text
 
 STAGES = ("sample", "pairs", "train", "evaluate", "report")
@@ -31,16 +32,48 @@ def log(msg: str) -> None:
     print(f"[prefalign {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-@dataclass(frozen=True)
-class GridPoint:
-    strategy: str
-    loss: str
-    beta: float
-    recipe: str
+@dataclass(eq=False)
+class ModelSpec:
+    """One model the run trains: a DPO grid point, one round of an iterative chain, or an RLOO model."""
+
+    method: str  # "dpo", "iterative" or "rloo"
+    strategy: str = ""
+    loss: Any = ""  # a train.losses entry: a name or a LossMix
+    beta: float = float("nan")
+    recipe: str = ""
+    round: int = 0
+    kl_coef: float = float("nan")
+
+    @property
+    def loss_label(self) -> str:
+        return loss_label(self.loss) if self.loss != "" else ""
+
+    @property
+    def chain(self) -> str:
+        return f"iter-{self.strategy}-{self.loss_label}-beta{self.beta:g}-{self.recipe}"
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}-{self.loss}-beta{self.beta:g}-{self.recipe}"
+        if self.method == "rloo":
+            return f"rloo-kl{self.kl_coef:g}"
+        if self.method == "iterative":
+            return f"{self.chain}-r{self.round}"
+        return f"{self.strategy}-{self.loss_label}-beta{self.beta:g}-{self.recipe}"
+
+    def row(self) -> dict:
+        """The columns that describe this model in results.csv."""
+        return {"method": self.method, "strategy": self.strategy, "loss": self.loss_label,
+                "beta": None if self.method == "rloo" else self.beta, "recipe": self.recipe,
+                "round": self.round if self.method == "iterative" else None,
+                "kl_coef": self.kl_coef if self.method == "rloo" else None}  # fmt: skip
+
+
+ORIGINAL_ROW = {"method": "original", "strategy": "", "loss": "", "beta": None, "recipe": "", "round": None, "kl_coef": None}
+
+
+def _loss_key(loss) -> Any:
+    """What a loss entry contributes to a model key (a plain name keys exactly as before mixes existed)."""
+    return loss if isinstance(loss, str) else loss.model_dump()
 
 
 class Run:
@@ -63,30 +96,70 @@ class Run:
     def pairs_path(self, strategy: str) -> Path:
         return self.root / "pairs" / f"{strategy}.parquet"
 
-    def model_dir(self, point: GridPoint) -> Path:
-        return self.root / "models" / point.name
+    def model_dir(self, spec: ModelSpec) -> Path:
+        return self.root / "models" / spec.name
 
-    def grid(self) -> list[GridPoint]:
+    def round_dir(self, spec: ModelSpec) -> Path:
+        return self.root / "iterative" / spec.chain / f"round-{spec.round}"
+
+    def grid(self) -> list[ModelSpec]:
+        """The DPO models: strategies x losses x betas, then `train.extra`."""
         t = self.cfg.train
-        return [GridPoint(s, loss, b, t.recipe) for s in self.cfg.pairs.strategies for loss in t.losses for b in t.betas]
+        specs = [ModelSpec("dpo", s, loss, b, t.recipe) for s in self.cfg.pairs.strategies for loss in t.losses for b in t.betas]
+        specs += [ModelSpec("dpo", x.strategy, x.loss, x.beta, x.recipe or t.recipe) for x in t.extra]
+        return specs
 
-    def samples_key(self) -> str:
-        return key_of("samples", self.k_policy, self.k_reward, self.cfg.sampling.model_dump())
+    def chains(self) -> list[list[ModelSpec]]:
+        it = self.cfg.iterative
+        recipe = it.recipe or self.cfg.train.recipe
+        return [[ModelSpec("iterative", it.strategy, loss, b, recipe, r) for r in range(1, it.rounds + 1)]
+                for loss in it.losses for b in it.betas] if it.rounds else []  # fmt: skip
 
-    def pairs_key(self, strategy: str) -> str:
+    def models(self) -> list[ModelSpec]:
+        """Every trained model, in report order; names are unique (config validation keeps them so)."""
+        specs = self.grid() + [s for chain in self.chains() for s in chain]
+        specs += [ModelSpec("rloo", kl_coef=c) for c in self.cfg.online.kl_coefs]
+        seen: dict[str, ModelSpec] = {}
+        for s in specs:
+            seen.setdefault(s.name, s)  # `extra` may repeat a product point: train it once
+        return list(seen.values())
+
+    def _sampler(self) -> dict:
+        s = self.cfg.sampling
+        # Without prompts the key is what it was before prompts existed, so older run dirs stay valid.
+        return s.model_dump(exclude={"num_samples", "seed"} | ({"prompts"} if s.prompts is None else set()))
+
+    def samples_key(self, spec: ModelSpec | None = None) -> str:
+        """The main samples, or the samples an iterative round draws from the previous round's model."""
+        s = self.cfg.sampling
+        if spec is None or spec.round <= 1:
+            return key_of("samples", self.k_policy, self.k_reward, {**self._sampler(), "num_samples": s.num_samples,
+                                                                      "seed": s.seed})  # fmt: skip
+        parent = ModelSpec(**{**spec.__dict__, "round": spec.round - 1})
+        n = self.cfg.iterative.samples or s.num_samples
+        return key_of("samples", self.model_key(parent), self.k_reward, self._sampler(), n, s.seed + spec.round)
+
+    def pairs_key(self, strategy: str, spec: ModelSpec | None = None) -> str:
         p = self.cfg.pairs
-        rule = {"margin": p.margin} if strategy == "margin" else {"threshold": p.threshold} if strategy == "threshold" else {}
-        return key_of("pairs", self.samples_key(), strategy, p.count, p.seed, rule)
+        seed = p.seed + (spec.round - 1 if spec is not None and spec.round else 0)
+        return key_of("pairs", self.samples_key(spec), strategy, p.count, seed, p.rule(strategy))
 
-    def model_key(self, point: GridPoint) -> str:
+    def model_key(self, spec: ModelSpec) -> str:
         t = self.cfg.train
-        return key_of("model", self.pairs_key(point.strategy), self.k_policy, point.loss, point.beta, t.recipe, t.dpo,
-                      t.seed)  # fmt: skip
+        if spec.method == "rloo":
+            o = self.cfg.online
+            return key_of("rloo", self.k_policy, self.k_reward, spec.kl_coef, o.steps, o.rloo, self._sampler(), t.seed)
+        loss = _loss_key(spec.loss) if spec.loss != "slic" else ("slic", t.slic_sft_weight)
+        if spec.method == "dpo":
+            return key_of("model", self.pairs_key(spec.strategy), self.k_policy, loss, spec.beta, spec.recipe, t.dpo, t.seed)
+        start = self.k_policy if spec.round == 1 else self.model_key(ModelSpec(**{**spec.__dict__, "round": spec.round - 1}))
+        return key_of("model", self.pairs_key(spec.strategy, spec), start, loss, spec.beta, spec.recipe, t.dpo, t.seed)
 
     def eval_keys(self, model_key: str) -> dict[int, str]:
-        s, e = self.cfg.sampling, self.cfg.evaluate
-        sampler = s.model_dump(exclude={"num_samples", "seed"})
-        return {k: key_of("eval", model_key, self.k_reward, sampler, e.samples, e.seed + k) for k in range(e.runs)}
+        e = self.cfg.evaluate
+        sampler = self._sampler()
+        metrics = ("metrics-v2", e.kl, e.reward_thresholds)
+        return {k: key_of("eval", model_key, self.k_reward, sampler, e.samples, e.seed + k, metrics) for k in range(e.runs)}
 
     # ---- shared loading ------------------------------------------------------------------
 
@@ -112,74 +185,125 @@ class Run:
                 info[section].update(built[section])
         write_json(self.root / "models.json", info)
 
+    def prompts(self, tokenizer, n: int, seed: int):
+        """Per-row (ids, text) prompts for n samples, or None when sampling starts from BOS alone."""
+        if self.cfg.sampling.prompts is None:
+            return None
+        from prefalign.prompts import corpus_prompts
+
+        return corpus_prompts(self.cfg.sampling.prompts, tokenizer, n, seed)
+
     # ---- stages --------------------------------------------------------------------------
 
-    def sample(self) -> None:
-        key = self.samples_key()
-        meta = self.root / "samples.meta.json"
-        if is_done(meta, key) and self.samples_path.exists():
-            log("sample: up to date")
-            return
+    def _sample_to(self, path: Path, key: str, policy_ref: str, revision: str | None, n: int, seed: int, what: str) -> None:
         from prefalign.sampling import sample_and_score
 
+        meta = path.with_name("samples.meta.json")
+        if is_done(meta, key) and path.exists():
+            log(f"{what}: up to date")
+            return
         s = self.cfg.sampling
-        log(f"sample: {s.num_samples} texts from {self.cfg.policy.model} on {self.device}")
-        policy, ptok = M.load_policy(self.cfg.policy.model, self.cfg.policy.revision, self.device,
-                                     M.inference_dtype(self.device), s.max_length)  # fmt: skip
+        log(f"{what}: {n} texts from {policy_ref} on {self.device}")
+        policy, ptok = M.load_policy(policy_ref, revision, self.device, M.inference_dtype(self.device), s.max_length)
         clf, ctok, pos = self.classifier()
-        df = sample_and_score(policy, ptok, clf, ctok, pos, s.num_samples, s, s.seed, self.cfg.reward.batch_size,
-                              self.samples_path)  # fmt: skip
+        df = sample_and_score(policy, ptok, clf, ctok, pos, n, s, seed, self.cfg.reward.batch_size, path,
+                              desc=what, prompts=self.prompts(ptok, n, seed))  # fmt: skip
         secs = df.attrs["seconds"]
         write_json(meta, {"key": key, "samples": len(df), "seconds": round(secs, 2),
                           "samples_per_second": round(len(df) / secs, 1), "reward_mean": float(df.reward.mean()),
                           "positive_rate": float(df.is_positive.mean())})  # fmt: skip
-        log(f"sample: done in {secs:.1f}s ({len(df) / secs:.0f} samples/s), mean reward {df.reward.mean():.3f}, "
+        log(f"{what}: done in {secs:.1f}s ({len(df) / secs:.0f} samples/s), mean reward {df.reward.mean():.3f}, "
             f"positive rate {df.is_positive.mean():.3f}")  # fmt: skip
 
-    def pairs(self) -> None:
+    def sample(self) -> None:
+        s = self.cfg.sampling
+        self._sample_to(self.samples_path, self.samples_key(), self.cfg.policy.model, self.cfg.policy.revision,
+                        s.num_samples, s.seed, "sample")  # fmt: skip
+
+    def _pairs_to(self, samples_path: Path, path: Path, key: str, strategy: str, seed: int, what: str) -> None:
         from prefalign.pairs import pairs_frame
         from prefalign.training import bos_prompt
 
-        samples = None
+        meta = path.with_suffix(".meta.json")
+        if is_done(meta, key) and path.exists():
+            log(f"{what}: up to date")
+            return
+        samples = pd.read_parquet(samples_path)
+        samples = samples[[c for c in ("text", "reward", "prompt") if c in samples.columns]]
+        prompt = bos_prompt(M.load_tokenizer(self.cfg.policy.model, self.cfg.policy.revision, "policy"))
         p = self.cfg.pairs
-        for strategy in p.strategies:
-            key, path = self.pairs_key(strategy), self.pairs_path(strategy)
-            meta = path.with_suffix(".meta.json")
-            if is_done(meta, key) and path.exists():
-                log(f"pairs {strategy}: up to date")
-                continue
-            if samples is None:
-                samples = pd.read_parquet(self.samples_path, columns=["text", "reward"])
-                prompt = bos_prompt(M.load_tokenizer(self.cfg.policy.model, self.cfg.policy.revision, "policy"))
-            df = pairs_frame(samples, prompt, strategy=strategy, count=p.count, margin=p.margin,
-                             threshold=p.threshold, seed=p.seed)  # fmt: skip
-            write_parquet(df, path)
-            gap = df.chosen_reward - df.rejected_reward
-            write_json(meta, {"key": key, "pairs": len(df), "mean_gap": float(gap.mean()), "min_gap": float(gap.min()),
-                              "chosen_reward_mean": float(df.chosen_reward.mean()),
-                              "rejected_reward_mean": float(df.rejected_reward.mean())})  # fmt: skip
-            log(f"pairs {strategy}: {len(df)} pairs, mean reward gap {gap.mean():.3f}")
+        df = pairs_frame(samples, prompt, strategy=strategy, count=p.count, seed=seed, **p.rule(strategy))
+        write_parquet(df, path)
+        gap = df.chosen_reward - df.rejected_reward
+        write_json(meta, {"key": key, "pairs": len(df), "mean_gap": float(gap.mean()), "min_gap": float(gap.min()),
+                          "chosen_reward_mean": float(df.chosen_reward.mean()),
+                          "chosen_reward_std": float(df.chosen_reward.std()),
+                          "rejected_reward_mean": float(df.rejected_reward.mean())})  # fmt: skip
+        log(f"{what}: {len(df)} pairs, mean reward gap {gap.mean():.3f}")
 
-    def train(self) -> None:
+    def pairs(self) -> None:
+        strategies = list(dict.fromkeys(s.strategy for s in self.grid()))
+        for strategy in strategies:
+            self._pairs_to(self.samples_path, self.pairs_path(strategy), self.pairs_key(strategy), strategy,
+                           self.cfg.pairs.seed, f"pairs {strategy}")  # fmt: skip
+
+    def _train_dpo(self, spec: ModelSpec, pairs_path: Path, start: str, reference: str | None) -> None:
         from prefalign.training import train_one
 
-        for point in self.grid():
-            key, out = self.model_key(point), self.model_dir(point)
+        key, out = self.model_key(spec), self.model_dir(spec)
+        if is_done(out / "train.json", key):
+            log(f"train {spec.name}: up to date")
+            return
+        log(f"train {spec.name}")
+        t = self.cfg.train
+        revision = self.cfg.policy.revision if start == self.cfg.policy.model else None
+        train_one(start, revision, pairs_path, out, spec.recipe, spec.loss, spec.beta, t.dpo, self.device, t.seed,
+                  key=key, log=log, reference_ref=reference, slic_sft_weight=t.slic_sft_weight)  # fmt: skip
+
+    def train(self) -> None:
+        """The DPO grid, then each iterative chain round by round, then the online baseline."""
+        for spec in self.grid():
+            self._train_dpo(spec, self.pairs_path(spec.strategy), self.cfg.policy.model, None)
+        for chain in self.chains():
+            for spec in chain:
+                rd = self.round_dir(spec)
+                if spec.round == 1:
+                    samples = self.samples_path
+                else:
+                    prev = self.model_dir(chain[spec.round - 2])
+                    samples = rd / "samples.parquet"
+                    n = self.cfg.iterative.samples or self.cfg.sampling.num_samples
+                    self._sample_to(samples, self.samples_key(spec), str(prev), None, n,
+                                    self.cfg.sampling.seed + spec.round, f"{spec.name} sample")  # fmt: skip
+                self._pairs_to(samples, rd / "pairs.parquet", self.pairs_key(spec.strategy, spec), spec.strategy,
+                               self.cfg.pairs.seed + spec.round - 1, f"{spec.name} pairs")  # fmt: skip
+                start = self.cfg.policy.model if spec.round == 1 else str(self.model_dir(chain[spec.round - 2]))
+                self._train_dpo(spec, rd / "pairs.parquet", start, None if spec.round == 1 else self.cfg.policy.model)
+        for spec in (s for s in self.models() if s.method == "rloo"):
+            key, out = self.model_key(spec), self.model_dir(spec)
             if is_done(out / "train.json", key):
-                log(f"train {point.name}: up to date")
+                log(f"train {spec.name}: up to date")
                 continue
-            log(f"train {point.name}")
-            t = self.cfg.train
-            train_one(self.cfg.policy.model, self.cfg.policy.revision, self.pairs_path(point.strategy), out,
-                      t.recipe, point.loss, point.beta, t.dpo, self.device, t.seed, key=key, log=log)  # fmt: skip
+            from prefalign.online import train_rloo
+
+            log(f"train {spec.name}: RLOO, {self.cfg.online.steps} steps")
+            clf, ctok, _ = self.classifier()
+            train_rloo(self.cfg.policy.model, self.cfg.policy.revision, clf, ctok, self.cfg.reward.positive_label, out,
+                       kl_coef=spec.kl_coef, steps=self.cfg.online.steps, overrides=self.cfg.online.rloo,
+                       device=self.device, seed=self.cfg.train.seed, key=key, log=log, sampling=self.cfg.sampling)  # fmt: skip
+
+    def targets(self) -> list[tuple[str, dict, str, str, str | None]]:
+        """(name, row, model key, model ref, revision) of the original and every trained model."""
+        cfg = self.cfg
+        out = [("original", ORIGINAL_ROW, self.k_policy, cfg.policy.model, cfg.policy.revision)]
+        return out + [(s.name, s.row(), self.model_key(s), str(self.model_dir(s)), None) for s in self.models()]
 
     def evaluate(self) -> None:
         from prefalign.evaluation import evaluate_model
 
         cfg = self.cfg
-        targets = [("original", self.k_policy, cfg.policy.model, cfg.policy.revision)]
-        targets += [(p.name, self.model_key(p), str(self.model_dir(p)), None) for p in self.grid()]
-        for name, model_key, ref, revision in targets:
+        reference = None
+        for name, _, model_key, ref, revision in self.targets():
             keys = self.eval_keys(model_key)
             root = self.root / "eval" / name
             if all(is_done(root / f"run-{k:02d}.json", key) for k, key in keys.items()):
@@ -187,26 +311,26 @@ class Run:
                 continue
             log(f"evaluate {name}: {cfg.evaluate.runs} runs x {cfg.evaluate.samples} samples")
             clf, ctok, pos = self.classifier()
+            if cfg.evaluate.kl and name != "original" and reference is None:
+                reference = M.load_policy(cfg.policy.model, cfg.policy.revision, self.device,
+                                          M.inference_dtype(self.device))[0]  # fmt: skip
             load = lambda ref=ref, revision=revision: M.load_policy(  # noqa: E731
                 ref, revision, self.device, M.inference_dtype(self.device), cfg.sampling.max_length
             )
-            evaluate_model(name, load, clf, ctok, pos, cfg, keys, root, log=log)
+            evaluate_model(name, load, clf, ctok, pos, cfg, keys, root, log=log,
+                           reference=reference if name != "original" else None, prompts=self.prompts)  # fmt: skip
 
     def report(self) -> None:
         from prefalign.report import write_report
 
         rows = []
-        for name, point, model_key in [("original", None, self.k_policy)] + [
-            (p.name, p, self.model_key(p)) for p in self.grid()
-        ]:
+        for name, row, model_key, _, _ in self.targets():
             for k, key in self.eval_keys(model_key).items():
                 meta = read_json(self.root / "eval" / name / f"run-{k:02d}.json")
                 if meta is None or meta.get("key") != key:
                     raise RuntimeError(f"report: evaluation {name} run {k} is missing or stale; run `evaluate` first")
-                rows.append({"model": name, "strategy": point.strategy if point else "", "loss": point.loss if point else "",
-                             "beta": point.beta if point else None, "recipe": point.recipe if point else "", "run": k,
-                             **{c: meta[c] for c in ("reward_mean", "reward_std", "diversity", "positive_rate",
-                                                     "mean_tokens")}})  # fmt: skip
+                metrics = {c: v for c, v in meta.items() if c not in ("key", "model", "run", "seed", "samples", "seconds")}
+                rows.append({"model": name, **row, "run": k, **metrics})
         results = pd.DataFrame(rows)
         key = key_of("report", results.to_dict("records"))
         if is_done(self.root / "report.meta.json", key) and (self.root / "report.md").exists():

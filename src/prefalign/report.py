@@ -1,9 +1,13 @@
 """Tables and plots from the evaluation runs: the `report` stage.
 
-Writes `results.csv` (one row per model x evaluation run), `report.md` with the original
-experiment's table shape (per pair strategy: the original model, then loss x beta; cells are
-mean (std across runs)), and per strategy a PNG overlaying the reward distributions of the original
-and each trained model, pooled over runs. Run with:
+Writes `results.csv` (one row per model x evaluation run, every metric), and `report.md` with:
+the original experiment's table shape per pair strategy (the original model, then loss x beta;
+cells are mean (std across runs)) and a PNG of the reward distributions per strategy; a table of
+iterative rounds and online models; the frontier: reward against KL and reward against diversity,
+one point per model (mean over runs, error bars one std across runs), the original marked, colour
+by method and marker by pair rule, and the Pareto-optimal models (highest reward and diversity,
+lowest KL, on run means); and, when the run has `seed`-recipe models, which other models beat every
+one of them on reward and diversity with lower KL by more than the run-to-run std. Run with:
 
     prefalign report CONFIG
 """
@@ -16,35 +20,108 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prefalign.metrics import pareto_mask
 from prefalign.store import read_json, write_text
 
-RESULT_COLUMNS = ["model", "strategy", "loss", "beta", "recipe", "run", "reward_mean", "reward_std", "diversity",
-                  "positive_rate", "mean_tokens"]  # fmt: skip
+DESCRIBE = ["model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef"]
+
+
+def metric_columns(results: pd.DataFrame) -> list[str]:
+    return [c for c in results.columns if c not in DESCRIBE + ["run"]]
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std across runs of every metric, one row per model (original first, grid order kept)."""
-    metrics = ["reward_mean", "reward_std", "diversity", "positive_rate", "mean_tokens"]
-    keys = ["model", "strategy", "loss", "beta", "recipe"]
-    g = results.fillna({"beta": -1.0}).groupby(keys, sort=False)[metrics]
-    out = g.mean().join(g.std(ddof=1), rsuffix="_sd").reset_index()
+    """Mean and std (`<metric>_sd`) across runs of every metric, one row per model, run order kept."""
+    metrics = metric_columns(results)
+    g = results.groupby("model", sort=False)
+    out = g[DESCRIBE[1:]].first().join(g[metrics].mean()).join(g[metrics].std(ddof=1), rsuffix="_sd").reset_index()
     out["runs"] = g.size().to_numpy()
-    out["beta"] = out["beta"].replace(-1.0, np.nan)
     return out
+
+
+def method_of(r) -> str:
+    """Colour group of a model on the frontier plots."""
+    if r.method in ("original", "rloo"):
+        return r.method
+    if r.method == "iterative":
+        return f"iterative {r.loss}"
+    return f"{r.loss} ({r.recipe})"
+
+
+def beats_seed(summary: pd.DataFrame) -> pd.DataFrame:
+    """Models that beat every `seed`-recipe DPO model on reward and diversity, with lower KL, each by
+    more than the larger of the two models' run-to-run stds."""
+    seed = summary[(summary.method == "dpo") & (summary.recipe == "seed")]
+    rows = []
+    for _, r in summary[(summary.recipe != "seed") & (summary.method != "original")].iterrows():
+        ok = all(
+            r.reward_mean - s.reward_mean > max(r.reward_mean_sd, s.reward_mean_sd)
+            and r.diversity - s.diversity > max(r.diversity_sd, s.diversity_sd)
+            and s.kl_seq - r.kl_seq > max(r.kl_seq_sd, s.kl_seq_sd)
+            for _, s in seed.iterrows()
+        )
+        if ok and len(seed):
+            rows.append(r)
+    return pd.DataFrame(rows)
 
 
 def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f} ({sd:.3f})" if np.isfinite(sd) else f"{mean:.3f}"
 
 
-def strategy_table(summary: pd.DataFrame, strategy: str) -> str:
-    rows = [summary[summary.model == "original"], summary[summary.strategy == strategy]]
-    lines = ["| model | reward | diversity | positive rate | mean length |", "|---|---|---|---|---|"]
-    for _, r in pd.concat(rows).iterrows():
-        label = "original model" if r.model == "original" else f"{r.loss} {r.beta:g}"
-        lines.append(f"| {label} | {_cell(r.reward_mean, r.reward_mean_sd)} | {_cell(r.diversity, r.diversity_sd)} | "
-                     f"{_cell(r.positive_rate, r.positive_rate_sd)} | {r.mean_tokens:.1f} |")  # fmt: skip
+def table(rows: pd.DataFrame, label) -> str:
+    """Markdown table of the main metrics; `label(row)` names each line."""
+    has_kl = "kl_seq" in rows.columns
+    head = "| model | reward | diversity | distinct-2 | positive rate |" + (" KL (seq) | KL / token |" if has_kl else "")
+    lines = [head + " mean length |", "|---" * (head.count("|") - 1 + 1) + "|"]
+    for _, r in rows.iterrows():
+        kl = f" {_cell(r.kl_seq, r.kl_seq_sd)} | {r.kl_token:.4f} |" if has_kl else ""
+        lines.append(f"| {label(r)} | {_cell(r.reward_mean, r.reward_mean_sd)} | {_cell(r.diversity, r.diversity_sd)} | "
+                     f"{r.distinct_2:.3f} | {_cell(r.positive_rate, r.positive_rate_sd)} |{kl} {r.mean_tokens:.1f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def strategy_table(summary: pd.DataFrame, strategy: str) -> str:
+    rows = pd.concat([summary[summary.method == "original"], summary[(summary.method == "dpo") & (summary.strategy == strategy)]])
+    return table(rows, lambda r: "original model" if r.method == "original" else f"{r.loss} {r.beta:g} ({r.recipe})")
+
+
+def _save(fig, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str) -> None:
+    """Reward (y) against metric `x`, one point per model with std error bars, colour by method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = dict(zip(["", "random", "margin", "threshold", "best_worst", "stratified", "quantile"], "*osD^vP"))
+    methods = list(dict.fromkeys(method_of(r) for _, r in summary.iterrows()))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=130)
+    for _, r in summary.iterrows():
+        m = method_of(r)
+        style = dict(color="black", markersize=12, zorder=3) if r.method == "original" else dict(color=colours[m], markersize=6)
+        ax.errorbar(r[x], r.reward_mean, xerr=np.nan_to_num(r[f"{x}_sd"]), yerr=np.nan_to_num(r.reward_mean_sd),
+                    marker=markers.get(r.strategy, "o"), linestyle="none", elinewidth=0.8, capsize=2, **style)  # fmt: skip
+    handles = [plt.Line2D([], [], color="black" if m == "original" else colours[m], marker="*" if m == "original" else "o",
+                          linestyle="none", label=m) for m in methods]  # fmt: skip
+    handles += [plt.Line2D([], [], color="grey", marker=mk, linestyle="none", label=f"{s} pairs")
+                for s, mk in markers.items() if s and s in set(summary.strategy)]  # fmt: skip
+    ax.legend(handles=handles, fontsize=6.5, frameon=False, loc="best")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean reward (positive-class logit)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out)
 
 
 def plot_rewards(run_root: Path, models: list[str], title: str, out: Path) -> None:
@@ -69,57 +146,83 @@ def plot_rewards(run_root: Path, models: list[str], title: str, out: Path) -> No
     ax.set_title(title)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    _save(fig, out)
 
 
 def write_report(run, results: pd.DataFrame) -> None:
     root, cfg = run.root, run.cfg
     tmp = root / ".results.csv.tmp"
-    results[RESULT_COLUMNS].to_csv(tmp, index=False)
+    results.to_csv(tmp, index=False)
     tmp.replace(root / "results.csv")
     summary = summarize(results)
     models = read_json(root / "models.json") or {}
     samples_meta = read_json(root / "samples.meta.json") or {}
+    kl = "kl_seq" in summary.columns
 
     md = [f"# prefalign report: {cfg.name}", "",
           f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{root}`. Rewards are the classifier's "
           f"`{cfg.reward.positive_label}` logit; diversity is the entropy (nats) of the unigram distribution of "
-          "policy token ids over each run's texts; positive rate is the share of texts the classifier labels "
-          f"positive. Cells: mean (std across {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples).", "",
+          "policy token ids over each run's texts; distinct-2 is the share of distinct token bigrams; positive rate "
+          "is the share of texts the classifier labels positive"
+          + ("; KL is KL(policy || original) in nats per text (and per generated token), estimated on the run's "
+             "own top-k / top-p samples from both models' full log-probs (biased; see metrics.kl_estimate)" if kl else "")
+          + f". Cells: mean (std across {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples).", "",
           "## Models", "",
           f"- policy: `{models.get('policy', {}).get('ref', cfg.policy.model)}`"
           + (f" (held-out perplexity {models['policy']['perplexity']:.1f})" if "perplexity" in models.get("policy", {}) else ""),
           f"- reward model: `{models.get('reward_model', {}).get('ref', cfg.reward.model)}`"
           + (f" (held-out accuracy {models['reward_model']['accuracy']:.3f})" if "accuracy" in models.get("reward_model", {}) else ""),
           f"- training recipe: `{cfg.train.recipe}`" + (f", overrides {cfg.train.dpo}" if cfg.train.dpo else ""),
+          f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump()}",
           f"- pair samples: {samples_meta.get('samples', '?')} texts, mean reward {samples_meta.get('reward_mean', float('nan')):.3f}",
           ""]  # fmt: skip
-    for strategy in cfg.pairs.strategies:
-        pmeta = read_json(root / "pairs" / f"{strategy}.meta.json") or {}
-        rule = {"margin": f", gap > {cfg.pairs.margin:g}", "threshold": f", split at {cfg.pairs.threshold:g}"}.get(strategy, "")
+    for strategy in dict.fromkeys(s.strategy for s in run.grid()):
+        pmeta = read_json(run.pairs_path(strategy).with_suffix(".meta.json")) or {}
+        rule = ", ".join(f"{k} {v}" for k, v in cfg.pairs.rule(strategy).items())
         png = Path("plots") / f"rewards-{strategy}.png"
-        names = ["original"] + [m for m in summary.model if m != "original" and m.startswith(f"{strategy}-")]
+        names = ["original"] + [s.name for s in run.grid() if s.strategy == strategy]
         plot_rewards(root, names, f"reward distributions, {strategy} pairs", root / png)
-        md += [f"## Pairs: {strategy}{rule}", "",
+        md += [f"## Pairs: {strategy}" + (f" ({rule})" if rule else ""), "",
                f"{pmeta.get('pairs', '?')} pairs, mean reward gap {pmeta.get('mean_gap', float('nan')):.3f} "
-               f"(chosen {pmeta.get('chosen_reward_mean', float('nan')):.3f}, rejected "
-               f"{pmeta.get('rejected_reward_mean', float('nan')):.3f}).", "",
+               f"(chosen {pmeta.get('chosen_reward_mean', float('nan')):.3f} +- {pmeta.get('chosen_reward_std', float('nan')):.3f}, "
+               f"rejected {pmeta.get('rejected_reward_mean', float('nan')):.3f}).", "",
                strategy_table(summary, strategy), "", f"![reward distributions, {strategy} pairs]({png.as_posix()})", ""]  # fmt: skip
 
-    md += ["## Training", "", "| model | pairs | seconds | pairs/s | final loss |", "|---|---|---|---|---|"]
-    for point in run.grid():
-        info = read_json(run.model_dir(point) / "train.json") or {}
+    online = summary[summary.method.isin(["iterative", "rloo"])]
+    if len(online):
+        md += ["## On-policy rounds and online RL", "",
+               "Iterative DPO: each round samples from the previous round's model, scores, pairs and trains "
+               f"(`{cfg.iterative.strategy}` pairs, reference fixed to the original). RLOO: TRL's RLOOTrainer with the "
+               f"classifier's positive logit as reward, {cfg.online.steps} steps.", "",
+               table(pd.concat([summary[summary.method == "original"], online]),
+                     lambda r: r.model if r.method != "original" else "original model"), ""]  # fmt: skip
+
+    md += ["## Frontier", ""]
+    plots = [("diversity", "diversity (unigram entropy, nats)")] + ([("kl_seq", "KL(policy || original), nats per text")] if kl else [])
+    for x, xlabel in plots:
+        png = Path("plots") / f"frontier-reward-vs-{x.split('_')[0]}.png"
+        plot_frontier(summary, x, root / png, xlabel)
+        md += [f"![reward vs {x}]({png.as_posix()})", ""]
+    mins = summary[["kl_seq"]].to_numpy() if kl else None
+    front = summary[pareto_mask(summary[["reward_mean", "diversity"]].to_numpy(), mins)]
+    md += [f"Pareto-optimal models (no other model has higher-or-equal reward and diversity{' and lower-or-equal KL' if kl else ''}, "
+           "better in one; on run means):", "", table(front, lambda r: r.model), ""]  # fmt: skip
+    if kl and ((summary.method == "dpo") & (summary.recipe == "seed")).any():
+        better = beats_seed(summary)
+        md += ["Models beating every `seed`-recipe model on reward and diversity at once, with lower KL, each by more "
+               "than the run-to-run std: " + (", ".join(f"`{m}`" for m in better.model) if len(better) else "none") + ".", ""]  # fmt: skip
+
+    md += ["## Training", "", "| model | pairs / steps | seconds | pairs/s | final loss |", "|---|---|---|---|---|"]
+    for spec in run.models():
+        info = read_json(run.model_dir(spec) / "train.json") or {}
         losses = [h["loss"] for h in info.get("log_history", []) if "loss" in h]
-        md.append(f"| {point.name} | {info.get('pairs', '?')} | {info.get('train_seconds', '?')} | "
-                  f"{info.get('pairs_per_second', '?')} | {losses[-1] if losses else float('nan'):.4f} |")  # fmt: skip
+        md.append(f"| {spec.name} | {info.get('pairs', info.get('steps', '?'))} | {info.get('train_seconds', '?')} | "
+                  f"{info.get('pairs_per_second', '')} | {losses[-1] if losses else float('nan'):.4f} |")  # fmt: skip
 
     md += ["", "## Example texts (evaluation run 0)", ""]
     for name in summary.model:
-        df = pd.read_parquet(root / "eval" / name / "run-00.parquet", columns=["text", "reward"]).head(3)
-        md += [f"**{name}**", ""] + [f"- ({r.reward:+.2f}) {r.text.strip()!r}" for r in df.itertuples()] + [""]
+        df = pd.read_parquet(root / "eval" / name / "run-00.parquet")
+        head = df["prompt"] if "prompt" in df.columns else [""] * len(df)
+        md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {(h + t).strip()!r}" for r, h, t in list(zip(df.reward, head, df.text))[:3]] + [""]
     md += ["Per-run numbers: [results.csv](results.csv).", ""]
     write_text(root / "report.md", "\n".join(md))

@@ -1,10 +1,15 @@
 """Sample texts from the policy and score them: the `sample` stage, and the engine `evaluate` reuses.
 
-Every text is generated unconditionally from the policy's BOS token (`max_length` tokens including
-BOS, top-k / top-p sampling, KV cache on), decoded with special tokens skipped, then scored by the
-classifier (see scoring.py). Batch b is generated under seed `hash(seed, b)`, so a config gives the
-same texts every time. Results are streamed to Parquet in chunks (flat memory in N), into a
-temporary file that is renamed when complete. Run alone with:
+Every text is generated from the policy's BOS token, or from BOS + a corpus prompt (prompts.py),
+with top-k / top-p sampling and the KV cache on, at most `max_length` tokens in all (BOS and
+prompt included); the completion is decoded with special tokens skipped and the classifier scores
+prompt + completion (scoring.py). Rows of one batch share a prompt length, so no batch is ever
+padded. Batch b is generated under seed `hash(seed, b)`, so a config gives the same texts every
+time. Given a reference model, the log-probability of each completion (its tokens up to and
+including the first EOS) under the policy and the reference is also stored, from the models' full
+softmax (temperature 1, no top-k / top-p): metrics.kl_estimate turns them into a KL estimate.
+Results are streamed to Parquet in chunks (flat memory in N), into a temporary file that is renamed
+when complete. Run alone with:
 
     prefalign sample CONFIG
 """
@@ -65,15 +70,16 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[
     return ids, values
 
 
-def _fast_batch(model, size: int, bos: int, eos: int, sampling, device) -> torch.Tensor:
-    """Sample `size` sequences from BOS with the KV cache, dropping rows from the batch as they hit EOS."""
+def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling) -> torch.Tensor:
+    """Continue each row of `prompt` (equal lengths) with the KV cache, dropping rows as they hit EOS."""
     from transformers import DynamicCache
 
-    steps = sampling.max_length - 1
+    size, device = prompt.shape[0], prompt.device
+    steps = sampling.max_length - prompt.shape[1]
     tokens = torch.full((size, steps), eos, dtype=torch.long, device=device)
     alive = torch.arange(size, device=device)
     cache = DynamicCache(config=model.config)
-    step_input = torch.full((size, 1), bos, dtype=torch.long, device=device)
+    step_input = prompt
     # transformers 5 renamed `past_key_values` to `cache`; accept models on either side of the rename.
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for t in range(steps):
@@ -94,54 +100,116 @@ def _fast_batch(model, size: int, bos: int, eos: int, sampling, device) -> torch
     return tokens
 
 
-def _hf_batch(model, size: int, bos: int, eos: int, pad: int, sampling, device) -> torch.Tensor:
-    prompt = torch.full((size, 1), bos, dtype=torch.long, device=device)
+def _hf_batch(model, prompt: torch.Tensor, eos: int, pad: int, sampling) -> torch.Tensor:
     out = model.generate(
         input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True, max_length=sampling.max_length,
         top_k=sampling.top_k, top_p=sampling.top_p, temperature=sampling.temperature, pad_token_id=pad,
         eos_token_id=eos,
     )  # fmt: skip
-    return out[:, 1:]
+    return out[:, prompt.shape[1] :]
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | None = None, desc: str = "sample"):
-    """Yield (texts, n_tokens) chunks, n texts in all, each started from a lone BOS token."""
+def completion_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum over the completion's tokens (up to and including its first EOS) of
+    log p(token | prefix), and how many tokens that is.
+
+    The model's full distribution: log-softmax of its logits, no temperature, top-k or top-p. Rows
+    are scored in slices small enough that a slice's logits stay under ~1 GB.
+    """
+    ids = torch.cat([prompt, completion], 1)
+    p, steps = prompt.shape[1], completion.shape[1]
+    is_eos = completion == eos
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), steps)
+    scored = torch.arange(steps, device=ids.device)[None, :] <= first[:, None]
+    rows = max(1, int(2.5e8 // (ids.shape[1] * model.config.vocab_size)))
+    out = []
+    for i in range(0, ids.shape[0], rows):
+        logits = model(input_ids=ids[i : i + rows, :-1]).logits[:, p - 1 :].float()
+        lp = logits.log_softmax(-1).gather(-1, completion[i : i + rows, :, None]).squeeze(-1)
+        out.append((lp * scored[i : i + rows]).sum(1))
+    return torch.cat(out), scored.sum(1)
+
+
+def _batches(prompt_lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of at most `batch_size` rows that share a prompt length (no padding)."""
+    order = np.argsort(prompt_lengths, kind="stable")
+    cuts = np.flatnonzero(np.diff(prompt_lengths[order])) + 1
+    return [g[i : i + batch_size] for g in np.split(order, cuts) for i in range(0, len(g), batch_size)]
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | None = None, desc: str = "sample",
+             prompts: list[list[int]] | None = None, reference=None):  # fmt: skip
+    """Yield chunks of n samples in all: dicts of row `index`, `text`, `n_tokens` (+ `logp`, `logp_ref`, `n_scored`).
+
+    `prompts`: token ids to start row i from (without BOS; one entry per row); None: BOS alone.
+    `reference`: a model to compare with; then each completion's log-prob under the policy and the
+    reference is returned too.
+    """
     device = next(model.parameters()).device
     batch_size = batch_size or sampling.batch_size or auto_batch_size(model, sampling.max_length, device)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    lengths = np.array([len(p) for p in prompts]) if prompts is not None else np.zeros(n, dtype=np.int64)
+    if len(lengths) != n:
+        raise ValueError(f"{len(lengths)} prompts for {n} samples")
+    if n and lengths.max() + 1 >= sampling.max_length:
+        raise ValueError(f"a prompt of {lengths.max()} tokens leaves no room under max_length={sampling.max_length}")
     with tqdm(total=n, desc=desc, unit="text", leave=False, disable=None) as bar:
-        for b, start in enumerate(range(0, n, batch_size)):
-            size = min(batch_size, n - start)
+        for b, rows in enumerate(_batches(lengths, batch_size)):
             torch.manual_seed(_batch_seed(seed, b))
-            # All sequences start from the same single BOS: no prompt padding, no attention mask needed.
+            # Rows of a batch share the prompt length: no padding, no attention mask needed.
+            body = [prompts[i] for i in rows] if prompts is not None else [[] for _ in rows]
+            prompt = torch.tensor([[bos, *p] for p in body], dtype=torch.long, device=device)
             if sampling.engine == "fast":
-                gen = _fast_batch(model, size, bos, eos, sampling, device).cpu()
+                gen = _fast_batch(model, prompt, eos, sampling)
             else:
-                gen = _hf_batch(model, size, bos, eos, tokenizer.pad_token_id, sampling, device).cpu()
+                gen = _hf_batch(model, prompt, eos, tokenizer.pad_token_id, sampling)
             # Length = tokens before the first EOS (sequences that never stop count every token).
             is_eos = gen == eos
-            n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1), gen.shape[1]).numpy()
-            texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
-            bar.update(size)
-            yield texts, n_tokens
+            n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1), gen.shape[1]).cpu().numpy()
+            chunk = {"index": rows, "text": tokenizer.batch_decode(gen.cpu(), skip_special_tokens=True), "n_tokens": n_tokens}
+            if reference is not None:
+                logp, scored = completion_logprobs(model, prompt, gen, eos)
+                chunk["logp"], chunk["n_scored"] = logp.cpu().numpy(), scored.cpu().numpy()
+                chunk["logp_ref"] = completion_logprobs(reference, prompt, gen, eos)[0].cpu().numpy()
+            bar.update(len(rows))
+            yield chunk
 
 
 def sample_and_score(policy, ptok, clf, ctok, positive: int, n: int, sampling, seed: int, reward_batch: int | None,
-                     out_path: Path, desc: str = "sample") -> pd.DataFrame:  # fmt: skip
-    """Generate and score n texts, streaming them to `out_path` (Parquet) atomically."""
+                     out_path: Path, desc: str = "sample", prompts: list[tuple[list[int], str]] | None = None,
+                     reference=None) -> pd.DataFrame:  # fmt: skip
+    """Generate and score n texts, streaming them to `out_path` (Parquet) atomically.
+
+    `prompts`: one (token ids, text) per row, or None for BOS alone; the classifier then scores
+    prompt text + completion. Columns: `text` (the completion), `reward`, `positive_prob`,
+    `is_positive`, `n_tokens` (generated tokens before EOS), `prompt` (with prompts), `logp`,
+    `logp_ref` and `n_scored` (tokens in those sums: n_tokens plus the EOS when there is one), with
+    a reference model.
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    schema = pa.schema([("text", pa.string()), ("reward", pa.float32()), ("positive_prob", pa.float32()),
-                        ("is_positive", pa.bool_()), ("n_tokens", pa.int32())])  # fmt: skip
+    fields = [("text", pa.string()), ("reward", pa.float32()), ("positive_prob", pa.float32()),
+              ("is_positive", pa.bool_()), ("n_tokens", pa.int32())]  # fmt: skip
+    fields += [("prompt", pa.string())] if prompts is not None else []
+    fields += [("logp", pa.float32()), ("logp_ref", pa.float32()), ("n_scored", pa.int32())] if reference is not None else []
+    schema = pa.schema(fields)
     t0 = time.time()
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for texts, n_tokens in generate(policy, ptok, n, sampling, seed, desc=desc):
-                scores = score_texts(texts, clf, ctok, positive, reward_batch or 128)
-                table = pa.table({"text": texts, **scores, "n_tokens": n_tokens.astype(np.int32)}, schema=schema)
-                writer.write_table(table)
+            ids = [p[0] for p in prompts] if prompts is not None else None
+            for chunk in generate(policy, ptok, n, sampling, seed, desc=desc, prompts=ids, reference=reference):
+                heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
+                full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
+                scores = score_texts(full, clf, ctok, positive, reward_batch or 128)
+                cols = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
+                if heads is not None:
+                    cols["prompt"] = heads
+                if reference is not None:
+                    cols.update(logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32))
+                writer.write_table(pa.table(cols, schema=schema))
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,10 +1,13 @@
 """Train one aligned policy per (pair strategy, loss, beta) with TRL's DPOTrainer: the `train` stage.
 
-For each grid point the policy starts from the original weights, the reference model is a second,
-frozen copy of the original passed explicitly (TRL would otherwise try to reload it from the hub by
-name), and the preference data is the strategy's pair file. The loss is TRL's: `sigmoid` is DPO,
-`hinge` is SLiC as TRL implements it (`relu(1 - beta * delta)`, so beta is the reciprocal of the
-margin), `ipo` is IPO. Two recipes:
+For each grid point the policy starts from the original weights (an iterative round: from the
+previous round's), the reference model is a frozen copy of the original passed explicitly (TRL would
+otherwise try to reload it from the hub by name), and the preference data is the strategy's pair
+file. The loss is TRL's: `sigmoid` is DPO, `hinge` is SLiC's hinge as TRL implements it
+(`relu(1 - beta * delta)`, so beta is the reciprocal of the margin), `ipo` is IPO; any list of TRL
+loss types with weights is a weighted sum; `slic` is `["hinge", "sft"]` with weights
+`[1, slic_sft_weight]`, i.e. hinge plus a cross-entropy term on the chosen text, the regularised
+objective of the SLiC-HF paper. Two recipes:
 
 - `seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, linear decay,
   3 epochs, batch 8, max_length 256, fp32, reference log-probs recomputed every step).
@@ -109,7 +112,17 @@ def bos_prompt(tokenizer) -> str:
     return "" if ids and ids[0] == tokenizer.bos_token_id else tokenizer.bos_token
 
 
-def dpo_args(recipe: str, loss: str, beta: float, overrides: dict, device: torch.device, seed: int, output_dir: str):
+def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], list[float] | None]:
+    """(label, TRL loss types, TRL loss weights) of a `train.losses` entry."""
+    if entry == "slic":
+        return "slic", ["hinge", "sft"], [1.0, slic_sft_weight]
+    if isinstance(entry, str):
+        return entry, [entry], None
+    return entry.label(), list(entry.types), list(entry.weights) if entry.weights is not None else None
+
+
+def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
+             output_dir: str, loss_weights: list[float] | None = None):  # fmt: skip
     from trl import DPOConfig
 
     settings = {**RECIPES[recipe], **overrides}
@@ -120,18 +133,25 @@ def dpo_args(recipe: str, loss: str, beta: float, overrides: dict, device: torch
         # bf16 autocast defaults on in TRL; on CPU it is slower and changes the numbers.
         settings.setdefault("bf16", False)
     settings.update(
-        output_dir=output_dir, loss_type=[loss], beta=beta, seed=seed, data_seed=seed, report_to="none",
+        output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed, report_to="none",
         save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
     )  # fmt: skip
+    if loss_weights is not None:
+        settings["loss_weights"] = list(loss_weights)
     if own.get("group_by_length"):
         # The pairs arrive already in length-grouped random order (see train_one).
         settings["train_sampling_strategy"] = "sequential"
     return DPOConfig(**settings), {**settings, **own}
 
 
-def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss: str,
-              beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print) -> dict:  # fmt: skip
-    """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically."""
+def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
+              beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
+              reference_ref: str | None = None, slic_sft_weight: float = 0.1) -> dict:  # fmt: skip
+    """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
+
+    `loss`: a `train.losses` entry (see resolve_loss). `reference_ref`: the reference model when it is
+    not the starting policy (iterative rounds start from the previous round but keep the original).
+    """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
@@ -142,8 +162,12 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
     # Training weights stay fp32 whatever the device; bf16 autocast is the recipe's choice (TRL's `bf16`).
     model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
-    # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
-    ref_model = copy.deepcopy(model).eval()
+    if reference_ref is None:
+        # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
+        ref_model = copy.deepcopy(model).eval()
+    else:
+        ref_model = from_pretrained(AutoModelForCausalLM, resolve(reference_ref, "policy"), "policy", None,
+                                    dtype=torch.float32).eval()  # fmt: skip
     ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
@@ -151,7 +175,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
-    args, settings = dpo_args(recipe, loss, beta, overrides, device, seed, scratch)
+    label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
+    args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights)
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
@@ -170,7 +195,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         info = {
-            "key": key, "recipe": recipe, "loss": loss, "beta": beta, "base_model": policy_ref, "pairs_file": str(pairs_path),
+            "key": key, "recipe": recipe, "loss": label, "beta": beta, "base_model": policy_ref,
+            "reference_model": reference_ref or policy_ref, "pairs_file": str(pairs_path),
             "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
             "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
             "metrics": result.metrics,

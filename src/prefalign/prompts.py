@@ -1,0 +1,57 @@
+"""Prompts from a corpus: the first few tokens of real reviews, as TRL's sentiment example and the
+DPO paper's IMDb experiment use them.
+
+For a run that needs n samples with k samples per prompt, ceil(n / k) texts are drawn from the
+corpus (a seeded shuffle; the corpus is cycled when it holds fewer usable texts), each is tokenized
+with the policy's tokenizer without special tokens, and its first L tokens become a prompt, L drawn
+uniformly from [min_tokens, max_tokens] (texts shorter than min_tokens are skipped). The prompt text
+is those tokens decoded (prompt text + completion text is then the generated review, up to a
+character split across the boundary). Each prompt is repeated k times, consecutively. The pure part (`cut_prompts`) is separate from corpus loading.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def cut_prompts(token_ids: list[list[int]], n: int, per_prompt: int, min_tokens: int, max_tokens: int,
+                seed: int) -> list[list[int]]:  # fmt: skip
+    """Prompt token ids for n rows: ceil(n / per_prompt) prompts, each repeated per_prompt times (cut to n).
+
+    `token_ids`: tokenized corpus texts. Raises ValueError when no text has `min_tokens` tokens.
+    """
+    if not 1 <= min_tokens <= max_tokens:
+        raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
+    usable = [i for i, ids in enumerate(token_ids) if len(ids) >= min_tokens]
+    if not usable:
+        raise ValueError(f"no corpus text has {min_tokens} tokens or more")
+    rng = np.random.default_rng(seed)
+    count = -(-n // per_prompt)
+    order = np.concatenate([rng.permutation(usable) for _ in range(-(-count // len(usable)))])[:count]
+    cut = rng.integers(min_tokens, max_tokens + 1, size=count)
+    prompts = [token_ids[i][: int(c)] for i, c in zip(order, cut)]
+    return [p for p in prompts for _ in range(per_prompt)][:n]
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_ids(corpus: str, split: str | None, text_column: str, tokenizer) -> list[list[int]]:
+    from prefalign.corpus import load_labelled_texts
+
+    texts, _ = load_labelled_texts(corpus, text_column=text_column, split=split)
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def corpus_prompts(cfg, tokenizer, n: int, seed: int) -> list[tuple[list[int], str]]:
+    """(token ids, text) for each of n rows, from the `sampling.prompts` section `cfg`."""
+    ids = _corpus_ids(cfg.corpus, cfg.split, cfg.text_column, tokenizer)
+    prompts = cut_prompts(ids, n, cfg.per_prompt, cfg.min_tokens, cfg.max_tokens, seed)
+    texts = {}
+    out = []
+    for p in prompts:
+        key = tuple(p)
+        if key not in texts:
+            texts[key] = tokenizer.decode(p, skip_special_tokens=True)
+        out.append((list(p), texts[key]))
+    return out
