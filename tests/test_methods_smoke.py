@@ -13,7 +13,7 @@ from test_cli_smoke import prefalign
 pytestmark = pytest.mark.slow
 
 MODELS = ["best_worst-slic-beta0.1-default", "stratified-ipo-beta0.5-default", "quantile-sigmoid-beta0.1-default",
-          "iter-random-sigmoid-beta0.1-default-r1", "iter-random-sigmoid-beta0.1-default-r2", "rloo-kl0.1"]  # fmt: skip
+          "iter-quantile-sigmoid-beta0.1-default-r1", "iter-quantile-sigmoid-beta0.1-default-r2", "rloo-kl0.1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def methods_run(tiny_dir, tmp_path_factory):
             "--set", "pairs.interval=[-4.5, 4.5]", "--set", "pairs.bins=2",
             "--set", "train.losses=[slic]",
             "--set", "train.extra=[{strategy: stratified, loss: ipo, beta: 0.5}, {strategy: quantile, loss: sigmoid, beta: 0.1}]",
-            "--set", "iterative.rounds=2", "--set", "iterative.samples=200",
+            "--set", "iterative.rounds=2", "--set", "iterative.samples=200", "--set", "iterative.strategy=quantile",
             "--set", "online.kl_coefs=[0.1]", "--set", "online.steps=4",
             "--set", "evaluate.samples=100"]  # fmt: skip
     return root, prefalign(*args), args
@@ -49,7 +49,9 @@ def test_every_method_is_trained_and_evaluated(methods_run):
     r2 = json.loads((root / "models" / MODELS[4] / "train.json").read_text())
     # round 2 starts from round 1 and keeps the original as its reference
     assert r2["base_model"].endswith(MODELS[3]) and r2["reference_model"] == "prefalign:tiny"
-    assert (root / "iterative" / "iter-random-sigmoid-beta0.1-default" / "round-2" / "samples.parquet").exists()
+    assert (root / "iterative" / "iter-quantile-sigmoid-beta0.1-default" / "round-2" / "samples.parquet").exists()
+    # round 1 is the quantile-sigmoid-0.1 grid model (same pairs, start and loss): copied, not retrained
+    assert "iter-quantile-sigmoid-beta0.1-default-r1: the same model as quantile-sigmoid-beta0.1-default" in proc.stdout
     rloo = json.loads((root / "models" / "rloo-kl0.1" / "train.json").read_text())
     assert rloo["method"] == "rloo" and rloo["kl_coef"] == 0.1
 

@@ -12,6 +12,7 @@ depends on it. Asking for one stage first brings the stages it reads up to date.
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -253,6 +254,16 @@ class Run:
         key, out = self.model_key(spec), self.model_dir(spec)
         if is_done(out / "train.json", key):
             log(f"train {spec.name}: up to date")
+            return
+        twin = next((d for d in sorted((self.root / "models").glob("*")) if d != out and is_done(d / "train.json", key)), None)
+        if twin is not None:
+            # Same pairs, start, loss and settings (e.g. iterative round 1 = its DPO grid point): same model.
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(twin, tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+            log(f"train {spec.name}: the same model as {twin.name}, copied")
             return
         log(f"train {spec.name}")
         t = self.cfg.train
