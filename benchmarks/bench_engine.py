@@ -127,7 +127,7 @@ def bench_train(args) -> None:
     import numpy as np
     import pandas as pd
 
-    from prefalign.config import load_config
+    from prefalign.configfile import load_config
     from prefalign.sampling import generate
     from prefalign.training import train_one
 

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from prefalign.cli import _quiet_libraries
-    from prefalign.config import load_config
+    from prefalign.configfile import load_config
     from prefalign.pipeline import STAGES, Run
 
     _quiet_libraries()

@@ -1,7 +1,8 @@
 import pytest
 
 from prefalign.cli import main
-from prefalign.config import Config, ConfigError, describe, load_config
+from prefalign.config import Config
+from prefalign.configfile import ConfigError, describe, load_config
 
 
 def write(tmp_path, text):
@@ -135,3 +136,38 @@ def test_prefalign_training_switches_are_accepted_in_train_dpo():
     assert (cfg.train.dpo["group_by_length"], cfg.train.dpo["completion_only_head"]) == (False, True)
     with pytest.raises(ConfigError, match="group_by_length"):
         load_config("tiny", ["train.dpo.group_by_length=3"])
+
+
+def test_loss_entries_and_extra_points_are_validated_with_clear_messages():
+    cfg = load_config("tiny", ["train.losses=[slic, {types: [sigmoid, sft], weights: [1, 0.5]}]",
+                               "train.extra=[{strategy: quantile, loss: ipo, beta: 0.5, recipe: seed}]"])  # fmt: skip
+    assert cfg.train.losses[0] == "slic" and cfg.train.losses[1].label() == "sigmoid+0.5sft"
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["train.losses=[{types: [sigmod]}]"])
+    assert "`train.losses.0`: unknown loss 'sigmod'" in str(e.value) and "valid string" not in str(e.value)
+    with pytest.raises(ConfigError, match="did you mean 'sigmoid'"):
+        load_config("tiny", ["train.losses=[sigmoi]"])
+    with pytest.raises(ConfigError, match="2 weights for 1 types"):
+        load_config("tiny", ["train.losses=[{types: [ipo], weights: [1, 2]}]"])
+    with pytest.raises(ConfigError, match="unknown pair strategy 'best'"):
+        load_config("tiny", ["train.extra=[{strategy: best, loss: ipo, beta: 1}]"])
+    with pytest.raises(ConfigError, match="losses must not repeat"):
+        load_config("tiny", ["train.losses=[sigmoid, {types: [sigmoid]}]"])
+
+
+def test_new_sections_reject_impossible_values():
+    for bad, needle in [("pairs.interval=[2, 1]", "low < high"), ("pairs.quantile=0.7", "pairs.quantile"),
+                        ("sampling.prompts={corpus: x, max_tokens: 40}", "no room"),
+                        ("iterative.strategy=nope", "unknown pair strategy"), ("online.steps=0", "online.steps")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=needle):
+            load_config("tiny", [bad])
+
+
+def test_online_rloo_fields_are_checked_against_rloo_config():
+    assert load_config("tiny", ["online.rloo={num_generations: 8}"]).online.rloo == {"num_generations": 8}
+    with pytest.raises(ConfigError, match="is set by prefalign"):
+        load_config("tiny", ["online.rloo={beta: 0.1}"])
+    with pytest.raises(ConfigError, match="did you mean `learning_rate`"):
+        load_config("tiny", ["online.rloo={lerning_rate: 0.1}"])
+    with pytest.raises(ConfigError, match="num_generations"):
+        load_config("tiny", ["online.rloo={num_generations: many}"])

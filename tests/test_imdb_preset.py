@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from prefalign.config import load_config
+from prefalign.configfile import load_config
 
 
 def prefalign(*args):

@@ -1,5 +1,6 @@
 import contextlib
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -114,3 +115,37 @@ def test_loss_entries_resolve_to_trl_types_and_weights():
     mix = LossMix(types=["sigmoid", "bco_pair"], weights=[0.8, 0.2])
     assert resolve_loss(mix) == ("0.8sigmoid+0.2bco_pair", ["sigmoid", "bco_pair"], [0.8, 0.2])
     assert resolve_loss(LossMix(types=["ipo"], name="myipo"))[0] == "myipo"
+
+
+def _every_loss():
+    from prefalign.config import TRL_LOSSES
+
+    return list(TRL_LOSSES) + ["slic"]
+
+
+@pytest.mark.parametrize("loss", _every_loss())
+def test_every_trl_loss_type_trains_one_step(tiny_dir, tmp_path, loss):
+    """Each loss the config accepts runs through TRL 1.16's DPOTrainer and moves the weights."""
+    from prefalign.configfile import load_config
+
+    extra = {"label_smoothing": 1e-3} if loss == "exo_pair" else {}
+    load_config("tiny", [f"train.losses=[{loss}]"] + [f"train.dpo.{k}={v}" for k, v in extra.items()])  # accepted
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": ["The film was superb and I loved it."] * 8,
+                          "rejected": ["The film was awful and dull."] * 8})  # fmt: skip
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    out = tmp_path / "model"
+    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", out, "default", loss, 0.1,
+                     {"learning_rate": 1e-2, "max_steps": 1, "logging_steps": 1, **extra}, torch.device("cpu"), 0,
+                     log=lambda m: None)  # fmt: skip
+    losses = [h["loss"] for h in info["log_history"] if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses), info["log_history"]
+    before = load_file(tiny_dir / "policy" / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_exo_pair_without_label_smoothing_is_a_config_error():
+    from prefalign.configfile import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        load_config("tiny", ["train.losses=[exo_pair]"])

@@ -71,11 +71,15 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    if not sys.stderr.isatty():
+        # Logs to a file: TRL's reference pre-pass draws a bar whatever the terminal (prefalign's own
+        # bars already hide themselves off a terminal), one carriage-return line per batch.
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from prefalign.config import ConfigError, describe, load_config, preset_names
+    from prefalign.configfile import ConfigError, describe, load_config, preset_names
 
     try:
         if args.command == "config-help":

@@ -1,22 +1,19 @@
-"""The experiment config: one YAML file, validated into typed sections before anything runs.
+"""The experiment config's schema: typed sections, every field with a default and help text.
 
-Every field has a default and help text (`prefalign config-help` prints them). A config is read
-from a path or from a preset shipped in `prefalign/presets/NAME.yaml`; `--set a.b=value` overrides
-apply on top (values are parsed as YAML, so `--set train.betas=[0.1,1]` works). Any unknown key,
-wrong type or impossible value raises `ConfigError`, which the CLI turns into exit code 2 with the
-offending key named.
+`prefalign config-help` prints them; configfile.py reads YAML into them. Validators here check
+what can be checked before anything runs (names of TRL config fields and their types, pair rule
+settings, loss / setting combinations TRL would reject later), so a bad config fails in a second,
+not after sampling.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib.resources
 import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
@@ -31,32 +28,6 @@ OWN_SETTINGS = {
     "completion_only_head": "project only completion tokens through the LM head on every device (TRL does so on "
     "CUDA only); same results, less work",
 }
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-class ConfigError(Exception):
-    """A config that cannot run. The CLI prints it and exits with code 2."""
 
 
 class Section(BaseModel):
@@ -297,39 +268,44 @@ class TrainConfig(Section):
     @field_validator("dpo")
     @classmethod
     def _known_dpo_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not v:
-            return v
-        import dataclasses
-
         from trl import DPOConfig
 
-        names = {f.name for f in dataclasses.fields(DPOConfig)}
-        hints = typing.get_type_hints(DPOConfig)
-        # These are set per model by prefalign itself; letting YAML change them would desync the grid.
-        owned = {"beta", "loss_type", "output_dir"}
-        checked = {}
-        for key, value in v.items():
-            if key in OWN_SETTINGS:
-                if not isinstance(value, bool):
-                    raise ValueError(f"`{key}` must be true or false, not {value!r}")
-                checked[key] = value
-                continue
-            if key in owned:
-                raise ValueError(f"`{key}` is set by prefalign (use train.betas / train.losses)")
-            if key not in names:
-                hint = difflib.get_close_matches(key, names | set(OWN_SETTINGS), n=1)
-                raise ValueError(f"`{key}` is not a DPOConfig field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
-            # Type-check against DPOConfig's own annotation now, not after sampling has run for an hour.
-            try:
-                adapter = TypeAdapter(hints[key])
-            except Exception:  # an annotation pydantic cannot express: leave it to DPOConfig
-                checked[key] = value
-                continue
-            try:
-                checked[key] = adapter.validate_python(value)
-            except ValidationError as e:
-                raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
-        return checked
+        # beta / loss_type / output_dir are set per model by prefalign; YAML changing them would desync the grid.
+        return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, "train.betas / train.losses", OWN_SETTINGS)
+
+
+def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:
+    """Check a mapping of TRL config fields against `config_cls`'s names and type annotations, now
+    rather than after sampling has run for an hour. `own`: prefalign switches (booleans) also allowed."""
+    import dataclasses
+
+    if not v:
+        return v
+    own = own or {}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    checked = {}
+    for key, value in v.items():
+        if key in own:
+            if not isinstance(value, bool):
+                raise ValueError(f"`{key}` must be true or false, not {value!r}")
+            checked[key] = value
+            continue
+        if key in owned:
+            raise ValueError(f"`{key}` is set by prefalign (use {owner})")
+        if key not in names:
+            hint = difflib.get_close_matches(key, names | set(own), n=1)
+            raise ValueError(f"`{key}` is not a {config_cls.__name__} field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
+        try:
+            adapter = TypeAdapter(hints[key])
+        except Exception:  # an annotation pydantic cannot express: leave it to the config class
+            checked[key] = value
+            continue
+        try:
+            checked[key] = adapter.validate_python(value)
+        except ValidationError as e:
+            raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
+    return checked
 
 
 class EvaluateConfig(Section):
@@ -359,12 +335,20 @@ class IterativeConfig(Section):
 
 class OnlineConfig(Section):
     kl_coefs: list[float] = Field(
-        default_factory=list, description="One RLOO model per KL coefficient (TRL's `beta`); empty: no online baseline."
+        default_factory=list, description="One RLOO model per KL coefficient (TRL's `beta`), trained from the BOS "
+        "prompt (corpus prompts are not used here) with the classifier's positive logit as reward; empty: none."
     )
     steps: int = Field(100, gt=0, description="RLOO optimizer steps.")
     rloo: dict[str, Any] = Field(
         default_factory=dict, description="Extra `trl.RLOOConfig` fields (e.g. `{learning_rate: 1e-5, num_generations: 8}`)."
     )
+
+    @field_validator("rloo")
+    @classmethod
+    def _known_rloo_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from trl import RLOOConfig
+
+        return trainer_fields(v, RLOOConfig, {"beta", "max_steps", "output_dir"}, "online.kl_coefs / online.steps")
 
 
 class Config(Section):
@@ -382,103 +366,16 @@ class Config(Section):
     iterative: IterativeConfig = Field(default_factory=IterativeConfig, description="On-policy DPO rounds.")
     online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL baseline (TRL's RLOOTrainer).")
 
+    @model_validator(mode="after")
+    def _losses_fit_settings(self):
+        entries = list(self.train.losses) + [x.loss for x in self.train.extra] + (list(self.iterative.losses) if self.iterative.rounds else [])
+        types = {t for e in entries for t in ([e] if isinstance(e, str) else e.types)}
+        if "exo_pair" in types and not self.train.dpo.get("label_smoothing"):
+            raise ValueError("loss `exo_pair` needs train.dpo.label_smoothing > 0 (the EXO paper suggests 1e-3)")
+        if "robust" in types and not 0 <= self.train.dpo.get("label_smoothing", 0.0) < 0.5:
+            raise ValueError("loss `robust` needs train.dpo.label_smoothing in [0, 0.5)")
+        return self
+
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def preset_names() -> list[str]:
-    files = importlib.resources.files("prefalign") / "presets"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
-
-
-def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
-    """Return the raw mapping and a default name for a path or a preset name."""
-    path = Path(source)
-    if path.is_file():
-        text, default_name = path.read_text(encoding="utf-8"), path.stem
-    elif source in preset_names():
-        text = (importlib.resources.files("prefalign") / "presets" / f"{source}.yaml").read_text("utf-8")
-        default_name = source
-    else:
-        raise ConfigError(f"no config file or preset named {source!r} (presets: {', '.join(preset_names())})")
-    try:
-        raw = _yaml(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return raw, default_name
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value` to the raw mapping (value parsed as YAML)."""
-    key, sep, value = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: `{'.'.join(parts[: i + 1])}` is not a section")
-        node = child
-    try:
-        node[parts[-1]] = _yaml(value) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from None
-
-
-def _format_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            parent = _model_at(e["loc"][:-1])
-            hint = difflib.get_close_matches(str(e["loc"][-1]), list(parent.model_fields), n=1) if parent else []
-            msg = "unknown key" + (f" (did you mean `{'.'.join(map(str, e['loc'][:-1] + (hint[0],)))}`?)" if hint else "")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  `{loc}`: {msg}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
-
-
-def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override and validate a config. Raises ConfigError naming the bad key."""
-    raw, default_name = _read_yaml(source)
-    raw.setdefault("name", default_name)
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_error(e)) from None
-
-
-def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, recursively: the config reference."""
-    rows = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            rows.extend(describe(field.annotation, key + "."))
-            continue
-        default = field.get_default(call_default_factory=True)
-        rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), field.description or ""))
-    return rows

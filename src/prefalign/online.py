@@ -13,7 +13,9 @@ loss). The advantage of a completion is r minus the mean r of the other completi
 and the loss is PPO's clipped surrogate on the sequence log-probability ratio (one update per
 generation by default, so the clip never binds). The policy is written like `train_one`'s: the
 safetensors weights, the tokenizer and `train.json`, into a temporary directory renamed when
-complete. There is no CLI stage for it yet; on the demo models, 200 steps (~2 min on 2 cores):
+complete. The `train` stage runs it for each `online.kl_coefs` value
+(`prefalign train CONFIG --set online.kl_coefs=[0.05]`); alone, on the demo models, 200 steps
+(~2 min on 2 cores):
 
     HF_HUB_OFFLINE=1 python -c "import torch; from prefalign.models import load_classifier; \
     from prefalign.online import train_rloo; cpu = torch.device('cpu'); \
@@ -125,14 +127,6 @@ def _reference_is(ref_model):
         rloo.create_model_from_path = original
 
 
-def _completion_tokens_only():
-    try:
-        from prefalign.training import completion_tokens_only
-    except ImportError:  # a training.py without it: TRL's default (every position scored off CUDA)
-        return contextlib.nullcontext()
-    return completion_tokens_only()
-
-
 def rloo_args(kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int, output_dir: str,
               sampling=None):  # fmt: skip
     """The `RLOOConfig` and the plain dict of settings it was built from (for train.json)."""
@@ -179,7 +173,7 @@ def train_rloo(policy_ref: str, revision: str | None, clf, ctok, positive: str, 
     from trl import RLOOTrainer
 
     from prefalign.models import from_pretrained, load_tokenizer, resolve
-    from prefalign.training import bos_prompt
+    from prefalign.training import bos_prompt, completion_tokens_only
 
     out_dir = Path(out_dir)
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
@@ -211,7 +205,7 @@ def train_rloo(policy_ref: str, revision: str | None, clf, ctok, positive: str, 
         trainer.add_callback(_RewardLine(log))
         # Log-probs of completion tokens only, not of the padding after EOS (see training.py): same numbers,
         # less time (one 15-step probe on the demo policy: 7.9 s -> 6.2 s, identical rewards).
-        with _completion_tokens_only():
+        with completion_tokens_only():
             result = trainer.train()
         seconds = time.time() - t0
         trainer.model.save_pretrained(tmp, safe_serialization=True)

@@ -96,27 +96,34 @@ def _save(fig, out: Path) -> None:
     tmp.replace(out)
 
 
-def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str) -> None:
-    """Reward (y) against metric `x`, one point per model with std error bars, colour by method."""
+def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False) -> None:
+    """Reward (y) against metric `x`, one point per model with std error bars; colour = method,
+    marker = pair rule (RLOO: a cross; the original: a black star)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(["", "random", "margin", "threshold", "best_worst", "stratified", "quantile"], "*osD^vP"))
-    methods = list(dict.fromkeys(method_of(r) for _, r in summary.iterrows()))
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=130)
+    markers = dict(zip(["random", "margin", "threshold", "best_worst", "stratified", "quantile"], "osD^vP"))
+    marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
+    methods = [m for m in dict.fromkeys(method_of(r) for _, r in summary.iterrows()) if m != "original"]
+    palette = [c for i, c in enumerate(plt.cm.tab10.colors) if i != 7] + list(plt.cm.Dark2.colors)  # no grey
+    colours = {"original": "black", **{m: palette[i % len(palette)] for i, m in enumerate(methods)}}
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=130)
     for _, r in summary.iterrows():
-        m = method_of(r)
-        style = dict(color="black", markersize=12, zorder=3) if r.method == "original" else dict(color=colours[m], markersize=6)
+        size = 13 if r.method == "original" else 7
         ax.errorbar(r[x], r.reward_mean, xerr=np.nan_to_num(r[f"{x}_sd"]), yerr=np.nan_to_num(r.reward_mean_sd),
-                    marker=markers.get(r.strategy, "o"), linestyle="none", elinewidth=0.8, capsize=2, **style)  # fmt: skip
-    handles = [plt.Line2D([], [], color="black" if m == "original" else colours[m], marker="*" if m == "original" else "o",
-                          linestyle="none", label=m) for m in methods]  # fmt: skip
-    handles += [plt.Line2D([], [], color="grey", marker=mk, linestyle="none", label=f"{s} pairs")
-                for s, mk in markers.items() if s and s in set(summary.strategy)]  # fmt: skip
-    ax.legend(handles=handles, fontsize=6.5, frameon=False, loc="best")
+                    marker=marker(r), markersize=size, color=colours[method_of(r)], linestyle="none", elinewidth=0.8,
+                    capsize=2, alpha=0.9, zorder=3 if r.method == "original" else 2)  # fmt: skip
+    line = lambda **kw: plt.Line2D([], [], linestyle="none", **kw)  # noqa: E731
+    handles = [line(color="black", marker="*", markersize=10, label="original")]
+    handles += [line(color=colours[m], marker="X" if m == "rloo" else "o", label=m) for m in methods]
+    handles += [line(color="black", marker=mk, markerfacecolor="none", label=f"{s} pairs")
+                for s, mk in markers.items() if s in set(summary.strategy)]  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if log_x:
+        # KL spans from 0 (the original) to hundreds of nats for collapsed models: linear near 0, log beyond.
+        ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean reward (positive-class logit)")
     ax.grid(alpha=0.3)
@@ -198,10 +205,11 @@ def write_report(run, results: pd.DataFrame) -> None:
                      lambda r: r.model if r.method != "original" else "original model"), ""]  # fmt: skip
 
     md += ["## Frontier", ""]
-    plots = [("diversity", "diversity (unigram entropy, nats)")] + ([("kl_seq", "KL(policy || original), nats per text")] if kl else [])
-    for x, xlabel in plots:
+    plots = [("diversity", "diversity (unigram entropy, nats)", False)]
+    plots += [("kl_seq", "KL(policy || original), nats per text (symlog scale)", True)] if kl else []
+    for x, xlabel, log_x in plots:
         png = Path("plots") / f"frontier-reward-vs-{x.split('_')[0]}.png"
-        plot_frontier(summary, x, root / png, xlabel)
+        plot_frontier(summary, x, root / png, xlabel, log_x)
         md += [f"![reward vs {x}]({png.as_posix()})", ""]
     mins = summary[["kl_seq"]].to_numpy() if kl else None
     front = summary[pareto_mask(summary[["reward_mean", "diversity"]].to_numpy(), mins)]

@@ -1,0 +1,173 @@
+"""Reading a config: YAML file or preset -> `--set` overrides -> validated `Config`.
+
+A config is read from a path or from a preset shipped in `prefalign/presets/NAME.yaml`;
+`--set a.b=value` overrides apply on top (values are parsed as YAML, so `--set
+train.betas=[0.1,1]` works). Any unknown key, wrong type or impossible value raises `ConfigError`,
+which the CLI turns into exit code 2 with the offending key named (and the closest valid key for
+a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from prefalign.config import Config
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+class ConfigError(Exception):
+    """A config that cannot run. The CLI prints it and exits with code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def preset_names() -> list[str]:
+    files = importlib.resources.files("prefalign") / "presets"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
+    """Return the raw mapping and a default name for a path or a preset name."""
+    path = Path(source)
+    if path.is_file():
+        text, default_name = path.read_text(encoding="utf-8"), path.stem
+    elif source in preset_names():
+        text = (importlib.resources.files("prefalign") / "presets" / f"{source}.yaml").read_text("utf-8")
+        default_name = source
+    else:
+        raise ConfigError(f"no config file or preset named {source!r} (presets: {', '.join(preset_names())})")
+    try:
+        raw = _yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw, default_name
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` to the raw mapping (value parsed as YAML)."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: `{'.'.join(parts[: i + 1])}` is not a section")
+        node = child
+    try:
+        node[parts[-1]] = _yaml(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from None
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|dict\[.*\]|list\[.*\]|[A-Z]\w*|function-\w+\[.*\])$")
+
+
+def _format_error(err: ValidationError) -> str:
+    lines: dict[str, list[str]] = {}
+    for e in err.errors():
+        # Union members add their own tag to the location (`losses.0.str`, `losses.0.LossMix`): drop it.
+        loc_parts = tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+        loc = ".".join(str(p) for p in loc_parts)
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc_parts[:-1])
+            hint = difflib.get_close_matches(str(loc_parts[-1]), list(parent.model_fields), n=1) if parent else []
+            msg = "unknown key" + (f" (did you mean `{'.'.join(map(str, loc_parts[:-1] + (hint[0],)))}`?)" if hint else "")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        lines.setdefault(loc, []).append(msg)
+    out = []
+    for loc, msgs in lines.items():
+        # A value that fails every member of a union: keep the member's real complaint, not "not a string".
+        real = [m for m in msgs if not m.startswith(("Input should be a valid", "Input should be an instance"))]
+        out += [f"  `{loc}`: {m}" for m in dict.fromkeys(real or msgs)]
+    return "invalid config:\n" + "\n".join(out)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate a config. Raises ConfigError naming the bad key."""
+    raw, default_name = _read_yaml(source)
+    raw.setdefault("name", default_name)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def _sections_in(annotation) -> list[type[BaseModel]]:
+    """Section classes inside an annotation such as `PromptConfig | None` or `list[str | LossMix]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _sections_in(arg)]
+
+
+def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, recursively: the config reference.
+
+    A section that may be empty (`sampling.prompts`) lists its keys as `sampling.prompts.KEY`; a
+    list whose entries may be mappings (`train.losses`) as `train.losses[].KEY`.
+    """
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows.extend(describe(field.annotation, key + "."))
+            continue
+        if field.is_required():
+            default = "(required)"
+        else:
+            default = field.get_default(call_default_factory=True)
+            default = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append((key, default, field.description or ""))
+        entry = "[]." if typing.get_origin(field.annotation) is list else "."
+        for section in _sections_in(field.annotation):
+            rows.extend(describe(section, key + entry))
+    return rows
