@@ -115,18 +115,19 @@ def completion_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor, e
     log p(token | prefix), and how many tokens that is.
 
     The model's full distribution: log-softmax of its logits, no temperature, top-k or top-p. Rows
-    are scored in slices small enough that a slice's logits stay under ~1 GB.
+    are scored in slices whose logits stay under ~256 MB, and log p is taken as the target's logit
+    minus the logsumexp, so no second vocabulary-wide tensor is made.
     """
     ids = torch.cat([prompt, completion], 1)
     p, steps = prompt.shape[1], completion.shape[1]
     is_eos = completion == eos
     first = torch.where(is_eos.any(1), is_eos.int().argmax(1), steps)
     scored = torch.arange(steps, device=ids.device)[None, :] <= first[:, None]
-    rows = max(1, int(2.5e8 // (ids.shape[1] * model.config.vocab_size)))
+    rows = max(1, int(6.4e7 // (ids.shape[1] * model.config.vocab_size)))
     out = []
     for i in range(0, ids.shape[0], rows):
         logits = model(input_ids=ids[i : i + rows, :-1]).logits[:, p - 1 :].float()
-        lp = logits.log_softmax(-1).gather(-1, completion[i : i + rows, :, None]).squeeze(-1)
+        lp = logits.gather(-1, completion[i : i + rows, :, None]).squeeze(-1) - torch.logsumexp(logits, -1)
         out.append((lp * scored[i : i + rows]).sum(1))
     return torch.cat(out), scored.sum(1)
 
