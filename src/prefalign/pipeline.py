@@ -11,7 +11,9 @@ depends on it. Asking for one stage first brings the stages it reads up to date.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import gc
 import os
 import shutil
 import time
@@ -31,6 +33,19 @@ STAGES = ("sample", "pairs", "train", "evaluate", "report")
 
 def log(msg: str) -> None:
     print(f"[prefalign {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS between models.
+
+    Each training and evaluation allocates tensors of new shapes; glibc keeps the freed blocks, so
+    without this the process's resident memory ratchets up model after model of a long grid.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 @dataclass(eq=False)
@@ -270,6 +285,7 @@ class Run:
         revision = self.cfg.policy.revision if start == self.cfg.policy.model else None
         train_one(start, revision, pairs_path, out, spec.recipe, spec.loss, spec.beta, t.dpo, self.device, t.seed,
                   key=key, log=log, reference_ref=reference, slic_sft_weight=t.slic_sft_weight)  # fmt: skip
+        release_memory()
 
     def train(self) -> None:
         """The DPO grid, then each iterative chain round by round, then the online baseline."""
@@ -302,6 +318,7 @@ class Run:
             train_rloo(self.cfg.policy.model, self.cfg.policy.revision, clf, ctok, self.cfg.reward.positive_label, out,
                        kl_coef=spec.kl_coef, steps=self.cfg.online.steps, overrides=self.cfg.online.rloo,
                        device=self.device, seed=self.cfg.train.seed, key=key, log=log, sampling=self.cfg.sampling)  # fmt: skip
+            release_memory()
 
     def targets(self) -> list[tuple[str, dict, str, str, str | None]]:
         """(name, row, model key, model ref, revision) of the original and every trained model."""
@@ -330,6 +347,7 @@ class Run:
             )
             evaluate_model(name, load, clf, ctok, pos, cfg, keys, root, log=log,
                            reference=reference if name != "original" else None, prompts=self.prompts)  # fmt: skip
+            release_memory()
 
     def report(self) -> None:
         from prefalign.report import write_report

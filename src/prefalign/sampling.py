@@ -115,21 +115,31 @@ def completion_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor, e
     log p(token | prefix), and how many tokens that is.
 
     The model's full distribution: log-softmax of its logits, no temperature, top-k or top-p. Rows
-    are scored in slices whose logits stay under ~256 MB, and log p is taken as the target's logit
-    minus the logsumexp, so no second vocabulary-wide tensor is made.
+    are scored in slices whose logits stay small (~64 MB on CPU, where memory is the laptop's; ~1 GB
+    on a GPU, where larger slices keep it busy); log p is the target's logit minus the logsumexp.
     """
     ids = torch.cat([prompt, completion], 1)
     p, steps = prompt.shape[1], completion.shape[1]
     is_eos = completion == eos
     first = torch.where(is_eos.any(1), is_eos.int().argmax(1), steps)
     scored = torch.arange(steps, device=ids.device)[None, :] <= first[:, None]
-    rows = max(1, int(6.4e7 // (ids.shape[1] * model.config.vocab_size)))
-    out = []
-    for i in range(0, ids.shape[0], rows):
-        logits = model(input_ids=ids[i : i + rows, :-1]).logits[:, p - 1 :].float()
-        lp = logits.gather(-1, completion[i : i + rows, :, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-        out.append((lp * scored[i : i + rows]).sum(1))
-    return torch.cat(out), scored.sum(1)
+    budget = 2.5e8 if ids.device.type == "cuda" else 1.6e7  # logits elements per slice
+    # Rows sorted by length and each slice cut after its longest completion: most texts stop far
+    # before max_length, and the tokens after EOS would only cost vocabulary-wide logits.
+    order = torch.argsort(first)
+    total = torch.zeros(ids.shape[0], device=ids.device)
+    i = 0
+    while i < len(order):
+        width = min(steps, int(first[order[min(i + 255, len(order) - 1)]]) + 1)  # at most the slice's longest
+        rows = max(1, min(256, int(budget // ((p + width) * model.config.vocab_size))))
+        idx = order[i : i + rows]
+        width = min(steps, int(first[idx].max()) + 1)
+        logits = model(input_ids=ids[idx, : p + width - 1]).logits[:, p - 1 :].float()
+        target = completion[idx, :width, None]
+        lp = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, -1)
+        total[idx] = (lp * scored[idx, :width]).sum(1)
+        i += rows
+    return total, scored.sum(1)
 
 
 def _batches(prompt_lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
