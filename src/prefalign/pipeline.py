@@ -3,7 +3,13 @@
 Each stage reads its inputs from the run directory and writes its outputs there (see store.py for
 keys and atomic writes). A stage is skipped when its outputs carry the key its settings and inputs
 give now, so rerunning a finished config does nothing and changing a setting redoes only what
-depends on it. Asking for one stage first brings the stages it reads up to date. Run with:
+depends on it. Asking for one stage first brings the stages it reads up to date.
+
+The models (`ModelSpec`): the DPO grid (pairs.strategies x train.losses x train.betas, plus
+train.extra); iterative chains, whose round r samples from round r-1's model, builds its own pairs
+and trains from round r-1's weights against the original as reference (so the train stage runs
+its own sample and pairs steps for rounds 2..R, under `iterative/`); and RLOO models. Keys chain
+the same way, so a change to round 1 redoes every later round. Run with:
 
     prefalign run CONFIG          # every stage
     prefalign evaluate CONFIG     # up to and including evaluate
