@@ -112,7 +112,7 @@ class SamplingConfig(Section):
 
 
 class PairsConfig(Section):
-    strategies: list[Literal["random", "margin", "threshold", "best_worst", "stratified", "quantile"]] = Field(
+    strategies: list[Literal[PAIR_STRATEGIES]] = Field(
         default_factory=lambda: ["random"],
         min_length=1,
         description="Pair rules to build, one pair file (and one set of models) each. `random`: two "

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefalign.metrics import distinct_n, kl_estimate, reward_profile, run_summary, token_entropy
+from prefalign.metrics import distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary, token_entropy
 from prefalign.sampling import sample_and_score
 from prefalign.store import is_done, write_json
 
 
 def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
     """Every per-run metric of one run's samples (a DataFrame as sample_and_score returns)."""
-    ids = tokenizer(df["text"].tolist(), add_special_tokens=False)["input_ids"] if len(df) else []
+    ids = policy_token_ids(df["text"].tolist(), tokenizer)  # tokenized once for diversity and distinct-n
     out = {
         **run_summary(df["reward"].to_numpy(), df["is_positive"].to_numpy()),
         **reward_profile(df["reward"].to_numpy(), thresholds),

@@ -27,10 +27,14 @@ def token_entropy(token_ids: Iterable[Sequence[int]], pad_id: int | None = None)
     return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
+def policy_token_ids(texts: Sequence[str], tokenizer) -> list[list[int]]:
+    """`texts` re-tokenized with the policy tokenizer, no special tokens added (the original's `encode`)."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+
+
 def diversity(texts: Sequence[str], tokenizer) -> float:
     """`token_entropy` of `texts` re-tokenized with the policy tokenizer (no special tokens added)."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
-    return token_entropy(ids, tokenizer.pad_token_id)
+    return token_entropy(policy_token_ids(texts, tokenizer), tokenizer.pad_token_id)
 
 
 def run_summary(rewards: np.ndarray, positive: np.ndarray) -> dict[str, float]:

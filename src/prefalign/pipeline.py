@@ -18,7 +18,9 @@ the same way, so a change to round 1 redoes every later round. Run with:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fcntl
+import functools
 import gc
 import os
 import shutil
@@ -157,14 +159,17 @@ class Run:
         if spec is None or spec.round <= 1:
             return key_of("samples", self.k_policy, self.k_reward, {**self._sampler(), "num_samples": s.num_samples,
                                                                       "seed": s.seed})  # fmt: skip
-        parent = ModelSpec(**{**spec.__dict__, "round": spec.round - 1})
+        parent = dataclasses.replace(spec, round=spec.round - 1)
         n = self.cfg.iterative.samples or s.num_samples
         return key_of("samples", self.model_key(parent), self.k_reward, self._sampler(), n, s.seed + spec.round)
 
+    def pairs_seed(self, spec: ModelSpec | None = None) -> int:
+        """pairs.seed, shifted per iterative round so every round draws its own pairs."""
+        return self.cfg.pairs.seed + (spec.round - 1 if spec is not None and spec.round else 0)
+
     def pairs_key(self, strategy: str, spec: ModelSpec | None = None) -> str:
         p = self.cfg.pairs
-        seed = p.seed + (spec.round - 1 if spec is not None and spec.round else 0)
-        return key_of("pairs", self.samples_key(spec), strategy, p.count, seed, p.rule(strategy))
+        return key_of("pairs", self.samples_key(spec), strategy, p.count, self.pairs_seed(spec), p.rule(strategy))
 
     def model_key(self, spec: ModelSpec) -> str:
         t = self.cfg.train
@@ -174,7 +179,7 @@ class Run:
         loss = _loss_key(spec.loss) if spec.loss != "slic" else ("slic", t.slic_sft_weight)
         if spec.method == "dpo":
             return key_of("model", self.pairs_key(spec.strategy), self.k_policy, loss, spec.beta, spec.recipe, t.dpo, t.seed)
-        start = self.k_policy if spec.round == 1 else self.model_key(ModelSpec(**{**spec.__dict__, "round": spec.round - 1}))
+        start = self.k_policy if spec.round == 1 else self.model_key(dataclasses.replace(spec, round=spec.round - 1))
         return key_of("model", self.pairs_key(spec.strategy, spec), start, loss, spec.beta, spec.recipe, t.dpo, t.seed)
 
     def eval_keys(self, model_key: str) -> dict[int, str]:
@@ -242,19 +247,27 @@ class Run:
         self._sample_to(self.samples_path, self.samples_key(), self.cfg.policy.model, self.cfg.policy.revision,
                         s.num_samples, s.seed, "sample")  # fmt: skip
 
-    def _pairs_to(self, samples_path: Path, path: Path, key: str, strategy: str, seed: int, what: str) -> None:
-        from prefalign.pairs import pairs_frame
+    @functools.cached_property
+    def bos_prompt(self) -> str:
         from prefalign.training import bos_prompt
+
+        return bos_prompt(M.load_tokenizer(self.cfg.policy.model, self.cfg.policy.revision, "policy"))
+
+    @staticmethod
+    def _samples_reader(path: Path):
+        """Read a samples file at most once, and only if some pair file needs it."""
+        return functools.cache(lambda: pd.read_parquet(path))
+
+    def _pairs_to(self, samples, path: Path, key: str, strategy: str, seed: int, what: str) -> None:
+        """Write one pair file from `samples()` (a reader of the samples frame) unless it is up to date."""
+        from prefalign.pairs import pairs_frame
 
         meta = path.with_suffix(".meta.json")
         if is_done(meta, key) and path.exists():
             log(f"{what}: up to date")
             return
-        samples = pd.read_parquet(samples_path)
-        samples = samples[[c for c in ("text", "reward", "prompt") if c in samples.columns]]
-        prompt = bos_prompt(M.load_tokenizer(self.cfg.policy.model, self.cfg.policy.revision, "policy"))
         p = self.cfg.pairs
-        df = pairs_frame(samples, prompt, strategy=strategy, count=p.count, seed=seed, **p.rule(strategy))
+        df = pairs_frame(samples(), self.bos_prompt, strategy=strategy, count=p.count, seed=seed, **p.rule(strategy))
         write_parquet(df, path)
         gap = df.chosen_reward - df.rejected_reward
         write_json(meta, {"key": key, "pairs": len(df), "mean_gap": float(gap.mean()), "min_gap": float(gap.min()),
@@ -264,10 +277,10 @@ class Run:
         log(f"{what}: {len(df)} pairs, mean reward gap {gap.mean():.3f}")
 
     def pairs(self) -> None:
-        strategies = list(dict.fromkeys(s.strategy for s in self.grid()))
-        for strategy in strategies:
-            self._pairs_to(self.samples_path, self.pairs_path(strategy), self.pairs_key(strategy), strategy,
-                           self.cfg.pairs.seed, f"pairs {strategy}")  # fmt: skip
+        samples = self._samples_reader(self.samples_path)
+        for strategy in dict.fromkeys(s.strategy for s in self.grid()):
+            self._pairs_to(samples, self.pairs_path(strategy), self.pairs_key(strategy), strategy, self.pairs_seed(),
+                           f"pairs {strategy}")  # fmt: skip
 
     def _train_dpo(self, spec: ModelSpec, pairs_path: Path, start: str, reference: str | None) -> None:
         from prefalign.training import train_one
@@ -301,17 +314,16 @@ class Run:
             for spec in chain:
                 rd = self.round_dir(spec)
                 if spec.round == 1:
-                    samples = self.samples_path
+                    samples, start, reference = self.samples_path, self.cfg.policy.model, None
                 else:
-                    prev = self.model_dir(chain[spec.round - 2])
+                    start, reference = str(self.model_dir(chain[spec.round - 2])), self.cfg.policy.model
                     samples = rd / "samples.parquet"
                     n = self.cfg.iterative.samples or self.cfg.sampling.num_samples
-                    self._sample_to(samples, self.samples_key(spec), str(prev), None, n,
-                                    self.cfg.sampling.seed + spec.round, f"{spec.name} sample")  # fmt: skip
-                self._pairs_to(samples, rd / "pairs.parquet", self.pairs_key(spec.strategy, spec), spec.strategy,
-                               self.cfg.pairs.seed + spec.round - 1, f"{spec.name} pairs")  # fmt: skip
-                start = self.cfg.policy.model if spec.round == 1 else str(self.model_dir(chain[spec.round - 2]))
-                self._train_dpo(spec, rd / "pairs.parquet", start, None if spec.round == 1 else self.cfg.policy.model)
+                    self._sample_to(samples, self.samples_key(spec), start, None, n, self.cfg.sampling.seed + spec.round,
+                                    f"{spec.name} sample")  # fmt: skip
+                self._pairs_to(self._samples_reader(samples), rd / "pairs.parquet", self.pairs_key(spec.strategy, spec),
+                               spec.strategy, self.pairs_seed(spec), f"{spec.name} pairs")  # fmt: skip
+                self._train_dpo(spec, rd / "pairs.parquet", start, reference)
         for spec in (s for s in self.models() if s.method == "rloo"):
             key, out = self.model_key(spec), self.model_dir(spec)
             if is_done(out / "train.json", key):
