@@ -4,7 +4,7 @@ The baseline is a faithful re-implementation of the original's evaluation loop: 
 single BOS tensor with `num_return_sequences=100`, `max_length=64`, `top_k=50`, `top_p=0.85`,
 decode, and score each batch of 100 with the classifier called *without* `no_grad` /
 `inference_mode`, tokenized with `padding=True`; repeat until N. The engine is
-`prefalign.sampling.sample_and_score` with the settings a config would use. Both run in the same
+`prefalign.engine.decoding.sample_and_score` with the settings a config would use. Both run in the same
 process, alternating, `--reps` times; the median wall time of each is reported with the ratio.
 
     python benchmarks/bench_engine.py sample --models demo --n 2000 --reps 3
@@ -27,11 +27,11 @@ import torch
 
 def load_models(which: str):
     """(policy, policy tokenizer, classifier, classifier tokenizer, positive index, policy dir)."""
-    from prefalign.models import load_classifier, load_policy, positive_index
+    from prefalign.models.loading import load_classifier, load_policy, positive_class_index
 
     cpu = torch.device("cpu")
     if which in ("demo", "tiny"):
-        from prefalign.demo.build import SPECS, build
+        from prefalign.models.builtin import SPECS, build
 
         root = build(SPECS[which])
         policy_dir, reward_dir = str(root / "policy"), str(root / "reward")
@@ -41,7 +41,7 @@ def load_models(which: str):
         raise SystemExit(f"unknown model set {which}")
     policy, ptok = load_policy(policy_dir, None, cpu)
     clf, ctok = load_classifier(reward_dir, None, cpu)
-    return policy, ptok, clf, ctok, positive_index(clf.config.id2label, "POSITIVE"), policy_dir
+    return policy, ptok, clf, ctok, positive_class_index(clf.config.id2label, "POSITIVE"), policy_dir
 
 
 def build_base_sized(root: Path) -> tuple[str, str]:
@@ -51,7 +51,7 @@ def build_base_sized(root: Path) -> tuple[str, str]:
     both models, so every id the random policy samples decodes to one token the classifier also sees
     as one token (texts keep GPT-2-like lengths for the classifier).
     """
-    from prefalign.demo.build import synthetic_corpus, train_tokenizers
+    from prefalign.models.builtin import synthetic_corpus, train_tokenizers
 
     policy_dir, reward_dir = root / "policy", root / "reward"
     if not (reward_dir / "config.json").exists():
@@ -90,7 +90,7 @@ def baseline(policy, ptok, clf, ctok, positive: int, n: int) -> list[float]:
 
 def engine(policy, ptok, clf, ctok, positive: int, n: int) -> None:
     from prefalign.config import SamplingConfig
-    from prefalign.sampling import sample_and_score
+    from prefalign.engine.decoding import sample_and_score
 
     with tempfile.TemporaryDirectory() as d:
         sample_and_score(policy, ptok, clf, ctok, positive, n, SamplingConfig(), 0, None, Path(d) / "s.parquet")
@@ -128,8 +128,8 @@ def bench_train(args) -> None:
     import pandas as pd
 
     from prefalign.configfile import load_config
-    from prefalign.sampling import generate
-    from prefalign.training import train_one
+    from prefalign.engine.decoding import generate
+    from prefalign.stages.train_dpo import train_one
 
     datasets.disable_caching()
     policy, ptok, *_, policy_dir = load_models(args.models)

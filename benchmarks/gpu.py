@@ -36,7 +36,9 @@ def main() -> None:
 
     from prefalign.cli import _quiet_libraries
     from prefalign.configfile import load_config
-    from prefalign.pipeline import STAGES, Run
+    from prefalign.models.loading import pick_device
+    from prefalign.plan import STAGE_NAMES, DpoModel
+    from prefalign.runner import run
 
     _quiet_libraries()
     work = Path(args.workdir)
@@ -51,26 +53,26 @@ def main() -> None:
         f"pairs.count={max(1, int(20000 * f))}", f"evaluate.samples={max(1, int(5000 * f))}",
     ]  # fmt: skip
     cfg = load_config("imdb", overrides)
-    run = Run(cfg)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_provenance()
-    cuda = run.device.type == "cuda"
-    name = torch.cuda.get_device_name(run.device) if cuda else "cpu"
-    print(f"device: {name}; fraction {f:g}; run dir {run.root}", flush=True)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    root = cfg.run_path
+    print(f"device: {name}; fraction {f:g}; run dir {root}", flush=True)
     timings = {}
     t_all = time.time()
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
+        # Each call brings one more stage up to date: the earlier ones are already current.
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
-        getattr(run, stage)()
+        items = run(cfg, until=stage)
         timings[stage] = {"seconds": round(time.time() - t0, 1),
                           "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}  # fmt: skip
     total = time.time() - t_all
 
-    samples = json.loads((run.root / "samples.meta.json").read_text())
-    trains = [json.loads((run.model_dir(p) / "train.json").read_text()) for p in run.grid()]
-    evals = sorted((run.root / "eval").glob("*/run-*.json"))
+    samples = json.loads((root / "samples.meta.json").read_text())
+    trains = [json.loads((m.path / "train.json").read_text()) for m in items if type(m) is DpoModel]
+    evals = sorted((root / "eval").glob("*/run-*.json"))
     eval_samples = sum(json.loads(p.read_text())["samples"] for p in evals)
     print("\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|")
     rates = {

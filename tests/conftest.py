@@ -28,7 +28,7 @@ def cache_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dir(cache_root):
     """Directory with `policy/` (GPT-2, 2 layers) and `reward/` (DistilBERT, NEGATIVE/POSITIVE)."""
-    from prefalign.demo.build import SPECS, build
+    from prefalign.models.builtin import SPECS, build
 
     return build(SPECS["tiny"], cache_root, log=lambda msg: None)
 
@@ -37,7 +37,7 @@ def tiny_dir(cache_root):
 def tiny_policy(tiny_dir):
     import torch
 
-    from prefalign.models import load_policy
+    from prefalign.models.loading import load_policy
 
     return load_policy(str(tiny_dir / "policy"), None, torch.device("cpu"))
 
@@ -46,7 +46,7 @@ def tiny_policy(tiny_dir):
 def tiny_classifier(tiny_dir):
     import torch
 
-    from prefalign.models import load_classifier
+    from prefalign.models.loading import load_classifier
 
     return load_classifier(str(tiny_dir / "reward"), None, torch.device("cpu"))
 

@@ -70,41 +70,55 @@ def test_run_tiny_writes_every_output(tiny_run):
     assert not list(root.rglob(".*tmp*"))
 
 
+def outputs(root) -> dict:
+    """Every output file under a run dir with its modification time (provenance, rewritten each run, left out)."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in ("config.yaml", "models.json")}
+
+
 def test_second_run_does_no_work(tiny_run):
     root, _ = tiny_run
-    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    proc = prefalign("run", "tiny", "--set", f"run_dir={root}")
-    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    changed = {p for p in before if after.get(p) != before[p]} - {root / "config.yaml", root / "models.json"}
-    assert not changed, changed
-    assert "trained in" not in proc.stdout and "samples/s" not in proc.stdout
-    assert proc.stdout.count("up to date") == 1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1
+    before = outputs(root)
+    prefalign("run", "tiny", "--set", f"run_dir={root}")
+    assert outputs(root) == before
+    # every item of the plan is current: 1 samples + 3 pair files + the models + their evaluations + the report
+    plan = prefalign("plan", "tiny", "--set", f"run_dir={root}").stdout
+    assert f"{1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} items, {1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} up to date" in plan
 
 
 def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run):
     root, _ = tiny_run
-    proc = prefalign("run", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=3")
-    assert "trained in" not in proc.stdout and "pairs random:" in proc.stdout and "sample: up to date" in proc.stdout
-    assert proc.stdout.count(" run 2: ") == 1 + len(MODELS) and " run 0: " not in proc.stdout
+    before = outputs(root)
+    prefalign("run", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=3")
+    after = outputs(root)
+    changed = {p.relative_to(root).as_posix() for p in before if after[p] != before[p]}
+    added = {p.relative_to(root).as_posix() for p in set(after) - set(before)}
+    # only a third evaluation run per model, and the report that reads them
+    assert added == {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
+    assert "results.csv" in changed
+    assert all(p in ("results.csv", "report.md", "report.meta.json") or p.startswith("plots/") for p in changed), changed
     assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 3
 
 
 def test_killed_mid_training_resumes_and_completes(tiny_dir, tmp_path):
     root = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefalign.cli", "run", "tiny", "--set", f"run_dir={root}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "train margin-sigmoid" in line:  # two models done, the third in progress
-            proc.send_signal(signal.SIGKILL)
-            break
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    second = root / "models" / MODELS[1] / "train.json"
+    deadline = time.time() + 300
+    while not second.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the third model is training (a tiny model trains for several seconds)
+    proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    assert proc.returncode == -signal.SIGKILL
     assert not (root / "models" / MODELS[2] / "train.json").exists()
-    proc = prefalign("run", "tiny", "--set", f"run_dir={root}")
-    assert proc.stdout.count("trained in") == len(MODELS) - 2
+    first_two = {m: (root / "models" / m / "model.safetensors").stat().st_mtime_ns for m in MODELS[:2]}
+    prefalign("run", "tiny", "--set", f"run_dir={root}")
+    # the two finished models are kept, the others trained
+    assert {m: (root / "models" / m / "model.safetensors").stat().st_mtime_ns for m in MODELS[:2]} == first_two
+    assert all((root / "models" / m / "train.json").exists() for m in MODELS)
     assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 2
+    assert not list(root.rglob(".*tmp*"))
 
 
 def test_single_stage_command_stops_after_that_stage(tiny_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""prefalign.corpus: every input form, label vocabulary, errors, and the offline Rotten Tomatoes data."""
+"""prefalign.models.corpus: every input form, label vocabulary, errors, and the offline Rotten Tomatoes data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from prefalign.corpus import CorpusError, corpus_stats, load_labelled_texts
+from prefalign.models.corpus import CorpusError, corpus_stats, load_labelled_texts
 
 ROWS = [
     ("A warm, funny and wise film.", 1),

@@ -1,4 +1,4 @@
-"""prefalign.demo.build on a corpus file: what a build writes, that it is cached, and the demo spec."""
+"""prefalign.models.builtin on a corpus file: what a build writes, that it is cached, and the demo spec."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from prefalign.demo import build as B
+from prefalign.models import builtin as B
 
 # Small enough for seconds on 2 cores: a 320-token vocabulary (the byte alphabet is 256 + 6 specials).
 SMALL = dict(vocab_size=320, lm_layers=1, lm_dim=32, lm_heads=2, lm_epochs=1, lm_positions=80, clf_layers=1,

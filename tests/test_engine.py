@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from prefalign.config import SamplingConfig
-from prefalign.sampling import generate, sample_and_score
-from prefalign.scoring import score_texts
+from prefalign.engine.decoding import generate, sample_and_score
+from prefalign.engine.scoring import score_texts
 
 SAMPLING = SamplingConfig(max_length=24, batch_size=16)
 
@@ -33,7 +33,7 @@ def test_lengths_respect_max_length_and_special_tokens_are_skipped(tiny_policy):
 def test_scores_are_the_positive_logit_in_input_order(tiny_classifier):
     clf, tok = tiny_classifier
     texts = ["The film was great and I loved it.", "Dull.", "The plot is awful , a waste of time.", "", "Superb!"]
-    batched = score_texts(texts, clf, tok, positive=1, batch_size=2)  # length-sorted, several batches
+    batched = score_texts(texts, clf, tok, positive_index=1, batch_size=2)  # length-sorted, several batches
     with torch.inference_mode():
         for i, text in enumerate(texts):
             logits = clf(**tok(text, return_tensors="pt")).logits[0]
@@ -50,7 +50,7 @@ def test_scoring_adds_the_classifiers_special_tokens(tiny_classifier):
 
 def test_classifier_truncates_long_texts(tiny_classifier):
     clf, tok = tiny_classifier
-    out = score_texts(["great " * 2000], clf, tok, positive=1)
+    out = score_texts(["great " * 2000], clf, tok, positive_index=1)
     assert np.isfinite(out["reward"]).all()
 
 
@@ -73,7 +73,7 @@ def test_fast_and_hf_engines_agree_when_sampling_is_greedy(tiny_policy):
 
 
 def test_top_k_top_p_filter_keeps_the_nucleus():
-    from prefalign.sampling import filter_top_k_top_p
+    from prefalign.engine.decoding import filter_top_k_top_p
 
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
     ids, values = filter_top_k_top_p(logits, top_k=3, top_p=0.85)

@@ -8,17 +8,18 @@ import json
 import pandas as pd
 import pytest
 
-from test_cli_smoke import prefalign
+from test_cli_smoke import outputs, prefalign
 
 pytestmark = pytest.mark.slow
 
+# The iterative chain's round 1 is the quantile-sigmoid-0.1 grid model (same pairs, start and loss).
 MODELS = ["best_worst-slic-beta0.1-default", "stratified-ipo-beta0.5-default", "quantile-sigmoid-beta0.1-default",
-          "iter-quantile-sigmoid-beta0.1-default-r1", "iter-quantile-sigmoid-beta0.1-default-r2", "rloo-kl0.1"]  # fmt: skip
+          "iter-quantile-sigmoid-beta0.1-default-r2", "rloo-kl0.1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def methods_run(tiny_dir, tmp_path_factory):
-    from prefalign.demo.build import synthetic_corpus
+    from prefalign.models.builtin import synthetic_corpus
 
     base = tmp_path_factory.mktemp("methods")
     texts, labels = synthetic_corpus(200, seed=5)
@@ -41,17 +42,19 @@ def test_every_method_is_trained_and_evaluated(methods_run):
     results = pd.read_csv(root / "results.csv")
     assert list(dict.fromkeys(results.model)) == ["original"] + MODELS
     assert set(results.method) == {"original", "dpo", "iterative", "rloo"}
-    assert results[results.method == "iterative"]["round"].tolist() == [1, 1, 2, 2]
+    assert results[results.method == "iterative"]["round"].tolist() == [2, 2]
     for m in MODELS:
         assert (root / "models" / m / "model.safetensors").exists()
     slic = json.loads((root / "models" / MODELS[0] / "train.json").read_text())
     assert slic["settings"]["loss_type"] == ["hinge", "sft"] and slic["settings"]["loss_weights"] == [1.0, 0.1]
-    r2 = json.loads((root / "models" / MODELS[4] / "train.json").read_text())
-    # round 2 starts from round 1 and keeps the original as its reference
-    assert r2["base_model"].endswith(MODELS[3]) and r2["reference_model"] == "prefalign:tiny"
-    assert (root / "iterative" / "iter-quantile-sigmoid-beta0.1-default" / "round-2" / "samples.parquet").exists()
-    # round 1 is the quantile-sigmoid-0.1 grid model (same pairs, start and loss): copied, not retrained
-    assert "iter-quantile-sigmoid-beta0.1-default-r1: the same model as quantile-sigmoid-beta0.1-default" in proc.stdout
+    r2 = json.loads((root / "models" / MODELS[3] / "train.json").read_text())
+    # round 2 starts from round 1, the grid model itself (trained once, not copied), with the original as reference
+    assert r2["base_model"] == str(root / "models" / MODELS[2]) and r2["reference_model"] == "prefalign:tiny"
+    assert not (root / "models" / "iter-quantile-sigmoid-beta0.1-default-r1").exists()
+    round_2 = root / "iterative" / "iter-quantile-sigmoid-beta0.1-default" / "round-2"
+    assert (round_2 / "samples.parquet").exists() and (round_2 / "pairs.parquet").exists()
+    # round 2's pairs come from round 1's own samples, not the original's
+    assert set(pd.read_parquet(round_2 / "pairs.parquet").chosen) <= set(pd.read_parquet(round_2 / "samples.parquet").text)
     rloo = json.loads((root / "models" / "rloo-kl0.1" / "train.json").read_text())
     assert rloo["method"] == "rloo" and rloo["kl_coef"] == 0.1
 
@@ -78,10 +81,12 @@ def test_report_has_frontier_and_rounds(methods_run):
     for png in ("frontier-reward-vs-kl.png", "frontier-reward-vs-diversity.png"):
         assert f"plots/{png}" in report and (root / "plots" / png).stat().st_size > 5000
     assert "## On-policy rounds and online RL" in report and "| rloo-kl0.1 |" in report
+    assert "| quantile-sigmoid-beta0.1-default (round 1 of iter-quantile-sigmoid-beta0.1-default) |" in report
     assert "Pareto-optimal models" in report
 
 
 def test_rerun_is_a_no_op(methods_run):
-    _, _, args = methods_run
-    proc = prefalign(*args)
-    assert "trained in" not in proc.stdout and "samples/s" not in proc.stdout
+    root, _, args = methods_run
+    before = outputs(root)
+    prefalign(*args)
+    assert outputs(root) == before

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from prefalign.metrics import diversity, run_summary, token_entropy
+from prefalign.engine.metrics import diversity, run_summary, token_entropy
 
 
 def test_entropy_of_hand_counted_ids():
@@ -46,7 +46,7 @@ def test_run_summary():
 
 
 def test_distinct_n_counts_over_all_texts_without_crossing_them():
-    from prefalign.metrics import distinct_n
+    from prefalign.engine.metrics import distinct_n
 
     texts = [[1, 2, 1, 2], [2, 1]]
     # unigrams: 6 tokens, {1, 2} distinct -> 2/6; bigrams: (1,2),(2,1),(1,2) + (2,1) -> 2 distinct of 4
@@ -60,7 +60,7 @@ def test_distinct_n_counts_over_all_texts_without_crossing_them():
 def test_reward_profile_shares_and_percentiles():
     import numpy as np
 
-    from prefalign.metrics import reward_profile
+    from prefalign.engine.metrics import reward_profile
 
     r = np.array([-1.0, 0.0, 0.25, 0.5, 2.0])
     out = reward_profile(r, thresholds=(0.0, 0.5), quantiles=(5, 50, 95))
@@ -73,7 +73,7 @@ def test_reward_profile_shares_and_percentiles():
 
 
 def test_kl_estimate_per_sequence_and_per_token():
-    from prefalign.metrics import kl_estimate
+    from prefalign.engine.metrics import kl_estimate
 
     out = kl_estimate([-10.0, -4.0], [-12.0, -3.0], [4, 6])
     assert out["kl_seq"] == pytest.approx((2.0 + -1.0) / 2)
@@ -84,7 +84,7 @@ def test_kl_estimate_per_sequence_and_per_token():
 def test_pareto_mask_keeps_exactly_the_undominated():
     import numpy as np
 
-    from prefalign.metrics import pareto_mask
+    from prefalign.engine.metrics import pareto_mask
 
     # columns: reward (max), diversity (max); KL (min)
     reward_div = np.array([[1.0, 5.0], [2.0, 4.0], [1.5, 3.0], [2.0, 4.0], [0.5, 6.0]])

@@ -3,21 +3,21 @@ import time
 import pytest
 import torch
 
-from prefalign.models import ModelLoadError, load_policy, positive_index
+from prefalign.models.loading import ModelLoadError, load_policy, positive_class_index
 
 
 def test_positive_label_found_by_name_not_index():
-    assert positive_index({0: "NEGATIVE", 1: "POSITIVE"}, "POSITIVE") == 1
-    assert positive_index({"0": "POSITIVE", "1": "NEGATIVE"}, "POSITIVE") == 0
+    assert positive_class_index({0: "NEGATIVE", 1: "POSITIVE"}, "POSITIVE") == 1
+    assert positive_class_index({"0": "POSITIVE", "1": "NEGATIVE"}, "POSITIVE") == 0
 
 
 def test_positive_label_case_insensitive_fallback():
-    assert positive_index({0: "negative", 1: "positive"}, "POSITIVE") == 1
+    assert positive_class_index({0: "negative", 1: "positive"}, "POSITIVE") == 1
 
 
 def test_absent_label_lists_the_labels():
     with pytest.raises(ModelLoadError, match=r"'LABEL_0'.*'LABEL_1'"):
-        positive_index({0: "LABEL_0", 1: "LABEL_1"}, "POSITIVE")
+        positive_class_index({0: "LABEL_0", 1: "LABEL_1"}, "POSITIVE")
 
 
 def test_hub_model_offline_fails_fast_with_advice(monkeypatch):

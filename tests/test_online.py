@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefalign.online import OWNED, RLOO_DEFAULTS, ClassifierReward, rloo_args, train_rloo
+from prefalign.stages.train_rloo import OWNED, RLOO_DEFAULTS, ClassifierReward, rloo_args, train_rloo
 
 TEXTS = ["A wonderful, moving film.", "Dull and far too long.", "ok", "The plot falls apart in the second half, sadly."]
 CPU = torch.device("cpu")

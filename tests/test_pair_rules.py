@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefalign.pairs import STRATEGIES, PairError, build_pairs, pairs_frame
+from prefalign.engine.pair_rules import PAIR_RULES, PairError, build_pairs, pairs_frame
 
 
 def pair_set(p):
@@ -188,7 +188,7 @@ def test_quantile_with_groups_takes_the_tails_within_each_group():
 # --- groups, every rule ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", PAIR_RULES)
 def test_no_pair_crosses_a_group(strategy):
     r = normal_rewards(600, seed=7)
     g = np.random.default_rng(8).integers(0, 30, 600).astype(str)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from prefalign.pairs import PairError, build_pairs, pairs_frame
+from prefalign.engine.pair_rules import PairError, build_pairs, pairs_frame
 
 
 @pytest.mark.parametrize("strategy", ["random", "margin", "threshold"])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from prefalign.config import PromptConfig, SamplingConfig
-from prefalign.prompts import corpus_prompts, cut_prompts
-from prefalign.sampling import completion_logprobs, generate, sample_and_score
+from prefalign.engine.prompts import corpus_prompts, cut_prompts
+from prefalign.engine.decoding import completion_logprobs, generate, sample_and_score
 
 SAMPLING = SamplingConfig(max_length=20, batch_size=32)
 

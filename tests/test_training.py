@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefalign.training import RECIPES, bos_prompt, train_one
+from prefalign.stages.train_dpo import RECIPES, bos_prompt, train_one
 
 
 def test_prompt_is_the_bos_token_for_gpt2_style_tokenizers(tiny_policy):
@@ -45,7 +45,7 @@ def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, 
 def test_length_grouped_order_is_a_permutation_of_sorted_megabatches():
     import numpy as np
 
-    from prefalign.training import length_grouped_order
+    from prefalign.stages.train_dpo import length_grouped_order
 
     lengths = np.random.default_rng(1).integers(1, 64, size=203)
     order = length_grouped_order(lengths, batch_size=4, seed=3, megabatch=5)
@@ -67,7 +67,7 @@ def test_completion_only_head_gives_the_same_log_probs_and_gradients(tiny_dir):
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from prefalign.training import completion_tokens_only
+    from prefalign.stages.train_dpo import completion_tokens_only
 
     base = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
     trl_utils.add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
@@ -108,7 +108,7 @@ def test_default_recipe_records_its_own_switches(tiny_dir, tmp_path):
 
 def test_loss_entries_resolve_to_trl_types_and_weights():
     from prefalign.config import LossMix
-    from prefalign.training import resolve_loss
+    from prefalign.stages.train_dpo import resolve_loss
 
     assert resolve_loss("sigmoid") == ("sigmoid", ["sigmoid"], None)
     assert resolve_loss("slic", 0.3) == ("slic", ["hinge", "sft"], [1.0, 0.3])

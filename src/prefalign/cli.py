@@ -2,12 +2,14 @@
 
     prefalign run CONFIG [--set key.path=value ...]        every stage, resumable
     prefalign sample|pairs|train|evaluate|report CONFIG     up to that stage
+    prefalign plan CONFIG                                   what a run would do: items, keys, done or not
     prefalign config CONFIG                                 print the validated config
     prefalign config-help                                   every config key, its default and help
     prefalign build-demo [NAME] [--corpus SRC]              build (or find) the built-in models
 
 CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit codes: 0 done,
-1 a stage failed (model not loadable, pairs impossible, ...), 2 invalid config or arguments.
+1 a stage failed (model not loadable, pairs impossible, ...), 2 invalid config or arguments,
+130 interrupted (Ctrl-C; rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.betas=[0.1,1] (repeatable)")  # fmt: skip
+    p = sub.add_parser("plan", help="list the work items of a config (stage, key, output, done or not) without running")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(preset_names()))
             return 0
         if args.command == "build-demo":
-            from prefalign.demo.build import SPECS, build
+            from prefalign.models.builtin import SPECS, build
 
             _quiet_libraries()
             if args.name not in SPECS:
@@ -118,15 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     _quiet_libraries()
-    from prefalign.models import ModelLoadError
-    from prefalign.pairs import PairError
-    from prefalign.pipeline import RunLocked, run
+    from prefalign.engine.pair_rules import PairError
+    from prefalign.models.loading import ModelLoadError
+    from prefalign.runner import RunLocked, plan_table, run
+    from prefalign.stages.evaluate import EvaluationMissing
 
     try:
-        run(cfg, until="report" if args.command == "run" else args.command)
-    except (ModelLoadError, PairError, RunLocked) as e:
+        if args.command == "plan":
+            print(plan_table(cfg))
+        else:
+            run(cfg, until="report" if args.command == "run" else args.command)
+    except (ModelLoadError, PairError, RunLocked, EvaluationMissing) as e:
         print(f"prefalign: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

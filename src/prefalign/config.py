@@ -16,18 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from prefalign.engine.pair_rules import PAIR_RULES
+from prefalign.recipes import OWN_SETTINGS, RECIPE_NAMES
+
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
-PAIR_STRATEGIES = ("random", "margin", "threshold", "best_worst", "stratified", "quantile")
-# Training switches that are prefalign's own, accepted in `train.dpo` next to DPOConfig's fields.
-OWN_SETTINGS = {
-    "group_by_length": "batch pairs of similar token length (a random order of length-sorted megabatches)",
-    "completion_only_head": "project only completion tokens through the LM head on every device (TRL does so on "
-    "CUDA only); same results, less work",
-}
 
 
 class Section(BaseModel):
@@ -112,7 +108,7 @@ class SamplingConfig(Section):
 
 
 class PairsConfig(Section):
-    strategies: list[Literal[PAIR_STRATEGIES]] = Field(
+    strategies: list[Literal[PAIR_RULES]] = Field(
         default_factory=lambda: ["random"],
         min_length=1,
         description="Pair rules to build, one pair file (and one set of models) each. `random`: two "
@@ -198,20 +194,20 @@ class ExtraPoint(Section):
     strategy: str = Field(..., description="Pair rule (one of pairs.strategies' choices).")
     loss: str | LossMix = Field(..., description="A loss entry as in train.losses.")
     beta: float = Field(..., gt=0, description="DPO beta.")
-    recipe: Literal["default", "seed"] | None = Field(None, description="Recipe (default: train.recipe).")
+    recipe: Literal[RECIPE_NAMES] | None = Field(None, description="Recipe (default: train.recipe).")
 
     _loss = field_validator("loss")(classmethod(lambda cls, v: _check_loss(v)))
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v: str) -> str:
-        if v not in PAIR_STRATEGIES:
-            raise ValueError(f"unknown pair strategy {v!r}; one of {', '.join(PAIR_STRATEGIES)}")
+        if v not in PAIR_RULES:
+            raise ValueError(f"unknown pair strategy {v!r}; one of {', '.join(PAIR_RULES)}")
         return v
 
 
 class TrainConfig(Section):
-    recipe: Literal["default", "seed"] = Field(
+    recipe: Literal[RECIPE_NAMES] = Field(
         "default",
         description="`seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, "
         "3 epochs, batch 8, max_length 256, fp32). `default`: TRL's defaults plus precomputed "
@@ -326,7 +322,7 @@ class IterativeConfig(Section):
     strategy: str = Field("random", description="Pair rule of every round.")
     losses: list[str | LossMix] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description="One chain per loss.")
     betas: list[float] = Field(default_factory=lambda: [0.1], min_length=1, description="One chain per beta.")
-    recipe: Literal["default", "seed"] | None = Field(None, description="Recipe (default: train.recipe).")
+    recipe: Literal[RECIPE_NAMES] | None = Field(None, description="Recipe (default: train.recipe).")
     samples: int | None = Field(None, gt=1, description="Texts sampled per round (default: sampling.num_samples).")
 
     _loss = field_validator("losses")(classmethod(lambda cls, v: [_check_loss(x) for x in v]))

@@ -17,7 +17,6 @@ when complete. Run alone with:
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from pathlib import Path
 
@@ -28,7 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from prefalign.scoring import score_texts
+from prefalign.engine.scoring import score_texts
+from prefalign.store import atomic_path
 
 
 def auto_batch_size(model, max_length: int, device: torch.device) -> int:
@@ -188,9 +188,9 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
             yield chunk
 
 
-def sample_and_score(policy, ptok, clf, ctok, positive: int, n: int, sampling, seed: int, reward_batch: int | None,
-                     out_path: Path, desc: str = "sample", prompts: list[tuple[list[int], str]] | None = None,
-                     reference=None) -> pd.DataFrame:  # fmt: skip
+def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int,
+                     sampling, seed: int, reward_batch: int | None, out_path: Path, desc: str = "sample",
+                     prompts: list[tuple[list[int], str]] | None = None, reference=None) -> pd.DataFrame:  # fmt: skip
     """Generate and score n texts, streaming them to `out_path` (Parquet) atomically.
 
     `prompts`: one (token ids, text) per row, or None for BOS alone; the classifier then scores
@@ -199,31 +199,25 @@ def sample_and_score(policy, ptok, clf, ctok, positive: int, n: int, sampling, s
     `logp_ref` and `n_scored` (tokens in those sums: n_tokens plus the EOS when there is one), with
     a reference model.
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     fields = [("text", pa.string()), ("reward", pa.float32()), ("positive_prob", pa.float32()),
               ("is_positive", pa.bool_()), ("n_tokens", pa.int32())]  # fmt: skip
     fields += [("prompt", pa.string())] if prompts is not None else []
     fields += [("logp", pa.float32()), ("logp_ref", pa.float32()), ("n_scored", pa.int32())] if reference is not None else []
     schema = pa.schema(fields)
-    t0 = time.time()
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            ids = [p[0] for p in prompts] if prompts is not None else None
-            for chunk in generate(policy, ptok, n, sampling, seed, desc=desc, prompts=ids, reference=reference):
-                heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
-                full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
-                scores = score_texts(full, clf, ctok, positive, reward_batch or 128)
-                cols = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
-                if heads is not None:
-                    cols["prompt"] = heads
-                if reference is not None:
-                    cols.update(logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32))
-                writer.write_table(pa.table(cols, schema=schema))
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    start = time.time()
+    prompt_ids = [ids for ids, _ in prompts] if prompts is not None else None
+    chunks = generate(policy, policy_tokenizer, n, sampling, seed, desc=desc, prompts=prompt_ids, reference=reference)
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for chunk in chunks:
+            heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
+            full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
+            scores = score_texts(full, classifier, classifier_tokenizer, positive_index, reward_batch or 128)
+            columns = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
+            if heads is not None:
+                columns["prompt"] = heads
+            if reference is not None:
+                columns.update(logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32))
+            writer.write_table(pa.table(columns, schema=schema))
     df = pd.read_parquet(out_path)
-    df.attrs["seconds"] = time.time() - t0
+    df.attrs["seconds"] = time.time() - start
     return df

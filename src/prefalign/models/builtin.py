@@ -24,12 +24,13 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from prefalign.store import atomic_path, remove_stale
 
 BOS = "<|endoftext|>"
 POLICY_DIR, REWARD_DIR, INFO_FILE = "policy", "reward", "info.json"
@@ -40,7 +41,7 @@ class BuildSpec:
     """Everything that determines the built models; its hash keys the cache."""
 
     name: str
-    corpus: str  # "synthetic" (generated sentences) or a corpus source understood by prefalign.corpus
+    corpus: str  # "synthetic" (generated sentences) or a corpus source understood by prefalign.models.corpus
     vocab_size: int = 512
     lm_layers: int = 2
     lm_dim: int = 64
@@ -68,7 +69,7 @@ SPECS = {
     # Seconds to build; only for smoke tests and `prefalign run tiny`.
     "tiny": BuildSpec(name="tiny", corpus="synthetic"),
     # `prefalign run demo`: ~3.5 min to build on 2 cores (policy ~60 s/epoch, classifier ~17 s/epoch).
-    # Rotten Tomatoes critic snippets (prefalign.corpus: 12,808, 58% fresh), 1,000 held out.
+    # Rotten Tomatoes critic snippets (prefalign.models.corpus: 12,808, 58% fresh), 1,000 held out.
     # Policy: 2 x 128 GPT-2 over a 4k byte-level BPE (0.94M params), 3 epochs: perplexity 153.
     # Classifier: 1 layer x 128 DistilBERT, 2 epochs at 5e-4: held-out accuracy 0.757 (1 layer gave
     # 0.757-0.765 over seeds, 2 layers 0.744-0.770 at twice the time; a bag-of-words model reaches
@@ -113,7 +114,7 @@ def synthetic_corpus(n: int = 600, seed: int = 0) -> tuple[list[str], list[int]]
 def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
     if spec.corpus == "synthetic":
         return synthetic_corpus(seed=spec.seed)
-    from prefalign.corpus import load_labelled_texts
+    from prefalign.models.corpus import load_labelled_texts
 
     return load_labelled_texts(spec.corpus)
 
@@ -316,15 +317,6 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
         ([texts[i] for i in held_l], [labels[i] for i in held_l]), log,
     )  # fmt: skip
 
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):  # left by a killed build
-            shutil.rmtree(stale, ignore_errors=True)
-    policy.save_pretrained(tmp / POLICY_DIR)
-    policy_tok.save_pretrained(tmp / POLICY_DIR)
-    clf.save_pretrained(tmp / REWARD_DIR)
-    clf_tok.save_pretrained(tmp / REWARD_DIR)
     info = {
         "spec": dataclasses.asdict(spec),
         "policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()},
@@ -332,11 +324,14 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
         "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
         "build_seconds": round(time.time() - t0, 1),
     }
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    if target.exists():  # a concurrent build finished first; ours is identical
-        shutil.rmtree(tmp)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+    # Builds of other specs (or of this one, in another process) may be running in the same cache.
+    remove_stale(target.parent, alive=_pid_alive)
+    if not target.exists():  # else a concurrent build finished first; ours is identical
+        with atomic_path(target) as tmp:
+            policy.save_pretrained(tmp / POLICY_DIR)
+            policy_tok.save_pretrained(tmp / POLICY_DIR)
+            clf.save_pretrained(tmp / REWARD_DIR)
+            clf_tok.save_pretrained(tmp / REWARD_DIR)
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
     log(f"built in {time.time() - t0:.0f}s: perplexity {ppl:.1f}, classifier accuracy {acc:.3f}")
     return target

@@ -1,7 +1,7 @@
 """Loading the policy and the reward classifier, wherever they live.
 
 A model reference is one of:
-- `prefalign:NAME`: a model prefalign builds and caches itself (`prefalign.demo.build.SPECS`);
+- `prefalign:NAME`: a model prefalign builds and caches itself (`prefalign.models.builtin.SPECS`);
   `NAME` selects the spec and the policy or reward half is picked by the caller;
 - a local directory written by `save_pretrained`;
 - a Hugging Face hub id (with an optional revision). Offline, loading fails at once with a message
@@ -26,7 +26,7 @@ class ModelLoadError(Exception):
 def resolve(ref: str, role: str) -> str:
     """Turn a reference into something `from_pretrained` accepts; builds `prefalign:` models."""
     if ref.startswith("prefalign:"):
-        from prefalign.demo.build import POLICY_DIR, REWARD_DIR, SPECS, build
+        from prefalign.models.builtin import POLICY_DIR, REWARD_DIR, SPECS, build
 
         name = ref.split(":", 1)[1]
         if name not in SPECS:
@@ -43,7 +43,7 @@ def identity(ref: str, revision: str | None = None) -> str:
     modification times, so retraining a local model invalidates every stage built on it.
     """
     if ref.startswith("prefalign:"):
-        from prefalign.demo.build import SPECS
+        from prefalign.models.builtin import SPECS
 
         spec = SPECS.get(ref.split(":", 1)[1])
         return f"{ref}@{spec.key() if spec else '?'}"
@@ -82,7 +82,7 @@ def _go_offline_if_hub_unreachable() -> None:
     """
     import huggingface_hub.constants as hub
 
-    from prefalign.corpus import hub_reachable
+    from prefalign.models.corpus import hub_reachable
 
     if not hub.HF_HUB_OFFLINE and not hub_reachable():
         hub.HF_HUB_OFFLINE = True
@@ -166,7 +166,7 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     return model.to(device).eval(), tok
 
 
-def positive_index(id2label: dict, name: str) -> int:
+def positive_class_index(id2label: dict, name: str) -> int:
     """Index of the class called `name` in `config.id2label` (exact match, else a unique case-insensitive one)."""
     labels = {int(k): str(v) for k, v in id2label.items()}
     exact = [i for i, v in labels.items() if v == name]

@@ -20,7 +20,7 @@ def max_input_length(model, tokenizer) -> int:
 
 
 @torch.inference_mode()
-def score_texts(texts: list[str], model, tokenizer, positive: int, batch_size: int = 128) -> dict[str, np.ndarray]:
+def score_texts(texts: list[str], model, tokenizer, positive_index: int, batch_size: int = 128) -> dict[str, np.ndarray]:
     """Return `reward` (positive logit), `positive_prob` (softmax) and `is_positive` (argmax) per text."""
     n = len(texts)
     reward, prob, is_pos = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, bool)
@@ -34,7 +34,7 @@ def score_texts(texts: list[str], model, tokenizer, positive: int, batch_size: i
         idx = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-        reward[idx] = logits[:, positive].cpu().numpy()
-        prob[idx] = logits.softmax(-1)[:, positive].cpu().numpy()
-        is_pos[idx] = (logits.argmax(-1) == positive).cpu().numpy()
+        reward[idx] = logits[:, positive_index].cpu().numpy()
+        prob[idx] = logits.softmax(-1)[:, positive_index].cpu().numpy()
+        is_pos[idx] = (logits.argmax(-1) == positive_index).cpu().numpy()
     return {"reward": reward, "positive_prob": prob, "is_positive": is_pos}

@@ -1,24 +1,16 @@
-"""Train one aligned policy per (pair strategy, loss, beta) with TRL's DPOTrainer: the `train` stage.
+"""The `train` stage for `DpoModel` and `IterativeRound` items: TRL's DPOTrainer on one pair file.
 
-For each grid point the policy starts from the original weights (an iterative round: from the
-previous round's), the reference model is a frozen copy of the original passed explicitly (TRL would
-otherwise try to reload it from the hub by name), and the preference data is the strategy's pair
-file. The loss is TRL's: `sigmoid` is DPO, `hinge` is SLiC's hinge as TRL implements it
-(`relu(1 - beta * delta)`, so beta is the reciprocal of the margin), `ipo` is IPO; any list of TRL
-loss types with weights is a weighted sum; `slic` is `["hinge", "sft"]` with weights
-`[1, slic_sft_weight]`, i.e. hinge plus a cross-entropy term on the chosen text, the regularised
-objective of the SLiC-HF paper. Two recipes:
-
-- `seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, linear decay,
-  3 epochs, batch 8, max_length 256, fp32, reference log-probs recomputed every step).
-- `default`: TRL's defaults with reference log-probs computed once before training, a learning rate
-  that moves a small policy in one epoch without collapsing it into word salad (5e-5: the value
-  that kept fluent text in the demo-size probe of ../shared/NOTES.md), and no gradient
-  checkpointing (these policies are small; recomputation only costs time).
-
-Any `trl.DPOConfig` field in `train.dpo` overrides the recipe. The model is written with
-`save_pretrained` (safetensors) plus its tokenizer and `train.json` (settings and metrics), to a
-temporary directory renamed when complete. Run alone with:
+A grid model starts from the original weights and an iterative round from the previous round's;
+the reference is always the original, passed explicitly as a frozen copy (TRL would otherwise try
+to reload it from the hub by name), and the preference data is the item's pair file. The loss is
+TRL's: `sigmoid` is DPO, `hinge` is SLiC's hinge as TRL implements it (`relu(1 - beta * delta)`,
+so beta is the reciprocal of the margin), `ipo` is IPO; any list of TRL loss types with weights is
+a weighted sum; `slic` is `["hinge", "sft"]` with weights `[1, slic_sft_weight]`, i.e. hinge plus
+a cross-entropy term on the chosen text, the regularised objective of the SLiC-HF paper. The
+recipe (recipes.py: `seed`, the original's settings, or `default`) sets the rest, and any
+`trl.DPOConfig` field in `train.dpo` overrides it. The model is written with `save_pretrained`
+(safetensors) plus its tokenizer and `train.json` (settings and metrics), to a temporary
+directory renamed when complete. Run alone with:
 
     prefalign train CONFIG
 """
@@ -28,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -39,20 +30,10 @@ import pandas as pd
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from prefalign.config import OWN_SETTINGS
-
-RECIPES: dict[str, dict] = {
-    "seed": dict(
-        learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
-        per_device_train_batch_size=8, max_length=256, bf16=False, fp16=False, gradient_checkpointing=False,
-        precompute_ref_log_probs=False, completion_only_head=True,
-    ),
-    "default": dict(
-        learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=8, max_length=256,
-        gradient_checkpointing=False, precompute_ref_log_probs=True, precompute_ref_batch_size=64,
-        group_by_length=True, completion_only_head=True,
-    ),
-}  # fmt: skip
+from prefalign.plan import DpoModel
+from prefalign.recipes import OWN_SETTINGS, RECIPES
+from prefalign.services import Services, release_memory
+from prefalign.store import atomic_path
 
 
 class _LogLine(TrainerCallback):
@@ -144,36 +125,46 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     return DPOConfig(**settings), {**settings, **own}
 
 
+def train_dpo(item: DpoModel, services: Services) -> None:
+    """Train a `DpoModel` (or `IterativeRound`) item into its directory."""
+    services.log(f"train {item.name}")
+    start, reference = item.start, item.reference
+    train_one(start.ref, start.revision, item.pairs.path, item.path, item.recipe, item.loss, item.beta, item.overrides,
+              services.device, item.seed, key=item.key, log=services.log,
+              reference=None if start is reference else (reference.ref, reference.revision),
+              slic_sft_weight=item.slic_sft_weight)  # fmt: skip
+    release_memory()
+
+
 def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
               beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
-              reference_ref: str | None = None, slic_sft_weight: float = 0.1) -> dict:  # fmt: skip
+              reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
-    `loss`: a `train.losses` entry (see resolve_loss). `reference_ref`: the reference model when it is
-    not the starting policy (iterative rounds start from the previous round but keep the original).
+    `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
+    model when it is not the starting policy (iterative rounds start from the previous round but
+    keep the original); by default a frozen copy of the starting weights.
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
-    from prefalign.models import from_pretrained, load_tokenizer, resolve
+    from prefalign.models.loading import from_pretrained, load_tokenizer, resolve
 
     path = resolve(policy_ref, "policy")
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
     # Training weights stay fp32 whatever the device; bf16 autocast is the recipe's choice (TRL's `bf16`).
     model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
-    if reference_ref is None:
+    if reference is None:
         # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
         ref_model = copy.deepcopy(model).eval()
     else:
-        ref_model = from_pretrained(AutoModelForCausalLM, resolve(reference_ref, "policy"), "policy", None,
-                                    dtype=torch.float32).eval()  # fmt: skip
+        reference_ref, reference_revision = reference
+        ref_model = from_pretrained(AutoModelForCausalLM, resolve(reference_ref, "policy"), "policy",
+                                    reference_revision, dtype=torch.float32).eval()  # fmt: skip
     ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
     label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
     args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights)
@@ -192,23 +183,20 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             trainer.add_callback(_LogLine(log))
             result = trainer.train()
         seconds = time.time() - t0
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
         info = {
             "key": key, "recipe": recipe, "loss": label, "beta": beta, "base_model": policy_ref,
-            "reference_model": reference_ref or policy_ref, "pairs_file": str(pairs_path),
+            "reference_model": reference[0] if reference else policy_ref, "pairs_file": str(pairs_path),
             "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
             "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
             "metrics": result.metrics,
             "log_history": trainer.state.log_history,
         }  # fmt: skip
-        (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        with atomic_path(Path(out_dir)) as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
         return info
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)

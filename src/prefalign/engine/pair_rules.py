@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-STRATEGIES = ("random", "margin", "threshold", "quantile", "best_worst", "stratified")
+# Every pair rule, in the order configs, tables and plots list them.
+PAIR_RULES = ("random", "margin", "threshold", "best_worst", "stratified", "quantile")
 
 
 class PairError(ValueError):
@@ -45,41 +46,45 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
     chosen_reward > rejected_reward (by more than `margin` for `margin`, by more than `margin_floor`
     for `stratified`). With `groups`, both indices of every pair share a group id.
     """
-    r = np.asarray(rewards, dtype=np.float64)
-    n = len(r)
-    if strategy not in STRATEGIES:
+    sample_rewards = np.asarray(rewards, dtype=np.float64)
+    n = len(sample_rewards)
+    if strategy not in PAIR_RULES:
         raise ValueError(f"unknown pair strategy {strategy!r}")
     if n < 2:
         raise PairError(f"{strategy}: need at least 2 samples, got {n}")
-    g = _group_codes(groups, n)
+    group_of = _group_codes(groups, n)
     rng = np.random.default_rng(seed)
     if strategy == "best_worst":
-        return _best_worst(r, g, groups is not None, group_size, count, rng)
-    order, s, gs, start, end = _layout(r, g)
+        return _best_worst(sample_rewards, group_of, groups is not None, group_size, count, rng)
+    order, sorted_rewards, sorted_groups, start, end = _layout(sample_rewards, group_of)
     if strategy == "stratified":
-        return _frame(r, *_stratified(s, gs, start, order, interval, bins, margin_floor, count, rng))
+        chosen, rejected = _stratified(sorted_rewards, sorted_groups, start, order, interval, bins, margin_floor, count,
+                                       rng)
+        return _frame(sample_rewards, chosen, rejected)
 
-    sizes = np.bincount(g)
+    sizes = np.bincount(group_of)
     scope = f"; pairs stay within a group: {len(sizes)} groups of {sizes.min()}..{sizes.max()} samples"
     scope = scope if groups is not None else ""
-    pos = np.arange(n)
-    ok = np.ones(n, bool)  # ok[p]: the sample at sorted position p may be rejected
+    positions = np.arange(n)
+    may_reject = np.ones(n, bool)  # may_reject[p]: the sample at sorted position p may be rejected
     advice = "lower pairs.count or sample more"
-    # lo[p]: first sorted position (in p's group) whose sample may be chosen over p; end[p] closes the group.
+    # first_partner[p]: first sorted position (in p's group) whose sample may be chosen over p; end[p] closes the group.
     if strategy == "random":
-        lo = _search(gs, s, gs, s, "right")
+        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
         why = "all samples have the same reward" if groups is None else "no group holds two different rewards"
         short = "ties excluded"
     elif strategy == "margin":
-        lo = _search(gs, s, gs, s + margin, "right")
-        why = f"no two samples differ in reward by more than margin={margin} (rewards span {s[0]:.3f}..{s[-1]:.3f})"
+        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards + margin, "right")
+        why = (f"no two samples differ in reward by more than margin={margin} "
+               f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f})")  # fmt: skip
         short = why
     elif strategy == "threshold":
-        lo = _search(gs, s, gs, np.full(n, float(threshold)), "left")
-        ok = pos < lo
-        n_below = int(ok.sum())
+        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, np.full(n, float(threshold)), "left")
+        may_reject = positions < first_partner
+        n_below = int(may_reject.sum())
         why = (f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
-               f"(rewards span {s[0]:.3f}..{s[-1]:.3f}); both sides need samples")  # fmt: skip
+               f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f}); "
+               "both sides need samples")  # fmt: skip
         short = why
     else:  # quantile, taken within each group
         if not 0 < q <= 0.5:
@@ -89,15 +94,16 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         if k.max() == 0:
             raise PairError(f"quantile: floor(q * {sizes.max()} samples) = 0 at q={q}: no sample on either side"
                             f"{scope}; raise q (at most 0.5) or sample more")  # fmt: skip
-        lo = np.maximum(end - k, _search(gs, s, gs, s, "right"))
-        ok = pos < start + k
+        above_ties = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
+        first_partner = np.maximum(end - k, above_ties)
+        may_reject = positions < start + k
         side = f"{k.max()} samples a side" if groups is None else "sides taken per group"
         why = f"the top and bottom q={q} ({side}) all share one reward"
         short = f"top x bottom q={q}, {side}, ties excluded"
         advice = "lower pairs.count, raise q or sample more"
 
     # weight[p] = number of partners the sample at sorted position p can be rejected against.
-    weight = np.where(ok, end - lo, 0).astype(np.int64)
+    weight = np.where(may_reject, end - first_partner, 0).astype(np.int64)
     available = int(weight.sum())
     if available == 0:
         raise PairError(f"{strategy}: cannot build any pair: {why}{scope}")
@@ -109,15 +115,16 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         low_all = np.repeat(np.arange(n), weight)
         offsets = np.arange(available) - np.repeat(np.cumsum(weight) - weight, weight)
         pick = rng.choice(available, size=count, replace=False)
-        low, high = low_all[pick], lo[low_all[pick]] + offsets[pick]
+        low, high = low_all[pick], first_partner[low_all[pick]] + offsets[pick]
     else:
-        low, high = _sparse_draw(rng, weight / weight.sum(), lo, end, count)
-    return _frame(r, order[high], order[low])
+        low, high = _sparse_draw(rng, weight / weight.sum(), first_partner, end, count)
+    return _frame(sample_rewards, order[high], order[low])
 
 
-def _frame(r, chosen, rejected) -> pd.DataFrame:
+def _frame(sample_rewards, chosen, rejected) -> pd.DataFrame:
     return pd.DataFrame({
-        "chosen_index": chosen, "rejected_index": rejected, "chosen_reward": r[chosen], "rejected_reward": r[rejected],
+        "chosen_index": chosen, "rejected_index": rejected,
+        "chosen_reward": sample_rewards[chosen], "rejected_reward": sample_rewards[rejected],
     })  # fmt: skip
 
 
@@ -131,43 +138,46 @@ def _group_codes(groups, n):
     return np.unique(ids, return_inverse=True)[1].reshape(n).astype(np.int64)
 
 
-def _layout(r, g):
+def _layout(sample_rewards, group_of):
     """Sort by (group, reward, index): each group is a contiguous run of sorted positions, ascending.
 
     Returns the order, sorted rewards and group codes, and each position's group run [start, end).
     Without groups this is exactly a stable argsort of the rewards.
     """
-    order = np.lexsort((r, g))
-    s, gs = r[order], g[order]
-    return order, s, gs, np.searchsorted(gs, gs, "left"), np.searchsorted(gs, gs, "right")
+    order = np.lexsort((sample_rewards, group_of))
+    sorted_rewards, sorted_groups = sample_rewards[order], group_of[order]
+    group_start = np.searchsorted(sorted_groups, sorted_groups, "left")
+    group_end = np.searchsorted(sorted_groups, sorted_groups, "right")
+    return order, sorted_rewards, sorted_groups, group_start, group_end
 
 
-def _search(gs, s, qg, qv, side):
-    """np.searchsorted of the keys (qg, qv) into the (group, reward)-sorted (gs, s): exact, vectorised.
+def _search(sorted_groups, sorted_rewards, query_groups, query_values, side):
+    """np.searchsorted of the keys (query_groups, query_values) into the (group, reward)-sorted samples:
+    exact, vectorised.
 
     Queries and samples are merged in one lexicographic sort; a query's answer is the number of
     samples before it. On equal keys samples go first for side="right", after for side="left".
     """
-    m = len(s)
-    tie = np.r_[np.full(m, side == "left"), np.full(len(qv), side == "right")]
-    merged = np.lexsort((tie, np.r_[s, qv], np.r_[gs, qg]))
+    m = len(sorted_rewards)
+    tie = np.r_[np.full(m, side == "left"), np.full(len(query_values), side == "right")]
+    merged = np.lexsort((tie, np.r_[sorted_rewards, query_values], np.r_[sorted_groups, query_groups]))
     is_sample = merged < m
     before = np.cumsum(is_sample) - is_sample
-    out = np.empty(len(qv), np.int64)
+    out = np.empty(len(query_values), np.int64)
     out[merged[~is_sample] - m] = before[~is_sample]
     return out
 
 
-def _sparse_draw(rng, p, lo, hi, count):
+def _sparse_draw(rng, p, first_partner, hi, count):
     """Distinct allowed pairs by rejection of repeats (the request is < 1/4 of all allowed pairs)."""
-    n = len(lo)
+    n = len(first_partner)
     seen: dict[tuple[int, int], None] = {}  # insertion-ordered set: deterministic output order
     while len(seen) < count:
         need = count - len(seen)
         # Rejected ~ its number of partners, then chosen uniform among its partners [lo, hi): together
         # a uniform draw over all allowed pairs.
         low = rng.choice(n, size=2 * need + 16, p=p)
-        high = lo[low] + np.floor(rng.random(len(low)) * (hi[low] - lo[low])).astype(np.int64)
+        high = first_partner[low] + np.floor(rng.random(len(low)) * (hi[low] - first_partner[low])).astype(np.int64)
         for a, b in zip(low.tolist(), high.tolist()):
             seen.setdefault((a, b))
             if len(seen) == count:
@@ -175,22 +185,24 @@ def _sparse_draw(rng, p, lo, hi, count):
     return np.array(list(seen)).T
 
 
-def _best_worst(r, g, grouped, group_size, count, rng) -> pd.DataFrame:
+def _best_worst(sample_rewards, group_of, grouped, group_size, count, rng) -> pd.DataFrame:
     """One pair per group: the highest reward chosen over the lowest (ties: lowest sample index).
 
     Without `groups` the groups are consecutive blocks of `group_size` samples: the samples are
     i.i.d., so consecutive blocks are random groups (a trailing single sample cannot make a pair).
     """
-    n = len(r)
+    n = len(sample_rewards)
     if not grouped:
         if int(group_size) != group_size or group_size < 2:
             raise PairError(f"best_worst: group_size must be an integer >= 2, got {group_size}")
-        g = np.arange(n) // int(group_size)
-    order, s, gs, _, _ = _layout(r, g)
-    first = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])  # lowest reward, lowest index among ties
+        group_of = np.arange(n) // int(group_size)
+    order, sorted_rewards, sorted_groups, _, _ = _layout(sample_rewards, group_of)
+    # lowest reward, lowest index among ties
+    first = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     last = np.r_[first[1:], n] - 1
-    top = _search(gs, s, gs[last], s[last], "left")  # first position holding the group's highest reward
-    qualify = np.flatnonzero(s[first] < s[last])
+    # first position holding the group's highest reward
+    top = _search(sorted_groups, sorted_rewards, sorted_groups[last], sorted_rewards[last], "left")
+    qualify = np.flatnonzero(sorted_rewards[first] < sorted_rewards[last])
     if len(qualify) < count:
         n_groups = int(np.sum(last > first))
         kind = "groups given" if grouped else f"blocks of group_size={group_size}"
@@ -200,10 +212,10 @@ def _best_worst(r, g, grouped, group_size, count, rng) -> pd.DataFrame:
                         f"(with 2+ samples, from {n} samples) hold two different rewards, one pair each; "
                         f"{fix}")  # fmt: skip
     pick = qualify[rng.choice(len(qualify), size=count, replace=False)]
-    return _frame(r, order[top[pick]], order[first[pick]])
+    return _frame(sample_rewards, order[top[pick]], order[first[pick]])
 
 
-def _stratified(s, gs, start, order, interval, bins, margin_floor, count, rng):
+def _stratified(sorted_rewards, sorted_groups, start, order, interval, bins, margin_floor, count, rng):
     """Chosen rewards with a flat density over `interval`: equal quotas per equal-width bin.
 
     Bins follow np.histogram(range=interval): [e_i, e_i+1), the last closed. A bin's chosen is drawn
@@ -218,9 +230,10 @@ def _stratified(s, gs, start, order, interval, bins, margin_floor, count, rng):
                         f"bins={bins}, margin_floor={margin_floor}")  # fmt: skip
     bins = int(bins)
     edges = np.linspace(low, high, bins + 1)
-    inside = (s >= low) & (s <= high)
-    b = np.where(s == high, bins - 1, np.searchsorted(edges, s, "right") - 1)
-    partners = _search(gs, s, gs, s - margin_floor, "left") - start  # partners of p: positions [start, start + w)
+    inside = (sorted_rewards >= low) & (sorted_rewards <= high)
+    b = np.where(sorted_rewards == high, bins - 1, np.searchsorted(edges, sorted_rewards, "right") - 1)
+    # partners of p: positions [start, start + w)
+    partners = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards - margin_floor, "left") - start
     quota = count // bins + (np.arange(bins) < count % bins)
     members = np.bincount(b[inside], minlength=bins)
     allowed = np.bincount(b[inside], weights=partners[inside], minlength=bins).astype(np.int64)

@@ -1,4 +1,4 @@
-"""Online RL baseline: RLOO with the reward classifier as the reward, via TRL 1.16's `RLOOTrainer`.
+"""The `train` stage for `RlooModel` items: online RL with the reward classifier, via TRL 1.16's `RLOOTrainer`.
 
 Algorithm (REINFORCE leave-one-out, Ahmadian et al. 2024, as TRL implements it). Every step the
 policy samples `num_generations` completions from the BOS token for each of `generation_batch_size
@@ -17,10 +17,10 @@ complete. The `train` stage runs it for each `online.kl_coefs` value
 (`prefalign train CONFIG --set online.kl_coefs=[0.05]`); alone, on the demo models, 200 steps
 (~2 min on 2 cores):
 
-    HF_HUB_OFFLINE=1 python -c "import torch; from prefalign.models import load_classifier; \
-    from prefalign.online import train_rloo; cpu = torch.device('cpu'); \
-    clf, ctok = load_classifier('prefalign:demo', None, cpu); \
-    train_rloo('prefalign:demo', None, clf, ctok, 'POSITIVE', 'rloo-demo', kl_coef=0.05, steps=200, \
+    HF_HUB_OFFLINE=1 python -c "import torch; from prefalign.models.loading import load_classifier; \
+    from prefalign.stages.train_rloo import train_rloo; cpu = torch.device('cpu'); \
+    classifier, tokenizer = load_classifier('prefalign:demo', None, cpu); \
+    train_rloo('prefalign:demo', None, classifier, tokenizer, 'POSITIVE', 'rloo-demo', kl_coef=0.05, steps=200, \
     overrides={}, device=cpu, seed=0)"
 """
 
@@ -30,7 +30,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -39,8 +38,11 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from prefalign.models import ModelLoadError, positive_index
-from prefalign.scoring import score_texts
+from prefalign.models.loading import ModelLoadError, positive_class_index
+from prefalign.engine.scoring import score_texts
+from prefalign.plan import RlooModel
+from prefalign.services import Services, release_memory
+from prefalign.store import atomic_path
 
 REWARD_NAME = "classifier"  # TRL logs the reward as `rewards/<__name__>/mean`
 # Fields train_rloo sets from its own arguments; `overrides` may not touch them.
@@ -78,17 +80,18 @@ class ClassifierReward:
     `score_texts`, exactly as the `sample` and `evaluate` stages score them.
     """
 
-    def __init__(self, clf, ctok, label: str = "POSITIVE", batch_size: int = 128):
-        self.clf, self.ctok, self.batch_size = clf, ctok, batch_size
+    def __init__(self, classifier, tokenizer, label: str = "POSITIVE", batch_size: int = 128):
+        self.classifier, self.tokenizer, self.batch_size = classifier, tokenizer, batch_size
         self.label = label
-        self.index = positive_index(clf.config.id2label, label)
+        self.positive_index = positive_class_index(classifier.config.id2label, label)
         self.__name__ = REWARD_NAME  # TRL names the logged metric after it
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         # The prompt is the BOS token only; the sampler's texts are the decoded tokens after BOS (special
         # tokens skipped, as TRL decodes completions), so the completion alone is the text to score.
         # score_texts runs under torch.inference_mode with padding and special tokens.
-        return score_texts(list(completions), self.clf, self.ctok, self.index, self.batch_size)["reward"].tolist()
+        return score_texts(list(completions), self.classifier, self.tokenizer, self.positive_index,
+                           self.batch_size)["reward"].tolist()
 
 
 class _RewardLine(TrainerCallback):
@@ -155,32 +158,41 @@ def rloo_args(kl_coef: float, steps: int, overrides: dict, device: torch.device,
     return RLOOConfig(**settings), settings
 
 
-def train_rloo(policy_ref: str, revision: str | None, clf, ctok, positive: str, out_dir: Path, *, kl_coef: float,
-               steps: int, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
-               sampling=None) -> dict:  # fmt: skip
+def train_rloo_model(item: RlooModel, services: Services) -> None:
+    """Train an `RlooModel` item into its directory."""
+    services.log(f"train {item.name}: RLOO, {item.steps} steps")
+    classifier = services.classifier()
+    train_rloo(item.start.ref, item.start.revision, classifier.model, classifier.tokenizer, classifier.positive_label,
+               item.path, kl_coef=item.kl_coef, steps=item.steps, overrides=item.overrides, device=services.device,
+               seed=item.seed, key=item.key, log=services.log, sampling=item.sampling)  # fmt: skip
+    release_memory()
+
+
+def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tokenizer, positive_label: str,
+               out_dir: Path, *, kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int,
+               key: str = "", log=print, sampling=None) -> dict:  # fmt: skip
     """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
 
-    `clf`/`ctok` is the reward classifier (on `device`), `positive` the name of its positive class,
+    `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
+    of its positive class,
     `sampling` prefalign's sampling settings (max_length, top_k, top_p, temperature) or None for
     RLOO_DEFAULTS. `overrides` are RLOOConfig fields applied last. For example:
 
-        clf, ctok = load_classifier(REWARD_DIR, None, torch.device("cpu"))
-        train_rloo(POLICY_DIR, None, clf, ctok, "POSITIVE", Path("out"), kl_coef=0.05, steps=200,
+        classifier, tokenizer = load_classifier(REWARD_DIR, None, torch.device("cpu"))
+        train_rloo(POLICY_DIR, None, classifier, tokenizer, "POSITIVE", Path("out"), kl_coef=0.05, steps=200,
                    overrides={}, device=torch.device("cpu"), seed=0)
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import RLOOTrainer
 
-    from prefalign.models import from_pretrained, load_tokenizer, resolve
-    from prefalign.training import bos_prompt, completion_tokens_only
+    from prefalign.models.loading import from_pretrained, load_tokenizer, resolve
+    from prefalign.stages.train_dpo import bos_prompt, completion_tokens_only
 
-    out_dir = Path(out_dir)
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     try:
         args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling)
-        reward = ClassifierReward(clf, ctok, positive)
+        reward = ClassifierReward(classifier, classifier_tokenizer, positive_label)
         tokenizer = load_tokenizer(policy_ref, revision, "policy")
         path = resolve(policy_ref, "policy")
         model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
@@ -196,37 +208,33 @@ def train_rloo(policy_ref: str, revision: str | None, clf, ctok, positive: str, 
         # the run will draw; the trainer repeats each row num_generations times.
         n_prompts = max(1, steps * args.generation_batch_size // args.num_generations)
         dataset = Dataset.from_dict({"prompt": [bos_prompt(tokenizer)] * n_prompts})
-        shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.time()
         with _reference_is(ref_model):
             trainer = RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
                                   processing_class=tokenizer)  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_RewardLine(log))
-        # Log-probs of completion tokens only, not of the padding after EOS (see training.py): same numbers,
+        # Log-probs of completion tokens only, not of the padding after EOS (see train_dpo.py): same numbers,
         # less time (one 15-step probe on the demo policy: 7.9 s -> 6.2 s, identical rewards).
         with completion_tokens_only():
             result = trainer.train()
         seconds = time.time() - t0
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
         history = trainer.state.log_history
         rewards = [h[f"rewards/{REWARD_NAME}/mean"] for h in history if f"rewards/{REWARD_NAME}/mean" in h]
         kls = [h["kl"] for h in history if "kl" in h]
         info = {
             "key": key, "method": "rloo", "kl_coef": kl_coef, "steps": steps, "base_model": policy_ref,
-            "positive_label": positive, "settings": {k: v for k, v in settings.items() if k != "output_dir"},
+            "positive_label": positive_label, "settings": {k: v for k, v in settings.items() if k != "output_dir"},
             "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(steps, 1), 3),
             "first_reward": rewards[0] if rewards else None, "final_reward": rewards[-1] if rewards else None,
             "final_kl": kls[-1] if kls else None, "metrics": result.metrics, "log_history": history,
         }  # fmt: skip
-        (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        with atomic_path(Path(out_dir)) as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
         shown = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         log(f"  trained in {seconds:.1f}s, mean reward {shown(info['first_reward'])} -> {shown(info['final_reward'])}")
         return info
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)

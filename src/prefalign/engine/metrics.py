@@ -37,13 +37,13 @@ def diversity(texts: Sequence[str], tokenizer) -> float:
     return token_entropy(policy_token_ids(texts, tokenizer), tokenizer.pad_token_id)
 
 
-def run_summary(rewards: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+def run_summary(rewards: np.ndarray, is_positive: np.ndarray) -> dict[str, float]:
     """Per-run reward statistics: mean, std (population, ddof=0), share predicted positive."""
     rewards = np.asarray(rewards, dtype=np.float64)
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
-        "positive_rate": float(np.asarray(positive, dtype=bool).mean()),
+        "positive_rate": float(np.asarray(is_positive, dtype=bool).mean()),
     }
 
 

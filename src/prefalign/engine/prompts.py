@@ -37,7 +37,7 @@ def cut_prompts(token_ids: list[list[int]], n: int, per_prompt: int, min_tokens:
 
 @functools.lru_cache(maxsize=4)
 def _corpus_ids(corpus: str, split: str | None, text_column: str, tokenizer) -> list[list[int]]:
-    from prefalign.corpus import load_labelled_texts
+    from prefalign.models.corpus import load_labelled_texts
 
     texts, _ = load_labelled_texts(corpus, text_column=text_column, split=split)
     return tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -20,22 +20,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefalign.metrics import pareto_mask
-from prefalign.store import read_json, write_text
-
-DESCRIBE = ["model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef"]
+from prefalign.engine.metrics import pareto_mask
+from prefalign.engine.pair_rules import PAIR_RULES
+from prefalign.plan import RESULT_COLUMNS, DpoModel, Original, Report
+from prefalign.services import Services
+from prefalign.stages.evaluate import run_results
+from prefalign.store import atomic_path, read_json, write_json, write_text
 
 
 def metric_columns(results: pd.DataFrame) -> list[str]:
-    return [c for c in results.columns if c not in DESCRIBE + ["run"]]
+    return [c for c in results.columns if c not in (*RESULT_COLUMNS, "run")]
+
+
+def results_table(item: Report) -> pd.DataFrame:
+    """One row per model and evaluation run: the model's description, the run index, every metric."""
+    return pd.DataFrame([{**evaluation.model.row(), "run": k, **metrics}
+                         for evaluation in item.evaluations for k, metrics in enumerate(run_results(evaluation))])  # fmt: skip
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (`<metric>_sd`) across runs of every metric, one row per model, run order kept."""
     metrics = metric_columns(results)
-    g = results.groupby("model", sort=False)
-    out = g[DESCRIBE[1:]].first().join(g[metrics].mean()).join(g[metrics].std(ddof=1), rsuffix="_sd").reset_index()
-    out["runs"] = g.size().to_numpy()
+    by_model = results.groupby("model", sort=False)
+    out = (by_model[list(RESULT_COLUMNS[1:])].first().join(by_model[metrics].mean())
+           .join(by_model[metrics].std(ddof=1), rsuffix="_sd").reset_index())  # fmt: skip
+    out["runs"] = by_model.size().to_numpy()
     return out
 
 
@@ -89,11 +98,9 @@ def strategy_table(summary: pd.DataFrame, strategy: str) -> str:
 def _save(fig, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip("."))
     plt.close(fig)
-    tmp.replace(out)
 
 
 def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False) -> None:
@@ -104,7 +111,7 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(["random", "margin", "threshold", "best_worst", "stratified", "quantile"], "osD^vP"))
+    markers = dict(zip(PAIR_RULES, "osD^vP"))
     marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
     methods = [m for m in dict.fromkeys(method_of(r) for _, r in summary.iterrows()) if m != "original"]
     palette = [c for i, c in enumerate(plt.cm.tab10.colors) if i != 7] + list(plt.cm.Dark2.colors)  # no grey
@@ -131,16 +138,18 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     _save(fig, out)
 
 
-def plot_rewards(run_root: Path, models: list[str], title: str, out: Path) -> None:
+def plot_rewards(evaluations, title: str, out: Path) -> None:
+    """Step histograms of every evaluation run's rewards, one line per model (the original in black)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rewards = {}
-    for m in models:
-        files = sorted((run_root / "eval" / m).glob("run-*.parquet"))
-        rewards[m] = np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in files])
+    for evaluation in evaluations:
+        runs = [evaluation.run_path(k, ".parquet") for k in range(evaluation.runs)]
+        rewards[evaluation.model.name] = np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy()
+                                                         for f in runs])  # fmt: skip
     lo = min(float(np.percentile(r, 0.5)) for r in rewards.values())
     hi = max(float(np.percentile(r, 99.5)) for r in rewards.values())
     bins = np.linspace(lo, hi, 60)
@@ -156,15 +165,19 @@ def plot_rewards(run_root: Path, models: list[str], title: str, out: Path) -> No
     _save(fig, out)
 
 
-def write_report(run, results: pd.DataFrame) -> None:
-    root, cfg = run.root, run.cfg
-    tmp = root / ".results.csv.tmp"
-    results.to_csv(tmp, index=False)
-    tmp.replace(root / "results.csv")
+def write_report(item: Report, services: Services) -> None:
+    """The `report` stage: results.csv, report.md and the plots, then report.meta.json."""
+    results = results_table(item)
+    root, cfg = item.path.parent, item.config
+    with atomic_path(root / "results.csv") as tmp:
+        results.to_csv(tmp, index=False)
     summary = summarize(results)
     models = read_json(root / "models.json") or {}
     samples_meta = read_json(root / "samples.meta.json") or {}
     kl = "kl_seq" in summary.columns
+    evaluation_of = {e.model.name: e for e in item.evaluations}
+    grid = [e.model for e in item.evaluations if type(e.model) is DpoModel]
+    pair_files = list({model.pairs.key: model.pairs for model in grid}.values())
 
     md = [f"# prefalign report: {cfg.name}", "",
           f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{root}`. Rewards are the classifier's "
@@ -183,26 +196,31 @@ def write_report(run, results: pd.DataFrame) -> None:
           f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump()}",
           f"- pair samples: {samples_meta.get('samples', '?')} texts, mean reward {samples_meta.get('reward_mean', float('nan')):.3f}",
           ""]  # fmt: skip
-    for strategy in dict.fromkeys(s.strategy for s in run.grid()):
-        pmeta = read_json(run.pairs_path(strategy).with_suffix(".meta.json")) or {}
-        rule = ", ".join(f"{k} {v}" for k, v in cfg.pairs.rule(strategy).items())
+    for pairs in pair_files:
+        strategy = pairs.strategy
+        pmeta = read_json(pairs.path.with_suffix(".meta.json")) or {}
+        rule = ", ".join(f"{k} {v}" for k, v in pairs.rule.items())
         png = Path("plots") / f"rewards-{strategy}.png"
-        names = ["original"] + [s.name for s in run.grid() if s.strategy == strategy]
-        plot_rewards(root, names, f"reward distributions, {strategy} pairs", root / png)
+        names = ["original"] + [model.name for model in grid if model.pairs is pairs]
+        plot_rewards([evaluation_of[name] for name in names], f"reward distributions, {strategy} pairs", root / png)
         md += [f"## Pairs: {strategy}" + (f" ({rule})" if rule else ""), "",
                f"{pmeta.get('pairs', '?')} pairs, mean reward gap {pmeta.get('mean_gap', float('nan')):.3f} "
                f"(chosen {pmeta.get('chosen_reward_mean', float('nan')):.3f} +- {pmeta.get('chosen_reward_std', float('nan')):.3f}, "
                f"rejected {pmeta.get('rejected_reward_mean', float('nan')):.3f}).", "",
                strategy_table(summary, strategy), "", f"![reward distributions, {strategy} pairs]({png.as_posix()})", ""]  # fmt: skip
 
-    online = summary[summary.method.isin(["iterative", "rloo"])]
-    if len(online):
+    # Each iterative chain, round 1 (its grid model) first, then the RLOO models.
+    labels = {"original": "original model"}
+    labels.update({model.name: f"{model.name} (round 1 of iter-{model.name})" if type(model) is DpoModel else model.name
+                   for chain in item.chains for model in chain})  # fmt: skip
+    labels.update({name: name for name in summary[summary.method == "rloo"].model})
+    if len(labels) > 1:
+        online = summary.set_index("model").loc[list(labels)].reset_index()
         md += ["## On-policy rounds and online RL", "",
                "Iterative DPO: each round samples from the previous round's model, scores, pairs and trains "
-               f"(`{cfg.iterative.strategy}` pairs, reference fixed to the original). RLOO: TRL's RLOOTrainer with the "
-               f"classifier's positive logit as reward, {cfg.online.steps} steps.", "",
-               table(pd.concat([summary[summary.method == "original"], online]),
-                     lambda r: r.model if r.method != "original" else "original model"), ""]  # fmt: skip
+               f"(`{cfg.iterative.strategy}` pairs, reference fixed to the original); round 1 is the grid model with "
+               "the chain's settings. RLOO: TRL's RLOOTrainer with the classifier's positive logit as reward, "
+               f"{cfg.online.steps} steps.", "", table(online, lambda r: labels[r.model]), ""]  # fmt: skip
 
     md += ["## Frontier", ""]
     plots = [("diversity", "diversity (unigram entropy, nats)", False)]
@@ -221,16 +239,18 @@ def write_report(run, results: pd.DataFrame) -> None:
                "than the run-to-run std: " + (", ".join(f"`{m}`" for m in better.model) if len(better) else "none") + ".", ""]  # fmt: skip
 
     md += ["## Training", "", "| model | pairs / steps | seconds | pairs/s | final loss |", "|---|---|---|---|---|"]
-    for spec in run.models():
-        info = read_json(run.model_dir(spec) / "train.json") or {}
+    for model in (e.model for e in item.evaluations if not isinstance(e.model, Original)):
+        info = read_json(model.path / "train.json") or {}
         losses = [h["loss"] for h in info.get("log_history", []) if "loss" in h]
-        md.append(f"| {spec.name} | {info.get('pairs', info.get('steps', '?'))} | {info.get('train_seconds', '?')} | "
+        md.append(f"| {model.name} | {info.get('pairs', info.get('steps', '?'))} | {info.get('train_seconds', '?')} | "
                   f"{info.get('pairs_per_second', '')} | {losses[-1] if losses else float('nan'):.4f} |")  # fmt: skip
 
     md += ["", "## Example texts (evaluation run 0)", ""]
     for name in summary.model:
-        df = pd.read_parquet(root / "eval" / name / "run-00.parquet")
+        df = pd.read_parquet(evaluation_of[name].run_path(0, ".parquet"))
         head = df["prompt"] if "prompt" in df.columns else [""] * len(df)
         md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {(h + t).strip()!r}" for r, h, t in list(zip(df.reward, head, df.text))[:3]] + [""]
     md += ["Per-run numbers: [results.csv](results.csv).", ""]
-    write_text(root / "report.md", "\n".join(md))
+    write_text(item.path, "\n".join(md))
+    write_json(item.path.with_suffix(".meta.json"), {"key": item.key})
+    services.log(f"report: {item.path}")

@@ -1,0 +1,424 @@
+"""The experiment as data: every output a config asks for, as typed work items in dependency order.
+
+`plan(cfg)` lists the items; the runner (runner.py) walks them and calls one stage function per
+item type. Each item holds its inputs (the items it reads), its settings, its output `path`, and a
+cache `key`: a hash of its own settings and its inputs' keys, so a key changes exactly when
+something that changes the output changes, and everything downstream changes with it.
+
+    Samples(policy)          texts sampled from a policy, scored    -> stages/sample.py
+    Pairs(samples)           chosen/rejected pairs under one rule   -> stages/pairs.py
+    DpoModel(pairs, start)   DPO from `start` on the pairs          -> stages/train_dpo.py
+    IterativeRound           a DpoModel trained on pairs of its parent model's own samples
+    RlooModel                online RL from the original            -> stages/train_rloo.py
+    Evaluation(model)        seeded evaluation runs of one model    -> stages/evaluate.py
+    Report(evaluations)      results.csv, report.md, plots          -> stages/report.py
+
+The DPO grid is pairs.strategies x train.losses x train.betas plus train.extra, all trained from
+the original policy on the main samples. An iterative chain is the grid model of its settings
+(round 1) followed by rounds 2..R; round r samples from round r-1's model, pairs those samples and
+trains from round r-1's weights, with the original as reference. Show a config's plan with:
+
+    prefalign plan CONFIG
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from prefalign.config import Config, LossMix, SamplingConfig, loss_label
+from prefalign.store import key_of
+
+STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
+# The columns that describe a model in results.csv, before `run` and the metrics.
+RESULT_COLUMNS = ("model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef")
+# Bumped when a metric's definition changes, so stored evaluations are redone.
+METRICS_VERSION = "metrics-v2"
+
+
+def _row(name: str, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,
+         kl_coef=None) -> dict:  # fmt: skip
+    row = dict(zip(RESULT_COLUMNS, (name, method, strategy, loss, beta, recipe, round, kl_coef)))
+    assert list(row) == list(RESULT_COLUMNS)
+    return row
+
+
+def sampler_settings(sampling: SamplingConfig) -> dict:
+    """The sampling settings that change which texts a seed gives (everything but count and seed)."""
+    return sampling.model_dump(exclude={"num_samples", "seed"})
+
+
+def dpo_name(strategy: str, loss, beta: float, recipe: str) -> str:
+    """A DPO model's name: its directory under models/ and its row in the results."""
+    return f"{strategy}-{loss_label(loss)}-beta{beta:g}-{recipe}"
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Original:
+    """The policy as configured: where every chain starts and the reference of every model."""
+
+    ref: str
+    revision: str | None
+    identity: str  # models.loading.identity(ref, revision): changes when the weights behind `ref` change
+
+    name = "original"
+    stage = None  # nothing to do: it exists already
+
+    @property
+    def key(self) -> str:
+        return self.identity
+
+    def row(self) -> dict:
+        return _row(self.name, "original")
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """The classifier whose positive-class logit is the reward."""
+
+    ref: str
+    revision: str | None
+    positive_label: str
+    identity: str
+
+    @property
+    def key(self) -> str:
+        return key_of(self.identity, self.positive_label)
+
+
+@dataclass(frozen=True)
+class DpoModel:
+    """A policy trained with TRL's DPOTrainer from `start` on one pair file, against `reference`."""
+
+    pairs: Pairs
+    start: Policy
+    reference: Original
+    loss: str | LossMix  # a train.losses entry
+    beta: float
+    recipe: str
+    overrides: dict[str, Any]  # train.dpo
+    seed: int
+    slic_sft_weight: float
+    path: Path  # the model directory; train.json in it holds the key
+
+    stage = "train"
+    revision = None  # a trained model loads from its directory (`ref`)
+
+    @property
+    def ref(self) -> str:
+        return str(self.path)
+
+    @property
+    def loss_label(self) -> str:
+        return loss_label(self.loss)
+
+    @property
+    def name(self) -> str:
+        return dpo_name(self.pairs.strategy, self.loss, self.beta, self.recipe)
+
+    @property
+    def key(self) -> str:
+        if self.loss == "slic":
+            loss = ("slic", self.slic_sft_weight)
+        else:
+            loss = self.loss if isinstance(self.loss, str) else self.loss.model_dump()
+        return key_of("dpo", self.pairs.key, self.start.key, self.reference.key, loss, self.beta, self.recipe,
+                      self.overrides, self.seed)  # fmt: skip
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.pairs, self.start)
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.path / "train.json", self.key)]
+
+    def row(self) -> dict:
+        return _row(self.name, "dpo", self.pairs.strategy, self.loss_label, self.beta, self.recipe)
+
+
+@dataclass(frozen=True)
+class IterativeRound(DpoModel):
+    """Round `round` (>= 2) of an iterative chain: DPO from the previous round's model (`start`) on
+    pairs of that model's own samples, the reference still the original."""
+
+    chain: str = ""
+    round: int = 2
+
+    @property
+    def name(self) -> str:
+        return f"{self.chain}-r{self.round}"
+
+    def row(self) -> dict:
+        return _row(self.name, "iterative", self.pairs.strategy, self.loss_label, self.beta, self.recipe, self.round)
+
+
+@dataclass(frozen=True)
+class RlooModel:
+    """A policy trained online with TRL's RLOOTrainer from the original, the classifier as reward."""
+
+    start: Original
+    reward: RewardModel
+    kl_coef: float
+    steps: int
+    overrides: dict[str, Any]  # online.rloo
+    sampling: SamplingConfig  # its completions follow the sampler's settings
+    seed: int
+    path: Path
+
+    stage = "train"
+    revision = None
+
+    @property
+    def ref(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return f"rloo-kl{self.kl_coef:g}"
+
+    @property
+    def key(self) -> str:
+        return key_of("rloo", self.start.key, self.reward.key, self.kl_coef, self.steps, self.overrides,
+                      sampler_settings(self.sampling), self.seed)  # fmt: skip
+
+    @property
+    def inputs(self) -> tuple:
+        return ()
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.path / "train.json", self.key)]
+
+    def row(self) -> dict:
+        return _row(self.name, "rloo", kl_coef=self.kl_coef)
+
+
+Policy = Union[Original, DpoModel, IterativeRound, RlooModel]
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Samples:
+    """`count` texts sampled from `policy` under `seed`, each scored by `reward`."""
+
+    policy: Policy
+    reward: RewardModel
+    sampling: SamplingConfig
+    count: int
+    seed: int
+    path: Path  # samples.parquet; samples.meta.json beside it holds the key
+
+    stage = "sample"
+
+    @property
+    def name(self) -> str:
+        return "samples" if isinstance(self.policy, Original) else f"samples of {self.policy.name}"
+
+    @property
+    def key(self) -> str:
+        return key_of("samples", self.policy.key, self.reward.key, sampler_settings(self.sampling), self.count,
+                      self.seed)  # fmt: skip
+
+    @property
+    def inputs(self) -> tuple:
+        return () if isinstance(self.policy, Original) else (self.policy,)
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.path.with_suffix(".meta.json"), self.key)]
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """`count` chosen/rejected pairs drawn from `samples` by the pair rule `strategy`."""
+
+    samples: Samples
+    strategy: str
+    rule: dict[str, Any]  # the rule's own settings (PairsConfig.rule)
+    count: int
+    seed: int
+    path: Path  # <name>.parquet; <name>.meta.json beside it holds the key
+
+    stage = "pairs"
+
+    @property
+    def name(self) -> str:
+        return f"pairs {self.strategy}" + ("" if isinstance(self.samples.policy, Original) else
+                                           f" of {self.samples.policy.name}")  # fmt: skip
+
+    @property
+    def key(self) -> str:
+        return key_of("pairs", self.samples.key, self.strategy, self.rule, self.count, self.seed)
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.samples,)
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.path.with_suffix(".meta.json"), self.key)]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """`runs` evaluation runs of `model`: run k samples `samples` texts with seed `seed + k`."""
+
+    model: Policy
+    reward: RewardModel
+    reference: Original  # KL is measured against it
+    sampling: SamplingConfig
+    runs: int
+    samples: int
+    seed: int
+    kl: bool
+    reward_thresholds: tuple[float, ...]
+    path: Path  # eval/<model>/: run-<k>.parquet and run-<k>.json (which holds run k's key)
+
+    stage = "evaluate"
+
+    @property
+    def name(self) -> str:
+        return f"evaluate {self.model.name}"
+
+    def run_key(self, k: int) -> str:
+        return key_of("eval", self.model.key, self.reward.key, self.reference.key, sampler_settings(self.sampling),
+                      self.samples, self.seed + k, self.kl, self.reward_thresholds, METRICS_VERSION)  # fmt: skip
+
+    def run_path(self, k: int, suffix: str) -> Path:
+        return self.path / f"run-{k:02d}{suffix}"
+
+    @property
+    def key(self) -> str:
+        return key_of("evaluation", [self.run_key(k) for k in range(self.runs)])
+
+    @property
+    def inputs(self) -> tuple:
+        return () if isinstance(self.model, Original) else (self.model,)
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.run_path(k, ".json"), self.run_key(k)) for k in range(self.runs)]
+
+
+@dataclass(frozen=True)
+class Report:
+    """results.csv, report.md and the plots, from every evaluation."""
+
+    evaluations: tuple[Evaluation, ...]
+    chains: tuple[tuple[DpoModel, ...], ...]  # each iterative chain, round 1 first
+    config: Config  # what the report's text describes
+    path: Path  # report.md; report.meta.json beside it holds the key
+
+    name = "report"
+    stage = "report"
+
+    @property
+    def key(self) -> str:
+        return key_of("report", self.config.name, [e.key for e in self.evaluations])
+
+    @property
+    def inputs(self) -> tuple:
+        return self.evaluations
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.path.with_suffix(".meta.json"), self.key)]
+
+
+Item = Union[Samples, Pairs, DpoModel, IterativeRound, RlooModel, Evaluation, Report]
+
+
+# ---- the plan ----------------------------------------------------------------------------------
+
+
+def sources(cfg: Config) -> tuple[Original, RewardModel]:
+    """The configured policy and reward model with their identities (for a local directory this
+    reads its file listing: the one thing `plan` needs from the disk)."""
+    from prefalign.models.loading import identity
+
+    return (Original(cfg.policy.model, cfg.policy.revision, identity(cfg.policy.model, cfg.policy.revision)),
+            RewardModel(cfg.reward.model, cfg.reward.revision, cfg.reward.positive_label,
+                        identity(cfg.reward.model, cfg.reward.revision)))  # fmt: skip
+
+
+def plan(cfg: Config, original: Original | None = None, reward: RewardModel | None = None) -> list[Item]:
+    """Every item of the experiment, each after the items it reads. Pure given the two sources
+    (by default `sources(cfg)`)."""
+    if original is None or reward is None:
+        original, reward = sources(cfg)
+    root, t, s = cfg.run_path, cfg.train, cfg.sampling
+    items: dict[str, Item] = {}  # by key: an item asked for twice (e.g. by train.extra) is planned once
+
+    def add(item):
+        return items.setdefault(item.key, item)
+
+    def pairs_of(samples: Samples, strategy: str, seed: int, path: Path) -> Pairs:
+        return add(Pairs(samples, strategy, cfg.pairs.rule(strategy), cfg.pairs.count, seed, path))
+
+    def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, cls=DpoModel, **chain):
+        return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed, t.slic_sft_weight, path, **chain))
+
+    def grid_model(strategy: str, loss, beta: float, recipe: str) -> DpoModel:
+        pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")
+        return dpo(pairs, original, loss, beta, recipe, root / "models" / dpo_name(strategy, loss, beta, recipe))
+
+    main = add(Samples(original, reward, s, s.num_samples, s.seed, root / "samples.parquet"))
+    points = [(strategy, loss, beta, t.recipe) for strategy in cfg.pairs.strategies for loss in t.losses for beta in t.betas]
+    points += [(x.strategy, x.loss, x.beta, x.recipe or t.recipe) for x in t.extra]
+    trained = [grid_model(*point) for point in points]
+
+    it = cfg.iterative
+    chains = []
+    for loss in it.losses if it.rounds else []:
+        for beta in it.betas:
+            recipe = it.recipe or t.recipe
+            chain = [grid_model(it.strategy, loss, beta, recipe)]
+            name = "iter-" + dpo_name(it.strategy, loss, beta, recipe)
+            for r in range(2, it.rounds + 1):
+                parent, folder = chain[-1], root / "iterative" / name / f"round-{r}"
+                samples = add(Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet"))
+                # Every round draws its own pairs: the pair seed moves with the round.
+                pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
+                chain.append(dpo(pairs, parent, loss, beta, recipe, root / "models" / f"{name}-r{r}", IterativeRound,
+                                 chain=name, round=r))  # fmt: skip
+            chains.append(tuple(chain))
+            trained += chain
+    trained += [add(RlooModel(original, reward, c, cfg.online.steps, cfg.online.rloo, s, t.seed, root / "models" / f"rloo-kl{c:g}"))
+                for c in cfg.online.kl_coefs]  # fmt: skip
+
+    e = cfg.evaluate
+    evaluations = [add(Evaluation(model, reward, original, s, e.runs, e.samples, e.seed, e.kl, tuple(e.reward_thresholds),
+                                  root / "eval" / model.name))
+                   for model in [original, *{m.key: m for m in trained}.values()]]  # fmt: skip
+    add(Report(tuple(evaluations), tuple(chains), cfg, root / "report.md"))
+    # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort
+    # keeps every item after its inputs, since an item's stage is never earlier than theirs.
+    return sorted(items.values(), key=lambda item: STAGE_NAMES.index(stage_of(item)))
+
+
+def stage_of(item: Item) -> str:
+    """The CLI stage an item belongs to: its own, or a later one an input of it needs.
+
+    Samples of an iterative round need a trained model, so they belong to `train`: `prefalign pairs`
+    does not train anything to make them.
+    """
+    stages = [STAGE_NAMES.index(item.stage)] + [STAGE_NAMES.index(stage_of(i)) for i in item.inputs if i.stage]
+    return STAGE_NAMES[max(stages)]
+
+
+def describe(item: Item) -> str:
+    """One line for `prefalign plan`: the item and what it reads."""
+    if isinstance(item, Samples):
+        return f"{item.count} texts from {item.policy.name}, seed {item.seed}"
+    if isinstance(item, Pairs):
+        return f"{item.count} pairs, seed {item.seed}" + "".join(f", {k} {v}" for k, v in item.rule.items())
+    if isinstance(item, IterativeRound):
+        return f"round {item.round} from {item.start.name}, on {item.pairs.name}"
+    if isinstance(item, DpoModel):
+        return f"{item.loss_label}, beta {item.beta:g}, recipe {item.recipe}, on {item.pairs.name}"
+    if isinstance(item, RlooModel):
+        return f"RLOO, kl_coef {item.kl_coef:g}, {item.steps} steps"
+    if isinstance(item, Evaluation):
+        return f"{item.runs} runs x {item.samples} texts"
+    return f"{len(item.evaluations)} models"

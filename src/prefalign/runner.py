@@ -1,0 +1,122 @@
+"""Walk a config's plan: take the run lock, skip what is on disk, call one stage function per item.
+
+Order of a run, and why:
+1. lock the run directory (two processes in one directory would delete each other's temporary
+   files; the OS drops the lock when its holder dies, so a killed run never leaves a stale lock);
+2. remove temporary outputs of killed runs (safe only under the lock);
+3. write the provenance (config.yaml, models.json) beside the outputs it describes;
+4. for each item of the plan up to the stage asked for, in plan order (inputs first): skip it when
+   its outputs hold its key, else call `STAGES[type(item)](item, services)`.
+
+    prefalign run CONFIG         # every item
+    prefalign train CONFIG       # items up to the train stage
+    prefalign plan CONFIG        # what a run would do, without doing it
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from pathlib import Path
+
+import yaml
+
+from prefalign.config import Config
+from prefalign.plan import STAGE_NAMES, DpoModel, Evaluation, Item, IterativeRound, Pairs, Report, RlooModel, Samples
+from prefalign.plan import plan as make_plan
+from prefalign.plan import sources, stage_of
+from prefalign.services import Services, log
+from prefalign.stages.evaluate import evaluate
+from prefalign.stages.pairs import make_pairs
+from prefalign.stages.report import write_report
+from prefalign.stages.sample import sample
+from prefalign.stages.train_dpo import train_dpo
+from prefalign.stages.train_rloo import train_rloo_model
+from prefalign.store import is_done, read_json, remove_stale, write_json, write_text
+
+# The whole dispatch: each kind of item and the function that makes it.
+STAGES = {
+    Samples: sample,
+    Pairs: make_pairs,
+    DpoModel: train_dpo,
+    IterativeRound: train_dpo,
+    RlooModel: train_rloo_model,
+    Evaluation: evaluate,
+    Report: write_report,
+}
+
+
+class RunLocked(Exception):
+    """Another prefalign process is working in the same run directory."""
+
+
+def is_current(item: Item) -> bool:
+    """Whether every output of `item` is on disk with the item's key."""
+    return all(is_done(meta, key) for meta, key in item.markers()) and item.path.exists()
+
+
+def select(items: list[Item], until: str) -> list[Item]:
+    """The items a stage command brings up to date: those of that stage and the ones before it."""
+    last = STAGE_NAMES.index(until)
+    return [item for item in items if STAGE_NAMES.index(stage_of(item)) <= last]
+
+
+def write_provenance(cfg: Config) -> None:
+    """config.yaml (as resolved) and models.json (which models, and their quality when known)."""
+    from prefalign.models.loading import resolve
+
+    root = cfg.run_path
+    write_text(root / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    info: dict = {"policy": {"ref": cfg.policy.model, "revision": cfg.policy.revision},
+                  "reward_model": {"ref": cfg.reward.model, "revision": cfg.reward.revision,
+                                   "positive_label": cfg.reward.positive_label}}  # fmt: skip
+    for role, section in (("policy", "policy"), ("reward", "reward_model")):
+        ref = getattr(cfg, role).model
+        path = resolve(ref, role)
+        info[section]["path"] = str(Path(path).resolve()) if Path(path).is_dir() else path
+        built = read_json(Path(path).parent / "info.json") if ref.startswith("prefalign:") else None
+        if built:
+            info[section].update(built[section])
+    write_json(root / "models.json", info)
+
+
+def run(cfg: Config, until: str = "report") -> list[Item]:
+    """Bring every item up to stage `until` up to date, in plan order; returns those items."""
+    from prefalign.models.loading import pick_device
+
+    root = cfg.run_path
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as lock:  # "a": opening must not touch the file
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another prefalign process is running in {root}") from None
+        remove_stale(root)
+        write_provenance(cfg)
+        original, reward = sources(cfg)
+        items = select(make_plan(cfg, original, reward), until)
+        services = Services(pick_device(cfg.device), reward, original, cfg.reward.batch_size)
+        start = time.time()
+        for item in items:
+            if is_current(item):
+                log(f"{item.name}: up to date")
+                continue
+            STAGES[type(item)](item, services)
+        log(f"{until}: finished in {time.time() - start:.1f}s; outputs in {root}")
+    return items
+
+
+def plan_table(cfg: Config) -> str:
+    """The plan as `prefalign plan` prints it: one line per item, with its stage, key and state."""
+    from prefalign.plan import describe
+
+    items = make_plan(cfg)
+    root = cfg.run_path
+    done = [is_current(item) for item in items]
+    lines = [f"plan of {cfg.name!r}: {len(items)} items, {sum(done)} up to date, run directory {root}", "",
+             f"{'stage':<9} {'item':<16} {'name':<44} {'key':<16} {'state':<10} output / what"]  # fmt: skip
+    for item, current in zip(items, done):
+        output = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
+        lines.append(f"{stage_of(item):<9} {type(item).__name__:<16} {item.name:<44} {item.key} "
+                     f"{'done' if current else 'to do':<10} {output}: {describe(item)}")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""What the stages share within one run: the log, the device, and models loaded once.
+
+A `Services` is made by the runner for one run and handed to every stage function. It loads the
+reward classifier, the original policy (the KL reference) and policy tokenizers on first use and
+keeps them, so a grid of 30 models reads each of them once. `release_memory` returns freed heap to
+the OS between models.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prefalign.plan import Original, RewardModel
+
+
+def log(msg: str) -> None:
+    print(f"[prefalign {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS between models.
+
+    Each training and evaluation allocates tensors of new shapes; glibc keeps the freed blocks, so
+    without this the process's resident memory ratchets up model after model of a long grid.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+@dataclass
+class Classifier:
+    """The reward model, ready to score: model, tokenizer and the index of the positive class."""
+
+    model: Any
+    tokenizer: Any
+    positive_index: int
+    positive_label: str
+
+
+@dataclass
+class Services:
+    """The device, the log and lazily loaded shared models of one run."""
+
+    device: torch.device
+    reward: RewardModel
+    original: Original
+    reward_batch_size: int | None = None  # texts per classifier batch (None: the engine's default)
+    log: Any = log
+    _loaded: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype models are loaded in for inference (sampling, scoring, evaluation)."""
+        from prefalign.models.loading import inference_dtype
+
+        return inference_dtype(self.device)
+
+    def classifier(self) -> Classifier:
+        if "classifier" not in self._loaded:
+            from prefalign.models.loading import load_classifier, positive_class_index
+
+            r = self.reward
+            model, tokenizer = load_classifier(r.ref, r.revision, self.device, self.dtype)
+            index = positive_class_index(model.config.id2label, r.positive_label)
+            self._loaded["classifier"] = Classifier(model, tokenizer, index, r.positive_label)
+        return self._loaded["classifier"]
+
+    def reference_policy(self):
+        """The original policy in eval mode: what KL is measured against."""
+        if "reference" not in self._loaded:
+            from prefalign.models.loading import load_policy
+
+            self._loaded["reference"] = load_policy(self.original.ref, self.original.revision, self.device, self.dtype)[0]
+        return self._loaded["reference"]
+
+    def policy_tokenizer(self, ref: str, revision: str | None):
+        key = ("tokenizer", ref, revision)
+        if key not in self._loaded:
+            from prefalign.models.loading import load_tokenizer
+
+            self._loaded[key] = load_tokenizer(ref, revision, "policy")
+        return self._loaded[key]

@@ -1,0 +1,99 @@
+"""The `evaluate` stage: seeded evaluation runs of one model (`Evaluation` items), the original included.
+
+For each model, K runs (`evaluate.runs`) of M samples (`evaluate.samples`); run k uses seed
+`evaluate.seed + k` for every model (and, with prompts, the same prompts), so models are compared
+on common random numbers. Sampling is the `sample` stage's. Per run (metrics.py defines each):
+
+- reward mean / std, shares above `evaluate.reward_thresholds`, percentiles 5/25/50/75/95;
+- positive rate (share of texts the classifier labels positive);
+- diversity (entropy in nats of the unigram distribution of policy token ids), distinct-1/2,
+  mean completion length in tokens;
+- `kl_seq` / `kl_token`: KL(policy || original) estimated on the run's own samples from the full
+  (untruncated) log-probs of both models; exactly 0 for the original. The samples come from the
+  top-k / top-p sampler, so this is a biased estimate of the true KL (see metrics.kl_estimate).
+
+Each run writes `eval/<model>/run-<k>.parquet` (the texts and their scores) and then
+`run-<k>.json` (its metrics and cache key), so an interrupted evaluation resumes at the first
+unfinished run. Run with:
+
+    prefalign evaluate CONFIG
+"""
+
+from __future__ import annotations
+
+from prefalign.engine.decoding import sample_and_score
+from prefalign.engine.metrics import distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary, token_entropy
+from prefalign.models.loading import load_policy
+from prefalign.plan import Evaluation, Original
+from prefalign.services import Services, release_memory
+from prefalign.stages.sample import corpus_prompts_for
+from prefalign.store import is_done, read_json, write_json
+
+# The fields of run-<k>.json that describe the run; every other field is a metric.
+RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds")
+
+
+def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
+    """Every per-run metric of one run's samples (a DataFrame as sample_and_score returns)."""
+    ids = policy_token_ids(df["text"].tolist(), tokenizer)  # tokenized once for diversity and distinct-n
+    out = {
+        **run_summary(df["reward"].to_numpy(), df["is_positive"].to_numpy()),
+        **reward_profile(df["reward"].to_numpy(), thresholds),
+        "diversity": token_entropy(ids, tokenizer.pad_token_id),
+        "distinct_1": distinct_n(ids, 1),
+        "distinct_2": distinct_n(ids, 2),
+        "mean_tokens": float(df["n_tokens"].mean()),
+    }
+    if "logp" in df.columns:
+        out.update(kl_estimate(df["logp"].to_numpy(), df["logp_ref"].to_numpy(), df["n_scored"].to_numpy()))
+    return out
+
+
+def evaluate(item: Evaluation, services: Services) -> None:
+    """Every run of one `Evaluation` item whose key is not already on disk."""
+    todo = [k for k in range(item.runs) if not is_done(item.run_path(k, ".json"), item.run_key(k))]
+    if not todo:
+        return
+    services.log(f"evaluate {item.model.name}: {item.runs} runs x {item.samples} samples")
+    classifier = services.classifier()
+    # KL against the original; for the original itself it is 0 by definition, with no second model.
+    reference = services.reference_policy() if item.kl and not isinstance(item.model, Original) else None
+    policy, policy_tokenizer = load_policy(item.model.ref, item.model.revision, services.device, services.dtype,
+                                           item.sampling.max_length)  # fmt: skip
+    for k in todo:
+        seed = item.seed + k
+        df = sample_and_score(
+            policy, policy_tokenizer, classifier.model, classifier.tokenizer, classifier.positive_index, item.samples,
+            item.sampling, seed, services.reward_batch_size, item.run_path(k, ".parquet"),
+            desc=f"eval {item.model.name} run {k}", reference=reference,
+            prompts=corpus_prompts_for(item.sampling, policy_tokenizer, item.samples, seed),
+        )  # fmt: skip
+        metrics = run_metrics(df, policy_tokenizer, item.reward_thresholds)
+        if item.kl and reference is None:
+            metrics.update(kl_seq=0.0, kl_token=0.0)
+        run_info = dict(key=item.run_key(k), model=item.model.name, run=k, seed=seed, samples=len(df),
+                        seconds=round(df.attrs["seconds"], 2))  # fmt: skip
+        assert tuple(run_info) == RUN_INFO
+        write_json(item.run_path(k, ".json"), {**run_info, **metrics})
+        kl = f", KL {metrics['kl_seq']:.2f}" if "kl_seq" in metrics else ""
+        services.log(f"  {item.model.name} run {k}: reward {metrics['reward_mean']:.3f}, diversity "
+                     f"{metrics['diversity']:.3f}, positive rate {metrics['positive_rate']:.3f}{kl} "
+                     f"({len(df) / df.attrs['seconds']:.0f} samples/s)")  # fmt: skip
+    del policy
+    release_memory()
+
+
+def run_results(item: Evaluation) -> list[dict]:
+    """The metrics of every run of `item`, as stored (raises EvaluationMissing for a missing or stale run)."""
+    out = []
+    for k in range(item.runs):
+        stored = read_json(item.run_path(k, ".json"))
+        if stored is None or stored.get("key") != item.run_key(k):
+            raise EvaluationMissing(f"evaluation of {item.model.name}, run {k}, is missing or stale; run `prefalign "
+                                    "evaluate` first")  # fmt: skip
+        out.append({name: value for name, value in stored.items() if name not in RUN_INFO})
+    return out
+
+
+class EvaluationMissing(RuntimeError):
+    """The report was asked for before the evaluations it reads were finished."""

@@ -1,0 +1,147 @@
+"""The plan as data: which items a config gives, their order, paths and keys, without running anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefalign.configfile import load_config
+from prefalign.plan import (
+    STAGE_NAMES, DpoModel, Evaluation, IterativeRound, Original, Pairs, Report, RewardModel, RlooModel, Samples, plan,
+    stage_of,
+)  # fmt: skip
+from prefalign.runner import STAGES, select
+
+ORIGINAL = Original("gpt2-imdb", None, "hub:gpt2-imdb@main")
+REWARD = RewardModel("distilbert-imdb", None, "POSITIVE", "hub:distilbert-imdb@main")
+
+
+def items_of(*overrides, source="demo", original=ORIGINAL, reward=REWARD):
+    return plan(load_config(source, list(overrides)), original, reward)
+
+
+def keys(items) -> dict[str, str]:
+    """name -> key, with the item type in the name so samples, pairs and models never collide."""
+    return {f"{type(item).__name__} {item.name}": item.key for item in items}
+
+
+def changed_keys(*overrides, source="demo") -> set[str]:
+    before, after = keys(items_of(source=source)), keys(items_of(*overrides, source=source))
+    assert set(before) == set(after), set(before) ^ set(after)
+    return {name for name in before if before[name] != after[name]}
+
+
+def test_demo_plan_has_the_original_grid_and_every_stage():
+    items = items_of()
+    count = lambda kind: sum(type(i) is kind for i in items)  # noqa: E731
+    assert (count(Samples), count(Pairs), count(DpoModel), count(Evaluation), count(Report)) == (1, 3, 12, 13, 1)
+    assert {stage_of(i) for i in items} == set(STAGE_NAMES)
+    names = [i.name for i in items if type(i) is DpoModel]
+    assert names[:2] == ["random-sigmoid-beta0.1-seed", "random-sigmoid-beta1-seed"] and len(set(names)) == 12
+
+
+def test_every_item_type_has_a_stage_function():
+    items = items_of("iterative.rounds=3", "online.kl_coefs=[0.1]")
+    assert {type(i) for i in items} == set(STAGES)
+
+
+def test_items_come_after_their_inputs_and_stages_in_order():
+    items = items_of("iterative.rounds=3", "online.kl_coefs=[0.1]", "pairs.strategies=[random, quantile]")
+    position = {id(item): i for i, item in enumerate(items)}
+    for i, item in enumerate(items):
+        for needed in item.inputs:
+            if not isinstance(needed, Original):
+                assert position[id(needed)] < i, (item.name, needed.name)
+    stages = [STAGE_NAMES.index(stage_of(i)) for i in items]
+    assert stages == sorted(stages)
+
+
+def test_paths_and_keys_are_unique():
+    items = items_of("iterative.rounds=3", "iterative.losses=[sigmoid, hinge]", "online.kl_coefs=[0.1, 0.2]",
+                     "train.extra=[{strategy: quantile, loss: ipo, beta: 0.5}]")  # fmt: skip
+    paths = [item.path for item in items]
+    assert len(set(paths)) == len(paths)
+    assert len(set(keys(items).values())) == len(items)
+
+
+def test_a_point_asked_for_twice_is_planned_once():
+    items = items_of("train.extra=[{strategy: random, loss: sigmoid, beta: 0.1}]")
+    assert sum(type(i) is DpoModel for i in items) == 12
+
+
+def test_iterative_round_one_is_the_grid_model():
+    items = items_of("iterative.rounds=3", "iterative.strategy=random", "iterative.recipe=seed")
+    grid = next(i for i in items if type(i) is DpoModel and i.name == "random-sigmoid-beta0.1-seed")
+    round_2, round_3 = [i for i in items if type(i) is IterativeRound]
+    assert round_2.start is grid and round_3.start is round_2
+    assert round_2.pairs.samples.policy is grid and round_2.reference is round_3.reference is grid.reference
+    assert sum(type(i) is DpoModel for i in items) == 12  # no separate round-1 model
+    report = items[-1]
+    assert report.chains == ((grid, round_2, round_3),)
+
+
+def test_a_chain_outside_the_grid_adds_its_round_one():
+    items = items_of("iterative.rounds=2", "iterative.strategy=quantile", "iterative.recipe=default")
+    added = [i for i in items if type(i) is DpoModel and i.pairs.strategy == "quantile"]
+    assert [m.name for m in added] == ["quantile-sigmoid-beta0.1-default"]
+    assert added[0].pairs.path.name == "quantile.parquet" and added[0].start is ORIGINAL
+
+
+def test_stage_commands_select_items_without_later_inputs():
+    items = items_of("iterative.rounds=2")
+    pairs_only = select(items, "pairs")
+    assert {type(i) for i in pairs_only} == {Samples, Pairs}
+    # round 2's samples need a trained model: they belong to `train`, not `sample`
+    assert all(i.policy is ORIGINAL for i in pairs_only if type(i) is Samples)
+    assert len(select(items, "report")) == len(items)
+
+
+def test_a_new_beta_adds_models_and_changes_no_existing_key():
+    before, after = keys(items_of()), keys(items_of("train.betas=[0.1, 1.0, 0.5]"))
+    added = set(after) - set(before)
+    assert {n for n in added if n.startswith("DpoModel")} == {f"DpoModel {s}-{loss}-beta0.5-seed" for s in
+                                                             ("random", "margin", "threshold") for loss in ("sigmoid", "hinge")}  # fmt: skip
+    assert {name for name in before if before[name] != after[name]} == {"Report report"}
+
+
+def test_a_pair_rule_setting_changes_only_that_rule_and_what_follows():
+    changed = changed_keys("pairs.margin=1.5")
+    margin_models = {f"{s}-{b}-seed" for s in ("margin-sigmoid", "margin-hinge") for b in ("beta0.1", "beta1")}
+    assert changed == ({"Pairs pairs margin", "Report report"} | {f"DpoModel {m}" for m in margin_models}
+                       | {f"Evaluation evaluate {m}" for m in margin_models})  # fmt: skip
+
+
+def test_a_training_setting_keeps_samples_and_pairs():
+    changed = changed_keys("train.dpo.learning_rate=1e-4")
+    assert not any(name.startswith(("Samples", "Pairs")) for name in changed)
+    assert "Evaluation evaluate original" not in changed and len(changed) == 12 + 12 + 1
+
+
+def test_the_sample_seed_changes_everything_but_the_original_evaluation():
+    changed = changed_keys("sampling.seed=1")
+    assert set(keys(items_of())) - changed == {"Evaluation evaluate original"}
+
+
+def test_more_evaluation_runs_keep_the_runs_already_done():
+    before, after = items_of(), items_of("evaluate.runs=4")
+    for old, new in zip(before, after):
+        if type(old) is Evaluation:
+            assert [old.run_key(k) for k in range(3)] == [new.run_key(k) for k in range(3)]
+
+
+@pytest.mark.parametrize("override", ["reward.batch_size=7", "run_dir=/elsewhere", "pairs.group_size=8",
+                                      "online.steps=5", "iterative.samples=99"])  # fmt: skip
+def test_settings_nothing_in_the_plan_reads_change_no_key(override):
+    assert changed_keys(override) == set()
+
+
+def test_another_policy_changes_every_key():
+    before = keys(items_of())
+    after = keys(items_of(original=Original("gpt2-imdb", "v2", "hub:gpt2-imdb@v2")))
+    assert all(before[name] != after[name] for name in before)
+
+
+def test_rloo_models_start_from_the_original_and_are_evaluated():
+    items = items_of("online.kl_coefs=[0.02, 0.1]")
+    rloo = [i for i in items if type(i) is RlooModel]
+    assert [m.name for m in rloo] == ["rloo-kl0.02", "rloo-kl0.1"] and all(m.start is ORIGINAL for m in rloo)
+    assert [e.model for e in items if type(e) is Evaluation][-2:] == rloo
