@@ -39,9 +39,10 @@ def load_models(which: str):
         policy_dir, reward_dir = build_base_sized(Path(tempfile.gettempdir()) / "prefalign-bench-base")
     else:
         raise SystemExit(f"unknown model set {which}")
-    policy, ptok = load_policy(policy_dir, None, cpu)
-    clf, ctok = load_classifier(reward_dir, None, cpu)
-    return policy, ptok, clf, ctok, positive_class_index(clf.config.id2label, "POSITIVE"), policy_dir
+    policy, policy_tokenizer = load_policy(policy_dir, None, cpu)
+    classifier, classifier_tokenizer = load_classifier(reward_dir, None, cpu)
+    positive_index = positive_class_index(classifier.config.id2label, "POSITIVE")
+    return policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, policy_dir
 
 
 def build_base_sized(root: Path) -> tuple[str, str]:
@@ -58,52 +59,56 @@ def build_base_sized(root: Path) -> tuple[str, str]:
         from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
         texts, _ = synthetic_corpus()
-        ptok, ctok = train_tokenizers(texts, 1000)
-        fillers = [f" w{i}" for i in range(50257 - len(ptok))]
-        ptok.add_tokens(fillers), ctok.add_tokens(fillers)
-        assert len(ptok) == 50257 and ptok.convert_tokens_to_ids(" w7") == ctok.convert_tokens_to_ids(" w7")
+        policy_tokenizer, classifier_tokenizer = train_tokenizers(texts, 1000)
+        fillers = [f" w{i}" for i in range(50257 - len(policy_tokenizer))]
+        policy_tokenizer.add_tokens(fillers), classifier_tokenizer.add_tokens(fillers)
+        assert len(policy_tokenizer) == 50257
+        assert policy_tokenizer.convert_tokens_to_ids(" w7") == classifier_tokenizer.convert_tokens_to_ids(" w7")
         torch.manual_seed(0)
-        policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(ptok), bos_token_id=ptok.bos_token_id,
-                                            eos_token_id=ptok.eos_token_id))  # fmt: skip
-        clf = DistilBertForSequenceClassification(DistilBertConfig(
-            vocab_size=len(ctok), pad_token_id=ctok.pad_token_id, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(policy_tokenizer), bos_token_id=policy_tokenizer.bos_token_id,
+                                            eos_token_id=policy_tokenizer.eos_token_id))  # fmt: skip
+        classifier = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=len(classifier_tokenizer), pad_token_id=classifier_tokenizer.pad_token_id,
+            id2label={0: "NEGATIVE", 1: "POSITIVE"},
             label2id={"NEGATIVE": 0, "POSITIVE": 1}))  # fmt: skip
-        ctok.model_max_length = 512
-        policy.save_pretrained(policy_dir), ptok.save_pretrained(policy_dir)
-        clf.save_pretrained(reward_dir), ctok.save_pretrained(reward_dir)
+        classifier_tokenizer.model_max_length = 512
+        policy.save_pretrained(policy_dir), policy_tokenizer.save_pretrained(policy_dir)
+        classifier.save_pretrained(reward_dir), classifier_tokenizer.save_pretrained(reward_dir)
     return str(policy_dir), str(reward_dir)
 
 
-def baseline(policy, ptok, clf, ctok, positive: int, n: int) -> list[float]:
+def baseline(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int) -> list[float]:
     """The original experiment's loop, as described in ../shared/NOTES.md."""
-    bos = torch.tensor([[ptok.bos_token_id]])
+    bos = torch.tensor([[policy_tokenizer.bos_token_id]])
     rewards: list[float] = []
     while len(rewards) < n:
         out = policy.generate(bos, do_sample=True, max_length=64, top_k=50, top_p=0.85, num_return_sequences=100,
-                              pad_token_id=ptok.eos_token_id)  # fmt: skip
-        texts = ptok.batch_decode(out, skip_special_tokens=True)
-        enc = ctok(texts, padding=True, return_tensors="pt")
-        logits = clf(**enc).logits  # no no_grad, as in the original
-        rewards.extend(logits[:, positive].tolist())
+                              pad_token_id=policy_tokenizer.eos_token_id)  # fmt: skip
+        texts = policy_tokenizer.batch_decode(out, skip_special_tokens=True)
+        enc = classifier_tokenizer(texts, padding=True, return_tensors="pt")
+        logits = classifier(**enc).logits  # no no_grad, as in the original
+        rewards.extend(logits[:, positive_index].tolist())
     return rewards[:n]
 
 
-def engine(policy, ptok, clf, ctok, positive: int, n: int) -> None:
+def engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int) -> None:
     from prefalign.config import SamplingConfig
     from prefalign.engine.decoding import sample_and_score
 
     with tempfile.TemporaryDirectory() as d:
-        sample_and_score(policy, ptok, clf, ctok, positive, n, SamplingConfig(), 0, None, Path(d) / "s.parquet")
+        sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, n, SamplingConfig(),
+                         0, None, Path(d) / "s.parquet")  # fmt: skip
 
 
 def bench_sample(args) -> None:
-    policy, ptok, clf, ctok, pos, _ = load_models(args.models)
-    engine(policy, ptok, clf, ctok, pos, min(args.n, 100))  # warm-up (allocator, lazy imports)
+    policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models)
+    # warm-up (allocator, lazy imports)
+    engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, min(args.n, 100))
     times: dict[str, list[float]] = {"baseline": [], "engine": []}
     for rep in range(args.reps):
         for name, fn in (("baseline", baseline), ("engine", engine)):
             t0 = time.perf_counter()
-            fn(policy, ptok, clf, ctok, pos, args.n)
+            fn(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, args.n)
             times[name].append(time.perf_counter() - t0)
             print(f"rep {rep} {name}: {times[name][-1]:.1f}s ({args.n / times[name][-1]:.1f} samples/s)", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -132,10 +137,11 @@ def bench_train(args) -> None:
     from prefalign.stages.train_dpo import train_one
 
     datasets.disable_caching()
-    policy, ptok, *_, policy_dir = load_models(args.models)
-    texts = [t for chunk in generate(policy, ptok, 2 * args.pairs, load_config("demo").sampling, 0) for t in chunk["text"]]
+    policy, policy_tokenizer, *_, policy_dir = load_models(args.models)
+    chunks = generate(policy, policy_tokenizer, 2 * args.pairs, load_config("demo").sampling, 0)
+    texts = [t for chunk in chunks for t in chunk["text"]]
     order = np.random.default_rng(0).permutation(len(texts))
-    pairs = pd.DataFrame({"prompt": ptok.bos_token, "chosen": [texts[i] for i in order[: args.pairs]],
+    pairs = pd.DataFrame({"prompt": policy_tokenizer.bos_token, "chosen": [texts[i] for i in order[: args.pairs]],
                           "rejected": [texts[i] for i in order[args.pairs :]]})  # fmt: skip
     sides = {"seed (stock TRL)": ("seed", {"completion_only_head": False}), "default": ("default", {})}
     times: dict[str, list[float]] = {k: [] for k in sides}

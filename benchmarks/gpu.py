@@ -3,12 +3,15 @@
 On a machine with a CUDA GPU and no network, this builds GPT-2-small and DistilBERT-base shaped
 models with random weights (same cost as `lvwerra/gpt2-imdb` / `lvwerra/distilbert-imdb`), runs
 the `imdb` preset's table-1 grid (random pairs x sigmoid/hinge x beta 0.1/1, `seed` recipe, 10k
-samples, 20k pairs, 10 runs x 5000) with every count multiplied by `--fraction`, and prints the time
-of each stage, samples/s, pairs/s and peak GPU memory, plus a full-scale extrapolation (each stage
-scales linearly in its count).
+samples, 20k pairs, 10 runs x 5000), and prints the time of each stage, samples/s, pairs/s and peak
+GPU memory, plus a full-scale extrapolation. `--fraction` scales counts, never batch sizes, so the
+throughputs are those of a full run: the pair count (training steps at batch 8) and the number of
+evaluation runs (each of the full 5,000 samples) scale; the sample stage always draws its full
+10,000 texts.
 
     python benchmarks/gpu.py --fraction 1.0            # the whole table (goal on one H100: <= 10 min)
-    python benchmarks/gpu.py --fraction 0.1 --device cpu   # a smoke run of this script anywhere
+    python benchmarks/gpu.py --fraction 0.1            # a quick check: 1 evaluation run, 2,000 pairs per model
+    python benchmarks/gpu.py --fraction 0.01 --device cpu --models DIR   # a smoke run of this script anywhere
 """
 
 from __future__ import annotations
@@ -47,10 +50,13 @@ def main() -> None:
     else:
         policy_dir, reward_dir = build_base_sized(work / "models")
     f = args.fraction
+    eval_runs = max(1, round(10 * f))
+    # How much of the full table each stage did: its time divided by this is the full-size estimate.
+    done_share = {"sample": 1.0, "pairs": 1.0, "train": f, "evaluate": eval_runs / 10, "report": 1.0}
     overrides = [
         f"run_dir={work / f'run-{f:g}'}", f"device={args.device}", f"policy.model={policy_dir}",
-        f"reward.model={reward_dir}", "pairs.strategies=[random]", f"sampling.num_samples={max(2, int(10000 * f))}",
-        f"pairs.count={max(1, int(20000 * f))}", f"evaluate.samples={max(1, int(5000 * f))}",
+        f"reward.model={reward_dir}", "pairs.strategies=[random]", f"pairs.count={max(1, int(20000 * f))}",
+        f"evaluate.runs={eval_runs}",
     ]  # fmt: skip
     cfg = load_config("imdb", overrides)
     device = pick_device(cfg.device)
@@ -81,9 +87,9 @@ def main() -> None:
         "evaluate": f"{eval_samples / max(timings['evaluate']['seconds'], 1e-9):.0f} samples/s over {eval_samples} samples",
     }
     for stage, t in timings.items():
-        est = t["seconds"] / f if stage != "report" else t["seconds"]
-        print(f"| {stage} | {t['seconds']} | {est:.0f} | {t['peak_gpu_gib']} | {rates.get(stage, '')} |")
-    est_total = sum(t["seconds"] / (f if s != "report" else 1) for s, t in timings.items())
+        print(f"| {stage} | {t['seconds']} | {t['seconds'] / done_share[stage]:.0f} | {t['peak_gpu_gib']} | "
+              f"{rates.get(stage, '')} |")  # fmt: skip
+    est_total = sum(t["seconds"] / done_share[stage] for stage, t in timings.items())
     print(f"\ntotal {total:.0f}s at fraction {f:g}; full-table estimate {est_total / 60:.1f} min on {name}")
 
 

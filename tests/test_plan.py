@@ -63,6 +63,13 @@ def test_paths_and_keys_are_unique():
     assert len(set(keys(items).values())) == len(items)
 
 
+def test_two_models_with_one_directory_are_refused():
+    from prefalign.plan import PlanError
+
+    with pytest.raises(PlanError, match="random-sigmoid-beta0.1-seed"):
+        items_of("train.extra=[{strategy: random, loss: {types: [hinge], name: sigmoid}, beta: 0.1}]")
+
+
 def test_a_point_asked_for_twice_is_planned_once():
     items = items_of("train.extra=[{strategy: random, loss: sigmoid, beta: 0.1}]")
     assert sum(type(i) is DpoModel for i in items) == 12
@@ -145,3 +152,16 @@ def test_rloo_models_start_from_the_original_and_are_evaluated():
     rloo = [i for i in items if type(i) is RlooModel]
     assert [m.name for m in rloo] == ["rloo-kl0.02", "rloo-kl0.1"] and all(m.start is ORIGINAL for m in rloo)
     assert [e.model for e in items if type(e) is Evaluation][-2:] == rloo
+
+
+def test_plan_command_lists_the_demo_models_and_stages(capsys):
+    from prefalign.cli import main
+
+    assert main(["plan", "demo", "--set", "run_dir=/nonexistent/run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("plan of 'demo': 30 items, 0 up to date")
+    rows = [line.split() for line in lines[3:]]
+    assert [row[0] for row in rows] == ["sample"] + ["pairs"] * 3 + ["train"] * 12 + ["evaluate"] * 13 + ["report"]
+    assert all(row[1] == "todo" for row in rows)
+    models = [row[4] for row in rows if row[3] == "DpoModel"]
+    assert len(models) == 12 and models[0] == "models/random-sigmoid-beta0.1-seed"

@@ -18,7 +18,27 @@ def test_prompt_is_the_bos_token_for_gpt2_style_tokenizers(tiny_policy):
 def test_seed_recipe_is_the_originals():
     r = RECIPES["seed"]
     assert (r["optim"], r["learning_rate"], r["warmup_steps"], r["num_train_epochs"]) == ("rmsprop", 5e-3, 50, 3)
-    assert (r["per_device_train_batch_size"], r["max_length"], r["bf16"]) == (8, 256, False)
+    assert (r["per_device_train_batch_size"], r["max_length"]) == (8, 256)
+
+
+def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
+    from prefalign.recipes import precision_settings
+
+    assert precision_settings("auto", "cpu", False) == {"bf16": False, "fp16": False}
+    assert precision_settings("auto", "cuda", True) == {"bf16": True, "fp16": False, "tf32": False}
+    assert precision_settings("auto", "cuda", False) == {"bf16": False, "fp16": False, "tf32": False}
+    assert precision_settings("fp32", "cuda", True) == {"bf16": False, "fp16": False, "tf32": False}
+    assert precision_settings("tf32", "cuda", True) == {"bf16": False, "fp16": False, "tf32": True}
+    assert precision_settings("tf32", "cpu", False) == {"bf16": False, "fp16": False}
+
+
+def test_bf16_precision_reaches_the_trainer_and_the_override_wins():
+    from prefalign.stages.train_dpo import dpo_args
+
+    cpu = torch.device("cpu")
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is True
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
+    assert dpo_args("seed", "sigmoid", 0.1, {"bf16": False}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is False
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])

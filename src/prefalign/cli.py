@@ -83,6 +83,14 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # output piped into a reader that stopped early (`prefalign plan demo | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     from prefalign.configfile import ConfigError, describe, load_config, preset_names
 
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from prefalign.engine.pair_rules import PairError
     from prefalign.models.loading import ModelLoadError
+    from prefalign.plan import PlanError
     from prefalign.runner import RunLocked, plan_table, run
     from prefalign.stages.evaluate import EvaluationMissing
 
@@ -133,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             print(plan_table(cfg))
         else:
             run(cfg, until="report" if args.command == "run" else args.command)
+    except PlanError as e:
+        print(f"prefalign: invalid config: {e}", file=sys.stderr)
+        return 2
     except (ModelLoadError, PairError, RunLocked, EvaluationMissing) as e:
         print(f"prefalign: {e}", file=sys.stderr)
         return 1

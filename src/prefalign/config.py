@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.recipes import OWN_SETTINGS, RECIPE_NAMES
+from prefalign.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
@@ -220,6 +220,12 @@ class TrainConfig(Section):
         f"SLiC's hinge as TRL implements it, ipo, ...; any of: {', '.join(TRL_LOSSES)}); `slic` = hinge "
         "plus `slic_sft_weight` x cross-entropy on the chosen text (SLiC-HF's regularised form); or a "
         "mapping `{types: [...], weights: [...], name: ...}` for a weighted combination.",
+    )
+    precision: Literal[PRECISIONS] = Field(
+        "auto",
+        description="Training arithmetic: `fp32`; `bf16` (autocast with fp32 master weights); `tf32` (fp32 with "
+        "TF32 matrix multiplies, CUDA only); `auto`: bf16 on CUDA GPUs that support it, fp32 elsewhere "
+        "(benchmarks/RESULTS.md compares bf16 with fp32 training seeds). `train.dpo.bf16` / `tf32` override it.",
     )
     slic_sft_weight: float = Field(
         0.1, ge=0, description="`slic`: weight of the cross-entropy term (TRL's `sft` loss) next to hinge at weight 1."

@@ -103,6 +103,7 @@ class DpoModel:
     overrides: dict[str, Any]  # train.dpo
     seed: int
     slic_sft_weight: float
+    precision: str  # train.precision
     path: Path  # the model directory; train.json in it holds the key
 
     stage = "train"
@@ -127,7 +128,7 @@ class DpoModel:
         else:
             loss = self.loss if isinstance(self.loss, str) else self.loss.model_dump()
         return key_of("dpo", self.pairs.key, self.start.key, self.reference.key, loss, self.beta, self.recipe,
-                      self.overrides, self.seed)  # fmt: skip
+                      self.overrides, self.seed, self.precision)  # fmt: skip
 
     @property
     def inputs(self) -> tuple:
@@ -329,6 +330,10 @@ class Report:
 Item = Union[Samples, Pairs, DpoModel, IterativeRound, RlooModel, Evaluation, Report]
 
 
+class PlanError(ValueError):
+    """A config whose items cannot all be made (two different items with one output path)."""
+
+
 # ---- the plan ----------------------------------------------------------------------------------
 
 
@@ -357,7 +362,8 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
         return add(Pairs(samples, strategy, cfg.pairs.rule(strategy), cfg.pairs.count, seed, path))
 
     def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, cls=DpoModel, **chain):
-        return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed, t.slic_sft_weight, path, **chain))
+        return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed, t.slic_sft_weight, t.precision, path,
+                       **chain))  # fmt: skip
 
     def grid_model(strategy: str, loss, beta: float, recipe: str) -> DpoModel:
         pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")
@@ -392,6 +398,12 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
                                   root / "eval" / model.name))
                    for model in [original, *{m.key: m for m in trained}.values()]]  # fmt: skip
     add(Report(tuple(evaluations), tuple(chains), cfg, root / "report.md"))
+    by_path: dict[Path, Item] = {}
+    for item in items.values():
+        other = by_path.setdefault(item.path, item)
+        if other is not item:
+            raise PlanError(f"{type(other).__name__} {other.name!r} and {type(item).__name__} {item.name!r} differ but "
+                            f"would both write {item.path}: give one of them another name (e.g. a loss mix's `name`)")  # fmt: skip
     # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort
     # keeps every item after its inputs, since an item's stage is never earlier than theirs.
     return sorted(items.values(), key=lambda item: STAGE_NAMES.index(stage_of(item)))
@@ -405,20 +417,3 @@ def stage_of(item: Item) -> str:
     """
     stages = [STAGE_NAMES.index(item.stage)] + [STAGE_NAMES.index(stage_of(i)) for i in item.inputs if i.stage]
     return STAGE_NAMES[max(stages)]
-
-
-def describe(item: Item) -> str:
-    """One line for `prefalign plan`: the item and what it reads."""
-    if isinstance(item, Samples):
-        return f"{item.count} texts from {item.policy.name}, seed {item.seed}"
-    if isinstance(item, Pairs):
-        return f"{item.count} pairs, seed {item.seed}" + "".join(f", {k} {v}" for k, v in item.rule.items())
-    if isinstance(item, IterativeRound):
-        return f"round {item.round} from {item.start.name}, on {item.pairs.name}"
-    if isinstance(item, DpoModel):
-        return f"{item.loss_label}, beta {item.beta:g}, recipe {item.recipe}, on {item.pairs.name}"
-    if isinstance(item, RlooModel):
-        return f"RLOO, kl_coef {item.kl_coef:g}, {item.steps} steps"
-    if isinstance(item, Evaluation):
-        return f"{item.runs} runs x {item.samples} texts"
-    return f"{len(item.evaluations)} models"

@@ -1,13 +1,15 @@
 """The training recipes: named sets of `trl.DPOConfig` settings (plus prefalign's own switches).
 
 - `seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, linear decay,
-  3 epochs, batch 8, max_length 256, fp32, reference log-probs recomputed every step).
+  3 epochs, batch 8, max_length 256, reference log-probs recomputed every step; the original ran
+  in fp32, which `train.precision: fp32` restores on a GPU).
 - `default`: TRL's defaults with reference log-probs computed once before training, a learning rate
   that moves a small policy in one epoch without collapsing it into word salad (5e-5: the value
   that kept fluent text in the demo-size probe of ../shared/NOTES.md), no gradient checkpointing
   (these policies are small; recomputation only costs time) and length-grouped batches.
 
-`train.dpo` overrides any of these per config. Plain data, so the config schema can name the
+The arithmetic is `train.precision`'s (`precision_settings`), and `train.dpo` overrides any of these per
+config. Plain data, so the config schema can name the
 recipes without importing the trainer.
 """
 
@@ -23,7 +25,7 @@ OWN_SETTINGS = {
 RECIPES: dict[str, dict] = {
     "seed": dict(
         learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
-        per_device_train_batch_size=8, max_length=256, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=8, max_length=256, gradient_checkpointing=False,
         precompute_ref_log_probs=False, completion_only_head=True,
     ),
     "default": dict(
@@ -34,3 +36,19 @@ RECIPES: dict[str, dict] = {
 }  # fmt: skip
 
 RECIPE_NAMES = tuple(RECIPES)
+PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+
+
+def precision_settings(precision: str, device_type: str, bf16_supported: bool) -> dict:
+    """The DPOConfig switches for `train.precision` on a device.
+
+    `bf16`: autocast to bfloat16 with fp32 master weights and optimizer state (HF Trainer's `bf16`);
+    `tf32`: fp32 storage with TF32 matrix multiplies (CUDA only; plain fp32 elsewhere); `auto`: bf16
+    on a CUDA GPU that supports it, fp32 elsewhere (on CPU bf16 autocast is slower, not faster).
+    """
+    if precision == "auto":
+        precision = "bf16" if device_type == "cuda" and bf16_supported else "fp32"
+    settings = {"bf16": precision == "bf16", "fp16": False}
+    if device_type == "cuda":
+        settings["tf32"] = precision == "tf32"
+    return settings

@@ -106,17 +106,32 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
     return items
 
 
-def plan_table(cfg: Config) -> str:
-    """The plan as `prefalign plan` prints it: one line per item, with its stage, key and state."""
-    from prefalign.plan import describe
+def describe(item: Item) -> str:
+    """One line for `prefalign plan`: the item and what it reads."""
+    if isinstance(item, Samples):
+        return f"{item.count} texts from {item.policy.name}, seed {item.seed}"
+    if isinstance(item, Pairs):
+        return f"{item.count} pairs, seed {item.seed}" + "".join(f", {k} {v}" for k, v in item.rule.items())
+    if isinstance(item, IterativeRound):
+        return f"round {item.round} from {item.start.name}, on {item.pairs.name}"
+    if isinstance(item, DpoModel):
+        return f"{item.loss_label}, beta {item.beta:g}, recipe {item.recipe}, on {item.pairs.name}"
+    if isinstance(item, RlooModel):
+        return f"RLOO, kl_coef {item.kl_coef:g}, {item.steps} steps"
+    if isinstance(item, Evaluation):
+        return f"{item.runs} runs x {item.samples} texts"
+    return f"results of {len(item.evaluations)} models, the original included"
 
+
+def plan_table(cfg: Config) -> str:
+    """The plan as `prefalign plan` prints it: one line per item (stage, state, key, type, output, what)."""
     items = make_plan(cfg)
     root = cfg.run_path
     done = [is_current(item) for item in items]
     lines = [f"plan of {cfg.name!r}: {len(items)} items, {sum(done)} up to date, run directory {root}", "",
-             f"{'stage':<9} {'item':<16} {'name':<44} {'key':<16} {'state':<10} output / what"]  # fmt: skip
+             f"{'stage':<9} {'state':<5} {'key':<16} {'item':<14} {'output (in the run directory)':<52} what"]  # fmt: skip
     for item, current in zip(items, done):
         output = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
-        lines.append(f"{stage_of(item):<9} {type(item).__name__:<16} {item.name:<44} {item.key} "
-                     f"{'done' if current else 'to do':<10} {output}: {describe(item)}")  # fmt: skip
+        lines.append(f"{stage_of(item):<9} {'done' if current else 'todo':<5} {item.key} {type(item).__name__:<14} "
+                     f"{str(output):<52} {describe(item)}")  # fmt: skip
     return "\n".join(lines)

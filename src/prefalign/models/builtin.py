@@ -142,13 +142,13 @@ def train_tokenizers(texts: list[str], vocab_size: int):
     policy_tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(tok.to_str()), bos_token=BOS, eos_token=BOS, unk_token=BOS
     )
-    clf = Tokenizer.from_str(tok.to_str())
-    cls_id, sep_id = clf.token_to_id("[CLS]"), clf.token_to_id("[SEP]")
-    clf.post_processor = processors.TemplateProcessing(
+    classifier_tok = Tokenizer.from_str(tok.to_str())
+    cls_id, sep_id = classifier_tok.token_to_id("[CLS]"), classifier_tok.token_to_id("[SEP]")
+    classifier_tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     clf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=clf, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+        tokenizer_object=classifier_tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
         mask_token="[MASK]",
     )  # fmt: skip
     return policy_tok, clf_tok
@@ -312,7 +312,7 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
     labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
     held_l = [i for i in held if labels[i] >= 0]
-    clf, acc = train_classifier(
+    classifier, acc = train_classifier(
         spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]),
         ([texts[i] for i in held_l], [labels[i] for i in held_l]), log,
     )  # fmt: skip
@@ -320,7 +320,7 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     info = {
         "spec": dataclasses.asdict(spec),
         "policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()},
-        "reward_model": {"accuracy": acc, "held_out_texts": len(held_l), "params": clf.num_parameters()},
+        "reward_model": {"accuracy": acc, "held_out_texts": len(held_l), "params": classifier.num_parameters()},
         "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
         "build_seconds": round(time.time() - t0, 1),
     }
@@ -330,7 +330,7 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
         with atomic_path(target) as tmp:
             policy.save_pretrained(tmp / POLICY_DIR)
             policy_tok.save_pretrained(tmp / POLICY_DIR)
-            clf.save_pretrained(tmp / REWARD_DIR)
+            classifier.save_pretrained(tmp / REWARD_DIR)
             clf_tok.save_pretrained(tmp / REWARD_DIR)
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
     log(f"built in {time.time() - t0:.0f}s: perplexity {ppl:.1f}, classifier accuracy {acc:.3f}")

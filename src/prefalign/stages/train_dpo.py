@@ -31,7 +31,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.plan import DpoModel
-from prefalign.recipes import OWN_SETTINGS, RECIPES
+from prefalign.recipes import OWN_SETTINGS, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
 from prefalign.store import atomic_path
 
@@ -103,16 +103,14 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
 
 
 def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
-             output_dir: str, loss_weights: list[float] | None = None):  # fmt: skip
+             output_dir: str, loss_weights: list[float] | None = None, precision: str = "auto"):  # fmt: skip
     from trl import DPOConfig
 
-    settings = {**RECIPES[recipe], **overrides}
+    bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    settings = {**RECIPES[recipe], **precision_settings(precision, device.type, bf16_supported), **overrides}
     own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
-    if device.type != "cuda":
-        # bf16 autocast defaults on in TRL; on CPU it is slower and changes the numbers.
-        settings.setdefault("bf16", False)
     settings.update(
         output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed, report_to="none",
         save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
@@ -132,13 +130,14 @@ def train_dpo(item: DpoModel, services: Services) -> None:
     train_one(start.ref, start.revision, item.pairs.path, item.path, item.recipe, item.loss, item.beta, item.overrides,
               services.device, item.seed, key=item.key, log=services.log,
               reference=None if start is reference else (reference.ref, reference.revision),
-              slic_sft_weight=item.slic_sft_weight)  # fmt: skip
+              slic_sft_weight=item.slic_sft_weight, precision=item.precision)  # fmt: skip
     release_memory()
 
 
 def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
               beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
-              reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1) -> dict:  # fmt: skip
+              reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
+              precision: str = "auto") -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
@@ -153,7 +152,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
 
     path = resolve(policy_ref, "policy")
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
-    # Training weights stay fp32 whatever the device; bf16 autocast is the recipe's choice (TRL's `bf16`).
+    # Training weights stay fp32 whatever the device; bf16 autocast is `precision`'s choice (TRL's `bf16`).
     model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
     if reference is None:
         # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
@@ -167,7 +166,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
     scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
     label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
-    args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights)
+    args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision)
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
