@@ -39,9 +39,10 @@ METRICS_VERSION = "metrics-v2"
 
 def _row(name: str, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,
          kl_coef=None) -> dict:  # fmt: skip
-    row = dict(zip(RESULT_COLUMNS, (name, method, strategy, loss, beta, recipe, round, kl_coef)))
-    assert list(row) == list(RESULT_COLUMNS)
-    return row
+    """A model's describing columns of results.csv, in RESULT_COLUMNS order."""
+    values = (name, method, strategy, loss, beta, recipe, round, kl_coef)
+    assert len(values) == len(RESULT_COLUMNS)
+    return dict(zip(RESULT_COLUMNS, values))
 
 
 def sampler_settings(sampling: SamplingConfig) -> dict:

@@ -1,0 +1,7 @@
+"""`python -m prefalign ARGS`: the same as the `prefalign` command."""
+
+import sys
+
+from prefalign.cli import main
+
+sys.exit(main())
