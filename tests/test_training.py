@@ -33,11 +33,14 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
 
 
 def test_bf16_precision_reaches_the_trainer_and_the_override_wins():
+    from prefalign.recipes import RECIPE_PRECISION
     from prefalign.stages.train_dpo import dpo_args
 
     cpu = torch.device("cpu")
+    assert RECIPE_PRECISION == {"seed": "fp32", "default": "auto"}  # the original's fp32 for its recipe
     assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is True
     assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
+    assert dpo_args("default", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
     assert dpo_args("seed", "sigmoid", 0.1, {"bf16": False}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is False
 
 

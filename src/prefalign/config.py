@@ -221,11 +221,12 @@ class TrainConfig(Section):
         "plus `slic_sft_weight` x cross-entropy on the chosen text (SLiC-HF's regularised form); or a "
         "mapping `{types: [...], weights: [...], name: ...}` for a weighted combination.",
     )
-    precision: Literal[PRECISIONS] = Field(
-        "auto",
+    precision: Literal[PRECISIONS] | None = Field(
+        None,
         description="Training arithmetic: `fp32`; `bf16` (autocast with fp32 master weights); `tf32` (fp32 with "
-        "TF32 matrix multiplies, CUDA only); `auto`: bf16 on CUDA GPUs that support it, fp32 elsewhere "
-        "(benchmarks/RESULTS.md compares bf16 with fp32 training seeds). `train.dpo.bf16` / `tf32` override it.",
+        "TF32 matrix multiplies, CUDA only); `auto` (bf16 on CUDA GPUs that support it, fp32 elsewhere). Empty: "
+        "the recipe's (`seed`: fp32, as the original; `default`: auto); benchmarks/RESULTS.md compares bf16 "
+        "with fp32. `train.dpo.bf16` / `tf32` override it.",
     )
     slic_sft_weight: float = Field(
         0.1, ge=0, description="`slic`: weight of the cross-entropy term (TRL's `sft` loss) next to hinge at weight 1."

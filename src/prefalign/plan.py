@@ -104,7 +104,7 @@ class DpoModel:
     overrides: dict[str, Any]  # train.dpo
     seed: int
     slic_sft_weight: float
-    precision: str  # train.precision
+    precision: str | None  # train.precision (None: the recipe's)
     path: Path  # the model directory; train.json in it holds the key
 
     stage = "train"

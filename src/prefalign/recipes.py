@@ -8,8 +8,8 @@
   that kept fluent text in the demo-size probe of ../shared/NOTES.md), no gradient checkpointing
   (these policies are small; recomputation only costs time) and length-grouped batches.
 
-The arithmetic is `train.precision`'s (`precision_settings`), and `train.dpo` overrides any of these per
-config. Plain data, so the config schema can name the
+The arithmetic is `train.precision`'s, else the recipe's (`RECIPE_PRECISION`), and `train.dpo`
+overrides any of these per config. Plain data, so the config schema can name the
 recipes without importing the trainer.
 """
 
@@ -37,6 +37,10 @@ RECIPES: dict[str, dict] = {
 
 RECIPE_NAMES = tuple(RECIPES)
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+# Each recipe's arithmetic when `train.precision` is empty. `seed` keeps the original's fp32: in
+# benchmarks/precision.py (demo models, seed recipe, two training seeds) bf16 autocast moved reward
+# and diversity less than a second fp32 seed did, but KL more, so it is not the seed recipe's default.
+RECIPE_PRECISION = {"seed": "fp32", "default": "auto"}
 
 
 def precision_settings(precision: str, device_type: str, bf16_supported: bool) -> dict:

@@ -31,7 +31,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.plan import DpoModel
-from prefalign.recipes import OWN_SETTINGS, RECIPES, precision_settings
+from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
 from prefalign.store import atomic_path
 
@@ -103,11 +103,12 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
 
 
 def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
-             output_dir: str, loss_weights: list[float] | None = None, precision: str = "auto"):  # fmt: skip
+             output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None):  # fmt: skip
     from trl import DPOConfig
 
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    settings = {**RECIPES[recipe], **precision_settings(precision, device.type, bf16_supported), **overrides}
+    arithmetic = precision_settings(precision or RECIPE_PRECISION[recipe], device.type, bf16_supported)
+    settings = {**RECIPES[recipe], **arithmetic, **overrides}
     own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
@@ -137,7 +138,7 @@ def train_dpo(item: DpoModel, services: Services) -> None:
 def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
               beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
               reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
-              precision: str = "auto") -> dict:  # fmt: skip
+              precision: str | None = None) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
