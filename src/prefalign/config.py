@@ -53,7 +53,7 @@ class RewardConfig(Section):
         "name, never by index, because label order differs between checkpoints.",
     )
     batch_size: int | None = Field(
-        None, gt=0, description="Texts per classifier batch. Empty: sized from available memory."
+        None, gt=0, description="Texts per classifier batch (length-sorted). Empty: 128."
     )
 
 
