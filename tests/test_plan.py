@@ -165,3 +165,12 @@ def test_plan_command_lists_the_demo_models_and_stages(capsys):
     assert all(row[1] == "todo" for row in rows)
     models = [row[4] for row in rows if row[3] == "DpoModel"]
     assert len(models) == 12 and models[0] == "models/random-sigmoid-beta0.1-seed"
+
+
+def test_a_clashing_config_exits_2_before_writing_anything(tmp_path, capsys):
+    from prefalign.cli import main
+
+    root = tmp_path / "run"
+    clash = "train.extra=[{strategy: random, loss: {types: [hinge], name: sigmoid}, beta: 0.1}]"
+    assert main(["run", "demo", "--set", f"run_dir={root}", "--set", clash]) == 2
+    assert "would both write" in capsys.readouterr().err and not root.exists()

@@ -84,6 +84,9 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
     """Bring every item up to stage `until` up to date, in plan order; returns those items."""
     from prefalign.models.loading import pick_device
 
+    # The plan first: a config whose items clash fails before anything is written.
+    original, reward = sources(cfg)
+    items = select(make_plan(cfg, original, reward), until)
     root = cfg.run_path
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "a") as lock:  # "a": opening must not touch the file
@@ -93,8 +96,6 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
             raise RunLocked(f"another prefalign process is running in {root}") from None
         remove_stale(root)
         write_provenance(cfg)
-        original, reward = sources(cfg)
-        items = select(make_plan(cfg, original, reward), until)
         services = Services(pick_device(cfg.device), reward, original, cfg.reward.batch_size)
         start = time.time()
         for item in items:
