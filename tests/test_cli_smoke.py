@@ -88,6 +88,8 @@ def test_second_run_does_no_work(tiny_run):
 def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run):
     root, _ = tiny_run
     before = outputs(root)
+    plan = prefalign("plan", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=3").stdout
+    assert plan.count(" 2/3 ") == 1 + len(MODELS)  # the two runs already done are kept
     prefalign("run", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=3")
     after = outputs(root)
     changed = {p.relative_to(root).as_posix() for p in before if after[p] != before[p]}

@@ -162,7 +162,7 @@ def test_plan_command_lists_the_demo_models_and_stages(capsys):
     assert lines[0].startswith("plan of 'demo': 30 items, 0 up to date")
     rows = [line.split() for line in lines[3:]]
     assert [row[0] for row in rows] == ["sample"] + ["pairs"] * 3 + ["train"] * 12 + ["evaluate"] * 13 + ["report"]
-    assert all(row[1] == "todo" for row in rows)
+    assert all(row[1] == ("0/3" if row[3] == "Evaluation" else "todo") for row in rows)
     models = [row[4] for row in rows if row[3] == "DpoModel"]
     assert len(models) == 12 and models[0] == "models/random-sigmoid-beta0.1-seed"
 

@@ -133,6 +133,9 @@ def plan_table(cfg: Config) -> str:
              f"{'stage':<9} {'state':<5} {'key':<16} {'item':<14} {'output (in the run directory)':<52} what"]  # fmt: skip
     for item, current in zip(items, done):
         output = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
-        lines.append(f"{stage_of(item):<9} {'done' if current else 'todo':<5} {item.key} {type(item).__name__:<14} "
+        state = "done" if current else "todo"
+        if not current and isinstance(item, Evaluation):  # evaluations resume run by run: how many are done
+            state = f"{sum(is_done(meta, key) for meta, key in item.markers())}/{item.runs}"
+        lines.append(f"{stage_of(item):<9} {state:<5} {item.key} {type(item).__name__:<14} "
                      f"{str(output):<52} {describe(item)}")  # fmt: skip
     return "\n".join(lines)
