@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefalign.stages.train_dpo import RECIPES, bos_prompt, train_one
+from prefalign.models.loading import bos_prompt
+from prefalign.stages.train_dpo import RECIPES, train_one
 
 
 def test_prompt_is_the_bos_token_for_gpt2_style_tokenizers(tiny_policy):

@@ -201,11 +201,23 @@ class RlooModel:
 Policy = Union[Original, DpoModel, IterativeRound, RlooModel]
 
 
+class _MetaBeside:
+    """An item with one output file and, beside it, `<name>.meta.json` holding its key (written last)."""
+
+    @property
+    def meta(self) -> Path:
+        """The metadata file beside the output: its key and summary, written last."""
+        return self.path.with_suffix(".meta.json")
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.meta, self.key)]
+
+
 # ---- data --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Samples:
+class Samples(_MetaBeside):
     """`count` texts sampled from `policy` under `seed`, each scored by `reward`."""
 
     policy: Policy
@@ -230,12 +242,9 @@ class Samples:
     def inputs(self) -> tuple:
         return () if isinstance(self.policy, Original) else (self.policy,)
 
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path.with_suffix(".meta.json"), self.key)]
-
 
 @dataclass(frozen=True)
-class Pairs:
+class Pairs(_MetaBeside):
     """`count` chosen/rejected pairs drawn from `samples` by the pair rule `strategy`."""
 
     samples: Samples
@@ -259,9 +268,6 @@ class Pairs:
     @property
     def inputs(self) -> tuple:
         return (self.samples,)
-
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path.with_suffix(".meta.json"), self.key)]
 
 
 @dataclass(frozen=True)
@@ -305,7 +311,7 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class Report:
+class Report(_MetaBeside):
     """results.csv, report.md and the plots, from every evaluation."""
 
     evaluations: tuple[Evaluation, ...]
@@ -323,9 +329,6 @@ class Report:
     @property
     def inputs(self) -> tuple:
         return self.evaluations
-
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path.with_suffix(".meta.json"), self.key)]
 
 
 Item = Union[Samples, Pairs, DpoModel, IterativeRound, RlooModel, Evaluation, Report]

@@ -129,6 +129,16 @@ def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
     return tok
 
 
+def bos_prompt(tokenizer) -> str:
+    """The prompt column: the BOS token, or "" when the tokenizer already prepends BOS itself.
+
+    With an empty prompt TRL 1.16 never scores the first completion token (log-probs are shifted by
+    one), so every completion needs a one-token prompt, and that token is what sampling starts from.
+    """
+    ids = tokenizer("")["input_ids"]
+    return "" if ids and ids[0] == tokenizer.bos_token_id else tokenizer.bos_token
+
+
 def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
                 max_length: int | None = None):
     """The causal LM in eval mode on `device`, and its tokenizer (BOS and pad always set)."""

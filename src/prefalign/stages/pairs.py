@@ -16,9 +16,9 @@ import functools
 import pandas as pd
 
 from prefalign.engine.pair_rules import pairs_frame
+from prefalign.models.loading import bos_prompt
 from prefalign.plan import Pairs
 from prefalign.services import Services
-from prefalign.stages.train_dpo import bos_prompt
 from prefalign.store import write_json, write_parquet
 
 
@@ -35,7 +35,7 @@ def make_pairs(item: Pairs, services: Services) -> None:
     df = pairs_frame(samples, prompt, strategy=item.strategy, count=item.count, seed=item.seed, **item.rule)
     write_parquet(df, item.path)
     gap = df.chosen_reward - df.rejected_reward
-    write_json(item.path.with_suffix(".meta.json"), {
+    write_json(item.meta, {
         "key": item.key, "pairs": len(df), "mean_gap": float(gap.mean()), "min_gap": float(gap.min()),
         "chosen_reward_mean": float(df.chosen_reward.mean()), "chosen_reward_std": float(df.chosen_reward.std()),
         "rejected_reward_mean": float(df.rejected_reward.mean()),

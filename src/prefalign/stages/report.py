@@ -173,11 +173,11 @@ def write_report(item: Report, services: Services) -> None:
         results.to_csv(tmp, index=False)
     summary = summarize(results)
     models = read_json(root / "models.json") or {}
-    samples_meta = read_json(root / "samples.meta.json") or {}
     kl = "kl_seq" in summary.columns
     evaluation_of = {e.model.name: e for e in item.evaluations}
     grid = [e.model for e in item.evaluations if type(e.model) is DpoModel]
     pair_files = list({model.pairs.key: model.pairs for model in grid}.values())
+    samples_meta = read_json(pair_files[0].samples.meta) or {}  # the main samples every grid pair file draws from
 
     md = [f"# prefalign report: {cfg.name}", "",
           f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{root}`. Rewards are the classifier's "
@@ -198,7 +198,7 @@ def write_report(item: Report, services: Services) -> None:
           ""]  # fmt: skip
     for pairs in pair_files:
         strategy = pairs.strategy
-        pmeta = read_json(pairs.path.with_suffix(".meta.json")) or {}
+        pmeta = read_json(pairs.meta) or {}
         rule = ", ".join(f"{k} {v}" for k, v in pairs.rule.items())
         png = Path("plots") / f"rewards-{strategy}.png"
         names = ["original"] + [model.name for model in grid if model.pairs is pairs]
@@ -252,5 +252,5 @@ def write_report(item: Report, services: Services) -> None:
         md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {(h + t).strip()!r}" for r, h, t in list(zip(df.reward, head, df.text))[:3]] + [""]
     md += ["Per-run numbers: [results.csv](results.csv).", ""]
     write_text(item.path, "\n".join(md))
-    write_json(item.path.with_suffix(".meta.json"), {"key": item.key})
+    write_json(item.meta, {"key": item.key})
     services.log(f"report: {item.path}")

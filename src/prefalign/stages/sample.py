@@ -36,7 +36,7 @@ def sample(item: Samples, services: Services) -> None:
                           item.count, sampling, item.seed, services.reward_batch_size, item.path, desc=item.name,
                           prompts=corpus_prompts_for(sampling, policy_tokenizer, item.count, item.seed))  # fmt: skip
     seconds = df.attrs["seconds"]
-    write_json(item.path.with_suffix(".meta.json"), {
+    write_json(item.meta, {
         "key": item.key, "samples": len(df), "seconds": round(seconds, 2),
         "samples_per_second": round(len(df) / seconds, 1), "reward_mean": float(df.reward.mean()),
         "positive_rate": float(df.is_positive.mean()),

@@ -83,16 +83,6 @@ def completion_tokens_only():
         trl_utils._use_triton = original
 
 
-def bos_prompt(tokenizer) -> str:
-    """The prompt column: the BOS token, or "" when the tokenizer already prepends BOS itself.
-
-    With an empty prompt TRL 1.16 never scores the first completion token (log-probs are shifted by
-    one), so every completion needs a one-token prompt, and that token is what sampling starts from.
-    """
-    ids = tokenizer("")["input_ids"]
-    return "" if ids and ids[0] == tokenizer.bos_token_id else tokenizer.bos_token
-
-
 def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], list[float] | None]:
     """(label, TRL loss types, TRL loss weights) of a `train.losses` entry."""
     if entry == "slic":

@@ -186,8 +186,8 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     from transformers import AutoModelForCausalLM
     from trl import RLOOTrainer
 
-    from prefalign.models.loading import from_pretrained, load_tokenizer, resolve
-    from prefalign.stages.train_dpo import bos_prompt, completion_tokens_only
+    from prefalign.models.loading import bos_prompt, from_pretrained, load_tokenizer, resolve
+    from prefalign.stages.train_dpo import completion_tokens_only
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     try:
