@@ -174,3 +174,12 @@ def test_a_clashing_config_exits_2_before_writing_anything(tmp_path, capsys):
     clash = "train.extra=[{strategy: random, loss: {types: [hinge], name: sigmoid}, beta: 0.1}]"
     assert main(["run", "demo", "--set", f"run_dir={root}", "--set", clash]) == 2
     assert "would both write" in capsys.readouterr().err and not root.exists()
+
+
+def test_a_run_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys):
+    from prefalign.cli import main
+
+    in_the_way = tmp_path / "results.txt"
+    in_the_way.write_text("not a directory")
+    assert main(["run", "tiny", "--set", f"run_dir={in_the_way}"]) == 2
+    assert str(in_the_way) in capsys.readouterr().err and in_the_way.read_text() == "not a directory"

@@ -134,7 +134,7 @@ def _main(argv: list[str] | None) -> int:
     from prefalign.engine.pair_rules import PairError
     from prefalign.models.loading import ModelLoadError
     from prefalign.plan import PlanError
-    from prefalign.runner import RunLocked, plan_table, run
+    from prefalign.runner import RunDirError, RunLocked, plan_table, run
     from prefalign.stages.evaluate import EvaluationMissing
 
     try:
@@ -144,6 +144,9 @@ def _main(argv: list[str] | None) -> int:
             run(cfg, until="report" if args.command == "run" else args.command)
     except PlanError as e:
         print(f"prefalign: invalid config: {e}", file=sys.stderr)
+        return 2
+    except RunDirError as e:
+        print(f"prefalign: {e}", file=sys.stderr)
         return 2
     except (ModelLoadError, PairError, RunLocked, EvaluationMissing) as e:
         print(f"prefalign: {e}", file=sys.stderr)

@@ -50,6 +50,10 @@ class RunLocked(Exception):
     """Another prefalign process is working in the same run directory."""
 
 
+class RunDirError(Exception):
+    """The run directory cannot be created (a file is in the way, no permission, ...)."""
+
+
 def is_current(item: Item) -> bool:
     """Whether every output of `item` is on disk with the item's key."""
     return all(is_done(meta, key) for meta, key in item.markers()) and item.path.exists()
@@ -88,7 +92,11 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
     original, reward = sources(cfg)
     items = select(make_plan(cfg, original, reward), until)
     root = cfg.run_path
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"run_dir {str(root)!r} cannot be used as the run directory ({e.strerror}); set "
+                          "`run_dir` to a directory you can write, or remove what is in the way") from None
     with open(root / ".lock", "a") as lock:  # "a": opening must not touch the file
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
