@@ -45,6 +45,18 @@ def test_bf16_precision_reaches_the_trainer_and_the_override_wins():
     assert dpo_args("seed", "sigmoid", 0.1, {"bf16": False}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is False
 
 
+def test_seed_recipe_recomputes_the_reference_each_step_on_cpu_unless_told_otherwise():
+    from prefalign.stages.train_dpo import dpo_args
+
+    cpu = torch.device("cpu")
+    assert RECIPES["seed"]["precompute_ref_log_probs"] == "on_gpu"
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].precompute_ref_log_probs is False
+    override = {"precompute_ref_log_probs": True}
+    assert dpo_args("seed", "sigmoid", 0.1, override, cpu, 0, "/tmp/x")[0].precompute_ref_log_probs is True
+    # The Trainer's per-step NaN filter reads the loss on the host; it is off unless asked for.
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].logging_nan_inf_filter is False
+
+
 @pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
 def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, loss):
     pairs = pd.DataFrame({

@@ -1,8 +1,11 @@
 """The training recipes: named sets of `trl.DPOConfig` settings (plus prefalign's own switches).
 
 - `seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, linear decay,
-  3 epochs, batch 8, max_length 256, reference log-probs recomputed every step; the original ran
-  in fp32, which `train.precision: fp32` restores on a GPU).
+  3 epochs, batch 8, max_length 256; the original ran in fp32, which `train.precision: fp32`
+  restores on a GPU). The reference log-probs, which the original recomputed every step, are
+  computed once before training on a GPU (`"on_gpu"`): the same numbers (the reference is frozen
+  and has no dropout), in large batches, and each step loses a forward pass. On CPU the separate
+  pass costs more than it saves in a one-epoch run, so there they are still computed every step.
 - `default`: TRL's defaults with reference log-probs computed once before training, a learning rate
   that moves a small policy in one epoch without collapsing it into word salad (5e-5: the value
   that kept fluent text in the demo-size probe of ../shared/NOTES.md), no gradient checkpointing
@@ -26,7 +29,7 @@ RECIPES: dict[str, dict] = {
     "seed": dict(
         learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
         per_device_train_batch_size=8, max_length=256, gradient_checkpointing=False,
-        precompute_ref_log_probs=False, completion_only_head=True,
+        precompute_ref_log_probs="on_gpu", precompute_ref_batch_size=64, completion_only_head=True,
     ),
     "default": dict(
         learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=8, max_length=256,

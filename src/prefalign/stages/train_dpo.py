@@ -100,11 +100,15 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     arithmetic = precision_settings(precision or RECIPE_PRECISION[recipe], device.type, bf16_supported)
     settings = {**RECIPES[recipe], **arithmetic, **overrides}
     own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
+    if settings.get("precompute_ref_log_probs") == "on_gpu":
+        settings["precompute_ref_log_probs"] = device.type == "cuda"
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
     settings.update(
         output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed, report_to="none",
         save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
+        # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
+        logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
     )  # fmt: skip
     if loss_weights is not None:
         settings["loss_weights"] = list(loss_weights)
@@ -137,8 +141,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import DPOTrainer
 
+    from prefalign.engine.lean_dpo import LeanDPOTrainer
     from prefalign.models.loading import from_pretrained, load_tokenizer, resolve
 
     path = resolve(policy_ref, "policy")
@@ -167,7 +171,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
         t0 = time.time()
         with completion_tokens_only() if settings.get("completion_only_head") else contextlib.nullcontext():
             # Timed from here: with precomputed reference log-probs the constructor runs the reference pass.
-            trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+            trainer = LeanDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
             # One short line per logging step instead of the Trainer's metric dicts.
             trainer.remove_callback(PrinterCallback)
             trainer.add_callback(_LogLine(log))

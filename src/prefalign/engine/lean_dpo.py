@@ -1,0 +1,124 @@
+"""TRL's DPOTrainer without a host sync per training step: the same loss, metrics kept on the device.
+
+TRL 1.16 turns about 17 metric values into Python floats (`.item()`) in every loss call, and
+selects the SFT loss's tokens with a boolean mask; on a GPU each of those waits for the queued
+kernels to finish, so the CPU cannot run ahead and a small model's step is spent waiting. Here
+the losses that prefalign's recipes use (`sigmoid`, `hinge`, `ipo`, `sft` and weighted sums of
+them, standard reverse-KL DPO) are computed with the same formulas, the metrics stay tensors until
+a logging step turns them into floats all at once, and anything else (other loss types, f-divergences,
+`ld_alpha`, WPO weighting, MoE auxiliary losses, PEFT references) goes to TRL's own code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from trl import DPOTrainer
+
+# The loss types computed here; any other goes through DPOTrainer's own _compute_loss.
+LEAN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "sft"})
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+# The batch keys of text-only pairs; a batch with others (images, ...) goes to TRL's own loss.
+_TEXT_KEYS = {"input_ids", "attention_mask", *_NON_MODEL_KEYS}
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is set, without indexing by the mask (which would sync)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sequence_losses(loss_type: str, beta: float, chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
+                    completion_mask: torch.Tensor, chosen_token_logps: torch.Tensor,
+                    chosen_token_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Per-pair loss (batch,) of one TRL loss type, as DPOTrainer 1.16 computes it for reverse-KL DPO.
+
+    `completion_mask` (2*batch, seq) marks completion tokens, chosen rows first;
+    `chosen_token_logps` / `chosen_token_mask` (batch, seq-1) are the chosen rows' per-token
+    log-probs and their shifted completion mask (for `sft`).
+    """
+    delta = chosen_logratios - rejected_logratios
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * delta)
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * delta)
+    if loss_type == "ipo":
+        # Log-ratios averaged per completion token, then the squared distance to 1 / (2 beta).
+        chosen_mask, rejected_mask = completion_mask.chunk(2, dim=0)
+        chosen_avg = chosen_logratios / chosen_mask.sum(dim=1).clamp(min=1.0)
+        rejected_avg = rejected_logratios / rejected_mask.sum(dim=1).clamp(min=1.0)
+        return (chosen_avg - rejected_avg - 1 / (2 * beta)) ** 2
+    if loss_type == "sft":
+        # Cross-entropy of the chosen completions over all their tokens, one scalar for the batch.
+        return (-_masked_mean(chosen_token_logps, chosen_token_mask)).expand(chosen_logratios.size(0))
+    raise ValueError(f"loss type {loss_type!r} is not one of {sorted(LEAN_LOSS_TYPES)}")
+
+
+class LeanDPOTrainer(DPOTrainer):
+    """DPOTrainer whose training steps queue GPU work without waiting on it (see the module docstring)."""
+
+    def lean(self) -> bool:
+        """Whether this trainer's settings are the ones computed here."""
+        from accelerate.utils import is_peft_model
+
+        return (set(self.loss_types) <= LEAN_LOSS_TYPES and self.f_divergence_type == "reverse_kl"
+                and self.ld_alpha is None and not self.use_weighting and not self.aux_loss_enabled
+                and not is_peft_model(self.model) and (self.precompute_ref_logps or self.ref_model is not None))  # fmt: skip
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if return_outputs or not self.lean() or not set(inputs) <= _TEXT_KEYS:
+            return super()._compute_loss(model, inputs, return_outputs)
+        mode = "train" if self.model.training else "eval"
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        completion_mask = inputs["completion_mask"]  # (2*batch, seq), chosen rows first
+        shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        seq_len = shift_mask.size(1)
+        per_token_logps = outputs.log_probs[:, -seq_len:]  # (2*batch, seq-1), 0 outside completions
+        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model, inputs)
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+
+        chosen_token_logps = per_token_logps.chunk(2, dim=0)[0]
+        chosen_mask, rejected_mask = shift_mask.chunk(2, dim=0)
+        loss = 0.0
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            per_pair = sequence_losses(loss_type, self.beta, chosen_logratios, rejected_logratios, completion_mask,
+                                       chosen_token_logps, chosen_mask)  # fmt: skip
+            loss = loss + per_pair.mean() * weight
+
+        # Metrics as TRL names them, left on the device until `log` (num_tokens, a running count, is not kept).
+        gather = self.accelerator.gather_for_metrics
+        chosen_rewards = self.beta * chosen_logratios.detach()
+        rejected_rewards = self.beta * rejected_logratios.detach()
+        chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].chunk(2, dim=0)
+        chosen_is_top1 = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)[0]
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(_masked_mean(gather(outputs.entropy[:, -seq_len:].detach()), gather(shift_mask)))
+        metrics["logits/chosen"].append(_masked_mean(gather(chosen_mean_logits.detach()), gather(chosen_mask)))
+        metrics["logits/rejected"].append(_masked_mean(gather(rejected_mean_logits.detach()), gather(rejected_mask)))
+        metrics["mean_token_accuracy"].append(_masked_mean(gather(chosen_is_top1.float()), gather(chosen_mask)))
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean())
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The one host sync per logging step: every metric tensor since the last log, copied at once.
+        pending = [(values, key) for values in self._metrics.values() for key, entries in values.items()
+                   if any(torch.is_tensor(v) for v in entries)]  # fmt: skip
+        if pending:
+            device = self.accelerator.device
+            flat = [torch.as_tensor(v, dtype=torch.float32, device=device) for values, key in pending for v in values[key]]
+            copied = iter(torch.stack(flat).cpu().tolist())
+            for values, key in pending:
+                values[key] = [next(copied) for _ in values[key]]
+        super().log(logs, start_time)

@@ -1,0 +1,97 @@
+"""The lean DPO trainer computes TRL's losses, gradients and metrics, with far fewer host syncs."""
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+from prefalign.engine.lean_dpo import LeanDPOTrainer
+
+TEXTS = ["The film was superb and I loved it.", "Awful.", "A long, slow and very dull story about nothing.", "Fine."]
+
+
+def _trainer(tiny_dir, tmp_path, loss_types, loss_weights=None, precompute=False):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "policy")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(8)],
+                          "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(8)]})  # fmt: skip
+    args = DPOConfig(output_dir=str(tmp_path), loss_type=loss_types, loss_weights=loss_weights, beta=0.5, use_cpu=True,
+                     per_device_train_batch_size=4, precompute_ref_log_probs=precompute, report_to="none")  # fmt: skip
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    trainer = LeanDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_pandas(pairs),
+                             processing_class=tokenizer)  # fmt: skip
+    # Move the policy away from the reference, so log-ratios (and every loss term) are non-trivial.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.02)
+    return trainer, next(iter(trainer.get_train_dataloader()))
+
+
+@pytest.mark.parametrize(
+    "loss_types,loss_weights,precompute",
+    [(["sigmoid"], None, False), (["hinge"], None, True), (["ipo"], None, False), (["hinge", "sft"], [1.0, 0.1], False),
+     (["sigmoid", "ipo"], [0.7, 0.3], True)],
+)  # fmt: skip
+def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_types, loss_weights, precompute):
+    from trl import DPOTrainer
+
+    trainer, batch = _trainer(tiny_dir, tmp_path, loss_types, loss_weights, precompute)
+    assert trainer.lean()
+    results = []
+    for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss):
+        trainer.model.zero_grad()
+        loss = compute(trainer, trainer.model, batch, False)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+        metrics = {k: float(torch.as_tensor(v[-1])) for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+        trainer._metrics["train"].clear()
+        results.append((loss.detach(), grads, metrics))
+    (stock_loss, stock_grads, stock_metrics), (lean_loss, lean_grads, lean_metrics) = results
+    assert stock_loss.item() != 0
+    torch.testing.assert_close(lean_loss, stock_loss)
+    for name in stock_grads:
+        torch.testing.assert_close(lean_grads[name], stock_grads[name], rtol=1e-4, atol=1e-7)
+    assert lean_metrics.keys() == stock_metrics.keys()
+    for key in stock_metrics:
+        assert lean_metrics[key] == pytest.approx(stock_metrics[key], rel=1e-4, abs=1e-6), key
+
+
+def test_other_settings_go_to_trls_own_loss(tiny_dir, tmp_path):
+    trainer, _ = _trainer(tiny_dir, tmp_path, ["bco_pair"])
+    assert not trainer.lean()
+
+
+def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(tiny_dir, tmp_path, monkeypatch):
+    """Count the tensor-to-Python conversions of a 12-step run: TRL's loss alone makes ~17 per step."""
+    from prefalign.stages.train_dpo import train_one
+
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(96)],
+                          "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(96)]})  # fmt: skip
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    calls = {"n": 0}
+    for method in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, **kwargs):
+            calls["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    steps, logging_steps = 12, 6
+
+    def run(overrides):
+        calls["n"] = 0
+        info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "m", "seed", "sigmoid",
+                         0.1, {"max_steps": steps, "logging_steps": logging_steps, **overrides}, torch.device("cpu"), 0,
+                         log=lambda m: None)  # fmt: skip
+        assert sum("loss" in h for h in info["log_history"]) == steps // logging_steps
+        return calls["n"]
+
+    lean = run({})
+    # Per forward pass transformers itself checks the attention mask for padding twice (2 forwards a step on CPU).
+    assert lean <= 4 * steps + 6 * (steps // logging_steps) + 4, lean
