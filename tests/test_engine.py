@@ -93,3 +93,26 @@ def test_fast_engine_matches_hf_distribution(tiny_policy):
         n = np.concatenate([c["n_tokens"] for c in generate(policy, tok, 600, cfg, 11)])
         stats[engine] = n.mean()
     assert abs(stats["fast"] - stats["hf"]) < 1.0, stats
+
+
+def test_decoding_that_drops_finished_rows_late_writes_only_eos_after_the_first(tiny_policy):
+    """The GPU setting (finished rows leave the batch every few steps) gives the same kind of texts."""
+    from prefalign.engine.decoding import _fast_batch
+
+    policy, tok = tiny_policy
+    eos = tok.eos_token_id
+    prompt = torch.full((400, 1), tok.bos_token_id)
+    lengths, stopped = {}, {}
+    for every in (1, 8):
+        torch.manual_seed(0)
+        tokens = _fast_batch(policy, prompt, eos, SamplingConfig(max_length=24), drop_every=every)
+        is_eos = tokens == eos
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), tokens.shape[1])
+        after_first = torch.arange(tokens.shape[1])[None, :] >= first[:, None]
+        assert (tokens[after_first] == eos).all()
+        lengths[every], stopped[every] = first.float().mean().item(), is_eos.any(1).float().mean().item()
+        assert first.unique().numel() > 5  # rows do finish at different steps here
+    assert abs(lengths[1] - lengths[8]) < 1.5 and abs(stopped[1] - stopped[8]) < 0.1, (lengths, stopped)
+    greedy = SamplingConfig(max_length=24, top_k=1)
+    runs = [_fast_batch(policy, prompt[:8], eos, greedy, drop_every=every) for every in (1, 8)]
+    assert torch.equal(runs[0], runs[1])

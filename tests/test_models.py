@@ -46,3 +46,25 @@ def test_policy_too_short_for_max_length_is_refused(tiny_dir):
     # The tiny policy has 128 positions; 128 sampled tokens + the EOS TRL appends cannot fit.
     with pytest.raises(ModelLoadError, match="lower sampling.max_length to at most 127"):
         load_policy(str(tiny_dir / "policy"), None, torch.device("cpu"), max_length=128)
+
+
+def test_fused_gelu_gives_gpt2_the_same_outputs_and_gradients(tiny_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from prefalign.models.loading import from_pretrained
+
+    stock = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
+    fused = from_pretrained(AutoModelForCausalLM, str(tiny_dir / "policy"), "policy", None, dtype=torch.float32)
+    assert any(isinstance(m, NewGELUActivation) for m in stock.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert sum(isinstance(m, GELUTanh) for m in fused.modules()) == stock.config.n_layer
+    ids = torch.randint(0, stock.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
+    outputs = [model(input_ids=ids, labels=ids) for model in (stock, fused)]
+    torch.testing.assert_close(outputs[1].logits, outputs[0].logits, rtol=1e-5, atol=1e-5)
+    for out in outputs:
+        out.loss.backward()
+    for (name, p), q in zip(stock.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert fused.config.activation_function == stock.config.activation_function  # what save_pretrained writes

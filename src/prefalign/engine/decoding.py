@@ -31,6 +31,10 @@ from prefalign.engine.scoring import score_texts
 from prefalign.store import atomic_path
 
 
+# On a GPU, finished rows leave the decode batch every this many steps (one host sync each time).
+_DROP_EVERY = 8
+
+
 def auto_batch_size(model, max_length: int, device: torch.device) -> int:
     """Sequences per generate() call: bounded by memory for the KV cache and logits."""
     cfg = model.config
@@ -51,16 +55,20 @@ def _batch_seed(seed: int, batch: int) -> int:
     return (seed * 1_000_003 + batch * 7919) % (2**63 - 1)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(candidate ids, their logits) after top-k then top-p filtering, like HF's warpers in that order.
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float,
+                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(candidate ids, their fp32 logits / temperature) after top-k then top-p filtering, like HF's
+    warpers (temperature, top-k, top-p) in that order.
 
     Taking the k best first means the nucleus is computed over k candidates instead of sorting the
-    whole vocabulary, which is most of the per-step cost for a 50k vocabulary on CPU.
+    whole vocabulary, which is most of the per-step cost for a 50k vocabulary on CPU, and only the
+    k survivors are converted to fp32.
     """
     if top_k and top_k < logits.shape[-1]:
         values, ids = logits.topk(top_k, dim=-1)  # sorted, descending
     else:
         values, ids = logits.sort(dim=-1, descending=True)
+    values = values.float() / temperature
     if top_p < 1.0:
         probs = values.softmax(-1)
         # Drop a candidate when the mass strictly before it already reaches top_p (the best always stays).
@@ -70,32 +78,45 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[
     return ids, values
 
 
-def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling) -> torch.Tensor:
-    """Continue each row of `prompt` (equal lengths) with the KV cache, dropping rows as they hit EOS."""
+def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int | None = None) -> torch.Tensor:
+    """Continue each row of `prompt` (equal lengths) with the KV cache, dropping rows as they hit EOS.
+
+    Rows that have written EOS are dropped from the batch, so later steps only pay for sequences
+    still being written. Finding them is a host sync, which on a GPU stalls the queue of kernels: there
+    they are dropped every `drop_every` steps (default: 1 on CPU, `_DROP_EVERY` elsewhere), and in
+    between a finished row keeps writing EOS.
+    """
     from transformers import DynamicCache
 
     size, device = prompt.shape[0], prompt.device
     steps = sampling.max_length - prompt.shape[1]
+    drop_every = drop_every or (1 if device.type == "cpu" else _DROP_EVERY)
     tokens = torch.full((size, steps), eos, dtype=torch.long, device=device)
-    alive = torch.arange(size, device=device)
+    alive = torch.arange(size, device=device)  # batch row -> row of `tokens`
+    finished = torch.zeros(size, dtype=torch.bool, device=device)  # per batch row: EOS written
     cache = DynamicCache(config=model.config)
     step_input = prompt
+    parameters = inspect.signature(model.forward).parameters
     # transformers 5 renamed `past_key_values` to `cache`; accept models on either side of the rename.
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_arg = "cache" if "cache" in parameters else "past_key_values"
+    # Only the last position's logits are needed: the LM head then skips the prompt's positions.
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     for t in range(steps):
-        logits = model(input_ids=step_input, use_cache=True, **{cache_arg: cache}).logits[:, -1, :].float()
-        ids, values = filter_top_k_top_p(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+        logits = model(input_ids=step_input, use_cache=True, **{cache_arg: cache}, **last_only).logits[:, -1, :]
+        # Top-k in the model's dtype, then fp32 for the k survivors only (dividing by a positive
+        # temperature keeps the order, so it can wait until after the top-k).
+        ids, values = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p, sampling.temperature)
         choice = torch.multinomial(values.softmax(-1), 1)
-        nxt = ids.gather(1, choice).squeeze(1)
+        nxt = ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
         tokens[alive, t] = nxt
-        running = nxt != eos
-        if not bool(running.all()):
-            # Finished rows leave the batch: later steps only pay for sequences still being written.
-            keep = running.nonzero().squeeze(1)
+        finished |= nxt == eos
+        if (t + 1) % drop_every == 0:
+            keep = (~finished).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            alive, nxt = alive[keep], nxt[keep]
-            cache.batch_select_indices(keep)
+            if keep.numel() < len(alive):
+                alive, nxt, finished = alive[keep], nxt[keep], finished[keep]
+                cache.batch_select_indices(keep)
         step_input = nxt[:, None]
     return tokens
 
@@ -115,25 +136,33 @@ def completion_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor, e
     log p(token | prefix), and how many tokens that is.
 
     The model's full distribution: log-softmax of its logits, no temperature, top-k or top-p. Rows
-    are scored in slices whose logits stay small (~64 MB on CPU, where memory is the laptop's; ~1 GB
-    on a GPU, where larger slices keep it busy); log p is the target's logit minus the logsumexp.
+    are scored in slices whose logits stay small (~64 MB on CPU, where memory is the laptop's; a
+    fifth of the free memory on a GPU, where larger slices keep it busy); log p is the target's
+    logit minus the logsumexp.
     """
     ids = torch.cat([prompt, completion], 1)
     p, steps = prompt.shape[1], completion.shape[1]
     is_eos = completion == eos
     first = torch.where(is_eos.any(1), is_eos.int().argmax(1), steps)
     scored = torch.arange(steps, device=ids.device)[None, :] <= first[:, None]
-    budget = 2.5e8 if ids.device.type == "cuda" else 1.6e7  # logits elements per slice
+    if ids.device.type == "cuda":
+        # A fifth of the free memory for the model's logits and their fp32 copy (2 + 4 bytes each
+        # in bf16): the larger the slice, the fewer small forward passes.
+        budget, max_rows = 0.2 * torch.cuda.mem_get_info(ids.device)[0] / 6, 1024
+    else:
+        budget, max_rows = 1.6e7, 256  # logits elements per slice: ~64 MB
     # Rows sorted by length and each slice cut after its longest completion: most texts stop far
     # before max_length, and the tokens after EOS would only cost vocabulary-wide logits.
-    order = torch.argsort(first)
+    first_cpu = first.cpu()  # one copy: the slice widths below are read on the host
+    order_cpu = torch.argsort(first_cpu)
+    order = order_cpu.to(ids.device)
     total = torch.zeros(ids.shape[0], device=ids.device)
     i = 0
     while i < len(order):
-        width = min(steps, int(first[order[min(i + 255, len(order) - 1)]]) + 1)  # at most the slice's longest
-        rows = max(1, min(256, int(budget // ((p + width) * model.config.vocab_size))))
+        width = min(steps, int(first_cpu[order_cpu[min(i + max_rows - 1, len(order) - 1)]]) + 1)  # at most the longest
+        rows = max(1, min(max_rows, int(budget // ((p + width) * model.config.vocab_size))))
         idx = order[i : i + rows]
-        width = min(steps, int(first[idx].max()) + 1)
+        width = min(steps, int(first_cpu[order_cpu[i : i + rows]].max()) + 1)
         logits = model(input_ids=ids[idx, : p + width - 1]).logits[:, p - 1 :].float()
         target = completion[idx, :width, None]
         lp = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, -1)

@@ -95,7 +95,8 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
     if not is_local:
         _go_offline_if_hub_unreachable()
     try:
-        return loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
+        loaded = loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
+        return fuse_activations(loaded) if isinstance(loaded, torch.nn.Module) else loaded
     except (OSError, ValueError) as e:
         if is_local:
             raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {e}") from None
@@ -112,6 +113,23 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
             f"{'policy' if role == 'policy' else 'reward'}.model=DIR`), or use the offline demo models.\n"
             f"  Cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from None
+
+
+def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap GPT-2's tanh-approximate GELU, written as ~8 elementwise tensor ops (`gelu_new`, `gelu_fast`),
+    for torch's one-kernel version of the same formula (transformers' `GELUTanh`).
+
+    On a GPU every elementwise op is a kernel launch and a trip through memory, in each layer of every
+    forward and backward. The outputs agree to float rounding; the weights and the saved config are
+    unchanged. Returns the model.
+    """
+    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) in (NewGELUActivation, FastGELUActivation):
+                setattr(module, name, GELUTanh())
+    return model
 
 
 def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
