@@ -10,11 +10,13 @@ process, alternating, `--reps` times; the median wall time of each is reported w
     python benchmarks/bench_engine.py sample --models demo --n 2000 --reps 3
     python benchmarks/bench_engine.py sample --models gpt2-small --n 200 --reps 3
     python benchmarks/bench_engine.py train --models demo --pairs 1024 --reps 3
+    python benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 200
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -25,11 +27,11 @@ from pathlib import Path
 import torch
 
 
-def load_models(which: str):
-    """(policy, policy tokenizer, classifier, classifier tokenizer, positive index, policy dir)."""
+def load_models(which: str, device: torch.device | None = None):
+    """(policy, policy tokenizer, classifier, classifier tokenizer, positive index, policy dir), in fp32 on `device`."""
     from prefalign.models.loading import load_classifier, load_policy, positive_class_index
 
-    cpu = torch.device("cpu")
+    cpu = device or torch.device("cpu")
     if which in ("demo", "tiny"):
         from prefalign.models.builtin import SPECS, build
 
@@ -79,13 +81,13 @@ def build_base_sized(root: Path) -> tuple[str, str]:
 
 def baseline(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int) -> list[float]:
     """The original experiment's loop, as described in ../shared/NOTES.md."""
-    bos = torch.tensor([[policy_tokenizer.bos_token_id]])
+    bos = torch.tensor([[policy_tokenizer.bos_token_id]], device=policy.device)
     rewards: list[float] = []
     while len(rewards) < n:
         out = policy.generate(bos, do_sample=True, max_length=64, top_k=50, top_p=0.85, num_return_sequences=100,
                               pad_token_id=policy_tokenizer.eos_token_id)  # fmt: skip
         texts = policy_tokenizer.batch_decode(out, skip_special_tokens=True)
-        enc = classifier_tokenizer(texts, padding=True, return_tensors="pt")
+        enc = classifier_tokenizer(texts, padding=True, return_tensors="pt").to(classifier.device)
         logits = classifier(**enc).logits  # no no_grad, as in the original
         rewards.extend(logits[:, positive_index].tolist())
     return rewards[:n]
@@ -101,21 +103,101 @@ def engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_
 
 
 def bench_sample(args) -> None:
-    policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models)
-    # warm-up (allocator, lazy imports)
-    engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, min(args.n, 100))
-    times: dict[str, list[float]] = {"baseline": [], "engine": []}
+    """The original loop and the engine on the same fp32 models; on a GPU also the engine in bf16, the
+    dtype the pipeline samples in there (`models.loading.inference_dtype`)."""
+    from prefalign.models.loading import inference_dtype, pick_device
+
+    device = pick_device(args.device)
+    policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models, device)
+    sides = {"baseline": (baseline, policy, classifier), "engine": (engine, policy, classifier)}
+    if inference_dtype(device) != torch.float32:
+        dtype = inference_dtype(device)
+        sides[f"engine {str(dtype).split('.')[-1]}"] = (engine, *(copy.deepcopy(m).to(dtype) for m in (policy, classifier)))
+    for fn, p, c in sides.values():  # warm-up (allocator, lazy imports, kernels)
+        fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, min(args.n, 200))
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.reps):
-        for name, fn in (("baseline", baseline), ("engine", engine)):
+        for name, (fn, p, c) in sides.items():
+            _sync(device)
             t0 = time.perf_counter()
-            fn(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, args.n)
+            fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, args.n)
+            _sync(device)
             times[name].append(time.perf_counter() - t0)
             print(f"rep {rep} {name}: {times[name][-1]:.1f}s ({args.n / times[name][-1]:.1f} samples/s)", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{machine()}\nmodels={args.models} N={args.n} reps={args.reps}")
-    print(f"baseline median {med['baseline']:.1f}s ({args.n / med['baseline']:.1f} samples/s)")
-    print(f"engine   median {med['engine']:.1f}s ({args.n / med['engine']:.1f} samples/s)")
-    print(f"ratio (baseline / engine): {med['baseline'] / med['engine']:.2f}x")
+    print(f"\n{machine(device)}\nmodels={args.models} N={args.n} reps={args.reps}")
+    for name, seconds in med.items():
+        ratio = f", {med['baseline'] / seconds:.2f}x the baseline" if name != "baseline" else ""
+        print(f"{name:12s} median {seconds:.2f}s ({args.n / seconds:.1f} samples/s{ratio})")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_steps(args) -> None:
+    """Milliseconds per training step of the `seed` recipe (batch 8, RMSprop, sigmoid, beta 0.1) in the
+    trainer variants that led to today's path: stock TRL as the pipeline ran it at a9ca438 (reference
+    forward every step, the NaN filter's per-step sync, GPT-2's unfused GELU, fp32) and the lean
+    trainer in fp32, TF32 and bf16 autocast. Pairs are couples of the policy's own samples (63 tokens
+    for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
+    """
+    import numpy as np
+    import pandas as pd
+    from transformers import TrainerCallback
+    from trl import DPOTrainer
+
+    import prefalign.engine.lean_dpo as lean_dpo
+    import prefalign.models.loading as loading
+    from prefalign.config import SamplingConfig
+    from prefalign.engine.decoding import generate
+    from prefalign.stages.train_dpo import train_one
+
+    device = loading.pick_device(args.device)
+    policy, policy_tokenizer, *_, policy_dir = load_models(args.models, device)
+    pairs_needed = 8 * args.steps
+    chunks = generate(policy, policy_tokenizer, 2 * pairs_needed, SamplingConfig(), 0)
+    texts = [t for chunk in chunks for t in chunk["text"]]
+    del policy
+    order = np.random.default_rng(0).permutation(len(texts))
+    pairs = pd.DataFrame({"prompt": policy_tokenizer.bos_token, "chosen": [texts[i] for i in order[:pairs_needed]],
+                          "rejected": [texts[i] for i in order[pairs_needed:]]})  # fmt: skip
+    stock = {"precompute_ref_log_probs": False, "logging_nan_inf_filter": True}
+    variants = {"stock-fp32": (True, "fp32"), "lean-fp32": (False, "fp32"), "lean-tf32": (False, "tf32"),
+                "lean-bf16": (False, "bf16")}  # fmt: skip
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, train_args, state, control, **kwargs):
+            if state.global_step in (args.warm, args.steps):
+                _sync(device)
+                setattr(self, "start" if state.global_step == args.warm else "end", time.perf_counter())
+
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        pairs.to_parquet(Path(d) / "pairs.parquet")
+        for name in args.variants.split(","):
+            is_stock, precision = variants[name]
+            saved = lean_dpo.LeanDPOTrainer, loading.fuse_activations
+            if is_stock:
+                lean_dpo.LeanDPOTrainer, loading.fuse_activations = DPOTrainer, lambda model: model
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            timer = StepTimer()
+            try:
+                train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", "seed", "sigmoid", 0.1,
+                          {"max_steps": args.steps, "logging_steps": 50, **(stock if is_stock else {})}, device, 0,
+                          log=lambda m: None, precision=precision, callbacks=[timer])  # fmt: skip
+            finally:
+                lean_dpo.LeanDPOTrainer, loading.fuse_activations = saved
+            ms = 1000 * (timer.end - timer.start) / (args.steps - args.warm)
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+            results[name] = ms
+            print(f"{name:11s} {ms:6.1f} ms/step, {8000 / ms:6.0f} pairs/s, peak {peak:.1f} GiB", flush=True)
+    print(f"\n{machine(device)}\nmodels={args.models} seed recipe, batch 8, steps {args.warm}..{args.steps} timed")
+    if "stock-fp32" in results:
+        for name, ms in results.items():
+            print(f"{name:11s} {results['stock-fp32'] / ms:.2f}x stock")
 
 
 def bench_train(args) -> None:
@@ -162,8 +244,10 @@ def bench_train(args) -> None:
     print(f"ratio (default / seed pairs/s): {base / new:.2f}x")
 
 
-def machine() -> str:
-    return f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
+def machine(device: torch.device | None = None) -> str:
+    card = f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""
+    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores{card}, torch {torch.__version__}, "
+            f"threads {torch.get_num_threads()}")  # fmt: skip
 
 
 def main() -> None:
@@ -173,6 +257,13 @@ def main() -> None:
     p.add_argument("--models", default="demo")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p = sub.add_parser("steps")
+    p.add_argument("--models", default="demo")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warm", type=int, default=20)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--variants", default="stock-fp32,lean-fp32,lean-tf32,lean-bf16")
     p = sub.add_parser("train")
     p.add_argument("--models", default="demo")
     p.add_argument("--pairs", type=int, default=1024)
@@ -181,7 +272,7 @@ def main() -> None:
     from prefalign.cli import _quiet_libraries
 
     _quiet_libraries()
-    bench_sample(args) if args.what == "sample" else bench_train(args)
+    {"sample": bench_sample, "steps": bench_steps, "train": bench_train}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "prefalign-gpu"))
     parser.add_argument("--models", default=None, help="dir with policy/ and reward/ (default: build base-sized)")
+    parser.add_argument("--precision", default=None, help="train.precision (default: the seed recipe's)")
     args = parser.parse_args()
 
     from prefalign.cli import _quiet_libraries
@@ -57,13 +58,14 @@ def main() -> None:
         f"run_dir={work / f'run-{f:g}'}", f"device={args.device}", f"policy.model={policy_dir}",
         f"reward.model={reward_dir}", "pairs.strategies=[random]", f"pairs.count={max(1, int(20000 * f))}",
         f"evaluate.runs={eval_runs}",
-    ]  # fmt: skip
+    ] + ([f"train.precision={args.precision}"] if args.precision else [])  # fmt: skip
     cfg = load_config("imdb", overrides)
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     root = cfg.run_path
-    print(f"device: {name}; fraction {f:g}; run dir {root}", flush=True)
+    print(f"device: {name}; fraction {f:g}; train.precision {cfg.train.precision or 'recipe default'}; run dir {root}",
+          flush=True)  # fmt: skip
     timings = {}
     t_all = time.time()
     for stage in STAGE_NAMES:

@@ -132,12 +132,13 @@ def train_dpo(item: DpoModel, services: Services) -> None:
 def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
               beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
               reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
-              precision: str | None = None) -> dict:  # fmt: skip
+              precision: str | None = None, callbacks: list | None = None) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
     model when it is not the starting policy (iterative rounds start from the previous round but
-    keep the original); by default a frozen copy of the starting weights.
+    keep the original); by default a frozen copy of the starting weights. `callbacks`: extra
+    transformers TrainerCallbacks (benchmarks time the steps with one).
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -175,6 +176,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             # One short line per logging step instead of the Trainer's metric dicts.
             trainer.remove_callback(PrinterCallback)
             trainer.add_callback(_LogLine(log))
+            for callback in callbacks or []:
+                trainer.add_callback(callback)
             result = trainer.train()
         seconds = time.time() - t0
         info = {
