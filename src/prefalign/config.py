@@ -242,6 +242,13 @@ class TrainConfig(Section):
         + ".",
     )
     seed: int = Field(0, ge=0, description="Training seed (data order, dropout).")
+    side_by_side: int = Field(
+        1,
+        ge=1,
+        description="How many grid models train at once, each in its own process on the same device: on a GPU "
+        "that one small model's steps leave partly idle, N processes keep it busier (results are the same; "
+        "benchmarks/RESULTS.md has the timings). 1: one after another. Iterative rounds always run in order.",
+    )
 
     extra: list[ExtraPoint] = Field(
         default_factory=list,

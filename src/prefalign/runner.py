@@ -6,7 +6,9 @@ Order of a run, and why:
 2. remove temporary outputs of killed runs (safe only under the lock);
 3. write the provenance (config.yaml, models.json) beside the outputs it describes;
 4. for each item of the plan up to the stage asked for, in plan order (inputs first): skip it when
-   its outputs hold its key, else call `STAGES[type(item)](item, services)`.
+   its outputs hold its key, else call `STAGES[type(item)](item, services)`. With
+   `train.side_by_side: N`, reaching the first grid model to train starts every grid model whose
+   pairs are ready, N at a time in worker processes; the loop then finds them done.
 
     prefalign run CONFIG         # every item
     prefalign train CONFIG       # items up to the train stage
@@ -16,7 +18,10 @@ Order of a run, and why:
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -107,12 +112,45 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
         services = Services(pick_device(cfg.device), reward, original, cfg.reward.batch_size)
         start = time.time()
         for item in items:
+            if type(item) is DpoModel and cfg.train.side_by_side > 1 and not is_current(item):
+                ready = [m for m in items if type(m) is DpoModel and not is_current(m) and is_current(m.pairs)]
+                train_side_by_side(ready, services, cfg.train.side_by_side)
             if is_current(item):
                 log(f"{item.name}: up to date")
                 continue
             STAGES[type(item)](item, services)
         log(f"{until}: finished in {time.time() - start:.1f}s; outputs in {root}")
     return items
+
+
+def train_side_by_side(models: list[DpoModel], services: Services, workers: int) -> None:
+    """Train `models`, `workers` at a time, each in a fresh process on the run's device.
+
+    Each worker loads its own models and writes its outputs atomically, exactly as a serial run
+    would; the first failure is raised here once the running ones finish (Ctrl-C stops them all:
+    they share the terminal's process group).
+    """
+    workers = min(workers, len(models))
+    services.log(f"train {len(models)} models side by side, {workers} at a time on {services.device}")
+    # CPU threads shared out between workers, so they do not oversubscribe the cores.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_in_worker, model, services.device.type, services.device.index, threads)
+                   for model in models]  # fmt: skip
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the running ones finish; the waiting ones never start
+            raise
+
+
+def _train_in_worker(model: DpoModel, device_type: str, device_index: int | None, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    train_dpo(model, Services(device, reward=None, original=None))
 
 
 def describe(item: Item) -> str:
