@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "prefalign-gpu"))
     parser.add_argument("--models", default=None, help="dir with policy/ and reward/ (default: build base-sized)")
     parser.add_argument("--precision", default=None, help="train.precision (default: the seed recipe's)")
+    parser.add_argument("--side-by-side", type=int, default=1, help="train.side_by_side: grid models trained at once")
     args = parser.parse_args()
 
     from prefalign.cli import _quiet_libraries
@@ -58,14 +59,15 @@ def main() -> None:
         f"run_dir={work / f'run-{f:g}'}", f"device={args.device}", f"policy.model={policy_dir}",
         f"reward.model={reward_dir}", "pairs.strategies=[random]", f"pairs.count={max(1, int(20000 * f))}",
         f"evaluate.runs={eval_runs}",
+        f"train.side_by_side={args.side_by_side}",
     ] + ([f"train.precision={args.precision}"] if args.precision else [])  # fmt: skip
     cfg = load_config("imdb", overrides)
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     root = cfg.run_path
-    print(f"device: {name}; fraction {f:g}; train.precision {cfg.train.precision or 'recipe default'}; run dir {root}",
-          flush=True)  # fmt: skip
+    print(f"device: {name}; fraction {f:g}; train.precision {cfg.train.precision or 'recipe default'}; "
+          f"train.side_by_side {cfg.train.side_by_side}; run dir {root}", flush=True)  # fmt: skip
     timings = {}
     t_all = time.time()
     for stage in STAGE_NAMES:
@@ -74,8 +76,10 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
         items = run(cfg, until=stage)
+        # Side-by-side workers are other processes: this process's peak does not cover them.
+        measured = cuda and not (stage == "train" and args.side_by_side > 1)
         timings[stage] = {"seconds": round(time.time() - t0, 1),
-                          "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}  # fmt: skip
+                          "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if measured else None}  # fmt: skip
     total = time.time() - t_all
 
     samples = json.loads((root / "samples.meta.json").read_text())
