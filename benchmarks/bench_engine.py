@@ -140,7 +140,7 @@ def bench_steps(args) -> None:
     """Milliseconds per training step of the `seed` recipe (batch 8, RMSprop, sigmoid, beta 0.1) in the
     trainer variants that led to today's path: stock TRL as the pipeline ran it at a9ca438 (reference
     forward every step, the NaN filter's per-step sync, GPT-2's unfused GELU, fp32) and the lean
-    trainer in fp32, TF32 and bf16 autocast. Pairs are couples of the policy's own samples (63 tokens
+    trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward. Pairs are couples of the policy's own samples (63 tokens
     for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
     """
     import numpy as np
@@ -164,8 +164,10 @@ def bench_steps(args) -> None:
     pairs = pd.DataFrame({"prompt": policy_tokenizer.bos_token, "chosen": [texts[i] for i in order[:pairs_needed]],
                           "rejected": [texts[i] for i in order[pairs_needed:]]})  # fmt: skip
     stock = {"precompute_ref_log_probs": False, "logging_nan_inf_filter": True}
-    variants = {"stock-fp32": (True, "fp32"), "lean-fp32": (False, "fp32"), "lean-tf32": (False, "tf32"),
-                "lean-bf16": (False, "bf16")}  # fmt: skip
+    # name: (stock TRL?, precision, the lean trainer's sync_free setting)
+    variants = {"stock-fp32": (True, "fp32", "never"), "lean-fp32": (False, "fp32", "gpu"),
+                "lean-tf32": (False, "tf32", "gpu"), "lean-bf16": (False, "bf16", "gpu"),
+                "lean-tf32-syncs": (False, "tf32", "never"), "lean-bf16-syncs": (False, "bf16", "never")}  # fmt: skip
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, train_args, state, control, **kwargs):
@@ -177,8 +179,9 @@ def bench_steps(args) -> None:
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
         for name in args.variants.split(","):
-            is_stock, precision = variants[name]
-            saved = lean_dpo.LeanDPOTrainer, loading.fuse_activations
+            is_stock, precision, sync_free = variants[name]
+            saved = lean_dpo.LeanDPOTrainer, loading.fuse_activations, lean_dpo.LeanDPOTrainer.sync_free
+            lean_dpo.LeanDPOTrainer.sync_free = sync_free
             if is_stock:
                 lean_dpo.LeanDPOTrainer, loading.fuse_activations = DPOTrainer, lambda model: model
             if device.type == "cuda":
@@ -189,7 +192,8 @@ def bench_steps(args) -> None:
                           {"max_steps": args.steps, "logging_steps": 50, **(stock if is_stock else {})}, device, 0,
                           log=lambda m: None, precision=precision, callbacks=[timer])  # fmt: skip
             finally:
-                lean_dpo.LeanDPOTrainer, loading.fuse_activations = saved
+                lean_dpo.LeanDPOTrainer, loading.fuse_activations, sync_free = saved
+                lean_dpo.LeanDPOTrainer.sync_free = sync_free
             ms = 1000 * (timer.end - timer.start) / (args.steps - args.warm)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             results[name] = ms

@@ -33,15 +33,20 @@ def _trainer(tiny_dir, tmp_path, loss_types, loss_weights=None, precompute=False
 
 
 @pytest.mark.parametrize(
-    "loss_types,loss_weights,precompute",
-    [(["sigmoid"], None, False), (["hinge"], None, True), (["ipo"], None, False), (["hinge", "sft"], [1.0, 0.1], False),
-     (["sigmoid", "ipo"], [0.7, 0.3], True)],
+    "loss_types,loss_weights,precompute,sync_free",
+    [(["sigmoid"], None, False, "never"), (["hinge"], None, True, "never"), (["ipo"], None, False, "always"),
+     (["hinge", "sft"], [1.0, 0.1], False, "never"), (["hinge", "sft"], [1.0, 0.1], False, "always"),
+     (["sigmoid", "ipo"], [0.7, 0.3], True, "always")],
 )  # fmt: skip
-def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_types, loss_weights, precompute):
+def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_types, loss_weights, precompute,
+                                                    sync_free, monkeypatch):  # fmt: skip
+    """Also with the GPU's sync-free forward (4-D mask, every-position LM head), run here on CPU."""
     from trl import DPOTrainer
 
+    monkeypatch.setattr(LeanDPOTrainer, "sync_free", sync_free)
     trainer, batch = _trainer(tiny_dir, tmp_path, loss_types, loss_weights, precompute)
     assert trainer.lean()
+    assert batch["attention_mask"].min() == 0  # the batch is padded: the masks matter
     results = []
     for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss):
         trainer.model.zero_grad()
@@ -59,6 +64,15 @@ def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_typ
     assert lean_metrics.keys() == stock_metrics.keys()
     for key in stock_metrics:
         assert lean_metrics[key] == pytest.approx(stock_metrics[key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_4d_mask_is_causal_and_hides_padding_keys():
+    from prefalign.engine.lean_dpo import causal_padding_mask
+
+    mask = causal_padding_mask(torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert mask.shape == (2, 1, 3, 3)
+    assert mask[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert mask[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
 
 
 def test_other_settings_go_to_trls_own_loss(tiny_dir, tmp_path):

@@ -7,9 +7,17 @@ the losses that prefalign's recipes use (`sigmoid`, `hinge`, `ipo`, `sft` and we
 them, standard reverse-KL DPO) are computed with the same formulas, the metrics stay tensors until
 a logging step turns them into floats all at once, and anything else (other loss types, f-divergences,
 `ld_alpha`, WPO weighting, MoE auxiliary losses, PEFT references) goes to TRL's own code.
+
+Two syncs remain inside the forward pass, and `sync_free` removes them on a GPU: transformers
+checks the 2-D attention mask for padding on the host (it is given the equivalent 4-D causal mask
+instead, for SDPA attention), and TRL's fused LM head gathers the completion positions with a
+boolean mask (it scores every position instead, and the ones without a label are zeroed as
+before). Same numbers either way; on CPU, where nothing waits, the cheaper variants stay.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +61,38 @@ def sequence_losses(loss_type: str, beta: float, chosen_logratios: torch.Tensor,
     raise ValueError(f"loss type {loss_type!r} is not one of {sorted(LEAN_LOSS_TYPES)}")
 
 
+def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, seq, seq) boolean mask, True where a query may attend a key: causal, real keys only.
+
+    Built on the device, so nothing is read back; transformers passes a 4-D mask through unchanged.
+    """
+    seq = attention_mask.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device).tril()
+    return causal[None, None] & attention_mask[:, None, None, :].bool()
+
+
+@contextlib.contextmanager
+def every_position_head():
+    """TRL's fused LM head scores every position (no boolean gather, so no host sync)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # another TRL version: leave it alone
+        yield
+        return
+    trl_utils._use_triton = lambda device: False
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 class LeanDPOTrainer(DPOTrainer):
     """DPOTrainer whose training steps queue GPU work without waiting on it (see the module docstring)."""
+
+    # Where to use the 4-D attention mask and the every-position LM head (see the module docstring):
+    # "gpu" (the default), "always" (tests compare them with TRL's on CPU) or "never".
+    sync_free = "gpu"
 
     def lean(self) -> bool:
         """Whether this trainer's settings are the ones computed here."""
@@ -73,7 +111,12 @@ class LeanDPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]  # (2*batch, seq), chosen rows first
         shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        on_gpu = inputs["input_ids"].device.type == "cuda"
+        sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
+        if sync_free and getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa":
+            model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
+        with every_position_head() if sync_free else contextlib.nullcontext():
+            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = shift_mask.size(1)
         per_token_logps = outputs.log_probs[:, -seq_len:]  # (2*batch, seq-1), 0 outside completions
         chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)

@@ -1,0 +1,147 @@
+"""Where a decode step and a training step spend their time on a GPU: torch.profiler tables.
+
+On the GPT-2-small / DistilBERT-base shaped models of bench_engine.py (random weights): times the
+engine's decode loop at full batch against the bare forward passes it makes, then profiles a few
+decode steps and a few training steps of the lean trainer, printing the top operations by GPU and
+by CPU time and the host-sync calls (cudaStreamSynchronize and friends).
+
+    python benchmarks/profile_gpu.py [--batch 2048] [--precision tf32]
+    python benchmarks/profile_gpu.py --device cpu --batch 64 --models DIR   # a smoke run anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import build_base_sized  # noqa: E402
+
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
+
+
+def tables(prof, title: str) -> None:
+    events = prof.key_averages()
+    print(f"\n### {title}: top operations by GPU time")
+    print(events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
+    print(f"### {title}: top operations by CPU time")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60))
+    for event in events:
+        if event.key in SYNC_CALLS:
+            print(f"{event.key}: {event.count} calls, {event.cpu_time_total / 1000:.1f} ms CPU")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def activities(device: torch.device) -> list:
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
+    from transformers import DynamicCache
+
+    from prefalign.config import SamplingConfig
+    from prefalign.engine.decoding import _fast_batch
+    from prefalign.models.loading import inference_dtype, load_policy
+
+    policy, tokenizer = load_policy(policy_dir, None, device, inference_dtype(device))
+    prompt = torch.full((batch, 1), tokenizer.bos_token_id, device=device)
+    sampling = SamplingConfig()
+
+    @torch.inference_mode()
+    def bare_forwards():  # the decode loop's forward passes alone: greedy, no filtering
+        cache, step = DynamicCache(config=policy.config), prompt
+        for _ in range(sampling.max_length - 1):
+            step = policy(input_ids=step, use_cache=True, past_key_values=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+
+    @torch.inference_mode()
+    def engine():
+        _fast_batch(policy, prompt, tokenizer.eos_token_id, sampling)
+
+    engine(), bare_forwards()  # warm-up
+    steps = sampling.max_length - 1
+    for name, fn in (("engine decode loop", engine), ("bare forwards", bare_forwards)):
+        seconds = timed(fn, device)
+        print(f"{name}: {seconds:.2f}s for {batch} rows x {steps} steps ({1000 * seconds / steps:.1f} ms/step, "
+              f"{batch / seconds:.0f} rows/s), dtype {policy.dtype}")  # fmt: skip
+    with profile(activities=activities(device)) as prof:
+        engine()
+        sync(device)
+    tables(prof, f"decode, {batch} rows x {steps} steps")
+
+
+def profile_train(policy_dir: str, precision: str, device: torch.device) -> None:
+    import pandas as pd
+    from transformers import TrainerCallback
+
+    from prefalign.stages.train_dpo import train_one
+
+    words = [f" w{i}" for i in range(50, 3000)]
+    rng = torch.Generator().manual_seed(0)
+    texts = ["".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=rng))
+             for n in torch.randint(20, 63, (800,), generator=rng)]  # fmt: skip
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": texts[:400], "rejected": texts[400:]})
+
+    class Profiled(TrainerCallback):
+        def __init__(self):
+            self.prof = profile(activities=activities(device))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 30:
+                sync(device)
+                self.prof.__enter__()
+                self.start = time.perf_counter()
+            if state.global_step == 40:
+                sync(device)
+                self.seconds = time.perf_counter() - self.start
+                self.prof.__exit__(None, None, None)
+
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(policy_dir), "n_positions", 256)
+    callback = Profiled()
+    with tempfile.TemporaryDirectory() as d:
+        pairs.to_parquet(Path(d) / "pairs.parquet")
+        train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", "seed", "sigmoid", 0.1,
+                  {"max_steps": 45, "logging_steps": 50, "max_length": min(256, context)}, device, 0, log=lambda m: None, precision=precision,
+                  callbacks=[callback])  # fmt: skip
+    print(f"\ntraining steps 30..40 under the profiler: {100 * callback.seconds:.1f} ms/step ({precision})")
+    tables(callback.prof, f"training, lean trainer, {precision}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--precision", default="tf32")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "prefalign-bench-base"))
+    args = parser.parse_args()
+    from prefalign.cli import _quiet_libraries
+
+    _quiet_libraries()
+    device = torch.device(args.device)
+    policy_dir, _ = build_base_sized(Path(args.models))
+    print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
+    profile_decode(policy_dir, args.batch, device)
+    profile_train(policy_dir, args.precision, device)
+
+
+if __name__ == "__main__":
+    main()
