@@ -116,3 +116,23 @@ def test_decoding_that_drops_finished_rows_late_writes_only_eos_after_the_first(
     greedy = SamplingConfig(max_length=24, top_k=1)
     runs = [_fast_batch(policy, prompt[:8], eos, greedy, drop_every=every) for every in (1, 8)]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_preallocated_decode_cache_gives_the_same_texts_as_transformers_own(tiny_policy, monkeypatch):
+    """The in-place cache must not change a single sampled token (row dropping included)."""
+    import prefalign.engine.decoding as decoding
+    from transformers import DynamicCache
+
+    policy, tok = tiny_policy
+    body = torch.randint(10, policy.config.vocab_size, (64, 4), generator=torch.Generator().manual_seed(1))
+    prompt = torch.cat([torch.full((64, 1), tok.bos_token_id), body], 1)  # BOS + a 4-token prompt
+    cache = decoding.decode_cache(policy, 24)
+    assert type(cache.layers[0]).__name__ == "PreallocatedLayer"
+    runs = []
+    for cache_of in (decoding.decode_cache, lambda model, capacity: DynamicCache(config=model.config)):
+        monkeypatch.setattr(decoding, "decode_cache", cache_of)
+        for every in (1, 4):
+            torch.manual_seed(0)
+            runs.append(decoding._fast_batch(policy, prompt, tok.eos_token_id, SamplingConfig(max_length=24), drop_every=every))
+    assert (runs[0] == tok.eos_token_id).any()  # some rows stop early, so rows are dropped mid-way
+    assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[3])
