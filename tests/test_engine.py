@@ -126,10 +126,12 @@ def test_preallocated_decode_cache_gives_the_same_texts_as_transformers_own(tiny
     policy, tok = tiny_policy
     body = torch.randint(10, policy.config.vocab_size, (64, 4), generator=torch.Generator().manual_seed(1))
     prompt = torch.cat([torch.full((64, 1), tok.bos_token_id), body], 1)  # BOS + a 4-token prompt
-    cache = decoding.decode_cache(policy, 24)
-    assert type(cache.layers[0]).__name__ == "PreallocatedLayer"
+    assert type(decoding.decode_cache(policy, 24, preallocate=True).layers[0]).__name__ == "PreallocatedLayer"
+    assert type(decoding.decode_cache(policy, 24).layers[0]).__name__ == "DynamicLayer"  # the CPU default
+    preallocated = decoding.decode_cache
     runs = []
-    for cache_of in (decoding.decode_cache, lambda model, capacity: DynamicCache(config=model.config)):
+    for cache_of in (lambda model, capacity: preallocated(model, capacity, preallocate=True),
+                     lambda model, capacity: DynamicCache(config=model.config)):  # fmt: skip
         monkeypatch.setattr(decoding, "decode_cache", cache_of)
         for every in (1, 4):
             torch.manual_seed(0)

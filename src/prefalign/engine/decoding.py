@@ -123,13 +123,19 @@ def _preallocated_layer():
     return PreallocatedLayer
 
 
-def decode_cache(model, capacity: int):
-    """A DynamicCache for `capacity` positions whose plain layers are preallocated (others left as they are)."""
+def decode_cache(model, capacity: int, preallocate: bool | None = None):
+    """A DynamicCache for `capacity` positions, its plain layers preallocated (others left as they are).
+
+    `preallocate`: by default on a GPU only; on CPU the demo-size models decoded faster with
+    transformers' own growing layers (1.7-1.9 s vs 2.4-2.6 s for 3 x 256 rows of the demo policy).
+    """
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     cache = DynamicCache(config=model.config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+    if preallocate is None:
+        preallocate = next(model.parameters()).device.type != "cpu"
+    if preallocate and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [_preallocated_layer()(capacity) for _ in cache.layers]
     return cache
 
