@@ -225,8 +225,8 @@ class TrainConfig(Section):
         None,
         description="Training arithmetic: `fp32`; `bf16` (autocast with fp32 master weights); `tf32` (fp32 with "
         "TF32 matrix multiplies, CUDA only); `auto` (bf16 on CUDA GPUs that support it, fp32 elsewhere). Empty: "
-        "the recipe's (`seed`: fp32, as the original; `default`: auto); benchmarks/RESULTS.md compares bf16 "
-        "with fp32. `train.dpo.bf16` / `tf32` override it.",
+        "the recipe's (`seed`: fp32, as the original; `default`: auto). On an H200 `tf32` was the fastest "
+        "(benchmarks/RESULTS.md compares TF32 and bf16 with fp32). `train.dpo.bf16` / `tf32` override it.",
     )
     slic_sft_weight: float = Field(
         0.1, ge=0, description="`slic`: weight of the cross-entropy term (TRL's `sft` loss) next to hinge at weight 1."
