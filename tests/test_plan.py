@@ -183,3 +183,12 @@ def test_a_run_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys):
     in_the_way.write_text("not a directory")
     assert main(["run", "tiny", "--set", f"run_dir={in_the_way}"]) == 2
     assert str(in_the_way) in capsys.readouterr().err and in_the_way.read_text() == "not a directory"
+
+
+def test_side_by_side_models_spread_over_gpus_only_when_the_device_names_none():
+    from prefalign.runner import worker_devices
+
+    assert worker_devices("cuda", None, 5, 2) == [0, 1, 0, 1, 0]  # device: auto / cuda on a 2-GPU machine
+    assert worker_devices("cuda", 1, 3, 2) == [1, 1, 1]  # device: cuda:1 stays there
+    assert worker_devices("cuda", None, 3, 1) == [None, None, None]
+    assert worker_devices("cpu", None, 2, 0) == [None, None]

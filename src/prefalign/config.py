@@ -245,9 +245,10 @@ class TrainConfig(Section):
     side_by_side: int = Field(
         1,
         ge=1,
-        description="How many grid models train at once, each in its own process on the same device: on a GPU "
-        "that one small model's steps leave partly idle, N processes keep it busier (results are the same; "
-        "benchmarks/RESULTS.md has the timings). 1: one after another. Iterative rounds always run in order.",
+        description="How many grid models train at once, each in its own process: on the run's device, or spread "
+        "round-robin over all GPUs when `device` is `auto`/`cuda` on a machine with several. On one GPU that a "
+        "small model's steps leave partly idle (TF32 / bf16) 4 gave ~1.6x, in fp32 nothing (benchmarks/RESULTS.md); "
+        "results are the same. 1: one after another. Iterative rounds always run in order.",
     )
 
     extra: list[ExtraPoint] = Field(

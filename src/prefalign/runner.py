@@ -123,20 +123,35 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
     return items
 
 
+def worker_devices(device_type: str, device_index: int | None, count: int, gpus: int) -> list[int | None]:
+    """The device index for each of `count` side-by-side models: round-robin over the machine's
+    `gpus` GPUs when the run's device is CUDA without an index, else the run's own device."""
+    if device_type == "cuda" and device_index is None and gpus > 1:
+        return [i % gpus for i in range(count)]
+    return [device_index] * count
+
+
 def train_side_by_side(models: list[DpoModel], services: Services, workers: int) -> None:
-    """Train `models`, `workers` at a time, each in a fresh process on the run's device.
+    """Train `models`, `workers` at a time, each in a fresh process: on the run's device, or spread
+    over every GPU of the machine when the run's device is plain `cuda` (`device: auto` / `cuda`).
 
     Each worker loads its own models and writes its outputs atomically, exactly as a serial run
     would; the first failure is raised here once the running ones finish (Ctrl-C stops them all:
     they share the terminal's process group).
     """
+    import torch
+
     workers = min(workers, len(models))
-    services.log(f"train {len(models)} models side by side, {workers} at a time on {services.device}")
+    device = services.device
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    indices = worker_devices(device.type, device.index, len(models), gpus)
+    where = f"{gpus} GPUs" if len(set(indices)) > 1 else str(device)
+    services.log(f"train {len(models)} models side by side, {workers} at a time on {where}")
     # CPU threads shared out between workers, so they do not oversubscribe the cores.
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_in_worker, model, services.device.type, services.device.index, threads)
-                   for model in models]  # fmt: skip
+        futures = [pool.submit(_train_in_worker, model, device.type, index, threads)
+                   for model, index in zip(models, indices)]  # fmt: skip
         try:
             for future in futures:
                 future.result()
