@@ -137,6 +137,20 @@ def test_impossible_pairs_exit_1_with_the_reason(tiny_dir, tmp_path):
     assert "threshold: cannot build any pair" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("ref", ["/nonexistent/prefalign-model", "./no-such-model-dir", "~/no-such-model-dir"])
+def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_dir, tmp_path, ref):
+    root = tmp_path / "run"
+    proc = prefalign("sample", "tiny", "--set", f"run_dir={root}", "--set", f"policy.model={ref}", cwd=tmp_path,
+                     check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "policy.model" in proc.stderr and "no such directory" in proc.stderr and ref in proc.stderr
+    assert "hub" not in proc.stderr.split("(")[0] and "Traceback" not in proc.stderr
+    assert not root.exists()  # found while planning: nothing written
+    (tmp_path / "weights.bin").write_text("x")
+    proc = prefalign("plan", "tiny", "--set", "reward.model=./weights.bin", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
+
+
 def test_models_trained_side_by_side_match_the_serial_run(tiny_run, tmp_path):
     """`train.side_by_side: 3` trains the six grid models in worker processes, to the same weights."""
     from safetensors.torch import load_file

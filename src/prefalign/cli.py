@@ -132,7 +132,7 @@ def _main(argv: list[str] | None) -> int:
 
     _quiet_libraries()
     from prefalign.engine.pair_rules import PairError
-    from prefalign.models.loading import ModelLoadError
+    from prefalign.models.loading import ModelLoadError, ModelPathError
     from prefalign.plan import PlanError
     from prefalign.runner import RunDirError, RunLocked, plan_table, run
     from prefalign.stages.evaluate import EvaluationMissing
@@ -145,7 +145,7 @@ def _main(argv: list[str] | None) -> int:
     except PlanError as e:
         print(f"prefalign: invalid config: {e}", file=sys.stderr)
         return 2
-    except RunDirError as e:
+    except (RunDirError, ModelPathError) as e:
         print(f"prefalign: {e}", file=sys.stderr)
         return 2
     except (ModelLoadError, PairError, RunLocked, EvaluationMissing) as e:

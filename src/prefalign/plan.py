@@ -348,7 +348,7 @@ def sources(cfg: Config) -> tuple[Original, RewardModel]:
 
     return (Original(cfg.policy.model, cfg.policy.revision, identity(cfg.policy.model, cfg.policy.revision)),
             RewardModel(cfg.reward.model, cfg.reward.revision, cfg.reward.positive_label,
-                        identity(cfg.reward.model, cfg.reward.revision)))  # fmt: skip
+                        identity(cfg.reward.model, cfg.reward.revision, "reward")))  # fmt: skip
 
 
 def plan(cfg: Config, original: Original | None = None, reward: RewardModel | None = None) -> list[Item]:

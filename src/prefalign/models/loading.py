@@ -23,6 +23,30 @@ class ModelLoadError(Exception):
     """A model that cannot be loaded; the CLI prints the message and exits 1."""
 
 
+class ModelPathError(ModelLoadError):
+    """A model reference that is a local path with no directory behind it; found before any work (exit 2)."""
+
+
+def local_path(ref: str) -> Path | None:
+    """`ref` as a local path when it is one: it starts with `/`, `./`, `../` or `~`, or exists on
+    disk. Anything else (`owner/name`, `gpt2`) is a hub id. A path is never sent to the hub."""
+    if ref.startswith(("/", "./", "../", "~")) or ref in (".", "..") or Path(ref).exists():
+        return Path(ref).expanduser()
+    return None
+
+
+def _checked_local(ref: str, role: str) -> str:
+    path = local_path(ref)
+    if path is None:
+        return ref
+    if not path.is_dir():
+        what = "is a file, not a model directory" if path.exists() else "no such directory"
+        key = "policy.model" if role == "policy" else "reward.model"
+        raise ModelPathError(f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
+                             f"`{key}` at a directory holding config.json and the weights (save_pretrained's output).")  # fmt: skip
+    return str(path)
+
+
 def resolve(ref: str, role: str) -> str:
     """Turn a reference into something `from_pretrained` accepts; builds `prefalign:` models."""
     if ref.startswith("prefalign:"):
@@ -33,10 +57,10 @@ def resolve(ref: str, role: str) -> str:
             raise ModelLoadError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
         root = build(SPECS[name])
         return str(root / (POLICY_DIR if role == "policy" else REWARD_DIR))
-    return ref
+    return _checked_local(ref, role)
 
 
-def identity(ref: str, revision: str | None = None) -> str:
+def identity(ref: str, revision: str | None = None, role: str = "policy") -> str:
     """A string that changes when the model behind `ref` changes (a stage cache key).
 
     Hub ids are identified by id + revision; local directories by their files' names, sizes and
@@ -47,7 +71,7 @@ def identity(ref: str, revision: str | None = None) -> str:
 
         spec = SPECS.get(ref.split(":", 1)[1])
         return f"{ref}@{spec.key() if spec else '?'}"
-    path = Path(ref)
+    path = Path(_checked_local(ref, role))
     if path.is_dir():
         stats = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
         return f"dir:{path.resolve()}:{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
