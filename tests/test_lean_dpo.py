@@ -109,3 +109,17 @@ def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(t
     lean = run({})
     # Per forward pass transformers itself checks the attention mask for padding twice (2 forwards a step on CPU).
     assert lean <= 4 * steps + 6 * (steps // logging_steps) + 4, lean
+
+
+def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir, tmp_path):
+    from prefalign.engine.lean_dpo import TrainingDiverged
+    from prefalign.stages.train_dpo import train_one
+
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(64)],
+                          "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(64)]})  # fmt: skip
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(TrainingDiverged, match=r"training my-model diverged: the training loss is (nan|inf) at step \d"):
+        train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "my-model", "seed", "sigmoid",
+                  0.1, {"learning_rate": 1e30, "warmup_steps": 0, "max_steps": 6, "logging_steps": 1},
+                  torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+    assert not (tmp_path / "my-model").exists()

@@ -131,6 +131,7 @@ def _main(argv: list[str] | None) -> int:
         return 0
 
     _quiet_libraries()
+    from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.engine.pair_rules import PairError
     from prefalign.models.loading import ModelLoadError, ModelPathError
     from prefalign.plan import PlanError
@@ -148,7 +149,7 @@ def _main(argv: list[str] | None) -> int:
     except (RunDirError, ModelPathError) as e:
         print(f"prefalign: {e}", file=sys.stderr)
         return 2
-    except (ModelLoadError, PairError, RunLocked, EvaluationMissing) as e:
+    except (ModelLoadError, PairError, RunLocked, EvaluationMissing, TrainingDiverged) as e:
         print(f"prefalign: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

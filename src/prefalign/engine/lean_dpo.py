@@ -5,7 +5,8 @@ selects the SFT loss's tokens with a boolean mask; on a GPU each of those waits 
 kernels to finish, so the CPU cannot run ahead and a small model's step is spent waiting. Here
 the losses that prefalign's recipes use (`sigmoid`, `hinge`, `ipo`, `sft` and weighted sums of
 them, standard reverse-KL DPO) are computed with the same formulas, the metrics stay tensors until
-a logging step turns them into floats all at once, and anything else (other loss types, f-divergences,
+a logging step turns them into floats all at once (and stops training with `TrainingDiverged`
+if the logged loss is NaN or infinite), and anything else (other loss types, f-divergences,
 `ld_alpha`, WPO weighting, MoE auxiliary losses, PEFT references) goes to TRL's own code.
 
 Two syncs remain inside the forward pass, and `sync_free` removes them on a GPU: transformers
@@ -18,6 +19,7 @@ before). Same numbers either way; on CPU, where nothing waits, the cheaper varia
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,10 @@ LEAN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "sft"})
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # The batch keys of text-only pairs; a batch with others (images, ...) goes to TRL's own loss.
 _TEXT_KEYS = {"input_ids", "attention_mask", *_NON_MODEL_KEYS}
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite (checked at each logging step, where it is on the host anyway)."""
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,4 +170,7 @@ class LeanDPOTrainer(DPOTrainer):
             copied = iter(torch.stack(flat).cpu().tolist())
             for values, key in pending:
                 values[key] = [next(copied) for _ in values[key]]
+        loss = logs.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise TrainingDiverged(f"the training loss is {loss} at step {self.state.global_step} of {self.state.max_steps}")
         super().log(logs, start_time)

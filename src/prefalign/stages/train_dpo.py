@@ -143,7 +143,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from prefalign.engine.lean_dpo import LeanDPOTrainer
+    from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged
     from prefalign.models.loading import from_pretrained, load_tokenizer, resolve
 
     path = resolve(policy_ref, "policy")
@@ -178,7 +178,14 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             trainer.add_callback(_LogLine(log))
             for callback in callbacks or []:
                 trainer.add_callback(callback)
-            result = trainer.train()
+            try:
+                result = trainer.train()
+            except TrainingDiverged as e:
+                raise TrainingDiverged(
+                    f"training {Path(out_dir).name} diverged: {e}; nothing was saved. Lower the learning rate "
+                    f"(train.dpo.learning_rate; the {recipe!r} recipe's is {args.learning_rate:g}) or change beta / "
+                    f"the loss, then rerun: finished models are kept."
+                ) from None
         seconds = time.time() - t0
         info = {
             "key": key, "recipe": recipe, "loss": label, "beta": beta, "base_model": policy_ref,
