@@ -151,6 +151,18 @@ def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_di
     assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
 
 
+def test_debug_shows_the_traceback_behind_a_user_error(tmp_path):
+    bad = ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "policy.model=/nonexistent/model"]
+    proc = prefalign("--debug", *bad, check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ModelPathError" in proc.stderr
+    os.environ["PREFALIGN_DEBUG"] = "1"
+    try:
+        proc = prefalign(*bad, check=False)
+    finally:
+        del os.environ["PREFALIGN_DEBUG"]
+    assert "Traceback" in proc.stderr and "no such directory" in proc.stderr
+
+
 def test_models_trained_side_by_side_match_the_serial_run(tiny_run, tmp_path):
     """`train.side_by_side: 3` trains the six grid models in worker processes, to the same weights."""
     from safetensors.torch import load_file

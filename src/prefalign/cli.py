@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Align a text generator to a classifier's preferences (DPO / SLiC / IPO with TRL).",
     )
     parser.add_argument("--version", action="version", version=f"prefalign {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback behind a user-error message too, for a bug report "
+                             "(or set PREFALIGN_DEBUG=1)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in STAGE_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
     from prefalign.configfile import ConfigError, describe, load_config, preset_names
 
     try:
@@ -122,6 +126,8 @@ def _main(argv: list[str] | None) -> int:
             return 0
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
+        if debug:
+            raise
         print(f"prefalign: {e}", file=sys.stderr)
         return 2
     if args.command == "config":
@@ -144,12 +150,18 @@ def _main(argv: list[str] | None) -> int:
         else:
             run(cfg, until="report" if args.command == "run" else args.command)
     except PlanError as e:
+        if debug:
+            raise
         print(f"prefalign: invalid config: {e}", file=sys.stderr)
         return 2
     except (RunDirError, ModelPathError) as e:
+        if debug:
+            raise
         print(f"prefalign: {e}", file=sys.stderr)
         return 2
     except (ModelLoadError, PairError, RunLocked, EvaluationMissing, TrainingDiverged) as e:
+        if debug:
+            raise
         print(f"prefalign: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
