@@ -151,6 +151,31 @@ def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_di
     assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
 
 
+def test_a_training_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weights(tiny_run, tmp_path):
+    from safetensors.torch import load_file
+
+    serial_root, _ = tiny_run
+    root = tmp_path / "run"
+    prefalign("pairs", "tiny", "--set", f"run_dir={root}")
+    train = ["train", "tiny", "--set", f"run_dir={root}", "--set", "train.checkpoint_steps=5"]
+    proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", *train], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        assert proc.poll() is None, "training finished before a checkpoint was seen"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (root / "models" / MODELS[0] / "train.json").exists()  # killed mid-training
+    prefalign(*train)
+    info = json.loads((root / "models" / MODELS[0] / "train.json").read_text())
+    assert info["resumed_from"].startswith("checkpoint-") and not checkpoints.exists()
+    for name in MODELS:  # the resumed model and the others: the serial run's weights (its key is the same)
+        ours, theirs = (load_file(r / "models" / name / "model.safetensors") for r in (root, serial_root))
+        assert max((ours[t] - theirs[t]).abs().max().item() for t in ours) < 5e-4, name
+
+
 def test_debug_shows_the_traceback_behind_a_user_error(tmp_path):
     bad = ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "policy.model=/nonexistent/model"]
     proc = prefalign("--debug", *bad, check=False)

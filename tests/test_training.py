@@ -185,3 +185,15 @@ def test_exo_pair_without_label_smoothing_is_a_config_error():
 
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config("tiny", ["train.losses=[exo_pair]"])
+
+
+def test_only_complete_checkpoints_are_resumed_from(tmp_path):
+    from prefalign.stages.train_dpo import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path) is None
+    for step, complete in ((5, True), (10, True), (15, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert not (tmp_path / "checkpoint-15").exists()  # a save cut short is removed

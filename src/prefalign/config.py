@@ -242,6 +242,13 @@ class TrainConfig(Section):
         + ".",
     )
     seed: int = Field(0, ge=0, description="Training seed (data order, dropout).")
+    checkpoint_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Save a trainer checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps "
+        "beside the model's directory, so a killed training resumes from the last one with the same result; "
+        "removed once the model is saved. Empty: none (a killed training restarts from step 0).",
+    )
     side_by_side: int = Field(
         1,
         ge=1,

@@ -106,6 +106,8 @@ class DpoModel:
     slic_sft_weight: float
     precision: str | None  # train.precision (None: the recipe's)
     path: Path  # the model directory; train.json in it holds the key
+    # train.checkpoint_steps: how often a resumable checkpoint is saved; not in the key (same result)
+    checkpoint_steps: int | None = None
 
     stage = "train"
     revision = None  # a trained model loads from its directory (`ref`)
@@ -367,7 +369,7 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
 
     def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, cls=DpoModel, **chain):
         return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed, t.slic_sft_weight, t.precision, path,
-                       **chain))  # fmt: skip
+                       checkpoint_steps=t.checkpoint_steps, **chain))  # fmt: skip
 
     def grid_model(strategy: str, loss, beta: float, recipe: str) -> DpoModel:
         pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")

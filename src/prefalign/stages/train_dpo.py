@@ -93,7 +93,8 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
 
 
 def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
-             output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None):  # fmt: skip
+             output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None,
+             checkpoint_steps: int | None = None):  # fmt: skip
     from trl import DPOConfig
 
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -110,12 +111,41 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
         logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
     )  # fmt: skip
+    if checkpoint_steps:
+        # The latest checkpoint only: it is all a resumed training needs.
+        settings.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=1)
     if loss_weights is not None:
         settings["loss_weights"] = list(loss_weights)
     if own.get("group_by_length"):
         # The pairs arrive already in length-grouped random order (see train_one).
         settings["train_sampling_strategy"] = "sequential"
     return DPOConfig(**settings), {**settings, **own}
+
+
+def checkpoint_dir(out_dir: Path, key: str) -> Path:
+    """Where `out_dir`'s training checkpoints go: `.<name>.checkpoints/` beside it, emptied when the
+    checkpoints there were made for another key (another config)."""
+    path = out_dir.parent / f".{out_dir.name}.checkpoints"
+    marker = path / "key.txt"
+    if path.exists() and (not marker.exists() or marker.read_text() != key):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+    return path
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` in `folder` that was written to the end (the Trainer writes its
+    trainer_state.json last); a partial one, from a kill in the middle of saving, is removed."""
+    complete = []
+    for path in folder.glob("checkpoint-*"):
+        if not path.name.split("-")[-1].isdigit():
+            continue
+        if (path / "trainer_state.json").exists():
+            complete.append((int(path.name.split("-")[-1]), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(max(complete)[1]) if complete else None
 
 
 def train_dpo(item: DpoModel, services: Services) -> None:
@@ -125,20 +155,24 @@ def train_dpo(item: DpoModel, services: Services) -> None:
     train_one(start.ref, start.revision, item.pairs.path, item.path, item.recipe, item.loss, item.beta, item.overrides,
               services.device, item.seed, key=item.key, log=services.log,
               reference=None if start is reference else (reference.ref, reference.revision),
-              slic_sft_weight=item.slic_sft_weight, precision=item.precision)  # fmt: skip
+              slic_sft_weight=item.slic_sft_weight, precision=item.precision,
+              checkpoint_steps=item.checkpoint_steps)  # fmt: skip
     release_memory()
 
 
 def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
               beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
               reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
-              precision: str | None = None, callbacks: list | None = None) -> dict:  # fmt: skip
+              precision: str | None = None, callbacks: list | None = None,
+              checkpoint_steps: int | None = None) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
     model when it is not the starting policy (iterative rounds start from the previous round but
     keep the original); by default a frozen copy of the starting weights. `callbacks`: extra
-    transformers TrainerCallbacks (benchmarks time the steps with one).
+    transformers TrainerCallbacks (benchmarks time the steps with one). `checkpoint_steps`: save a
+    Trainer checkpoint that often into `.<out_dir name>.checkpoints/` beside `out_dir` (holding
+    `key`); a later call with the same key resumes from the last one; removed once the model is saved.
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -160,9 +194,13 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
-    scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
+    if checkpoint_steps:
+        scratch = str(checkpoint_dir(Path(out_dir), key))
+    else:
+        scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
     label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
-    args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision)
+    args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
+                              checkpoint_steps)  # fmt: skip
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
@@ -178,8 +216,11 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             trainer.add_callback(_LogLine(log))
             for callback in callbacks or []:
                 trainer.add_callback(callback)
+            resume = last_complete_checkpoint(Path(scratch)) if checkpoint_steps else None
+            if resume:
+                log(f"  resuming from {Path(resume).name} (a checkpoint of an interrupted training)")
             try:
-                result = trainer.train()
+                result = trainer.train(resume_from_checkpoint=resume)
             except TrainingDiverged as e:
                 raise TrainingDiverged(
                     f"training {Path(out_dir).name} diverged: {e}; nothing was saved. Lower the learning rate "
@@ -191,7 +232,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             "key": key, "recipe": recipe, "loss": label, "beta": beta, "base_model": policy_ref,
             "reference_model": reference[0] if reference else policy_ref, "pairs_file": str(pairs_path),
             "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
-            "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
+            "resumed_from": Path(resume).name if resume else None, "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
             "metrics": result.metrics,
             "log_history": trainer.state.log_history,
         }  # fmt: skip
@@ -199,8 +240,10 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+        shutil.rmtree(scratch, ignore_errors=True)  # checkpoints too: the model is saved
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
         return info
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not checkpoint_steps:
+            shutil.rmtree(scratch, ignore_errors=True)
