@@ -176,6 +176,20 @@ def test_a_training_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weigh
         assert max((ours[t] - theirs[t]).abs().max().item() for t in ours) < 5e-4, name
 
 
+def test_a_failed_run_leaves_the_provenance_of_the_last_good_one(tiny_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    before = (root / "config.yaml").read_text(), (root / "models.json").read_text()
+    proc = prefalign("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", check=False)
+    assert proc.returncode == 1 and "cannot build any pair" in proc.stderr
+    assert ((root / "config.yaml").read_text(), (root / "models.json").read_text()) == before
+    assert yaml.safe_load(before[0])["pairs"]["threshold"] == 0.0  # what results.csv was made with
+
+
 def test_debug_shows_the_traceback_behind_a_user_error(tmp_path):
     bad = ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "policy.model=/nonexistent/model"]
     proc = prefalign("--debug", *bad, check=False)

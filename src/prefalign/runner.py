@@ -4,11 +4,12 @@ Order of a run, and why:
 1. lock the run directory (two processes in one directory would delete each other's temporary
    files; the OS drops the lock when its holder dies, so a killed run never leaves a stale lock);
 2. remove temporary outputs of killed runs (safe only under the lock);
-3. write the provenance (config.yaml, models.json) beside the outputs it describes;
-4. for each item of the plan up to the stage asked for, in plan order (inputs first): skip it when
+3. for each item of the plan up to the stage asked for, in plan order (inputs first): skip it when
    its outputs hold its key, else call `STAGES[type(item)](item, services)`. With
    `train.side_by_side: N`, reaching the first grid model to train starts every grid model whose
-   pairs are ready, N at a time in worker processes; the loop then finds them done.
+   pairs are ready, N at a time in worker processes; the loop then finds them done;
+4. only then write the provenance (config.yaml, models.json): a run that fails leaves the
+   directory's provenance describing the outputs of the last run that succeeded.
 
     prefalign run CONFIG         # every item
     prefalign train CONFIG       # items up to the train stage
@@ -30,14 +31,14 @@ from prefalign.config import Config
 from prefalign.plan import STAGE_NAMES, DpoModel, Evaluation, Item, IterativeRound, Pairs, Report, RlooModel, Samples
 from prefalign.plan import plan as make_plan
 from prefalign.plan import sources, stage_of
-from prefalign.services import Services, log
+from prefalign.services import Services, log, model_info
 from prefalign.stages.evaluate import evaluate
 from prefalign.stages.pairs import make_pairs
 from prefalign.stages.report import write_report
 from prefalign.stages.sample import sample
 from prefalign.stages.train_dpo import train_dpo
 from prefalign.stages.train_rloo import train_rloo_model
-from prefalign.store import is_done, read_json, remove_stale, write_json, write_text
+from prefalign.store import is_done, remove_stale, write_json, write_text
 
 # The whole dispatch: each kind of item and the function that makes it.
 STAGES = {
@@ -72,21 +73,9 @@ def select(items: list[Item], until: str) -> list[Item]:
 
 def write_provenance(cfg: Config) -> None:
     """config.yaml (as resolved) and models.json (which models, and their quality when known)."""
-    from prefalign.models.loading import resolve
-
     root = cfg.run_path
     write_text(root / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    info: dict = {"policy": {"ref": cfg.policy.model, "revision": cfg.policy.revision},
-                  "reward_model": {"ref": cfg.reward.model, "revision": cfg.reward.revision,
-                                   "positive_label": cfg.reward.positive_label}}  # fmt: skip
-    for role, section in (("policy", "policy"), ("reward", "reward_model")):
-        ref = getattr(cfg, role).model
-        path = resolve(ref, role)
-        info[section]["path"] = str(Path(path).resolve()) if Path(path).is_dir() else path
-        built = read_json(Path(path).parent / "info.json") if ref.startswith("prefalign:") else None
-        if built:
-            info[section].update(built[section])
-    write_json(root / "models.json", info)
+    write_json(root / "models.json", model_info(cfg))
 
 
 def run(cfg: Config, until: str = "report") -> list[Item]:
@@ -108,7 +97,6 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
         except BlockingIOError:
             raise RunLocked(f"another prefalign process is running in {root}") from None
         remove_stale(root)
-        write_provenance(cfg)
         services = Services(pick_device(cfg.device), reward, original, cfg.reward.batch_size)
         start = time.time()
         for item in items:
@@ -119,6 +107,7 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
                 log(f"{item.name}: up to date")
                 continue
             STAGES[type(item)](item, services)
+        write_provenance(cfg)
         log(f"{until}: finished in {time.time() - start:.1f}s; outputs in {root}")
     return items
 

@@ -12,6 +12,7 @@ import ctypes
 import gc
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,3 +90,22 @@ class Services:
 
             self._loaded[key] = load_tokenizer(ref, revision, "policy")
         return self._loaded[key]
+
+
+def model_info(cfg) -> dict:
+    """What models.json and the report say about the run's models: references, resolved paths, and
+    for prefalign's built-in models their measured quality."""
+    from prefalign.models.loading import resolve
+    from prefalign.store import read_json
+
+    info: dict = {"policy": {"ref": cfg.policy.model, "revision": cfg.policy.revision},
+                  "reward_model": {"ref": cfg.reward.model, "revision": cfg.reward.revision,
+                                   "positive_label": cfg.reward.positive_label}}  # fmt: skip
+    for role, section in (("policy", "policy"), ("reward", "reward_model")):
+        ref = getattr(cfg, role).model
+        path = resolve(ref, role)
+        info[section]["path"] = str(Path(path).resolve()) if Path(path).is_dir() else path
+        built = read_json(Path(path).parent / "info.json") if ref.startswith("prefalign:") else None
+        if built:
+            info[section].update(built[section])
+    return info

@@ -23,7 +23,7 @@ import pandas as pd
 from prefalign.engine.metrics import pareto_mask
 from prefalign.engine.pair_rules import PAIR_RULES
 from prefalign.plan import RESULT_COLUMNS, DpoModel, Original, Report
-from prefalign.services import Services
+from prefalign.services import Services, model_info
 from prefalign.stages.evaluate import run_results
 from prefalign.store import atomic_path, read_json, write_json, write_text
 
@@ -172,7 +172,7 @@ def write_report(item: Report, services: Services) -> None:
     with atomic_path(root / "results.csv") as tmp:
         results.to_csv(tmp, index=False)
     summary = summarize(results)
-    models = read_json(root / "models.json") or {}
+    models = model_info(cfg)
     kl = "kl_seq" in summary.columns
     evaluation_of = {e.model.name: e for e in item.evaluations}
     grid = [e.model for e in item.evaluations if type(e.model) is DpoModel]
