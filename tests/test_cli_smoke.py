@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -226,3 +227,22 @@ def test_help_lists_the_stages():
     for stage in ("run", "sample", "pairs", "train", "evaluate", "report"):
         assert stage in out
     assert "--set" in prefalign("run", "--help").stdout
+
+
+def test_a_one_output_classifier_is_refused_unless_its_logit_is_declared_the_reward(tiny_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    two = AutoModelForSequenceClassification.from_pretrained(tiny_dir / "reward")
+    config = two.config
+    config.num_labels, config.id2label, config.label2id = 1, {0: "LABEL_0"}, {"LABEL_0": 0}
+    config.problem_type = "regression"  # a one-output reward head, as reward models have
+    one = type(two)(config)
+    one.save_pretrained(tmp_path / "one"), AutoTokenizer.from_pretrained(tiny_dir / "reward").save_pretrained(tmp_path / "one")
+    base = ["sample", "tiny", "--set", f"reward.model={tmp_path / 'one'}", "--set", "reward.positive_label=LABEL_0"]
+    proc = prefalign(*base, "--set", f"run_dir={tmp_path / 'refused'}", check=False)
+    assert proc.returncode == 1 and "single output" in proc.stderr and "reward.single_logit" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    prefalign(*base, "--set", f"run_dir={tmp_path / 'run'}", "--set", "reward.single_logit=true")
+    samples = pd.read_parquet(tmp_path / "run" / "samples.parquet")
+    assert ((samples.reward > 0) == samples.is_positive).all() and samples.reward.std() > 0
+    assert ((1 / (1 + (-samples.reward).map(math.exp)) - samples.positive_prob).abs() < 1e-5).all()

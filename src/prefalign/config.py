@@ -55,6 +55,12 @@ class RewardConfig(Section):
     batch_size: int | None = Field(
         None, gt=0, description="Texts per classifier batch (length-sorted). Empty: 128."
     )
+    single_logit: bool = Field(
+        False,
+        description="The classifier has one output and that logit is the reward (positive: logit > 0, positive "
+        "probability: its sigmoid; `positive_label` is then not used). Without it a one-output classifier is "
+        "refused: a positive rate needs two classes.",
+    )
 
 
 class PromptConfig(Section):

@@ -85,9 +85,12 @@ class RewardModel:
     revision: str | None
     positive_label: str
     identity: str
+    single_logit: bool = False  # reward.single_logit: a one-output classifier's logit is the reward
 
     @property
     def key(self) -> str:
+        if self.single_logit:
+            return key_of(self.identity, "single-logit")
         return key_of(self.identity, self.positive_label)
 
 
@@ -350,7 +353,7 @@ def sources(cfg: Config) -> tuple[Original, RewardModel]:
 
     return (Original(cfg.policy.model, cfg.policy.revision, identity(cfg.policy.model, cfg.policy.revision)),
             RewardModel(cfg.reward.model, cfg.reward.revision, cfg.reward.positive_label,
-                        identity(cfg.reward.model, cfg.reward.revision, "reward")))  # fmt: skip
+                        identity(cfg.reward.model, cfg.reward.revision, "reward"), cfg.reward.single_logit))  # fmt: skip
 
 
 def plan(cfg: Config, original: Original | None = None, reward: RewardModel | None = None) -> list[Item]:

@@ -67,11 +67,11 @@ class Services:
 
     def classifier(self) -> Classifier:
         if "classifier" not in self._loaded:
-            from prefalign.models.loading import load_classifier, positive_class_index
+            from prefalign.models.loading import load_classifier, reward_index
 
             r = self.reward
             model, tokenizer = load_classifier(r.ref, r.revision, self.device, self.dtype)
-            index = positive_class_index(model.config.id2label, r.positive_label)
+            index = reward_index(model.config, r.positive_label, r.single_logit)
             self._loaded["classifier"] = Classifier(model, tokenizer, index, r.positive_label)
         return self._loaded["classifier"]
 

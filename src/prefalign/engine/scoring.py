@@ -1,7 +1,8 @@
 """Score texts with the reward classifier: reward = logit of the positive class.
 
 The positive class is found by name in `config.id2label` (`reward.positive_label`), never by
-index. Texts are tokenized with the classifier's own tokenizer, special tokens added ([CLS]/[SEP]
+index; a one-output classifier (`reward.single_logit`) has its logit as the reward, positive when
+above 0. Texts are tokenized with the classifier's own tokenizer, special tokens added ([CLS]/[SEP]
 for BERT) and truncated to its maximum length. Batches are formed from length-sorted texts so
 little compute is spent on padding, and results are put back in input order.
 """
@@ -35,6 +36,10 @@ def score_texts(texts: list[str], model, tokenizer, positive_index: int, batch_s
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
         reward[idx] = logits[:, positive_index].cpu().numpy()
-        prob[idx] = logits.softmax(-1)[:, positive_index].cpu().numpy()
-        is_pos[idx] = (logits.argmax(-1) == positive_index).cpu().numpy()
+        if logits.shape[-1] == 1:  # one output (reward.single_logit): positive means a positive logit
+            prob[idx] = logits[:, 0].sigmoid().cpu().numpy()
+            is_pos[idx] = (logits[:, 0] > 0).cpu().numpy()
+        else:
+            prob[idx] = logits.softmax(-1)[:, positive_index].cpu().numpy()
+            is_pos[idx] = (logits.argmax(-1) == positive_index).cpu().numpy()
     return {"reward": reward, "positive_prob": prob, "is_positive": is_pos}

@@ -218,6 +218,25 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     return model.to(device).eval(), tok
 
 
+def reward_index(config, positive_label: str, single_logit: bool = False) -> int:
+    """Which output of the classifier is the reward: the class named `positive_label`, or the only
+    output of a one-output classifier when `reward.single_logit` says that is intended."""
+    outputs = getattr(config, "num_labels", None) or len(getattr(config, "id2label", {}) or {})
+    if outputs == 1:
+        if not single_logit:
+            raise ModelLoadError(
+                "reward.model has a single output: it has no positive class to look up, and a positive rate "
+                "needs two classes (with one, softmax calls every text positive). If its one logit is the reward "
+                "you want, set `reward.single_logit: true` (positive then means logit > 0); otherwise use a "
+                "classifier with a positive and a negative class."
+            )
+        return 0
+    if single_logit:
+        raise ModelLoadError(f"reward.single_logit is set but reward.model has {outputs} outputs; unset it and name "
+                             "the positive class in reward.positive_label")  # fmt: skip
+    return positive_class_index(config.id2label, positive_label)
+
+
 def positive_class_index(id2label: dict, name: str) -> int:
     """Index of the class called `name` in `config.id2label` (exact match, else a unique case-insensitive one)."""
     labels = {int(k): str(v) for k, v in id2label.items()}

@@ -181,7 +181,7 @@ def write_report(item: Report, services: Services) -> None:
 
     md = [f"# prefalign report: {cfg.name}", "",
           f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{root}`. Rewards are the classifier's "
-          f"`{cfg.reward.positive_label}` logit; diversity is the entropy (nats) of the unigram distribution of "
+          + ("single logit" if cfg.reward.single_logit else f"`{cfg.reward.positive_label}` logit") + "; diversity is the entropy (nats) of the unigram distribution of "
           "policy token ids over each run's texts; distinct-2 is the share of distinct token bigrams; positive rate "
           "is the share of texts the classifier labels positive"
           + ("; KL is KL(policy || original) in nats per text (and per generated token), estimated on the run's "

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from prefalign.models.loading import ModelLoadError, positive_class_index
+from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.engine.scoring import score_texts
 from prefalign.plan import RlooModel
 from prefalign.services import Services, release_memory
@@ -80,10 +80,10 @@ class ClassifierReward:
     `score_texts`, exactly as the `sample` and `evaluate` stages score them.
     """
 
-    def __init__(self, classifier, tokenizer, label: str = "POSITIVE", batch_size: int = 128):
+    def __init__(self, classifier, tokenizer, label: str = "POSITIVE", batch_size: int = 128, single_logit: bool = False):
         self.classifier, self.tokenizer, self.batch_size = classifier, tokenizer, batch_size
         self.label = label
-        self.positive_index = positive_class_index(classifier.config.id2label, label)
+        self.positive_index = reward_index(classifier.config, label, single_logit)
         self.__name__ = REWARD_NAME  # TRL names the logged metric after it
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
@@ -164,13 +164,14 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
     classifier = services.classifier()
     train_rloo(item.start.ref, item.start.revision, classifier.model, classifier.tokenizer, classifier.positive_label,
                item.path, kl_coef=item.kl_coef, steps=item.steps, overrides=item.overrides, device=services.device,
-               seed=item.seed, key=item.key, log=services.log, sampling=item.sampling)  # fmt: skip
+               seed=item.seed, key=item.key, log=services.log, sampling=item.sampling,
+               single_logit=item.reward.single_logit)  # fmt: skip
     release_memory()
 
 
 def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tokenizer, positive_label: str,
                out_dir: Path, *, kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int,
-               key: str = "", log=print, sampling=None) -> dict:  # fmt: skip
+               key: str = "", log=print, sampling=None, single_logit: bool = False) -> dict:  # fmt: skip
     """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
@@ -192,7 +193,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     try:
         args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling)
-        reward = ClassifierReward(classifier, classifier_tokenizer, positive_label)
+        reward = ClassifierReward(classifier, classifier_tokenizer, positive_label, single_logit=single_logit)
         tokenizer = load_tokenizer(policy_ref, revision, "policy")
         path = resolve(policy_ref, "policy")
         model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
