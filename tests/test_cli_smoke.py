@@ -246,3 +246,14 @@ def test_a_one_output_classifier_is_refused_unless_its_logit_is_declared_the_rew
     samples = pd.read_parquet(tmp_path / "run" / "samples.parquet")
     assert ((samples.reward > 0) == samples.is_positive).all() and samples.reward.std() > 0
     assert ((1 / (1 + (-samples.reward).map(math.exp)) - samples.positive_prob).abs() < 1e-5).all()
+
+
+def test_corpus_problems_are_messages_not_tracebacks(tiny_dir, tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("text\nfine\nthe caf\u00e9 scene\n".encode("latin-1"))
+    proc = prefalign("sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set",
+                     f"sampling.prompts={{corpus: {tmp_path / 'latin1.csv'}}}", check=False)  # fmt: skip
+    assert proc.returncode == 1 and "line 3" in proc.stderr and "UTF-8" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (tmp_path / "few.csv").write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20)))
+    proc = prefalign("build-demo", "tiny", "--corpus", str(tmp_path / "few.csv"), check=False)
+    assert proc.returncode == 1 and "at least 200" in proc.stderr and "Traceback" not in proc.stderr

@@ -202,3 +202,56 @@ def test_corpus_stats_values():
         "texts": 4, "positive": 2, "positive_mean_chars": 5.0, "negative": 1, "negative_mean_chars": 2.0,
         "unlabelled": 1, "unlabelled_mean_chars": 1.0, "mean_chars": 3.2, "positive_share": 0.6667,
     }  # fmt: skip
+
+
+def test_prompts_read_texts_only_whatever_the_labels(tmp_path):
+    from prefalign.models.corpus import load_texts
+
+    pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "texts.csv", index=False)
+    assert load_texts(str(tmp_path / "texts.csv")) == TEXTS
+    pd.DataFrame({"review": TEXTS, "stars": ["5 stars"] * 5}).to_csv(tmp_path / "stars.csv", index=False)
+    assert load_texts(str(tmp_path / "stars.csv")) == TEXTS  # `review` found; labels never read
+    with pytest.raises(CorpusError, match="sampling.prompts.text_column"):
+        load_texts(str(tmp_path / "stars.csv"), text_column="body")
+
+
+def test_a_non_utf8_byte_names_its_line_and_an_empty_file_says_so(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\nfine,1\nthe caf\u00e9 scene,0\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"line 3: byte 0xe9 is not UTF-8"):
+        load_labelled_texts(str(path))
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(CorpusError, match="is empty"):
+        load_labelled_texts(str(tmp_path / "empty.csv"))
+
+
+def test_prompts_from_empty_or_too_short_texts_say_how_many_were_usable(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from prefalign.engine.prompts import corpus_prompts
+    from prefalign.models.builtin import SPECS, build
+
+    tokenizer = AutoTokenizer.from_pretrained(build(SPECS["tiny"], log=lambda m: None) / "policy")
+    (tmp_path / "blank.csv").write_text("text\n\"\"\n\" \"\n")
+    cfg = SimpleNamespace(corpus=str(tmp_path / "blank.csv"), split=None, text_column="text", per_prompt=2,
+                          min_tokens=2, max_tokens=4)  # fmt: skip
+    with pytest.raises(CorpusError, match="no text to cut prompts from"):
+        corpus_prompts(cfg, tokenizer, 4, 0)
+    (tmp_path / "short.csv").write_text("text\nGood.\nBad.\n")
+    cfg.corpus, cfg.min_tokens, cfg.max_tokens = str(tmp_path / "short.csv"), 50, 60
+    with pytest.raises(CorpusError, match=r"none of its 2 texts has sampling.prompts.min_tokens = 50"):
+        corpus_prompts(cfg, tokenizer, 4, 0)
+
+
+def test_building_models_on_too_small_a_corpus_says_how_many_texts_it_needs(tmp_path):
+    import dataclasses
+
+    from prefalign.models.builtin import SPECS, build
+
+    path = tmp_path / "few.csv"
+    pd.DataFrame({"text": [f"film {i}" for i in range(60)], "label": [i % 2 for i in range(60)]}).to_csv(path, index=False)
+    spec = dataclasses.replace(SPECS["tiny"], corpus=str(path))
+    with pytest.raises(CorpusError, match=r"60 usable texts \(30 positive, 30 negative\).*at least 200"):
+        build(spec, tmp_path / "cache", log=lambda m: None)

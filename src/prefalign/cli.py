@@ -122,7 +122,15 @@ def _main(argv: list[str] | None) -> int:
                 import dataclasses
 
                 spec = dataclasses.replace(spec, corpus=args.corpus)
-            print(build(spec))
+            from prefalign.models.corpus import CorpusError
+
+            try:
+                print(build(spec))
+            except CorpusError as e:
+                if debug:
+                    raise
+                print(f"prefalign: {e}", file=sys.stderr)
+                return 1
             return 0
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -139,6 +147,7 @@ def _main(argv: list[str] | None) -> int:
     _quiet_libraries()
     from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.engine.pair_rules import PairError
+    from prefalign.models.corpus import CorpusError
     from prefalign.models.loading import ModelLoadError, ModelPathError
     from prefalign.plan import PlanError
     from prefalign.runner import RunDirError, RunLocked, plan_table, run
@@ -159,7 +168,7 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"prefalign: {e}", file=sys.stderr)
         return 2
-    except (ModelLoadError, PairError, RunLocked, EvaluationMissing, TrainingDiverged) as e:
+    except (ModelLoadError, PairError, RunLocked, EvaluationMissing, TrainingDiverged, CorpusError) as e:
         if debug:
             raise
         print(f"prefalign: {e}", file=sys.stderr)

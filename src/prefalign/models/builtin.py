@@ -304,6 +304,15 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     t0 = time.time()
     log(f"building prefalign:{spec.name} models into {target}")
     texts, labels = load_corpus(spec)
+    # Enough to hold out the evaluation texts and still train on as many, with both classes labelled.
+    needed = 2 * spec.held_out
+    if len(texts) < needed or len({label for label in labels if label >= 0}) < 2:
+        from prefalign.models.corpus import CorpusError
+
+        counts = f"{len(texts)} usable texts ({sum(label == 1 for label in labels)} positive, " \
+                 f"{sum(label == 0 for label in labels)} negative)"  # fmt: skip
+        raise CorpusError(f"corpus {spec.corpus!r}: {counts}; building prefalign:{spec.name} needs at least {needed} "
+                          f"texts (it holds out {spec.held_out} for evaluation) with both classes labelled")  # fmt: skip
     rng = random.Random(spec.seed)
     order = list(range(len(texts)))
     rng.shuffle(order)

@@ -100,8 +100,7 @@ def _label_mapper(positive, where: str):
             return -1
         raise CorpusError(
             f"{where}: unknown label value {value!r}; expected one of 1/0, true/false, pos/neg, positive/negative, "
-            "fresh/rotten (any case), or empty/-1/unsup for unlabelled. "
-            "Pass `positive=` to say which values are positive"
+            "fresh/rotten (any case), or empty/-1/unsup for unlabelled. Rewrite the labels as one of those"
         )
 
     return builtin
@@ -131,14 +130,21 @@ def _finish(rows: Iterable[tuple[object, object]], mapper) -> tuple[list[str], l
 # Entry point: dispatch on what `source` looks like.
 
 
+def load_texts(source: str, text_column: str = "text", split: str | None = None) -> list[str]:
+    """The texts of `source` alone, as prompts need them: no label column is read or required."""
+    return load_labelled_texts(source, text_column=text_column, label_column=None, split=split)[0]
+
+
 def load_labelled_texts(
     source: str,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | None = "label",
     positive=None,
     split: str | None = None,
 ) -> tuple[list[str], list[int]]:
     """Texts and labels (1 positive, 0 negative, -1 unlabelled) from `source` (see the module docstring).
+
+    `label_column=None`: texts only (every label -1), for a table file or hub dataset with no labels.
 
     `text_column` / `label_column` name the columns of a file or hub dataset; when left at
     `text`/`label` and absent, `review`/`sentiment`, `sentence`/`label` and `text`/`category` are
@@ -232,6 +238,10 @@ def _table_file(path: Path, text_column: str, label_column: str, positive) -> tu
             f"corpus {str(path)!r}: unsupported file type; "
             "use .csv, .tsv, .jsonl/.json (one object per line) or .parquet"
         )
+    if path.stat().st_size == 0:
+        raise CorpusError(f"corpus {str(path)!r} is empty (0 bytes)")
+    if fmt in ("csv", "tsv", "jsonl") and path.suffix.lower() not in COMPRESSION_SUFFIXES:
+        _check_utf8(path)
     try:
         if fmt in ("csv", "tsv"):
             # Labels stay strings so "1", "pos" and "" are all read as written; NaN only for empty cells.
@@ -247,11 +257,36 @@ def _table_file(path: Path, text_column: str, label_column: str, positive) -> tu
     except Exception as e:  # pandas raises many types for malformed files
         raise CorpusError(f"corpus {str(path)!r}: cannot read it as {fmt}: {type(e).__name__}: {e}") from None
     text_column, label_column = _pick_columns(list(df.columns), text_column, label_column, str(path))
+    if label_column is None:
+        return _finish(((text, None) for text in df[text_column].tolist()), lambda value: -1)
     mapper = _label_mapper(positive, f"corpus {str(path)!r} column {label_column!r}")
     return _finish(zip(df[text_column].tolist(), df[label_column].tolist()), mapper)
 
 
-def _pick_columns(columns: list[str], text_column: str, label_column: str, where: str) -> tuple[str, str]:
+def _check_utf8(path: Path) -> None:
+    """Refuse a text file that is not UTF-8, naming the line of the first bad byte (pandas names a
+    position inside its read buffer, which is not where the byte is)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise CorpusError(
+            f"corpus {str(path)!r}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 ({e.reason}). Save the "
+            "file as UTF-8 (for a Latin-1 file: iconv -f latin1 -t utf-8 IN > OUT)"
+        ) from None
+
+
+def _pick_columns(columns: list[str], text_column: str, label_column: str | None,
+                  where: str) -> tuple[str, str | None]:  # fmt: skip
+    if label_column is None:  # texts only
+        if text_column in columns:
+            return text_column, None
+        fallbacks = [t for t, _ in COLUMN_PAIRS[1:] if t in columns] if text_column == "text" else []
+        if fallbacks:
+            return fallbacks[0], None
+        raise CorpusError(f"{where}: no text column {text_column!r}; its columns are {columns}. Name the text column "
+                          "in `sampling.prompts.text_column`")  # fmt: skip
     if text_column in columns and label_column in columns:
         return text_column, label_column
     if (text_column, label_column) == COLUMN_PAIRS[0]:
@@ -264,7 +299,7 @@ def _pick_columns(columns: list[str], text_column: str, label_column: str, where
     )  # fmt: skip
     raise CorpusError(
         f"{where}: no column {' or '.join(map(repr, missing))}{tried}; its columns are {columns}. "
-        "Pass text_column= and label_column="
+        "Rename the file's columns to `text` and `label` (a label per text: 1/0, pos/neg, positive/negative, ...)"
     )
 
 
@@ -371,6 +406,8 @@ def _hub(name: str, split: str | None, text_column: str, label_column: str, posi
             f"corpus {name!r}: split {split!r} did not give one dataset ({type(ds).__name__}); name one split"
         )
     text_column, label_column = _pick_columns(list(ds.column_names), text_column, label_column, f"corpus {name!r}")
+    if label_column is None:
+        return _finish(((text, None) for text in ds[text_column]), lambda value: -1)
     labels = ds[label_column]
     feature = ds.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
