@@ -74,14 +74,20 @@ def test_run_tiny_writes_every_output(tiny_run):
 
 def outputs(root) -> dict:
     """Every output file under a run dir with its modification time (provenance, rewritten each run, left out)."""
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in ("config.yaml", "models.json")}
+    skip = ("config.yaml", "models.json", ".lock")
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in skip}
 
 
 def test_second_run_does_no_work(tiny_run):
     root, _ = tiny_run
+    (root / ".lock").unlink()
     before = outputs(root)
+    provenance = {p: p.stat().st_mtime_ns for p in (root / "config.yaml", root / "models.json")}
     prefalign("run", "tiny", "--set", f"run_dir={root}")
     assert outputs(root) == before
+    # Nothing to do, nothing written, not even the lock: a finished run on a read-only disk still reports.
+    assert not (root / ".lock").exists()
+    assert {p: p.stat().st_mtime_ns for p in provenance} == provenance
     # every item of the plan is current: 1 samples + 3 pair files + the models + their evaluations + the report
     plan = prefalign("plan", "tiny", "--set", f"run_dir={root}").stdout
     assert f"{1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} items, {1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} up to date" in plan

@@ -19,6 +19,7 @@ Order of a run, and why:
 from __future__ import annotations
 
 import fcntl
+import json
 import multiprocessing
 import os
 import time
@@ -38,7 +39,7 @@ from prefalign.stages.report import write_report
 from prefalign.stages.sample import sample
 from prefalign.stages.train_dpo import train_dpo
 from prefalign.stages.train_rloo import train_rloo_model
-from prefalign.store import is_done, remove_stale, write_json, write_text
+from prefalign.store import is_done, read_json, remove_stale, write_json, write_text
 
 # The whole dispatch: each kind of item and the function that makes it.
 STAGES = {
@@ -78,6 +79,15 @@ def write_provenance(cfg: Config) -> None:
     write_json(root / "models.json", model_info(cfg))
 
 
+def provenance_is_current(cfg: Config) -> bool:
+    """Whether config.yaml and models.json already say what `write_provenance(cfg)` would write."""
+    root = cfg.run_path
+    config_file = root / "config.yaml"
+    if not config_file.is_file() or config_file.read_text() != yaml.safe_dump(cfg.model_dump(), sort_keys=False):
+        return False
+    return read_json(root / "models.json") == json.loads(json.dumps(model_info(cfg), default=str))
+
+
 def run(cfg: Config, until: str = "report") -> list[Item]:
     """Bring every item up to stage `until` up to date, in plan order; returns those items."""
     from prefalign.models.loading import pick_device
@@ -86,6 +96,11 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
     original, reward = sources(cfg)
     items = select(make_plan(cfg, original, reward), until)
     root = cfg.run_path
+    if root.is_dir() and all(is_current(item) for item in items) and provenance_is_current(cfg):
+        # Nothing to do, so nothing is written (not even the lock): a finished run can be on a
+        # read-only disk and `prefalign report` still answers.
+        log(f"{until}: all {len(items)} items up to date in {root}; nothing written")
+        return items
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
