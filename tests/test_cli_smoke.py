@@ -263,3 +263,20 @@ def test_corpus_problems_are_messages_not_tracebacks(tiny_dir, tmp_path):
     (tmp_path / "few.csv").write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20)))
     proc = prefalign("build-demo", "tiny", "--corpus", str(tmp_path / "few.csv"), check=False)
     assert proc.returncode == 1 and "at least 200" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_is_a_message_naming_the_file(tiny_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import prefalign.stages.sample as sample_stage
+    from prefalign.cli import main
+
+    target = tmp_path / "run" / "samples.meta.json"
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(sample_stage, "write_json", full)
+    assert main(["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err
+    assert "disk is full" in err and str(target) in err and "rerun the same command" in err

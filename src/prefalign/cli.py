@@ -15,6 +15,7 @@ CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit co
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -85,12 +86,41 @@ def _quiet_libraries() -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+# Failures of the machine rather than of prefalign or the input: said in one line, exit 1.
+WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "the file system is read-only"}  # fmt: skip
+
+
+def write_problem(e: BaseException) -> str | None:
+    """A message for an output that could not be written (disk full, no permission), else None."""
+    if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
+        what = f"cannot write {e.filename}" if e.filename else "cannot write an output"
+        why = WRITE_ERRORS[e.errno]
+    elif type(e).__name__ == "SafetensorError" and ("StorageFull" in str(e) or "code: 28" in str(e)):
+        what, why = "cannot save a model's weights", WRITE_ERRORS[errno.ENOSPC]
+    else:
+        return None
+    return (f"{what}: {why}. Free space or fix the permissions, then rerun the same command: finished outputs are "
+            "kept, and a half-written one is never read (outputs are written under a temporary name, then renamed)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:  # output piped into a reader that stopped early (`prefalign plan demo | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        asked = "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
+        if not asked:
+            print(f"prefalign {__version__}: unexpected error, most likely a bug in prefalign (or a case it does not "
+                  "handle yet); please report it with the traceback above and the command that gave it",
+                  file=sys.stderr)  # fmt: skip
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:
@@ -176,6 +206,12 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = write_problem(e)
+        if message is None or debug:
+            raise  # a bug: the traceback is for the report
+        print(f"prefalign: {message}", file=sys.stderr)
+        return 1
     return 0
 
 
