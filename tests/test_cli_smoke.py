@@ -144,15 +144,15 @@ def test_impossible_pairs_exit_1_with_the_reason(tiny_dir, tmp_path):
     assert "threshold: cannot build any pair" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("ref", ["/nonexistent/prefalign-model", "./no-such-model-dir", "~/no-such-model-dir"])
-def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_dir, tmp_path, ref):
+def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_dir, tmp_path):
     root = tmp_path / "run"
-    proc = prefalign("sample", "tiny", "--set", f"run_dir={root}", "--set", f"policy.model={ref}", cwd=tmp_path,
-                     check=False)  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert "policy.model" in proc.stderr and "no such directory" in proc.stderr and ref in proc.stderr
-    assert "hub" not in proc.stderr.split("(")[0] and "Traceback" not in proc.stderr
-    assert not root.exists()  # found while planning: nothing written
+    for ref in ["/nonexistent/prefalign-model", "./no-such-model-dir", "~/no-such-model-dir"]:
+        proc = prefalign("sample", "tiny", "--set", f"run_dir={root}", "--set", f"policy.model={ref}", cwd=tmp_path,
+                         check=False)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "policy.model" in proc.stderr and "no such directory" in proc.stderr and ref in proc.stderr
+        assert "hub" not in proc.stderr.split("(")[0] and "Traceback" not in proc.stderr
+        assert not root.exists()  # found while planning: nothing written
     (tmp_path / "weights.bin").write_text("x")
     proc = prefalign("plan", "tiny", "--set", "reward.model=./weights.bin", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
@@ -195,6 +195,25 @@ def test_a_failed_run_leaves_the_provenance_of_the_last_good_one(tiny_run, tmp_p
     assert proc.returncode == 1 and "cannot build any pair" in proc.stderr
     assert ((root / "config.yaml").read_text(), (root / "models.json").read_text()) == before
     assert yaml.safe_load(before[0])["pairs"]["threshold"] == 0.0  # what results.csv was made with
+
+
+def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(tiny_dir, tmp_path):
+    root = tmp_path / "run"
+    prefalign("pairs", "tiny", "--set", f"run_dir={root}")
+    train = ["train", "tiny", "--set", f"run_dir={root}", "--set", "train.checkpoint_steps=5"]
+    proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", *train], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        assert proc.poll() is None, "training finished before it could be interrupted"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "rerun the same command" in err and "Traceback" not in err
+    prefalign(*train)
+    assert all((root / "models" / name / "train.json").exists() for name in MODELS)
 
 
 def test_debug_shows_the_traceback_behind_a_user_error(tmp_path):
