@@ -255,3 +255,20 @@ def test_building_models_on_too_small_a_corpus_says_how_many_texts_it_needs(tmp_
     spec = dataclasses.replace(SPECS["tiny"], corpus=str(path))
     with pytest.raises(CorpusError, match=r"60 usable texts \(30 positive, 30 negative\).*at least 200"):
         build(spec, tmp_path / "cache", log=lambda m: None)
+
+
+def test_build_specs_read_any_columns_and_positive_value_without_changing_default_keys(tmp_path):
+    import dataclasses
+
+    from prefalign.models.builtin import SPECS, load_corpus
+
+    path = tmp_path / "stars.csv"
+    pd.DataFrame({"review": TEXTS, "stars": ["5 stars", "1 star", "5 stars", "2 stars", "5 stars"]}).to_csv(path, index=False)
+    with pytest.raises(CorpusError, match=r"unknown label value '5 stars'.*--positive VALUE"):
+        load_corpus(dataclasses.replace(SPECS["tiny"], corpus=str(path), text_column="review", label_column="stars"))
+    spec = dataclasses.replace(SPECS["tiny"], corpus=str(path), text_column="review", label_column="stars",
+                               positive="5 stars")  # fmt: skip
+    assert load_corpus(spec) == (TEXTS, [1, 0, 1, 0, 1])
+    assert spec.key() != dataclasses.replace(spec, positive=None).key()
+    # the defaults leave the cache keys of already-built models as they were
+    assert SPECS["tiny"].key() == "tiny-a181fa402724" and SPECS["demo"].key() == "demo-27b89c6c0171"

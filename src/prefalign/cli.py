@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="train on another corpus: a CSV/JSONL/Parquet file with text and label columns, an "
                         "aclImdb/ folder, or a hub dataset id; prints the directory to use as policy.model "
                         "(<dir>/policy) and reward.model (<dir>/reward)")  # fmt: skip
+    p.add_argument("--text-column", default="text", help="the corpus file's text column (default: text)")
+    p.add_argument("--label-column", default="label", help="the corpus file's label column (default: label)")
+    p.add_argument("--positive", default=None, metavar="VALUE",
+                   help="the label value meaning positive, when labels are not 1/0, pos/neg, positive/negative, ... "
+                        "(every other labelled value is then negative)")  # fmt: skip
     return parser
 
 
@@ -151,7 +156,8 @@ def _main(argv: list[str] | None) -> int:
             if args.corpus:
                 import dataclasses
 
-                spec = dataclasses.replace(spec, corpus=args.corpus)
+                spec = dataclasses.replace(spec, corpus=args.corpus, text_column=args.text_column,
+                                           label_column=args.label_column, positive=args.positive)  # fmt: skip
             from prefalign.models.corpus import CorpusError
 
             try:

@@ -59,9 +59,17 @@ class BuildSpec:
     max_text_tokens: int = 96
     held_out: int = 100
     seed: int = 0
+    # How to read a labelled corpus file (`prefalign build-demo --text-column/--label-column/--positive`).
+    text_column: str = "text"
+    label_column: str = "label"
+    positive: str | None = None  # the label value meaning positive (every other labelled value is negative)
 
     def key(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        for name in ("text_column", "label_column", "positive"):  # at their defaults they leave the key as it was
+            if fields[name] == BuildSpec.__dataclass_fields__[name].default:
+                del fields[name]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
@@ -116,7 +124,8 @@ def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
         return synthetic_corpus(seed=spec.seed)
     from prefalign.models.corpus import load_labelled_texts
 
-    return load_labelled_texts(spec.corpus)
+    return load_labelled_texts(spec.corpus, text_column=spec.text_column, label_column=spec.label_column,
+                               positive=spec.positive)
 
 
 # --------------------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def _label_mapper(positive, where: str):
             return -1
         raise CorpusError(
             f"{where}: unknown label value {value!r}; expected one of 1/0, true/false, pos/neg, positive/negative, "
-            "fresh/rotten (any case), or empty/-1/unsup for unlabelled. Rewrite the labels as one of those"
+            "fresh/rotten (any case), or empty/-1/unsup for unlabelled. Say which value is positive with "
+            "`prefalign build-demo --positive VALUE`"
         )
 
     return builtin
@@ -299,7 +300,7 @@ def _pick_columns(columns: list[str], text_column: str, label_column: str | None
     )  # fmt: skip
     raise CorpusError(
         f"{where}: no column {' or '.join(map(repr, missing))}{tried}; its columns are {columns}. "
-        "Rename the file's columns to `text` and `label` (a label per text: 1/0, pos/neg, positive/negative, ...)"
+        "Name them with `prefalign build-demo --text-column C --label-column C`"
     )
 
 
