@@ -40,8 +40,8 @@ part sample 80 python3 benchmarks/bench_engine.py sample --models gpt2-small --d
 part gpu 170 python3 benchmarks/gpu.py --fraction 0.1 --side-by-side 4 --models "$base"
 # 4. fp32 vs TF32 vs bf16 training on the demo models (rewards that mean something), 6 variants at once.
 part precision 130 python3 benchmarks/precision.py --device cuda --precisions tf32,bf16 --jobs 6
-# 5. Where the time goes: torch.profiler tables of a decode loop and of training steps.
-part profile 90 python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base"
+# 5. Where the time goes: torch.profiler tables of a decode loop, the whole sample + score engine and training steps.
+part profile 120 python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base"
 # 6. What one model leaves idle: four trainings of the lean bf16 step at once (compare with part 1).
 part steps-x4 40 bash -c 'for i in 1 2 3 4; do python3 benchmarks/bench_engine.py steps --models gpt2-small \
   --device cuda --steps 200 --warm 20 --variants lean-tf32 & done; wait'

@@ -1,12 +1,13 @@
 """Where a decode step and a training step spend their time on a GPU: torch.profiler tables.
 
 On the GPT-2-small / DistilBERT-base shaped models of bench_engine.py (random weights): times the
-engine's decode loop at full batch against the bare forward passes it makes, then profiles a few
-decode steps and a few training steps of the lean trainer, printing the top operations by GPU and
+engine's decode loop at full batch against the bare forward passes it makes, then profiles a
+decode loop, the whole sample + score engine (warmed up on the same shapes) and a few training
+steps of the lean trainer, printing the top operations by GPU and
 by CPU time and the host-sync calls (cudaStreamSynchronize and friends).
 
     python benchmarks/profile_gpu.py [--batch 2048] [--precision tf32]
-    python benchmarks/profile_gpu.py --device cpu --batch 64 --models DIR   # a smoke run anywhere
+    python benchmarks/profile_gpu.py --device cpu --batch 64 --texts 200 --models DIR   # a smoke run anywhere
 """
 
 from __future__ import annotations
@@ -87,6 +88,30 @@ def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
     tables(prof, f"decode, {batch} rows x {steps} steps")
 
 
+def profile_sample_and_score(policy_dir: str, reward_dir: str, n: int, device: torch.device) -> None:
+    """The whole sample stage's engine (decode, decode to text, classifier tokenization and scoring,
+    Parquet): where the time outside the decode loop goes."""
+    from prefalign.config import SamplingConfig
+    from prefalign.engine.decoding import sample_and_score
+    from prefalign.models.loading import inference_dtype, load_classifier, load_policy
+
+    dtype = inference_dtype(device)
+    policy, policy_tokenizer = load_policy(policy_dir, None, device, dtype)
+    classifier, classifier_tokenizer = load_classifier(reward_dir, None, device, dtype)
+    with tempfile.TemporaryDirectory() as d:
+        def run():
+            sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, 1, n, SamplingConfig(), 0,
+                             None, Path(d) / "s.parquet")  # fmt: skip
+
+        run()  # warm-up: the same batch shapes as the timed call
+        seconds = timed(run, device)
+        print(f"\nsample_and_score: {n} texts in {seconds:.2f}s ({n / seconds:.0f} texts/s), dtype {dtype}")
+        with profile(activities=activities(device)) as prof:
+            run()
+            sync(device)
+    tables(prof, f"sample_and_score, {n} texts")
+
+
 def profile_train(policy_dir: str, precision: str, device: torch.device) -> None:
     import pandas as pd
     from transformers import TrainerCallback
@@ -129,6 +154,7 @@ def profile_train(policy_dir: str, precision: str, device: torch.device) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--texts", type=int, default=5000, help="texts for the sample_and_score profile")
     parser.add_argument("--precision", default="tf32")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "prefalign-bench-base"))
@@ -137,9 +163,10 @@ def main() -> None:
 
     _quiet_libraries()
     device = torch.device(args.device)
-    policy_dir, _ = build_base_sized(Path(args.models))
+    policy_dir, reward_dir = build_base_sized(Path(args.models))
     print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
     profile_decode(policy_dir, args.batch, device)
+    profile_sample_and_score(policy_dir, reward_dir, args.texts, device)
     profile_train(policy_dir, args.precision, device)
 
 
