@@ -167,6 +167,9 @@ def train_side_by_side(models: list[DpoModel], services: Services, workers: int)
 def _train_in_worker(model: DpoModel, device_type: str, device_index: int | None, threads: int) -> None:
     import torch
 
+    from prefalign.cli import _quiet_libraries
+
+    _quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
     torch.set_num_threads(threads)
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     train_dpo(model, Services(device, reward=None, original=None))
