@@ -118,10 +118,10 @@ def bench_sample(args) -> None:
     times: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.reps):
         for name, (fn, p, c) in sides.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, args.n)
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - t0)
             print(f"rep {rep} {name}: {times[name][-1]:.1f}s ({args.n / times[name][-1]:.1f} samples/s)", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -131,7 +131,7 @@ def bench_sample(args) -> None:
         print(f"{name:12s} median {seconds:.2f}s ({args.n / seconds:.1f} samples/s{ratio})")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -140,8 +140,8 @@ def bench_steps(args) -> None:
     """Milliseconds per training step of the `seed` recipe (batch 8, RMSprop, sigmoid, beta 0.1) in the
     trainer variants that led to today's path: stock TRL as the pipeline ran it at a9ca438 (reference
     forward every step, the NaN filter's per-step sync, GPT-2's unfused GELU, fp32) and the lean
-    trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward. Pairs are couples of the policy's own samples (63 tokens
-    for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
+    trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward.
+    Pairs are couples of the policy's own samples (63 tokens for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
     """
     import numpy as np
     import pandas as pd
@@ -172,7 +172,7 @@ def bench_steps(args) -> None:
     class StepTimer(TrainerCallback):
         def on_step_end(self, train_args, state, control, **kwargs):
             if state.global_step in (args.warm, args.steps):
-                _sync(device)
+                sync(device)
                 setattr(self, "start" if state.global_step == args.warm else "end", time.perf_counter())
 
     results = {}

@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import build_base_sized  # noqa: E402
+from bench_engine import build_base_sized, sync  # noqa: E402
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
 
@@ -36,11 +36,6 @@ def tables(prof, title: str) -> None:
     for event in events:
         if event.key in SYNC_CALLS:
             print(f"{event.key}: {event.count} calls, {event.cpu_time_total / 1000:.1f} ms CPU")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def activities(device: torch.device) -> list:

@@ -110,6 +110,11 @@ def write_problem(e: BaseException) -> str | None:
             "kept, and a half-written one is never read (outputs are written under a temporary name, then renamed)")
 
 
+def debug_asked(flag: bool) -> bool:
+    """Whether tracebacks were asked for: `--debug`, or PREFALIGN_DEBUG set to anything but 0."""
+    return flag or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -120,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        asked = "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
-        if not asked:
+        if not debug_asked("--debug" in (sys.argv[1:] if argv is None else argv)):
             print(f"prefalign {__version__}: unexpected error, most likely a bug in prefalign (or a case it does not "
                   "handle yet); please report it with the traceback above and the command that gave it",
                   file=sys.stderr)  # fmt: skip
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    debug = args.debug or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
+    debug = debug_asked(args.debug)
     from prefalign.configfile import ConfigError, describe, load_config, preset_names
 
     try:
@@ -189,35 +193,28 @@ def _main(argv: list[str] | None) -> int:
     from prefalign.runner import RunDirError, RunLocked, plan_table, run
     from prefalign.stages.evaluate import EvaluationMissing
 
+    # The user errors and their exit codes: 2 for bad input found before any work, 1 during it
+    # (in this order: a ModelPathError is a ModelLoadError found while planning).
+    exit_codes = ((PlanError, 2), (RunDirError, 2), (ModelPathError, 2), (ModelLoadError, 1), (PairError, 1),
+                  (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1), (CorpusError, 1))  # fmt: skip
     try:
         if args.command == "plan":
             print(plan_table(cfg))
         else:
             run(cfg, until="report" if args.command == "run" else args.command)
-    except PlanError as e:
-        if debug:
-            raise
-        print(f"prefalign: invalid config: {e}", file=sys.stderr)
-        return 2
-    except (RunDirError, ModelPathError) as e:
-        if debug:
-            raise
-        print(f"prefalign: {e}", file=sys.stderr)
-        return 2
-    except (ModelLoadError, PairError, RunLocked, EvaluationMissing, TrainingDiverged, CorpusError) as e:
-        if debug:
-            raise
-        print(f"prefalign: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:
-        message = write_problem(e)
+        code = next((code for kind, code in exit_codes if isinstance(e, kind)), None)
+        if code is not None:
+            message = f"invalid config: {e}" if isinstance(e, PlanError) else str(e)
+        else:
+            message, code = write_problem(e), 1
         if message is None or debug:
-            raise  # a bug: the traceback is for the report
+            raise  # a bug (or --debug): the traceback is for the report
         print(f"prefalign: {message}", file=sys.stderr)
-        return 1
+        return code
     return 0
 
 

@@ -78,15 +78,20 @@ def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def every_position_head():
-    """TRL's fused LM head scores every position (no boolean gather, so no host sync)."""
+def trl_head_positions(compact):
+    """While inside, TRL 1.16's fused LM head projects only the labelled (completion) positions on
+    the devices where `compact(device, trl_choice)` is true, and every position elsewhere.
+
+    TRL's own choice: only on CUDA, where it gathers the labelled positions with a boolean mask (a
+    host sync). The results are the same either way; only the work and the syncs differ.
+    """
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:  # another TRL version: leave it alone
         yield
         return
-    trl_utils._use_triton = lambda device: False
+    trl_utils._use_triton = lambda device: compact(device, original(device))
     try:
         yield
     finally:
@@ -121,7 +126,8 @@ class LeanDPOTrainer(DPOTrainer):
         sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
         if sync_free and getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa":
             model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
-        with every_position_head() if sync_free else contextlib.nullcontext():
+        every_position = trl_head_positions(lambda device, trl_choice: False)  # no boolean gather, no sync
+        with every_position if sync_free else contextlib.nullcontext():
             outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = shift_mask.size(1)
         per_token_logps = outputs.log_probs[:, -seq_len:]  # (2*batch, seq-1), 0 outside completions

@@ -165,7 +165,7 @@ def load_labelled_texts(
     if path.is_file() or suffix:
         _no_split(source, split)
         return _table_file(path, text_column, label_column, positive)
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise CorpusError(f"corpus {source!r}: no such file or directory")
     return _hub(source, split, text_column, label_column, positive)
 
@@ -184,8 +184,9 @@ def _format_suffix(path: Path) -> str | None:
     return FILE_FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def _looks_like_path(source: str) -> bool:
-    # Hub ids are `name` or `owner/name`; anything else with a slash, or starting like a path, is a path.
+def looks_like_path(source: str) -> bool:
+    """Whether a corpus or model reference is meant as a local path rather than a hub id: hub ids are
+    `name` or `owner/name`; anything else with a slash, or starting like a path, is a path."""
     if source.startswith(("/", "./", "../", "~", ".\\")) or source.count("/") > 1:
         return True
     return os.sep != "/" and os.sep in source

@@ -28,9 +28,12 @@ class ModelPathError(ModelLoadError):
 
 
 def local_path(ref: str) -> Path | None:
-    """`ref` as a local path when it is one: it starts with `/`, `./`, `../` or `~`, or exists on
-    disk. Anything else (`owner/name`, `gpt2`) is a hub id. A path is never sent to the hub."""
-    if ref.startswith(("/", "./", "../", "~")) or ref in (".", "..") or Path(ref).exists():
+    """`ref` as a local path when it is one: it looks like a path (corpus.looks_like_path: it starts
+    with `/`, `./`, `../` or `~`, or has more slashes than `owner/name`) or exists on disk. Anything
+    else (`owner/name`, `gpt2`) is a hub id. A path is never sent to the hub."""
+    from prefalign.models.corpus import looks_like_path
+
+    if looks_like_path(ref) or ref in (".", "..") or Path(ref).exists():
         return Path(ref).expanduser()
     return None
 

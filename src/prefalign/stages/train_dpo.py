@@ -70,17 +70,10 @@ def completion_tokens_only():
     On CPU without compilation that only wastes work: the per-token vocabulary projection and its
     backward are most of a small policy's training step. The results are the same either way.
     """
-    import trl.trainer.utils as trl_utils
+    from prefalign.engine.lean_dpo import trl_head_positions
 
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:  # another TRL version: leave it alone
+    with trl_head_positions(lambda device, trl_choice: device.type == "cpu" or trl_choice):
         yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], list[float] | None]:
@@ -240,7 +233,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
-        shutil.rmtree(scratch, ignore_errors=True)  # checkpoints too: the model is saved
+        if checkpoint_steps:
+            shutil.rmtree(scratch, ignore_errors=True)  # the model is saved: its checkpoints are done with
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
         return info
