@@ -299,3 +299,12 @@ def test_a_full_disk_is_a_message_naming_the_file(tiny_dir, tmp_path, monkeypatc
     assert main(["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}"]) == 1
     err = capsys.readouterr().err
     assert "disk is full" in err and str(target) in err and "rerun the same command" in err
+
+
+def test_a_config_that_is_not_text_and_a_model_dir_that_is_empty_are_named(tiny_dir, tmp_path):
+    (tmp_path / "junk.yaml").write_bytes(b"name: x\n\x8e\x01\xff")
+    proc = prefalign("run", str(tmp_path / "junk.yaml"), check=False)
+    assert proc.returncode == 2 and "junk.yaml, line 2" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = prefalign("plan", "tiny", "--set", f"reward.model={tmp_path / 'empty'}", check=False)
+    assert proc.returncode == 2 and "reward.model" in proc.stderr and "no config.json" in proc.stderr

@@ -61,6 +61,11 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
     """Return the raw mapping and a default name for a path or a preset name."""
     path = Path(source)
     if path.is_file():
+        from prefalign.models.corpus import not_utf8
+
+        problem = not_utf8(path)
+        if problem:
+            raise ConfigError(f"{source}, {problem}: a config is a YAML text file in UTF-8")
         text, default_name = path.read_text(encoding="utf-8"), path.stem
     elif source in preset_names():
         text = (importlib.resources.files("prefalign") / "presets" / f"{source}.yaml").read_text("utf-8")

@@ -265,18 +265,23 @@ def _table_file(path: Path, text_column: str, label_column: str, positive) -> tu
     return _finish(zip(df[text_column].tolist(), df[label_column].tolist()), mapper)
 
 
-def _check_utf8(path: Path) -> None:
-    """Refuse a text file that is not UTF-8, naming the line of the first bad byte (pandas names a
-    position inside its read buffer, which is not where the byte is)."""
+def not_utf8(path: Path) -> str | None:
+    """Where a text file stops being UTF-8 ("line N: byte 0x.. is not UTF-8 (...)"), or None when
+    it all is. Decoders name a position inside their read buffer, which is not where the byte is."""
     raw = path.read_bytes()
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise CorpusError(
-            f"corpus {str(path)!r}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 ({e.reason}). Save the "
-            "file as UTF-8 (for a Latin-1 file: iconv -f latin1 -t utf-8 IN > OUT)"
-        ) from None
+        return f"line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 ({e.reason})"
+    return None
+
+
+def _check_utf8(path: Path) -> None:
+    problem = not_utf8(path)
+    if problem:
+        raise CorpusError(f"corpus {str(path)!r}, {problem}. Save the file as UTF-8 (for a Latin-1 file: "
+                          "iconv -f latin1 -t utf-8 IN > OUT)")  # fmt: skip
 
 
 def _pick_columns(columns: list[str], text_column: str, label_column: str | None,

@@ -42,8 +42,9 @@ def _checked_local(ref: str, role: str) -> str:
     path = local_path(ref)
     if path is None:
         return ref
-    if not path.is_dir():
-        what = "is a file, not a model directory" if path.exists() else "no such directory"
+    if not path.is_dir() or not (path / "config.json").is_file():
+        what = ("a local directory with no config.json, so no saved model" if path.is_dir() else
+                "is a file, not a model directory" if path.exists() else "no such directory")  # fmt: skip
         key = "policy.model" if role == "policy" else "reward.model"
         raise ModelPathError(f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
                              f"`{key}` at a directory holding config.json and the weights (save_pretrained's output).")  # fmt: skip
