@@ -259,8 +259,9 @@ class TrainConfig(Section):
         1,
         ge=1,
         description="How many grid models train at once, each in its own process: on the run's device, or spread "
-        "round-robin over all GPUs when `device` is `auto`/`cuda` on a machine with several. On one GPU that a "
-        "small model's steps leave partly idle (TF32 / bf16) 4 gave ~1.6x, in fp32 nothing (benchmarks/RESULTS.md); "
+        "round-robin over all GPUs when `device` is `auto`/`cuda` on a machine with several. On one H200, 4 gave "
+        "~1.6x with TF32 training (a small model's steps leave the GPU partly idle) and nothing in fp32 "
+        "(benchmarks/RESULTS.md); "
         "results are the same. 1: one after another. Iterative rounds always run in order.",
     )
 
