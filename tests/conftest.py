@@ -33,6 +33,34 @@ def tiny_dir(cache_root):
     return build(SPECS["tiny"], cache_root, log=lambda msg: None)
 
 
+@pytest.fixture
+def cli(capsys):
+    """`prefalign ARGS` run in this process, as `helpers.prefalign` runs it in a new one but without
+    the interpreter's start-up (seconds per call): returns (returncode, stdout, stderr)."""
+    import subprocess
+
+    from prefalign.cli import main
+
+    def call(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        if check:
+            assert code == 0, out[-3000:] + err[-3000:]
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return call
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dir, tmp_path_factory):
+    """(run directory, process) of `prefalign run tiny` in one process: what other runs compare with."""
+    from helpers import prefalign
+
+    root = tmp_path_factory.mktemp("smoke") / "run"
+    return root, prefalign("run", "tiny", "--set", f"run_dir={root}")
+
+
 @pytest.fixture(scope="session")
 def tiny_policy(tiny_dir):
     import torch

@@ -1,6 +1,7 @@
 """Command line: `prefalign run CONFIG`, one stage at a time, or helpers.
 
     prefalign run CONFIG [--set key.path=value ...]        every stage, resumable
+    prefalign run CONFIG --num-processes N                  the same over N processes (accelerate launch)
     prefalign sample|pairs|train|evaluate|report CONFIG     up to that stage
     prefalign plan CONFIG                                   what a run would do: items, keys, done or not
     prefalign config CONFIG                                 print the validated config
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.betas=[0.1,1] (repeatable)")  # fmt: skip
+        p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="run as N processes, started through `accelerate launch` (one per GPU, or N CPU "
+                            "processes): the same as `accelerate launch --num_processes N -m prefalign ...`")  # fmt: skip
     p = sub.add_parser("plan", help="list the work items of a config (stage, key, output, done or not) without running")
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -108,6 +112,23 @@ def write_problem(e: BaseException) -> str | None:
         return None
     return (f"{what}: {why}. Free space or fix the permissions, then rerun the same command: finished outputs are "
             "kept, and a half-written one is never read (outputs are written under a temporary name, then renamed)")
+
+
+def launch_problem(processes: int, device: str) -> str | None:
+    """Why `--num-processes` cannot start that many processes here, or None."""
+    from prefalign.distributed import launched_processes
+
+    if processes < 1:
+        return "give 1 or more"
+    if launched_processes() > 1:
+        return "this process is already one of several a launcher started; drop --num-processes"
+    if device in ("auto", "cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus and processes > gpus:
+            return f"there are {gpus} GPUs here, one per process; give at most {gpus} (or set device: cpu)"
+    return None
 
 
 def debug_asked(flag: bool) -> bool:
@@ -183,23 +204,36 @@ def _main(argv: list[str] | None) -> int:
 
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
         return 0
+    processes = getattr(args, "num_processes", 1)
+    problem = launch_problem(processes, cfg.device) if processes != 1 else None
+    if problem:
+        print(f"prefalign: --num-processes {processes}: {problem}", file=sys.stderr)
+        return 2
 
     _quiet_libraries()
+    from prefalign.distributed import PeerFailed
     from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.engine.pair_rules import PairError
     from prefalign.models.corpus import CorpusError
     from prefalign.models.loading import ModelLoadError, ModelPathError
     from prefalign.plan import PlanError
-    from prefalign.runner import RunDirError, RunLocked, plan_table, run
+    from prefalign.runner import RunDirError, RunLocked, check_parallel, plan_table, run
     from prefalign.stages.evaluate import EvaluationMissing
 
     # The user errors and their exit codes: 2 for bad input found before any work, 1 during it
     # (in this order: a ModelPathError is a ModelLoadError found while planning).
     exit_codes = ((PlanError, 2), (RunDirError, 2), (ModelPathError, 2), (ModelLoadError, 1), (PairError, 1),
-                  (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1), (CorpusError, 1))  # fmt: skip
+                  (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1), (CorpusError, 1), (PeerFailed, 1))  # fmt: skip
     try:
         if args.command == "plan":
             print(plan_table(cfg))
+        elif processes != 1:
+            from prefalign.distributed import relaunch
+            from prefalign.plan import plan
+
+            check_parallel(cfg, plan(cfg), processes)  # the processes would all refuse it: say so once, first
+            again = ["--debug"] * args.debug + [args.command, args.config]
+            return relaunch(again + [x for o in args.overrides for x in ("--set", o)], processes)
         else:
             run(cfg, until="report" if args.command == "run" else args.command)
     except KeyboardInterrupt:

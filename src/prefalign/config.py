@@ -212,6 +212,17 @@ class ExtraPoint(Section):
         return v
 
 
+class LoraSettings(Section):
+    r: int = Field(16, ge=1, description="Rank of the LoRA update matrices.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch during training.")
+    target_modules: list[str] | str | None = Field(
+        None,
+        description="Module names to adapt (e.g. `[c_attn, c_proj]` for GPT-2, `[q_proj, v_proj]` for Llama), or "
+        "`all-linear`. Empty: peft's default for the architecture.",
+    )
+
+
 class TrainConfig(Section):
     recipe: Literal[RECIPE_NAMES] = Field(
         "default",
@@ -263,6 +274,19 @@ class TrainConfig(Section):
         "~1.6x with TF32 training (a small model's steps leave the GPU partly idle) and nothing in fp32 "
         "(benchmarks/RESULTS.md); "
         "results are the same. 1: one after another. Iterative rounds always run in order.",
+    )
+    parallel: Literal["grid", "data"] | None = Field(
+        None,
+        description="With several processes (`--num-processes`, `accelerate launch`): `grid` trains whole models, "
+        "each on one process (its GPU); `data` trains each model on all processes together (DDP, or FSDP / "
+        "DeepSpeed from the accelerate config), each step's batch split between them, so the recipe's batch is "
+        "kept. Empty: `grid` for a batch of models at least as many as the processes, else `data`.",
+    )
+    lora: LoraSettings | None = Field(
+        None,
+        description="Train LoRA adapters (peft) instead of every weight: `{r, alpha, dropout, target_modules}`. The "
+        "reference is then the base model with the adapters disabled (no second copy in memory); each model "
+        "directory holds the merged weights (what evaluation loads) and the adapters in `adapter/`.",
     )
 
     extra: list[ExtraPoint] = Field(

@@ -111,6 +111,7 @@ class DpoModel:
     path: Path  # the model directory; train.json in it holds the key
     # train.checkpoint_steps: how often a resumable checkpoint is saved; not in the key (same result)
     checkpoint_steps: int | None = None
+    lora: dict[str, Any] | None = None  # train.lora: LoRA adapters instead of full training
 
     stage = "train"
     revision = None  # a trained model loads from its directory (`ref`)
@@ -133,8 +134,9 @@ class DpoModel:
             loss = ("slic", self.slic_sft_weight)
         else:
             loss = self.loss if isinstance(self.loss, str) else self.loss.model_dump()
-        return key_of("dpo", self.pairs.key, self.start.key, self.reference.key, loss, self.beta, self.recipe,
-                      self.overrides, self.seed, self.precision)  # fmt: skip
+        parts = ["dpo", self.pairs.key, self.start.key, self.reference.key, loss, self.beta, self.recipe,
+                 self.overrides, self.seed, self.precision]  # fmt: skip
+        return key_of(*parts, *([("lora", self.lora)] if self.lora else []))
 
     @property
     def inputs(self) -> tuple:
@@ -372,7 +374,8 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
 
     def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, cls=DpoModel, **chain):
         return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed, t.slic_sft_weight, t.precision, path,
-                       checkpoint_steps=t.checkpoint_steps, **chain))  # fmt: skip
+                       checkpoint_steps=t.checkpoint_steps, lora=t.lora.model_dump() if t.lora else None,
+                       **chain))  # fmt: skip
 
     def grid_model(strategy: str, loss, beta: float, recipe: str) -> DpoModel:
         pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")

@@ -1,15 +1,18 @@
 """Walk a config's plan: take the run lock, skip what is on disk, call one stage function per item.
 
 Order of a run, and why:
-1. lock the run directory (two processes in one directory would delete each other's temporary
-   files; the OS drops the lock when its holder dies, so a killed run never leaves a stale lock);
+1. lock the run directory (two runs in one directory would delete each other's temporary files;
+   the OS drops the lock when its holder dies, so a killed run never leaves a stale lock);
 2. remove temporary outputs of killed runs (safe only under the lock);
 3. for each item of the plan up to the stage asked for, in plan order (inputs first): skip it when
-   its outputs hold its key, else call `STAGES[type(item)](item, services)`. With
-   `train.side_by_side: N`, reaching the first grid model to train starts every grid model whose
-   pairs are ready, N at a time in worker processes; the loop then finds them done;
+   its outputs hold its key, else call `STAGES[type(item)](item, services)`. Consecutive models
+   that do not read each other (the grid) are trained as one batch: one after another, or
+   `train.side_by_side` at a time in worker processes;
 4. only then write the provenance (config.yaml, models.json): a run that fails leaves the
    directory's provenance describing the outputs of the last run that succeeded.
+
+A run launched as several processes (`accelerate launch`, `torchrun`, `--num-processes`) does
+the same in each; the main process (rank 0) holds the lock, and `_walk` says who makes what.
 
     prefalign run CONFIG         # every item
     prefalign train CONFIG       # items up to the train stage
@@ -18,6 +21,8 @@ Order of a run, and why:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
 import json
 import multiprocessing
@@ -26,13 +31,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
 import yaml
 
 from prefalign.config import Config
-from prefalign.plan import STAGE_NAMES, DpoModel, Evaluation, Item, IterativeRound, Pairs, Report, RlooModel, Samples
+from prefalign.distributed import Ranks, join, single_process_environment
+from prefalign.plan import STAGE_NAMES, DpoModel, Evaluation, Item, IterativeRound, Pairs, PlanError, Report, RlooModel, Samples
 from prefalign.plan import plan as make_plan
 from prefalign.plan import sources, stage_of
-from prefalign.services import Services, log, model_info
+from prefalign.recipes import RECIPES
+from prefalign.services import Services, log, model_info, process_tag, quiet
 from prefalign.stages.evaluate import evaluate
 from prefalign.stages.pairs import make_pairs
 from prefalign.stages.report import write_report
@@ -89,7 +97,11 @@ def provenance_is_current(cfg: Config) -> bool:
 
 
 def run(cfg: Config, until: str = "report") -> list[Item]:
-    """Bring every item up to stage `until` up to date, in plan order; returns those items."""
+    """Bring every item up to stage `until` up to date, in plan order; returns those items.
+
+    Every process of a multi-process launch calls this with the same config and walks the same
+    plan; see `_walk` for who does what.
+    """
     from prefalign.models.loading import pick_device
 
     # The plan first: a config whose items clash fails before anything is written.
@@ -101,30 +113,161 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
         # read-only disk and `prefalign report` still answers.
         log(f"{until}: all {len(items)} items up to date in {root}; nothing written")
         return items
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"run_dir {str(root)!r} cannot be used as the run directory ({e.strerror}); set "
-                          "`run_dir` to a directory you can write, or remove what is in the way") from None
-    with open(root / ".lock", "a") as lock:  # "a": opening must not touch the file
+    device = pick_device(cfg.device)
+    ranks = join(device.type)
+    if ranks.count > 1:
+        check_parallel(cfg, items, ranks.count)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", ranks.local_index)  # one GPU per process
+    services = Services(device, reward, original, cfg.reward.batch_size, log=log if ranks.main else quiet, ranks=ranks)
+    with run_directory(root, ranks):
+        start = time.time()
+        _walk(items, cfg, services)
+        ranks.wait()  # every process's outputs are written
+        if ranks.main:
+            write_provenance(cfg)
+            log(f"{until}: finished in {time.time() - start:.1f}s with {ranks.count} process(es); outputs in {root}")
+    return items
+
+
+@contextlib.contextmanager
+def run_directory(root: Path, ranks: Ranks):
+    """Hold the run directory for the whole run (the main process locks it and clears what killed
+    runs left; the other processes start once it has)."""
+    lock = None
+    if ranks.main:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"run_dir {str(root)!r} cannot be used as the run directory ({e.strerror}); set "
+                              "`run_dir` to a directory you can write, or remove what is in the way") from None
+        lock = open(root / ".lock", "a")  # "a": opening must not touch the file
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             raise RunLocked(f"another prefalign process is running in {root}") from None
         remove_stale(root)
-        services = Services(pick_device(cfg.device), reward, original, cfg.reward.batch_size)
-        start = time.time()
-        for item in items:
-            if type(item) is DpoModel and cfg.train.side_by_side > 1 and not is_current(item):
-                ready = [m for m in items if type(m) is DpoModel and not is_current(m) and is_current(m.pairs)]
-                train_side_by_side(ready, services, cfg.train.side_by_side)
-            if is_current(item):
-                log(f"{item.name}: up to date")
-                continue
+    try:
+        ranks.wait()
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+# Items only the main process makes; the others wait for them.
+MAIN_ONLY = (Pairs, Report)
+TRAINED = (DpoModel, IterativeRound, RlooModel)
+
+
+def _walk(items: list[Item], cfg: Config, services: Services) -> None:
+    """Make every item not already on disk, in plan order, in every process alike.
+
+    Who makes what: samples and evaluations, every process (each its own shard); pairs and the
+    report, the main process; models, by batches of consecutive independent models (the grid): in
+    `grid` mode each process trains whole models of the batch, in `data` mode all of them train each
+    model together (DDP). Whether an item is on disk is agreed by all the processes (`all_true`), so
+    they take the same branches and meet at the same points.
+    """
+    ranks = services.ranks
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if isinstance(item, TRAINED):
+            batch = independent_models(items, i)
+            i += len(batch)
+            todo = [m for m in batch if not ranks.all_true(is_current(m))]
+            for m in batch:
+                if m not in todo:
+                    services.log(f"{m.name}: up to date")
+            if todo:
+                train_models(todo, cfg, services)
+                ranks.wait()
+            continue
+        i += 1
+        if ranks.all_true(is_current(item)):
+            services.log(f"{item.name}: up to date")
+        elif isinstance(item, MAIN_ONLY):
+            if ranks.main:
+                STAGES[type(item)](item, services)
+            ranks.wait()
+        else:
             STAGES[type(item)](item, services)
-        write_provenance(cfg)
-        log(f"{until}: finished in {time.time() - start:.1f}s; outputs in {root}")
-    return items
+
+
+def independent_models(items: list[Item], start: int) -> list[Item]:
+    """The run of consecutive trained models from `items[start]` on, none reading another (the grid
+    models; an iterative round stands alone, as it reads the round before)."""
+    batch: list[Item] = []
+    for item in items[start:]:
+        if not isinstance(item, TRAINED) or any(i is b for i in item.inputs for b in batch):
+            break
+        batch.append(item)
+    return batch
+
+
+def parallel_mode(setting: str | None, models: int, processes: int) -> str:
+    """`grid` or `data` for `models` models over `processes` processes: the setting, else `grid`
+    when every process gets a whole model, else `data`."""
+    if setting:
+        return setting
+    return "grid" if models >= processes else "data"
+
+
+def check_parallel(cfg: Config, items: list[Item], processes: int) -> None:
+    """Refuse, before any work, what the processes cannot train: a `data`-mode batch that does not
+    divide over them (data mode keeps the recipe's batch: each process takes batch / processes pairs
+    per step), or LoRA with weights sharded by FSDP / DeepSpeed (the merged model cannot be written)."""
+    sharded = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED") if os.environ.get(v, "").lower() == "true"]
+    if cfg.train.lora and sharded:
+        raise PlanError(f"train.lora with {sharded[0].split('_')[-1]} from the accelerate config: the adapters cannot "
+                        "be merged into a model for evaluation there; train LoRA with a DDP config (multi_gpu.yaml)")  # fmt: skip
+    if cfg.train.parallel != "data":
+        return
+    for item in items:
+        if isinstance(item, DpoModel):
+            batch = per_device_batch(item.recipe, item.overrides)
+            if batch % processes:
+                raise PlanError(f"train.parallel: data splits each batch of {batch} pairs over the {processes} "
+                                f"processes, which does not divide it; use a batch size "
+                                f"(train.dpo.per_device_train_batch_size) divisible by {processes}, another number of "
+                                "processes, or `train.parallel: grid`")  # fmt: skip
+
+
+def train_models(models: list[Item], cfg: Config, services: Services) -> None:
+    """Train independent models: one after another in this process, side by side in worker
+    processes (`train.side_by_side`), or over the run's processes (see `_walk`)."""
+    ranks = services.ranks
+    side_by_side = cfg.train.side_by_side
+    if ranks.count == 1:
+        if side_by_side > 1 and len(models) > 1:
+            train_side_by_side(models, services, side_by_side, spread=True)
+        else:
+            for model in models:
+                STAGES[type(model)](model, services)
+        return
+    dpo = [m for m in models if isinstance(m, DpoModel)]
+    mode = parallel_mode(cfg.train.parallel, len(models), ranks.count)
+    if mode == "data" and not all(per_device_batch(m.recipe, m.overrides) % ranks.count == 0 for m in dpo):
+        mode = "grid"  # `auto` only: an explicit `data` was checked before the run
+    if mode == "data":
+        services.log(f"train {len(dpo)} model(s) with all {ranks.count} processes each (parallel: data)")
+        together = dataclasses.replace(services, launch={"world_size": ranks.count, "parallel": "data"})
+        for model in dpo:
+            STAGES[type(model)](model, together)
+        models = [m for m in models if not isinstance(m, DpoModel)]  # RLOO models train whole, one per process
+    mine = models[ranks.index :: ranks.count]
+    if mine:
+        log(f"train {len(mine)} of {len(models)} models in this process (parallel: grid)")
+        # In worker processes that see no launcher: the Trainer would otherwise join the others' group.
+        launch = {"world_size": ranks.count, "parallel": "grid", "process": ranks.index}
+        train_side_by_side(mine, dataclasses.replace(services, launch=launch), side_by_side, spread=False)
+
+
+def per_device_batch(recipe: str, overrides: dict) -> int:
+    """The pairs per training step of one process in a one-process run (the recipe's, or train.dpo's)."""
+    return int(overrides.get("per_device_train_batch_size", RECIPES[recipe]["per_device_train_batch_size"]))
 
 
 def worker_devices(device_type: str, device_index: int | None, count: int, gpus: int) -> list[int | None]:
@@ -135,26 +278,26 @@ def worker_devices(device_type: str, device_index: int | None, count: int, gpus:
     return [device_index] * count
 
 
-def train_side_by_side(models: list[DpoModel], services: Services, workers: int) -> None:
-    """Train `models`, `workers` at a time, each in a fresh process: on the run's device, or spread
-    over every GPU of the machine when the run's device is plain `cuda` (`device: auto` / `cuda`).
+def train_side_by_side(models: list[Item], services: Services, workers: int, spread: bool) -> None:
+    """Train `models`, `workers` at a time, each in a fresh process: on the run's device, or, with
+    `spread`, over every GPU of the machine when the run's device is plain `cuda`.
 
     Each worker loads its own models and writes its outputs atomically, exactly as a serial run
     would; the first failure is raised here once the running ones finish (Ctrl-C stops them all:
     they share the terminal's process group).
     """
-    import torch
-
     workers = min(workers, len(models))
     device = services.device
-    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    gpus = torch.cuda.device_count() if device.type == "cuda" and spread else 0
     indices = worker_devices(device.type, device.index, len(models), gpus)
     where = f"{gpus} GPUs" if len(set(indices)) > 1 else str(device)
-    services.log(f"train {len(models)} models side by side, {workers} at a time on {where}")
+    services.log(f"train {len(models)} model(s) side by side, {workers} at a time on {where}")
     # CPU threads shared out between workers, so they do not oversubscribe the cores.
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_in_worker, model, device.type, index, threads)
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=single_process_environment) as pool:  # fmt: skip
+        futures = [pool.submit(_train_in_worker, model, device.type, index, threads, services.reward, services.original,
+                               services.launch, process_tag().strip())
                    for model, index in zip(models, indices)]  # fmt: skip
         try:
             for future in futures:
@@ -164,15 +307,16 @@ def train_side_by_side(models: list[DpoModel], services: Services, workers: int)
             raise
 
 
-def _train_in_worker(model: DpoModel, device_type: str, device_index: int | None, threads: int) -> None:
-    import torch
-
+def _train_in_worker(model: Item, device_type: str, device_index: int | None, threads: int, reward, original,
+                     launch: dict, tag: str) -> None:  # fmt: skip
     from prefalign.cli import _quiet_libraries
 
+    if tag:
+        os.environ["PREFALIGN_PROCESS"] = tag  # its log lines name the process that started it
     _quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
     torch.set_num_threads(threads)
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    train_dpo(model, Services(device, reward=None, original=None))
+    STAGES[type(model)](model, Services(device, reward, original, launch=launch))
 
 
 def describe(item: Item) -> str:

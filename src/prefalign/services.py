@@ -1,6 +1,6 @@
 """What the stages share within one run: the log, the device, and models loaded once.
 
-A `Services` is made by the runner for one run and handed to every stage function. It loads the
+A `Services` is made by the runner for one run (one per process when several run it) and handed to every stage function. It loads the
 reward classifier, the original policy (the KL reference) and policy tokenizers on first use and
 keeps them, so a grid of 30 models reads each of them once. `release_memory` returns freed heap to
 the OS between models.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,25 @@ from typing import Any
 
 import torch
 
+from prefalign.distributed import Ranks
 from prefalign.plan import Original, RewardModel
 
 
+def process_tag() -> str:
+    """` 1/4` in the log of process 1 of 4 (and of the workers it starts), nothing in a one-process run."""
+    from prefalign.distributed import launched_processes
+
+    if "PREFALIGN_PROCESS" in os.environ:
+        return f" {os.environ['PREFALIGN_PROCESS']}"
+    return f" {os.environ.get('RANK', '?')}/{launched_processes()}" if launched_processes() > 1 else ""
+
+
 def log(msg: str) -> None:
-    print(f"[prefalign {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[prefalign{process_tag()} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def quiet(msg: str) -> None:
+    """The log of a process other than the main one, where the main process says the same."""
 
 
 def release_memory() -> None:
@@ -56,6 +71,9 @@ class Services:
     original: Original
     reward_batch_size: int | None = None  # texts per classifier batch (None: the engine's default)
     log: Any = log
+    ranks: Ranks = field(default_factory=Ranks)  # this process among the run's processes
+    # What a trained model's train.json says about the processes of the run that trained it.
+    launch: dict = field(default_factory=dict)
     _loaded: dict = field(default_factory=dict, repr=False)
 
     @property

@@ -46,6 +46,12 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
 
 
+def shard_part(path: Path, index: int, count: int) -> Path:
+    """Where process `index` of `count` writes its shard of `path` before the main process merges
+    the shards; a temporary name, so `remove_stale` clears the parts a killed run leaves."""
+    return path.with_name(f".{path.name}.part-{index}-of-{count}{TEMPORARY_MARK}shard")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

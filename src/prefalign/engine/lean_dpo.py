@@ -148,22 +148,27 @@ class LeanDPOTrainer(DPOTrainer):
             loss = loss + per_pair.mean() * weight
 
         # Metrics as TRL names them, left on the device until `log` (num_tokens, a running count, is not kept).
+        # Token averages are gathered as sums and counts, as TRL does: processes pad to different lengths.
         gather = self.accelerator.gather_for_metrics
+
+        def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return gather((values * mask).sum()).sum() / gather(mask.sum()).sum().clamp(min=1)
+
         chosen_rewards = self.beta * chosen_logratios.detach()
         rejected_rewards = self.beta * rejected_logratios.detach()
-        chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].chunk(2, dim=0)
+        chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
         chosen_is_top1 = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)[0]
         metrics = self._metrics[mode]
-        metrics["entropy"].append(_masked_mean(gather(outputs.entropy[:, -seq_len:].detach()), gather(shift_mask)))
-        metrics["logits/chosen"].append(_masked_mean(gather(chosen_mean_logits.detach()), gather(chosen_mask)))
-        metrics["logits/rejected"].append(_masked_mean(gather(rejected_mean_logits.detach()), gather(rejected_mask)))
-        metrics["mean_token_accuracy"].append(_masked_mean(gather(chosen_is_top1.float()), gather(chosen_mask)))
-        metrics["rewards/chosen"].append(gather(chosen_rewards).mean())
-        metrics["rewards/rejected"].append(gather(rejected_rewards).mean())
-        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean())
-        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean())
-        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean())
-        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean())
+        metrics["entropy"].append(token_mean(outputs.entropy[:, -seq_len:].detach(), shift_mask))
+        metrics["logits/chosen"].append(token_mean(chosen_mean_logits, chosen_mask))
+        metrics["logits/rejected"].append(token_mean(rejected_mean_logits, rejected_mask))
+        metrics["mean_token_accuracy"].append(token_mean(chosen_is_top1.float(), chosen_mask))
+        metrics["rewards/chosen"].append(self.accelerator.gather(chosen_rewards).mean())
+        metrics["rewards/rejected"].append(self.accelerator.gather(rejected_rewards).mean())
+        metrics["rewards/accuracies"].append(self.accelerator.gather((chosen_rewards > rejected_rewards).float()).mean())
+        metrics["rewards/margins"].append(self.accelerator.gather(chosen_rewards - rejected_rewards).mean())
+        metrics["logps/chosen"].append(self.accelerator.gather(chosen_logps.detach()).mean())
+        metrics["logps/rejected"].append(self.accelerator.gather(rejected_logps.detach()).mean())
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

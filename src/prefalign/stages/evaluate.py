@@ -13,24 +13,24 @@ on common random numbers. Sampling is the `sample` stage's. Per run (metrics.py 
   top-k / top-p sampler, so this is a biased estimate of the true KL (see metrics.kl_estimate).
 
 Each run writes `eval/<model>/run-<k>.parquet` (the texts and their scores) and then
-`run-<k>.json` (its metrics and cache key), so an interrupted evaluation resumes at the first
-unfinished run. Run with:
+`run-<k>.json` (its metrics, cache key and number of processes), so an interrupted evaluation
+resumes at the first unfinished run. With several processes, each samples its shard of every run
+(as the sample stage does) and the main process computes the metrics. Run with:
 
     prefalign evaluate CONFIG
 """
 
 from __future__ import annotations
 
-from prefalign.engine.decoding import sample_and_score
 from prefalign.engine.metrics import distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary, token_entropy
 from prefalign.models.loading import load_policy
 from prefalign.plan import Evaluation, Original
 from prefalign.services import Services, release_memory
-from prefalign.stages.sample import corpus_prompts_for
+from prefalign.stages.sample import sample_in_shards
 from prefalign.store import is_done, read_json, write_json
 
 # The fields of run-<k>.json that describe the run; every other field is a metric.
-RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds")
+RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "world_size")
 
 
 def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
@@ -55,24 +55,21 @@ def evaluate(item: Evaluation, services: Services) -> None:
     if not todo:
         return
     services.log(f"evaluate {item.model.name}: {item.runs} runs x {item.samples} samples")
-    classifier = services.classifier()
     # KL against the original; for the original itself it is 0 by definition, with no second model.
     reference = services.reference_policy() if item.kl and not isinstance(item.model, Original) else None
     policy, policy_tokenizer = load_policy(item.model.ref, item.model.revision, services.device, services.dtype,
                                            item.sampling.max_length)  # fmt: skip
     for k in todo:
         seed = item.seed + k
-        df = sample_and_score(
-            policy, policy_tokenizer, classifier.model, classifier.tokenizer, classifier.positive_index, item.samples,
-            item.sampling, seed, services.reward_batch_size, item.run_path(k, ".parquet"),
-            desc=f"eval {item.model.name} run {k}", reference=reference,
-            prompts=corpus_prompts_for(item.sampling, policy_tokenizer, item.samples, seed),
-        )  # fmt: skip
+        df = sample_in_shards(policy, policy_tokenizer, services, item.samples, item.sampling, seed,
+                              item.run_path(k, ".parquet"), f"eval {item.model.name} run {k}", reference)  # fmt: skip
+        if df is None:  # not the main process: it sampled its shard, the main process measures the run
+            continue
         metrics = run_metrics(df, policy_tokenizer, item.reward_thresholds)
         if item.kl and reference is None:
             metrics.update(kl_seq=0.0, kl_token=0.0)
         run_info = dict(key=item.run_key(k), model=item.model.name, run=k, seed=seed, samples=len(df),
-                        seconds=round(df.attrs["seconds"], 2))  # fmt: skip
+                        seconds=round(df.attrs["seconds"], 2), world_size=services.ranks.count)  # fmt: skip
         assert tuple(run_info) == RUN_INFO
         write_json(item.run_path(k, ".json"), {**run_info, **metrics})
         kl = f", KL {metrics['kl_seq']:.2f}" if "kl_seq" in metrics else ""

@@ -3,18 +3,29 @@
 The policy is the original (the main samples every pair rule draws from) or, for an iterative
 round, the previous round's model. Texts start from the BOS token, or from BOS + a corpus prompt
 when `sampling.prompts` is set; the engine (engine/decoding.py) streams them with their rewards to
-`samples.parquet`, and `samples.meta.json` (key, timing, reward summary) is written last. Run with:
+`samples.parquet`, and `samples.meta.json` (key, timing, reward summary, number of processes) is
+written last. When several processes run it, each samples its own shard of the rows under its own
+seed (distributed.shard_seed: the texts depend on the seed and the number of processes, never on
+timing) and the main process merges the shards in order. Run with:
 
     prefalign sample CONFIG
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prefalign.distributed import shard_seed
 from prefalign.engine.decoding import sample_and_score
 from prefalign.models.loading import load_policy
 from prefalign.plan import Samples
 from prefalign.services import Services
-from prefalign.store import write_json
+from prefalign.store import atomic_path, shard_part, write_json
 
 
 def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
@@ -26,20 +37,49 @@ def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
     return corpus_prompts(sampling.prompts, tokenizer, n, seed)
 
 
+def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampling, seed: int, out_path: Path,
+                     desc: str, reference=None) -> pd.DataFrame | None:  # fmt: skip
+    """sample_and_score over the run's processes: n texts in `out_path`. Each process samples its
+    shard of the rows (their prompts: rows of the one prompt list drawn for all n) into a part file;
+    the main process merges the parts in shard order and returns the whole table (`attrs["seconds"]`:
+    the wall time), the others return None."""
+    classifier, ranks = services.classifier(), services.ranks
+    prompts = corpus_prompts_for(sampling, policy_tokenizer, n, seed)
+    start, stop = ranks.shard(n)
+    part = out_path if ranks.count == 1 else shard_part(out_path, ranks.index, ranks.count)
+    t0 = time.time()
+    df = sample_and_score(policy, policy_tokenizer, classifier.model, classifier.tokenizer, classifier.positive_index,
+                          stop - start, sampling, shard_seed(seed, ranks.index, ranks.count), services.reward_batch_size,
+                          part, desc=desc, reference=reference,
+                          prompts=prompts[start:stop] if prompts is not None else None)  # fmt: skip
+    if ranks.count == 1:
+        return df
+    ranks.wait()  # every part is written
+    if not ranks.main:
+        return None
+    parts = [shard_part(out_path, i, ranks.count) for i in range(ranks.count)]
+    with atomic_path(out_path) as tmp:
+        pq.write_table(pa.concat_tables([pq.read_table(p) for p in parts]), tmp)
+    for p in parts:
+        p.unlink()
+    df = pd.read_parquet(out_path)
+    df.attrs["seconds"] = time.time() - t0
+    return df
+
+
 def sample(item: Samples, services: Services) -> None:
     sampling = item.sampling
     services.log(f"{item.name}: {item.count} texts from {item.policy.ref} on {services.device}")
     policy, policy_tokenizer = load_policy(item.policy.ref, item.policy.revision, services.device, services.dtype,
                                            sampling.max_length)  # fmt: skip
-    classifier = services.classifier()
-    df = sample_and_score(policy, policy_tokenizer, classifier.model, classifier.tokenizer, classifier.positive_index,
-                          item.count, sampling, item.seed, services.reward_batch_size, item.path, desc=item.name,
-                          prompts=corpus_prompts_for(sampling, policy_tokenizer, item.count, item.seed))  # fmt: skip
+    df = sample_in_shards(policy, policy_tokenizer, services, item.count, sampling, item.seed, item.path, item.name)
+    if df is None:  # not the main process: its shard is merged there
+        return
     seconds = df.attrs["seconds"]
     write_json(item.meta, {
         "key": item.key, "samples": len(df), "seconds": round(seconds, 2),
         "samples_per_second": round(len(df) / seconds, 1), "reward_mean": float(df.reward.mean()),
-        "positive_rate": float(df.is_positive.mean()),
+        "positive_rate": float(df.is_positive.mean()), "world_size": services.ranks.count,
     })  # fmt: skip
     services.log(f"{item.name}: done in {seconds:.1f}s ({len(df) / seconds:.0f} samples/s), mean reward "
                  f"{df.reward.mean():.3f}, positive rate {df.is_positive.mean():.3f}")  # fmt: skip

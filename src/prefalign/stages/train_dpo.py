@@ -9,8 +9,14 @@ a weighted sum; `slic` is `["hinge", "sft"]` with weights `[1, slic_sft_weight]`
 a cross-entropy term on the chosen text, the regularised objective of the SLiC-HF paper. The
 recipe (recipes.py: `seed`, the original's settings, or `default`) sets the rest, and any
 `trl.DPOConfig` field in `train.dpo` overrides it. The model is written with `save_pretrained`
-(safetensors) plus its tokenizer and `train.json` (settings and metrics), to a temporary
-directory renamed when complete. Run alone with:
+(safetensors) plus its tokenizer and `train.json` (settings, metrics, number of processes), to a
+temporary directory renamed when complete.
+
+With `train.lora`, peft adapters are trained instead of the weights, the reference being the base
+model with its adapters disabled; the directory then holds the merged model and `adapter/`. When
+the run's processes train one model together (`parallel: data`), the Trainer's distributed path
+splits each batch between them, and the main process writes the model once it has checked that
+every process holds the same weights. Run alone with:
 
     prefalign train CONFIG
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -30,10 +37,11 @@ import pandas as pd
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
+from prefalign.distributed import Ranks, weights_digest
 from prefalign.plan import DpoModel
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
-from prefalign.store import atomic_path
+from prefalign.store import TEMPORARY_MARK, atomic_path
 
 
 class _LogLine(TrainerCallback):
@@ -87,7 +95,9 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
 
 def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
              output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None,
-             checkpoint_steps: int | None = None):  # fmt: skip
+             checkpoint_steps: int | None = None, processes: int = 1):  # fmt: skip
+    """(DPOConfig, every setting) of one training; with `processes` > 1 training one model together,
+    each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch."""
     from trl import DPOConfig
 
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -109,6 +119,10 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         settings.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=1)
     if loss_weights is not None:
         settings["loss_weights"] = list(loss_weights)
+    if processes > 1:
+        settings["per_device_train_batch_size"] = settings["per_device_train_batch_size"] // processes
+        # Every parameter gets a gradient each step; DDP's search for unused ones would only cost time.
+        settings.setdefault("ddp_find_unused_parameters", False)
     if own.get("group_by_length"):
         # The pairs arrive already in length-grouped random order (see train_one).
         settings["train_sampling_strategy"] = "sequential"
@@ -141,6 +155,47 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return str(max(complete)[1]) if complete else None
 
 
+def lora_config(lora: dict, model, policy_ref: str):
+    """peft's LoraConfig for train.lora's settings, checked against the model's module names."""
+    from peft import LoraConfig
+
+    from prefalign.models.loading import ModelLoadError
+
+    targets = lora["target_modules"]
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in ([targets] if isinstance(targets, str) else targets or []) if t not in names | {"all-linear"}]
+    if missing:
+        raise ModelLoadError(f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
+                             f"{sorted(n for n in names if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
+                      task_type="CAUSAL_LM")  # fmt: skip
+
+
+def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
+    """Write a trained model's directory atomically: weights (merged, for LoRA, with the adapters
+    in adapter/), tokenizer, and train.json last."""
+    with atomic_path(out_dir) as tmp:
+        if lora:
+            model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -> None:
+    """save_trained for weights sharded over the processes (FSDP, DeepSpeed ZeRO-3): every process
+    takes part in gathering them (the Trainer's save_model), the main process writes the directory."""
+    staging = out_dir.with_name(f".{out_dir.name}{TEMPORARY_MARK}gathered")
+    trainer.save_model(str(staging))
+    if ranks.main:
+        tokenizer.save_pretrained(staging)
+        (staging / "train.json").write_text(json.dumps(info, indent=2, default=str))
+        with atomic_path(out_dir) as tmp:
+            os.replace(staging, tmp)
+    ranks.wait()
+
+
 def train_dpo(item: DpoModel, services: Services) -> None:
     """Train a `DpoModel` (or `IterativeRound`) item into its directory."""
     services.log(f"train {item.name}")
@@ -149,7 +204,8 @@ def train_dpo(item: DpoModel, services: Services) -> None:
               services.device, item.seed, key=item.key, log=services.log,
               reference=None if start is reference else (reference.ref, reference.revision),
               slic_sft_weight=item.slic_sft_weight, precision=item.precision,
-              checkpoint_steps=item.checkpoint_steps)  # fmt: skip
+              checkpoint_steps=item.checkpoint_steps, lora=item.lora, ranks=services.ranks,
+              launch=services.launch)  # fmt: skip
     release_memory()
 
 
@@ -157,7 +213,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
               beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
               reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
               precision: str | None = None, callbacks: list | None = None,
-              checkpoint_steps: int | None = None) -> dict:  # fmt: skip
+              checkpoint_steps: int | None = None, lora: dict | None = None, ranks: Ranks = Ranks(),
+              launch: dict | None = None) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
@@ -166,8 +223,11 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     transformers TrainerCallbacks (benchmarks time the steps with one). `checkpoint_steps`: save a
     Trainer checkpoint that often into `.<out_dir name>.checkpoints/` beside `out_dir` (holding
     `key`); a later call with the same key resumes from the last one; removed once the model is saved.
+    `lora`: train.lora's settings, or None to train every weight. `ranks`: the processes training
+    this model together (each calls this); the main process writes the outputs. `launch`: what
+    train.json says about the run's processes (default: one process).
     """
-    from datasets import Dataset
+    from datasets import Dataset, load_from_disk
     from transformers import AutoModelForCausalLM
 
     from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged
@@ -177,39 +237,59 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
     # Training weights stay fp32 whatever the device; bf16 autocast is `precision`'s choice (TRL's `bf16`).
     model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
-    if reference is None:
+    peft_config = lora_config(lora, model, policy_ref) if lora else None
+    if reference is None and lora:
+        ref_model = None  # TRL scores the reference with the adapters disabled
+    elif reference is None:
         # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
         ref_model = copy.deepcopy(model).eval()
     else:
         reference_ref, reference_revision = reference
         ref_model = from_pretrained(AutoModelForCausalLM, resolve(reference_ref, "policy"), "policy",
                                     reference_revision, dtype=torch.float32).eval()  # fmt: skip
-    ref_model.requires_grad_(False)
+    if ref_model is not None:
+        ref_model.requires_grad_(False)
 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
+    resume = None
     if checkpoint_steps:
-        scratch = str(checkpoint_dir(Path(out_dir), key))
+        scratch = str(Path(out_dir).parent / f".{Path(out_dir).name}.checkpoints")
+        if ranks.main:  # the main process empties stale checkpoints and drops a partial one ...
+            resume = last_complete_checkpoint(checkpoint_dir(Path(out_dir), key))
+        ranks.wait()  # ... before any process reads the folder
+        resume = resume or last_complete_checkpoint(Path(scratch))
     else:
         scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
     label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
     args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
-                              checkpoint_steps)  # fmt: skip
+                              checkpoint_steps, ranks.count)  # fmt: skip
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
         pairs = pairs.iloc[length_grouped_order(longest, args.per_device_train_batch_size, seed)]
-    dataset = Dataset.from_pandas(pairs, preserve_index=False)
+    shared = None
+    if ranks.count > 1:
+        # The processes share one on-disk dataset: TRL caches the reference log-probs beside it,
+        # written by the main process and read by all (a temporary name, so a killed run's is cleared).
+        shared = Path(out_dir).parent / f".{Path(out_dir).name}.pairs{TEMPORARY_MARK}shared"
+        if ranks.main:
+            shutil.rmtree(shared, ignore_errors=True)
+            Dataset.from_pandas(pairs, preserve_index=False).save_to_disk(str(shared))
+        ranks.wait()
+        dataset = load_from_disk(str(shared))
+    else:
+        dataset = Dataset.from_pandas(pairs, preserve_index=False)
     try:
         t0 = time.time()
         with completion_tokens_only() if settings.get("completion_only_head") else contextlib.nullcontext():
             # Timed from here: with precomputed reference log-probs the constructor runs the reference pass.
-            trainer = LeanDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+            trainer = LeanDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                                     processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
             # One short line per logging step instead of the Trainer's metric dicts.
             trainer.remove_callback(PrinterCallback)
             trainer.add_callback(_LogLine(log))
             for callback in callbacks or []:
                 trainer.add_callback(callback)
-            resume = last_complete_checkpoint(Path(scratch)) if checkpoint_steps else None
             if resume:
                 log(f"  resuming from {Path(resume).name} (a checkpoint of an interrupted training)")
             try:
@@ -226,14 +306,22 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             "reference_model": reference[0] if reference else policy_ref, "pairs_file": str(pairs_path),
             "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
             "resumed_from": Path(resume).name if resume else None, "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
-            "metrics": result.metrics,
+            "metrics": result.metrics, "world_size": 1, **(launch or {}), "lora": lora,
             "log_history": trainer.state.log_history,
         }  # fmt: skip
-        with atomic_path(Path(out_dir)) as tmp:
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
-        if checkpoint_steps:
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled  # weights split over the processes
+        if ranks.count > 1 and not sharded:
+            digests = ranks.gather(weights_digest(trained))
+            info["weights_digests"] = [f"{d:016x}" for d in digests]
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"the processes training {Path(out_dir).name} together ended with different "
+                                   f"weights ({info['weights_digests']}); nothing was saved")  # fmt: skip
+        if sharded:
+            save_gathered(trainer, tokenizer, info, Path(out_dir), ranks)
+        elif ranks.main:
+            save_trained(trained, tokenizer, info, Path(out_dir), lora is not None)
+        if checkpoint_steps and ranks.main:
             shutil.rmtree(scratch, ignore_errors=True)  # the model is saved: its checkpoints are done with
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
@@ -241,3 +329,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     finally:
         if not checkpoint_steps:
             shutil.rmtree(scratch, ignore_errors=True)
+        if shared is not None:
+            ranks.wait()  # every process is done with the shared dataset
+            if ranks.main:
+                shutil.rmtree(shared, ignore_errors=True)

@@ -165,19 +165,20 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
     train_rloo(item.start.ref, item.start.revision, classifier.model, classifier.tokenizer, classifier.positive_label,
                item.path, kl_coef=item.kl_coef, steps=item.steps, overrides=item.overrides, device=services.device,
                seed=item.seed, key=item.key, log=services.log, sampling=item.sampling,
-               single_logit=item.reward.single_logit)  # fmt: skip
+               single_logit=item.reward.single_logit, launch=services.launch)  # fmt: skip
     release_memory()
 
 
 def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tokenizer, positive_label: str,
                out_dir: Path, *, kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int,
-               key: str = "", log=print, sampling=None, single_logit: bool = False) -> dict:  # fmt: skip
+               key: str = "", log=print, sampling=None, single_logit: bool = False,
+               launch: dict | None = None) -> dict:  # fmt: skip
     """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
-    of its positive class,
-    `sampling` prefalign's sampling settings (max_length, top_k, top_p, temperature) or None for
-    RLOO_DEFAULTS. `overrides` are RLOOConfig fields applied last. For example:
+    of its positive class, `sampling` prefalign's sampling settings (max_length, top_k, top_p,
+    temperature) or None for RLOO_DEFAULTS. `overrides` are RLOOConfig fields applied last.
+    `launch`: what train.json says about the run's processes (default: one). For example:
 
         classifier, tokenizer = load_classifier(REWARD_DIR, None, torch.device("cpu"))
         train_rloo(POLICY_DIR, None, classifier, tokenizer, "POSITIVE", Path("out"), kl_coef=0.05, steps=200,
@@ -228,7 +229,8 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
             "positive_label": positive_label, "settings": {k: v for k, v in settings.items() if k != "output_dir"},
             "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(steps, 1), 3),
             "first_reward": rewards[0] if rewards else None, "final_reward": rewards[-1] if rewards else None,
-            "final_kl": kls[-1] if kls else None, "metrics": result.metrics, "log_history": history,
+            "final_kl": kls[-1] if kls else None, "metrics": result.metrics, "world_size": 1, **(launch or {}),
+            "log_history": history,
         }  # fmt: skip
         with atomic_path(Path(out_dir)) as tmp:
             trainer.model.save_pretrained(tmp, safe_serialization=True)
