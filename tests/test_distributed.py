@@ -148,4 +148,5 @@ def test_lora_target_modules_the_model_lacks_are_named_with_those_it_has(tiny_po
     settings = {"r": 4, "alpha": 8, "dropout": 0.0}
     with pytest.raises(ModelLoadError, match=r"q_proj.*c_attn"):
         lora_config({**settings, "target_modules": ["q_proj"]}, tiny_policy[0], "tiny")
-    assert lora_config({**settings, "target_modules": ["c_attn"]}, tiny_policy[0], "tiny").r == 4
+    config = lora_config({**settings, "target_modules": ["c_attn"]}, tiny_policy[0], "tiny")
+    assert config.r == 4 and config.fan_in_fan_out  # GPT-2's Conv1D layers store their weights transposed

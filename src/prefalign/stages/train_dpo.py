@@ -167,8 +167,12 @@ def lora_config(lora: dict, model, policy_ref: str):
     if missing:
         raise ModelLoadError(f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
                              f"{sorted(n for n in names if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
+    # GPT-2's layers are Conv1D, whose weight is stored transposed; peft must be told (it warns, then does so).
+    wanted = [targets] if isinstance(targets, str) else targets
+    fan_in_fan_out = any(type(m).__name__ == "Conv1D" and (wanted in (None, ["all-linear"]) or n.rsplit(".", 1)[-1] in wanted)
+                         for n, m in model.named_modules())  # fmt: skip
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
-                      task_type="CAUSAL_LM")  # fmt: skip
+                      fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")  # fmt: skip
 
 
 def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
