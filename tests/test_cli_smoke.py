@@ -177,7 +177,13 @@ def test_a_failed_run_leaves_the_provenance_of_the_last_good_one(tiny_run, tmp_p
     root = tmp_path / "run"
     shutil.copytree(tiny_run[0], root)
     before = (root / "config.yaml").read_text(), (root / "models.json").read_text()
+    files = outputs(root)
+    # Another config whose outputs would replace this one's: refused before any work, naming the key.
     proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", check=False)
+    assert proc.returncode == 2 and "pairs.threshold (0.0 there, 100.0 here)" in proc.stderr
+    assert "pairs threshold" in proc.stderr and "--update" in proc.stderr and outputs(root) == files
+    # Asked to update, it redoes what depends on the threshold, which fails: the provenance stays the old run's.
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", "--update", check=False)
     assert proc.returncode == 1 and "cannot build any pair" in proc.stderr
     assert ((root / "config.yaml").read_text(), (root / "models.json").read_text()) == before
     assert yaml.safe_load(before[0])["pairs"]["threshold"] == 0.0  # what results.csv was made with

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.betas=[0.1,1] (repeatable)")  # fmt: skip
+        p.add_argument("--update", action="store_true",
+                       help="allow redoing outputs the run directory holds for another config (without it, a run "
+                            "that would replace them stops and names the keys that differ)")  # fmt: skip
         p.add_argument("--num-processes", type=int, default=1, metavar="N",
                        help="run as N processes, started through `accelerate launch` (one per GPU, or N CPU "
                             "processes): the same as `accelerate launch --num_processes N -m prefalign ...`")  # fmt: skip
@@ -217,13 +220,15 @@ def _main(argv: list[str] | None) -> int:
     from prefalign.models.corpus import CorpusError
     from prefalign.models.loading import ModelLoadError, ModelPathError
     from prefalign.plan import PlanError
-    from prefalign.runner import RunDirError, RunLocked, check_parallel, plan_table, run
+    from prefalign.runner import (OtherConfigsOutputs, RunDirError, RunLocked, check_parallel, check_replacements,
+                                  plan_table, run)  # fmt: skip
     from prefalign.stages.evaluate import EvaluationMissing
 
     # The user errors and their exit codes: 2 for bad input found before any work, 1 during it
     # (in this order: a ModelPathError is a ModelLoadError found while planning).
-    exit_codes = ((PlanError, 2), (RunDirError, 2), (ModelPathError, 2), (ModelLoadError, 1), (PairError, 1),
-                  (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1), (CorpusError, 1), (PeerFailed, 1))  # fmt: skip
+    exit_codes = ((PlanError, 2), (RunDirError, 2), (OtherConfigsOutputs, 2), (ModelPathError, 2), (ModelLoadError, 1),
+                  (PairError, 1), (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1), (CorpusError, 1),
+                  (PeerFailed, 1))  # fmt: skip
     try:
         if args.command == "plan":
             print(plan_table(cfg))
@@ -231,11 +236,14 @@ def _main(argv: list[str] | None) -> int:
             from prefalign.distributed import relaunch
             from prefalign.plan import plan
 
-            check_parallel(cfg, plan(cfg), processes)  # the processes would all refuse it: say so once, first
-            again = ["--debug"] * args.debug + [args.command, args.config]
+            items = plan(cfg)  # what the processes would all refuse: said once, first
+            check_parallel(cfg, items, processes)
+            if not args.update:
+                check_replacements(cfg, items)
+            again = ["--debug"] * args.debug + [args.command, args.config] + ["--update"] * args.update
             return relaunch(again + [x for o in args.overrides for x in ("--set", o)], processes)
         else:
-            run(cfg, until="report" if args.command == "run" else args.command)
+            run(cfg, until="report" if args.command == "run" else args.command, update=args.update)
     except KeyboardInterrupt:
         print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130

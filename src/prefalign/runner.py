@@ -96,11 +96,51 @@ def provenance_is_current(cfg: Config) -> bool:
     return read_json(root / "models.json") == json.loads(json.dumps(model_info(cfg), default=str))
 
 
-def run(cfg: Config, until: str = "report") -> list[Item]:
+class OtherConfigsOutputs(Exception):
+    """The run directory holds outputs of another config that this run would replace."""
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def replaced_outputs(cfg: Config, items: list[Item]) -> list[Item]:
+    """The items whose output is on disk with another key: what running them would overwrite
+    (the report, a summary of whatever is there, is not counted)."""
+    def replaces(item: Item) -> bool:
+        return any((stored := read_json(meta)) is not None and stored.get("key") != key for meta, key in item.markers())
+
+    return [item for item in items if not isinstance(item, Report) and replaces(item)]
+
+
+def check_replacements(cfg: Config, items: list[Item]) -> None:
+    """Refuse to overwrite another config's outputs: raise OtherConfigsOutputs naming the config
+    keys that differ from the run directory's config.yaml and the outputs that would be replaced.
+    New outputs (another beta, more evaluation runs) are added without asking."""
+    replaced = replaced_outputs(cfg, items)
+    if not replaced:
+        return
+    stored = yaml.safe_load((cfg.run_path / "config.yaml").read_text()) if (cfg.run_path / "config.yaml").is_file() else {}
+    ours, theirs = _flat(json.loads(json.dumps(cfg.model_dump(), default=str))), _flat(stored or {})
+    differ = [f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)" for k in sorted(set(ours) | set(theirs))
+              if ours.get(k) != theirs.get(k) and k != "run_dir"]  # fmt: skip
+    names = ", ".join(item.name for item in replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
+    raise OtherConfigsOutputs(
+        f"run_dir {str(cfg.run_path)!r} holds outputs of another config that this run would replace ({names}); "
+        + (f"keys that differ: {'; '.join(differ[:8])}. " if differ else "")
+        + "Set run_dir to another directory to keep both, or rerun with --update to bring this directory to the new "
+        "config (only the outputs that depend on the changed keys are redone; those listed are lost)"
+    )
+
+
+def run(cfg: Config, until: str = "report", update: bool = False) -> list[Item]:
     """Bring every item up to stage `until` up to date, in plan order; returns those items.
 
-    Every process of a multi-process launch calls this with the same config and walks the same
-    plan; see `_walk` for who does what.
+    A run never silently overwrites another config's outputs: unless `update`, it first refuses
+    (check_replacements). Every process of a multi-process launch calls this with the same config
+    and walks the same plan; see `_walk` for who does what.
     """
     from prefalign.models.loading import pick_device
 
@@ -108,6 +148,8 @@ def run(cfg: Config, until: str = "report") -> list[Item]:
     original, reward = sources(cfg)
     items = select(make_plan(cfg, original, reward), until)
     root = cfg.run_path
+    if not update:
+        check_replacements(cfg, items)
     if root.is_dir() and all(is_current(item) for item in items) and provenance_is_current(cfg):
         # Nothing to do, so nothing is written (not even the lock): a finished run can be on a
         # read-only disk and `prefalign report` still answers.
