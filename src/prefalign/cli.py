@@ -2,6 +2,7 @@
 
     prefalign run CONFIG [--set key.path=value ...]        every stage, resumable
     prefalign run CONFIG --num-processes N                  the same over N processes (accelerate launch)
+    prefalign run CONFIG --update                           also replace outputs of the run dir's previous config
     prefalign sample|pairs|train|evaluate|report CONFIG     up to that stage
     prefalign plan CONFIG                                   what a run would do: items, keys, done or not
     prefalign config CONFIG                                 print the validated config
@@ -113,6 +114,9 @@ def write_problem(e: BaseException) -> str | None:
         what, why = "cannot save a model's weights", WRITE_ERRORS[errno.ENOSPC]
     else:
         return None
+    needed = getattr(e, "bytes_needed", None)
+    if needed and why == WRITE_ERRORS[errno.ENOSPC]:
+        why += f" (the model's weights alone need {needed / 2**20:,.1f} MiB)"
     return (f"{what}: {why}. Free space or fix the permissions, then rerun the same command: finished outputs are "
             "kept, and a half-written one is never read (outputs are written under a temporary name, then renamed)")
 

@@ -178,13 +178,18 @@ def lora_config(lora: dict, model, policy_ref: str):
 def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
     """Write a trained model's directory atomically: weights (merged, for LoRA, with the adapters
     in adapter/), tokenizer, and train.json last."""
-    with atomic_path(out_dir) as tmp:
-        if lora:
-            model.save_pretrained(tmp / "adapter", safe_serialization=True)
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+    try:
+        with atomic_path(out_dir) as tmp:
+            if lora:
+                model.save_pretrained(tmp / "adapter", safe_serialization=True)
+                model = model.merge_and_unload()
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+    except Exception as e:  # a full disk's message says how much room the model takes
+        with contextlib.suppress(AttributeError, TypeError):
+            e.bytes_needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        raise
 
 
 def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -> None:
