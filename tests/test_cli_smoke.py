@@ -316,3 +316,24 @@ def test_a_disk_full_while_saving_a_model_says_how_much_room_it_needs(tiny_dir, 
     assert proc.returncode == 1 and "disk is full" in proc.stderr and "model.safetensors" in proc.stderr
     assert "MiB" in proc.stderr and "Traceback" not in proc.stderr
     assert not (root / "models" / MODELS[0]).exists() and not list(root.rglob(".*tmp*"))  # nothing half-written
+
+
+def test_a_read_only_run_directory_still_reports_and_more_work_is_a_message(tiny_run, tmp_path, monkeypatch, cli):
+    import errno
+    import shutil
+
+    import prefalign.store as store
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    cli("report", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=2", "--update")  # finished, as it stands
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system", str(dst))
+
+    monkeypatch.setattr(store.os, "replace", read_only)  # every output is renamed into place: none can be
+    proc = cli("report", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=2")
+    assert "up to date" in proc.stdout
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=4", check=False)
+    assert proc.returncode == 1 and "read-only" in proc.stderr and "run-0" in proc.stderr
+    assert "Traceback" not in proc.stderr
