@@ -192,3 +192,11 @@ def test_side_by_side_models_spread_over_gpus_only_when_the_device_names_none():
     assert worker_devices("cuda", 1, 3, 2) == [1, 1, 1]  # device: cuda:1 stays there
     assert worker_devices("cuda", None, 3, 1) == [None, None, None]
     assert worker_devices("cpu", None, 2, 0) == [None, None]
+
+
+def test_a_gpu_worker_sees_only_its_gpu_counted_among_the_visible_ones():
+    from prefalign.runner import visible_gpus
+
+    assert visible_gpus(1, None) == "1"  # every GPU visible: GPU 1 is physical GPU 1
+    assert visible_gpus(1, "4,6") == "6"  # CUDA_VISIBLE_DEVICES=4,6: this process's GPU 1 is physical GPU 6
+    assert visible_gpus(None, "4,6") is None  # a CPU worker, or the one GPU there is: left alone

@@ -336,29 +336,51 @@ def train_side_by_side(models: list[Item], services: Services, workers: int, spr
     services.log(f"train {len(models)} model(s) side by side, {workers} at a time on {where}")
     # CPU threads shared out between workers, so they do not oversubscribe the cores.
     threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=single_process_environment) as pool:  # fmt: skip
-        futures = [pool.submit(_train_in_worker, model, device.type, index, threads, services.reward, services.original,
-                               services.launch, process_tag().strip())
+    # One pool per GPU, whose workers see only that GPU (a single-process Trainer takes cuda:0, and
+    # spreads over every GPU it sees with DataParallel); the workers share out `workers`.
+    gpu_of = {i: (i if device.type == "cuda" else None) for i in dict.fromkeys(indices)}
+    per_pool = max(1, workers // len(gpu_of))
+    with contextlib.ExitStack() as stack:
+        pools = {i: stack.enter_context(ProcessPoolExecutor(per_pool, mp_context=multiprocessing.get_context("spawn"),
+                                                            initializer=start_worker, initargs=(gpu_of[i],)))
+                 for i in gpu_of}  # fmt: skip
+        futures = [pools[index].submit(_train_in_worker, model, device.type, threads, services.reward,
+                                       services.original, services.launch, process_tag().strip())
                    for model, index in zip(models, indices)]  # fmt: skip
         try:
             for future in futures:
                 future.result()
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # the running ones finish; the waiting ones never start
+            for pool in pools.values():  # the running ones finish; the waiting ones never start
+                pool.shutdown(wait=True, cancel_futures=True)
             raise
 
 
-def _train_in_worker(model: Item, device_type: str, device_index: int | None, threads: int, reward, original,
-                     launch: dict, tag: str) -> None:  # fmt: skip
+def visible_gpus(index: int | None, visible: str | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a worker that is to use GPU `index` of the ones this process sees
+    (`visible`: this process's CUDA_VISIBLE_DEVICES, None when all are visible); None: leave it."""
+    if index is None:
+        return None
+    return visible.split(",")[index].strip() if visible else str(index)
+
+
+def start_worker(gpu: int | None) -> None:
+    """A training worker's start, before torch touches CUDA: no launcher variables, and only its GPU visible."""
+    single_process_environment()
+    shown = visible_gpus(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if shown is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = shown
+
+
+def _train_in_worker(model: Item, device_type: str, threads: int, reward, original, launch: dict, tag: str) -> None:
     from prefalign.cli import _quiet_libraries
 
     if tag:
         os.environ["PREFALIGN_PROCESS"] = tag  # its log lines name the process that started it
     _quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
     torch.set_num_threads(threads)
-    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    STAGES[type(model)](model, Services(device, reward, original, launch=launch))
+    # A CUDA worker sees one GPU (start_worker): plain `cuda` is it.
+    STAGES[type(model)](model, Services(torch.device(device_type), reward, original, launch=launch))
 
 
 def describe(item: Item) -> str:
