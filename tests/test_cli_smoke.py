@@ -52,6 +52,11 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000
     assert "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
     assert "Pareto-optimal" in report and (root / "plots" / "frontier-reward-vs-kl.png").stat().st_size > 5000
+    summary = results.groupby("model").reward_mean.mean()
+    for m in MODELS:  # each model's card: what trained it, and its evaluation
+        card = (root / "models" / m / "README.md").read_text()
+        assert f"loss `{m.split('-')[1]}`, beta 0.1" in card and "200 chosen/rejected pairs" in card
+        assert f"| mean reward | {summary[m]:.3f} ± " in card and card.startswith("---\nlibrary_name: transformers")
     models = json.loads((root / "models.json").read_text())
     assert "accuracy" in models["reward_model"] and "perplexity" in models["policy"]
     assert not list(root.rglob(".*tmp*"))
@@ -90,7 +95,8 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
     # only a third evaluation run per model, and the report that reads them
     assert added == {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
     assert "results.csv" in changed
-    assert all(p in ("results.csv", "report.md", "report.meta.json") or p.startswith("plots/") for p in changed), changed
+    assert all(p in ("results.csv", "report.md", "report.meta.json") or p.startswith("plots/")
+               or (p.startswith("models/") and p.endswith("/README.md")) for p in changed), changed  # fmt: skip
     assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 3
 
 

@@ -35,6 +35,8 @@ STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 RESULT_COLUMNS = ("model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef")
 # Bumped when a metric's definition changes, so stored evaluations are redone.
 METRICS_VERSION = "metrics-v2"
+# Bumped when what the report writes changes (v2: model cards), so finished runs get the new report.
+REPORT_VERSION = "report-v2"
 
 
 def _row(name: str, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,
@@ -331,7 +333,7 @@ class Report(_MetaBeside):
 
     @property
     def key(self) -> str:
-        return key_of("report", self.config.name, [e.key for e in self.evaluations])
+        return key_of("report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations])
 
     @property
     def inputs(self) -> tuple:

@@ -25,6 +25,7 @@ from prefalign.engine.pair_rules import PAIR_RULES
 from prefalign.plan import RESULT_COLUMNS, DpoModel, Original, Report
 from prefalign.services import Services, model_info
 from prefalign.stages.evaluate import run_results
+from prefalign.stages.model_card import model_card, trained
 from prefalign.store import atomic_path, read_json, write_json, write_text
 
 
@@ -250,7 +251,11 @@ def write_report(item: Report, services: Services) -> None:
         df = pd.read_parquet(evaluation_of[name].run_path(0, ".parquet"))
         head = df["prompt"] if "prompt" in df.columns else [""] * len(df)
         md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {(h + t).strip()!r}" for r, h, t in list(zip(df.reward, head, df.text))[:3]] + [""]
-    md += ["Per-run numbers: [results.csv](results.csv).", ""]
+    md += ["Per-run numbers: [results.csv](results.csv). Each trained model's directory has a model card "
+           "(README.md) with its training and these evaluation numbers.", ""]
+    rows = summary.set_index("model")
+    for model in (e.model for e in item.evaluations if trained(e.model)):
+        write_text(model.path / "README.md", model_card(model, {"model": model.name, **rows.loc[model.name].to_dict()}, cfg))
     write_text(item.path, "\n".join(md))
     write_json(item.meta, {"key": item.key})
     services.log(f"report: {item.path}")
