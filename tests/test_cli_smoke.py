@@ -57,6 +57,10 @@ def test_run_tiny_writes_every_output(tiny_run):
         card = (root / "models" / m / "README.md").read_text()
         assert f"loss `{m.split('-')[1]}`, beta 0.1" in card and "200 chosen/rejected pairs" in card
         assert f"| mean reward | {summary[m]:.3f} ± " in card and card.startswith("---\nlibrary_name: transformers")
+    page = (root / "report.html").read_text()  # self-contained: every plot embedded, nothing fetched
+    assert page.count('<img src="data:image/png;base64,') == len(STRATEGIES) + 2 and 'src="plots/' not in page
+    assert "<script" not in page and "http" not in page.split("<h2>Provenance</h2>")[0].split("</style>")[1]
+    assert "Resolved config" in page and f"<td>trl</td><td>{__import__('trl').__version__}</td>" in page
     models = json.loads((root / "models.json").read_text())
     assert "accuracy" in models["reward_model"] and "perplexity" in models["policy"]
     assert not list(root.rglob(".*tmp*"))

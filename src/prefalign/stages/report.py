@@ -1,6 +1,7 @@
 """Tables and plots from the evaluation runs: the `report` stage.
 
-Writes `results.csv` (one row per model x evaluation run, every metric), and `report.md` with:
+Writes `results.csv` (one row per model x evaluation run, every metric), `report.md` (and the
+same as one self-contained page, `report.html`, with the config and versions; report_html.py) with:
 the original experiment's table shape per pair strategy (the original model, then loss x beta;
 cells are mean (std across runs)) and a PNG of the reward distributions per strategy; a table of
 iterative rounds and online models; the frontier: reward against KL and reward against diversity,
@@ -26,6 +27,7 @@ from prefalign.plan import RESULT_COLUMNS, DpoModel, Original, Report
 from prefalign.services import Services, model_info
 from prefalign.stages.evaluate import run_results
 from prefalign.stages.model_card import model_card, trained
+from prefalign.stages.report_html import render
 from prefalign.store import atomic_path, read_json, write_json, write_text
 
 
@@ -246,16 +248,19 @@ def write_report(item: Report, services: Services) -> None:
         md.append(f"| {model.name} | {info.get('pairs', info.get('steps', '?'))} | {info.get('train_seconds', '?')} | "
                   f"{info.get('pairs_per_second', '')} | {losses[-1] if losses else float('nan'):.4f} |")  # fmt: skip
 
-    md += ["", "## Example texts (evaluation run 0)", ""]
+    md += ["", "## Example texts (evaluation run 0: highest, median and lowest reward)", ""]
     for name in summary.model:
-        df = pd.read_parquet(evaluation_of[name].run_path(0, ".parquet"))
-        head = df["prompt"] if "prompt" in df.columns else [""] * len(df)
-        md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {(h + t).strip()!r}" for r, h, t in list(zip(df.reward, head, df.text))[:3]] + [""]
+        df = pd.read_parquet(evaluation_of[name].run_path(0, ".parquet")).sort_values("reward", kind="stable")
+        df["full"] = (df["prompt"] + df["text"]) if "prompt" in df.columns else df["text"]
+        picks = df.iloc[[len(df) - 1, len(df) // 2, 0]] if len(df) else df
+        md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {t.strip()!r}" for r, t in zip(picks.reward, picks.full)] + [""]
     md += ["Per-run numbers: [results.csv](results.csv). Each trained model's directory has a model card "
            "(README.md) with its training and these evaluation numbers.", ""]
     rows = summary.set_index("model")
     for model in (e.model for e in item.evaluations if trained(e.model)):
         write_text(model.path / "README.md", model_card(model, {"model": model.name, **rows.loc[model.name].to_dict()}, cfg))
     write_text(item.path, "\n".join(md))
+    write_text(root / "report.html", render("\n".join(md), root, cfg.model_dump(), str(services.device),
+                                            f"prefalign report: {cfg.name}"))  # fmt: skip
     write_json(item.meta, {"key": item.key})
     services.log(f"report: {item.path}")
