@@ -50,6 +50,7 @@ def test_run_tiny_writes_every_output(tiny_run):
     report = (root / "report.md").read_text()
     for s in STRATEGIES:
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000
+        assert f"plots/training-{s}.png" in report and (root / "plots" / f"training-{s}.png").stat().st_size > 5000
     assert "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
     assert "Pareto-optimal" in report and (root / "plots" / "frontier-reward-vs-kl.png").stat().st_size > 5000
     summary = results.groupby("model").reward_mean.mean()
@@ -58,7 +59,7 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert f"loss `{m.split('-')[1]}`, beta 0.1" in card and "200 chosen/rejected pairs" in card
         assert f"| mean reward | {summary[m]:.3f} ± " in card and card.startswith("---\nlibrary_name: transformers")
     page = (root / "report.html").read_text()  # self-contained: every plot embedded, nothing fetched
-    assert page.count('<img src="data:image/png;base64,') == len(STRATEGIES) + 2 and 'src="plots/' not in page
+    assert page.count('<img src="data:image/png;base64,') == 2 * len(STRATEGIES) + 2 and 'src="plots/' not in page
     assert "<script" not in page and "http" not in page.split("<h2>Provenance</h2>")[0].split("</style>")[1]
     assert "Resolved config" in page and f"<td>trl</td><td>{__import__('trl').__version__}</td>" in page
     models = json.loads((root / "models.json").read_text())

@@ -2,6 +2,7 @@
 
 Writes `results.csv` (one row per model x evaluation run, every metric), `report.md` (and the
 same as one self-contained page, `report.html`, with the config and versions; report_html.py) with:
+per pair strategy, the training curves of its models (loss, reward margin, reward accuracy);
 the original experiment's table shape per pair strategy (the original model, then loss x beta;
 cells are mean (std across runs)) and a PNG of the reward distributions per strategy; a table of
 iterative rounds and online models; the frontier: reward against KL and reward against diversity,
@@ -141,6 +142,36 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     _save(fig, out)
 
 
+def plot_training(models, title: str, out: Path) -> None:
+    """Training curves from each model's logged history, one line per model (colour-blind-safe
+    colours): loss, reward margin and reward accuracy against the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("loss", "training loss"), ("rewards/margins", "reward margin (beta x log-ratio gap)"),
+              ("rewards/accuracies", "reward accuracy (share of pairs)"))  # fmt: skip
+    colours = plt.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 3.4), dpi=120)
+    for i, model in enumerate(models):
+        history = (read_json(model.path / "train.json") or {}).get("log_history", [])
+        for ax, (key, _) in zip(axes, panels):
+            points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+            if points:
+                ax.plot(*zip(*points), label=model.name, color=colours[i % len(colours)], linewidth=1.3)
+    for ax, (_, label) in zip(axes, panels):
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = -(-len(labels) // 3)  # the legend below the panels, three models a row: it hides no curve
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05 + 0.06 * rows, 1, 1))
+    _save(fig, out)
+
+
 def plot_rewards(evaluations, title: str, out: Path) -> None:
     """Step histograms of every evaluation run's rewards, one line per model (the original in black)."""
     import matplotlib
@@ -206,11 +237,14 @@ def write_report(item: Report, services: Services) -> None:
         png = Path("plots") / f"rewards-{strategy}.png"
         names = ["original"] + [model.name for model in grid if model.pairs is pairs]
         plot_rewards([evaluation_of[name] for name in names], f"reward distributions, {strategy} pairs", root / png)
+        curves = Path("plots") / f"training-{strategy}.png"
+        plot_training([model for model in grid if model.pairs is pairs], f"training, {strategy} pairs", root / curves)
         md += [f"## Pairs: {strategy}" + (f" ({rule})" if rule else ""), "",
                f"{pmeta.get('pairs', '?')} pairs, mean reward gap {pmeta.get('mean_gap', float('nan')):.3f} "
                f"(chosen {pmeta.get('chosen_reward_mean', float('nan')):.3f} +- {pmeta.get('chosen_reward_std', float('nan')):.3f}, "
                f"rejected {pmeta.get('rejected_reward_mean', float('nan')):.3f}).", "",
-               strategy_table(summary, strategy), "", f"![reward distributions, {strategy} pairs]({png.as_posix()})", ""]  # fmt: skip
+               strategy_table(summary, strategy), "", f"![reward distributions, {strategy} pairs]({png.as_posix()})", "",
+               f"![training curves, {strategy} pairs]({curves.as_posix()})", ""]  # fmt: skip
 
     # Each iterative chain, round 1 (its grid model) first, then the RLOO models.
     labels = {"original": "original model"}
