@@ -348,3 +348,21 @@ def test_a_read_only_run_directory_still_reports_and_more_work_is_a_message(tiny
     proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=4", check=False)
     assert proc.returncode == 1 and "read-only" in proc.stderr and "run-0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_compare_puts_two_runs_in_one_table_and_plot(tiny_run, tmp_path, cli):
+    import shutil
+
+    first = tmp_path / "first"
+    shutil.copytree(tiny_run[0], first)
+    second = tmp_path / "second"
+    shutil.copytree(tiny_run[0], second)
+    out = tmp_path / "cmp"
+    cli("compare", str(first), str(second), "--out", str(out))
+    text = (out / "compare.md").read_text()
+    for run in ("first", "second"):
+        assert f"| {run}/original |" in text and all(f"| {run}/{m} |" in text for m in MODELS)
+    page = (out / "compare.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 2 and "<script" not in page
+    proc = cli("compare", str(first), str(tmp_path / "none"), "--out", str(out), check=False)
+    assert proc.returncode == 2 and "none has no results.csv" in proc.stderr and "Traceback" not in proc.stderr

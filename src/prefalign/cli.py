@@ -8,6 +8,7 @@
     prefalign config CONFIG                                 print the validated config
     prefalign config-help                                   every config key, its default and help
     prefalign build-demo [NAME] [--corpus SRC]              build (or find) the built-in models
+    prefalign compare RUN_DIR RUN_DIR ... [--out DIR]       finished runs in one table and frontier plot
 
 CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit codes: 0 done,
 1 a stage failed (model not loadable, pairs impossible, ...), 2 invalid config or arguments,
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p = sub.add_parser("config-help", help="list every config key with its default and help text")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's reference)")
+    p = sub.add_parser("compare", help="compare finished runs: one table and frontier plots (Markdown and HTML)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories with a results.csv")
+    p.add_argument("--out", default="compare", help="where compare.md, compare.html and plots/ go (default: ./compare)")
     sub.add_parser("presets", help="list the presets shipped with prefalign")
     p = sub.add_parser("build-demo", help="build (or find in the cache) prefalign's own offline models")
     p.add_argument("name", nargs="?", default="tiny", help="which built-in model set (default: tiny)")
@@ -173,6 +177,20 @@ def _main(argv: list[str] | None) -> int:
                 print("\n".join(f"| `{key}` | `{default}` | {help_text} |" for key, default, help_text in rows))
             else:
                 print("\n".join(f"{key} = {default}\n    {help_text}" for key, default, help_text in rows))
+            return 0
+        if args.command == "compare":
+            from pathlib import Path
+
+            from prefalign.stages.compare import CompareError, compare
+
+            _quiet_libraries()
+            try:
+                print(compare([Path(d) for d in args.run_dirs], Path(args.out)))
+            except CompareError as e:
+                if debug:
+                    raise
+                print(f"prefalign: {e}", file=sys.stderr)
+                return 2
             return 0
         if args.command == "presets":
             print("\n".join(preset_names()))

@@ -107,9 +107,11 @@ def _save(fig, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False) -> None:
-    """Reward (y) against metric `x`, one point per model with std error bars; colour = method,
-    marker = pair rule (RLOO: a cross; the original: a black star)."""
+def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False,
+                  colour_by=None) -> None:  # fmt: skip
+    """Reward (y) against metric `x`, one point per model with std error bars; colour = method (or
+    `colour_by(row)`), marker = pair rule (RLOO: a cross; the original: a star, black by default)."""
+    group = colour_by or method_of
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,18 +119,20 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
 
     markers = dict(zip(PAIR_RULES, "osD^vP"))
     marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
-    methods = [m for m in dict.fromkeys(method_of(r) for _, r in summary.iterrows()) if m != "original"]
+    methods = [m for m in dict.fromkeys(group(r) for _, r in summary.iterrows()) if m != "original"]
     palette = [c for i, c in enumerate(plt.cm.tab10.colors) if i != 7] + list(plt.cm.Dark2.colors)  # no grey
     colours = {"original": "black", **{m: palette[i % len(palette)] for i, m in enumerate(methods)}}
     fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=130)
     for _, r in summary.iterrows():
         size = 13 if r.method == "original" else 7
         ax.errorbar(r[x], r.reward_mean, xerr=np.nan_to_num(r[f"{x}_sd"]), yerr=np.nan_to_num(r.reward_mean_sd),
-                    marker=marker(r), markersize=size, color=colours[method_of(r)], linestyle="none", elinewidth=0.8,
+                    marker=marker(r), markersize=size, color=colours[group(r)], linestyle="none", elinewidth=0.8,
                     capsize=2, alpha=0.9, zorder=3 if r.method == "original" else 2)  # fmt: skip
     line = lambda **kw: plt.Line2D([], [], linestyle="none", **kw)  # noqa: E731
-    handles = [line(color="black", marker="*", markersize=10, label="original")]
-    handles += [line(color=colours[m], marker="X" if m == "rloo" else "o", label=m) for m in methods]
+    shape = lambda m: "*" if m.endswith("original") else "X" if m.endswith("rloo") else "o"  # noqa: E731
+    originals = any(group(r) == "original" for _, r in summary.iterrows())
+    handles = [line(color="black", marker="*", markersize=10, label="original")] if originals else []
+    handles += [line(color=colours[m], marker=shape(m), label=m) for m in methods]
     handles += [line(color="black", marker=mk, markerfacecolor="none", label=f"{s} pairs")
                 for s, mk in markers.items() if s in set(summary.strategy)]  # fmt: skip
     ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
