@@ -146,6 +146,14 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     _save(fig, out)
 
 
+def colourblind_safe() -> list[str]:
+    """Matplotlib's Tableau colour-blind palette without its greys (the original is drawn in black)."""
+    import matplotlib.pyplot as plt
+
+    greys = {"#ABABAB", "#595959", "#898989", "#CFCFCF"}
+    return [c for c in plt.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"] if c.upper() not in greys]
+
+
 def plot_training(models, title: str, out: Path) -> None:
     """Training curves from each model's logged history, one line per model (colour-blind-safe
     colours): loss, reward margin and reward accuracy against the training step."""
@@ -156,7 +164,7 @@ def plot_training(models, title: str, out: Path) -> None:
 
     panels = (("loss", "training loss"), ("rewards/margins", "reward margin (beta x log-ratio gap)"),
               ("rewards/accuracies", "reward accuracy (share of pairs)"))  # fmt: skip
-    colours = plt.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"]
+    colours = colourblind_safe()
     fig, axes = plt.subplots(1, len(panels), figsize=(11, 3.4), dpi=120)
     for i, model in enumerate(models):
         history = (read_json(model.path / "train.json") or {}).get("log_history", [])
@@ -191,14 +199,16 @@ def plot_rewards(evaluations, title: str, out: Path) -> None:
     lo = min(float(np.percentile(r, 0.5)) for r in rewards.values())
     hi = max(float(np.percentile(r, 99.5)) for r in rewards.values())
     bins = np.linspace(lo, hi, 60)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for m, r in rewards.items():
-        style = dict(color="black", linewidth=2.0) if m == "original" else dict(linewidth=1.3)
+    colours = colourblind_safe()
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
+    for i, (m, r) in enumerate(rewards.items()):
+        style = dict(color="black", linewidth=2.0) if m == "original" else dict(color=colours[(i - 1) % len(colours)], linewidth=1.3)
         ax.hist(r, bins=bins, density=True, histtype="step", label=m, **style)
     ax.set_xlabel("reward (positive-class logit)")
     ax.set_ylabel("density")
     ax.set_title(title)
-    ax.legend(fontsize=7, frameon=False)
+    # Beside the axes, not on them: the histograms' peaks sit at both ends, where a legend would hide them.
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     _save(fig, out)
 
