@@ -100,7 +100,7 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
     # only a third evaluation run per model, and the report that reads them
     assert added == {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
     assert "results.csv" in changed
-    assert all(p in ("results.csv", "report.md", "report.meta.json") or p.startswith("plots/")
+    assert all(p in ("results.csv", "report.md", "report.html", "report.meta.json") or p.startswith("plots/")
                or (p.startswith("models/") and p.endswith("/README.md")) for p in changed), changed  # fmt: skip
     assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 3
 
