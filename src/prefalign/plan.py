@@ -35,8 +35,8 @@ STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 RESULT_COLUMNS = ("model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef")
 # Bumped when a metric's definition changes, so stored evaluations are redone.
 METRICS_VERSION = "metrics-v2"
-# Bumped when what the report writes changes (v7: model cards, report.html, training curves, legends beside the plots), so finished runs get the new report.
-REPORT_VERSION = "report-v7"
+# Bumped when what the report writes changes (v8: model cards, report.html, training curves, legends beside the plots, shared reward axes), so finished runs get the new report.
+REPORT_VERSION = "report-v8"
 
 
 def _row(name: str, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,

@@ -184,20 +184,29 @@ def plot_training(models, title: str, out: Path) -> None:
     _save(fig, out)
 
 
-def plot_rewards(evaluations, title: str, out: Path) -> None:
-    """Step histograms of every evaluation run's rewards, one line per model (the original in black)."""
+def run_rewards(evaluation) -> np.ndarray:
+    """Every reward of every run of one evaluation."""
+    runs = [evaluation.run_path(k, ".parquet") for k in range(evaluation.runs)]
+    return np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in runs])
+
+
+def reward_span(evaluations) -> tuple[float, float]:
+    """The reward range the distribution plots share (0.5th to 99.5th percentile over all models), so
+    that the plots of different pair strategies can be compared by eye."""
+    rewards = [run_rewards(e) for e in evaluations]
+    return min(float(np.percentile(r, 0.5)) for r in rewards), max(float(np.percentile(r, 99.5)) for r in rewards)
+
+
+def plot_rewards(evaluations, title: str, out: Path, span: tuple[float, float] | None = None) -> None:
+    """Step histograms of every evaluation run's rewards, one line per model (the original in black),
+    over `span` (default: reward_span of these evaluations)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rewards = {}
-    for evaluation in evaluations:
-        runs = [evaluation.run_path(k, ".parquet") for k in range(evaluation.runs)]
-        rewards[evaluation.model.name] = np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy()
-                                                         for f in runs])  # fmt: skip
-    lo = min(float(np.percentile(r, 0.5)) for r in rewards.values())
-    hi = max(float(np.percentile(r, 99.5)) for r in rewards.values())
+    rewards = {evaluation.model.name: run_rewards(evaluation) for evaluation in evaluations}
+    lo, hi = span or reward_span(evaluations)
     bins = np.linspace(lo, hi, 60)
     colours = colourblind_safe()
     fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
@@ -244,13 +253,14 @@ def write_report(item: Report, services: Services) -> None:
           f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump()}",
           f"- pair samples: {samples_meta.get('samples', '?')} texts, mean reward {samples_meta.get('reward_mean', float('nan')):.3f}",
           ""]  # fmt: skip
+    span = reward_span([evaluation_of["original"]] + [evaluation_of[m.name] for m in grid]) if grid else None
     for pairs in pair_files:
         strategy = pairs.strategy
         pmeta = read_json(pairs.meta) or {}
         rule = ", ".join(f"{k} {v}" for k, v in pairs.rule.items())
         png = Path("plots") / f"rewards-{strategy}.png"
         names = ["original"] + [model.name for model in grid if model.pairs is pairs]
-        plot_rewards([evaluation_of[name] for name in names], f"reward distributions, {strategy} pairs", root / png)
+        plot_rewards([evaluation_of[name] for name in names], f"reward distributions, {strategy} pairs", root / png, span)
         curves = Path("plots") / f"training-{strategy}.png"
         plot_training([model for model in grid if model.pairs is pairs], f"training, {strategy} pairs", root / curves)
         md += [f"## Pairs: {strategy}" + (f" ({rule})" if rule else ""), "",
