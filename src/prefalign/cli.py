@@ -142,6 +142,15 @@ def launch_problem(processes: int, device: str) -> str | None:
     return None
 
 
+def said(e: Exception, code: int, debug: bool) -> int:
+    """A user error said in one line: print its message and return its exit code (with --debug,
+    re-raise it instead, for the traceback)."""
+    if debug:
+        raise e
+    print(f"prefalign: {e}", file=sys.stderr)
+    return code
+
+
 def debug_asked(flag: bool) -> bool:
     """Whether tracebacks were asked for: `--debug`, or PREFALIGN_DEBUG set to anything but 0."""
     return flag or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
@@ -187,10 +196,7 @@ def _main(argv: list[str] | None) -> int:
             try:
                 print(compare([Path(d) for d in args.run_dirs], Path(args.out)))
             except CompareError as e:
-                if debug:
-                    raise
-                print(f"prefalign: {e}", file=sys.stderr)
-                return 2
+                return said(e, 2, debug)
             return 0
         if args.command == "presets":
             print("\n".join(preset_names()))
@@ -213,17 +219,11 @@ def _main(argv: list[str] | None) -> int:
             try:
                 print(build(spec))
             except CorpusError as e:
-                if debug:
-                    raise
-                print(f"prefalign: {e}", file=sys.stderr)
-                return 1
+                return said(e, 1, debug)
             return 0
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        if debug:
-            raise
-        print(f"prefalign: {e}", file=sys.stderr)
-        return 2
+        return said(e, 2, debug)
     if args.command == "config":
         import yaml
 

@@ -208,6 +208,8 @@ class RlooModel:
 
 
 Policy = Union[Original, DpoModel, IterativeRound, RlooModel]
+# The models a run trains (each with a directory of its own); an IterativeRound is a DpoModel.
+TRAINED = (DpoModel, RlooModel)
 
 
 class _MetaBeside:

@@ -36,7 +36,8 @@ import yaml
 
 from prefalign.config import Config
 from prefalign.distributed import Ranks, join, single_process_environment
-from prefalign.plan import STAGE_NAMES, DpoModel, Evaluation, Item, IterativeRound, Pairs, PlanError, Report, RlooModel, Samples
+from prefalign.plan import (STAGE_NAMES, TRAINED, DpoModel, Evaluation, Item, IterativeRound, Pairs, PlanError, Report,
+                            RlooModel, Samples)  # fmt: skip
 from prefalign.plan import plan as make_plan
 from prefalign.plan import sources, stage_of
 from prefalign.recipes import RECIPES
@@ -200,7 +201,6 @@ def run_directory(root: Path, ranks: Ranks):
 
 # Items only the main process makes; the others wait for them.
 MAIN_ONLY = (Pairs, Report)
-TRAINED = (DpoModel, IterativeRound, RlooModel)
 
 
 def _walk(items: list[Item], cfg: Config, services: Services) -> None:
@@ -338,12 +338,13 @@ def train_side_by_side(models: list[Item], services: Services, workers: int, spr
     threads = max(1, torch.get_num_threads() // workers)
     # One pool per GPU, whose workers see only that GPU (a single-process Trainer takes cuda:0, and
     # spreads over every GPU it sees with DataParallel); the workers share out `workers`.
-    gpu_of = {i: (i if device.type == "cuda" else None) for i in dict.fromkeys(indices)}
-    per_pool = max(1, workers // len(gpu_of))
+    # (None: the CPU, or the one GPU of a plain `cuda` run, where there is nothing to hide.)
+    gpus_used = list(dict.fromkeys(indices))
+    per_pool = max(1, workers // len(gpus_used))
     with contextlib.ExitStack() as stack:
         pools = {i: stack.enter_context(ProcessPoolExecutor(per_pool, mp_context=multiprocessing.get_context("spawn"),
-                                                            initializer=start_worker, initargs=(gpu_of[i],)))
-                 for i in gpu_of}  # fmt: skip
+                                                            initializer=start_worker, initargs=(i,)))
+                 for i in gpus_used}  # fmt: skip
         futures = [pools[index].submit(_train_in_worker, model, device.type, threads, services.reward,
                                        services.original, services.launch, process_tag().strip())
                    for model, index in zip(models, indices)]  # fmt: skip

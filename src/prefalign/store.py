@@ -46,10 +46,11 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
 
 
-def shard_part(path: Path, index: int, count: int) -> Path:
-    """Where process `index` of `count` writes its shard of `path` before the main process merges
-    the shards; a temporary name, so `remove_stale` clears the parts a killed run leaves."""
-    return path.with_name(f".{path.name}.part-{index}-of-{count}{TEMPORARY_MARK}shard")
+def scratch_beside(path: Path, label: str) -> Path:
+    """A working file or folder beside `path` that several processes of one run share (a sample
+    shard, the pairs of a model trained together): a temporary name without a pid, so every
+    process finds it, and `remove_stale` clears what a killed run leaves."""
+    return path.with_name(f".{path.name}.{label}{TEMPORARY_MARK}shared")
 
 
 def _remove(path: Path) -> None:

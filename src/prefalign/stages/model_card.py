@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from prefalign.plan import DpoModel, IterativeRound, RlooModel
+from prefalign.plan import IterativeRound, RlooModel
 from prefalign.store import read_json
 
 # The evaluation metrics a card shows: (results column, label).
@@ -69,7 +69,3 @@ def model_card(model, row: dict, cfg) -> str:
     ]  # fmt: skip
     return "\n".join(lines)
 
-
-def trained(model) -> bool:
-    """Whether `model` is one this run trained (and so has a directory of its own to describe)."""
-    return isinstance(model, (DpoModel, RlooModel))

@@ -24,10 +24,10 @@ import pandas as pd
 
 from prefalign.engine.metrics import pareto_mask
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.plan import RESULT_COLUMNS, DpoModel, Original, Report
+from prefalign.plan import RESULT_COLUMNS, TRAINED, DpoModel, Original, Report
 from prefalign.services import Services, model_info
 from prefalign.stages.evaluate import run_results
-from prefalign.stages.model_card import model_card, trained
+from prefalign.stages.model_card import model_card
 from prefalign.stages.report_html import render
 from prefalign.store import atomic_path, read_json, write_json, write_text
 
@@ -99,8 +99,18 @@ def strategy_table(summary: pd.DataFrame, strategy: str) -> str:
     return table(rows, lambda r: "original model" if r.method == "original" else f"{r.loss} {r.beta:g} ({r.recipe})")
 
 
-def _save(fig, out: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> None:
+    plt = pyplot()
 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format=out.suffix.lstrip("."))
@@ -112,10 +122,7 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     """Reward (y) against metric `x`, one point per model with std error bars; colour = method (or
     `colour_by(row)`), marker = pair rule (RLOO: a cross; the original: a star, black by default)."""
     group = colour_by or method_of
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     markers = dict(zip(PAIR_RULES, "osD^vP"))
     marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
@@ -148,7 +155,7 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
 
 def colourblind_safe() -> list[str]:
     """Matplotlib's Tableau colour-blind palette without its greys (the original is drawn in black)."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     greys = {"#ABABAB", "#595959", "#898989", "#CFCFCF"}
     return [c for c in plt.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"] if c.upper() not in greys]
@@ -157,10 +164,7 @@ def colourblind_safe() -> list[str]:
 def plot_training(models, title: str, out: Path) -> None:
     """Training curves from each model's logged history, one line per model (colour-blind-safe
     colours): loss, reward margin and reward accuracy against the training step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = (("loss", "training loss"), ("rewards/margins", "reward margin (beta x log-ratio gap)"),
               ("rewards/accuracies", "reward accuracy (share of pairs)"))  # fmt: skip
@@ -190,23 +194,17 @@ def run_rewards(evaluation) -> np.ndarray:
     return np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in runs])
 
 
-def reward_span(evaluations) -> tuple[float, float]:
-    """The reward range the distribution plots share (0.5th to 99.5th percentile over all models), so
-    that the plots of different pair strategies can be compared by eye."""
-    rewards = [run_rewards(e) for e in evaluations]
+def reward_span(rewards) -> tuple[float, float]:
+    """The reward range distribution plots share (0.5th to 99.5th percentile over all the arrays
+    in `rewards`), so that the plots of different pair strategies can be compared by eye."""
     return min(float(np.percentile(r, 0.5)) for r in rewards), max(float(np.percentile(r, 99.5)) for r in rewards)
 
 
-def plot_rewards(evaluations, title: str, out: Path, span: tuple[float, float] | None = None) -> None:
-    """Step histograms of every evaluation run's rewards, one line per model (the original in black),
-    over `span` (default: reward_span of these evaluations)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rewards = {evaluation.model.name: run_rewards(evaluation) for evaluation in evaluations}
-    lo, hi = span or reward_span(evaluations)
+def plot_rewards(rewards: dict[str, np.ndarray], title: str, out: Path, span: tuple[float, float] | None = None) -> None:
+    """Step histograms of each model's rewards (`rewards`: model name -> its rewards over every
+    evaluation run), one line per model (the original in black), over `span` (default: their own)."""
+    plt = pyplot()
+    lo, hi = span or reward_span(rewards.values())
     bins = np.linspace(lo, hi, 60)
     colours = colourblind_safe()
     fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
@@ -253,14 +251,15 @@ def write_report(item: Report, services: Services) -> None:
           f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump()}",
           f"- pair samples: {samples_meta.get('samples', '?')} texts, mean reward {samples_meta.get('reward_mean', float('nan')):.3f}",
           ""]  # fmt: skip
-    span = reward_span([evaluation_of["original"]] + [evaluation_of[m.name] for m in grid]) if grid else None
+    rewards = {name: run_rewards(evaluation_of[name]) for name in ["original", *(m.name for m in grid)]}
+    span = reward_span(rewards.values())
     for pairs in pair_files:
         strategy = pairs.strategy
         pmeta = read_json(pairs.meta) or {}
         rule = ", ".join(f"{k} {v}" for k, v in pairs.rule.items())
         png = Path("plots") / f"rewards-{strategy}.png"
         names = ["original"] + [model.name for model in grid if model.pairs is pairs]
-        plot_rewards([evaluation_of[name] for name in names], f"reward distributions, {strategy} pairs", root / png, span)
+        plot_rewards({name: rewards[name] for name in names}, f"reward distributions, {strategy} pairs", root / png, span)
         curves = Path("plots") / f"training-{strategy}.png"
         plot_training([model for model in grid if model.pairs is pairs], f"training, {strategy} pairs", root / curves)
         md += [f"## Pairs: {strategy}" + (f" ({rule})" if rule else ""), "",
@@ -315,7 +314,7 @@ def write_report(item: Report, services: Services) -> None:
     md += ["Per-run numbers: [results.csv](results.csv). Each trained model's directory has a model card "
            "(README.md) with its training and these evaluation numbers.", ""]
     rows = summary.set_index("model")
-    for model in (e.model for e in item.evaluations if trained(e.model)):
+    for model in (e.model for e in item.evaluations if isinstance(e.model, TRAINED)):
         write_text(model.path / "README.md", model_card(model, {"model": model.name, **rows.loc[model.name].to_dict()}, cfg))
     write_text(item.path, "\n".join(md))
     write_text(root / "report.html", render("\n".join(md), root, cfg.model_dump(), str(services.device),

@@ -25,7 +25,7 @@ from prefalign.engine.decoding import sample_and_score
 from prefalign.models.loading import load_policy
 from prefalign.plan import Samples
 from prefalign.services import Services
-from prefalign.store import atomic_path, shard_part, write_json
+from prefalign.store import atomic_path, scratch_beside, write_json
 
 
 def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
@@ -46,7 +46,7 @@ def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampl
     classifier, ranks = services.classifier(), services.ranks
     prompts = corpus_prompts_for(sampling, policy_tokenizer, n, seed)
     start, stop = ranks.shard(n)
-    part = out_path if ranks.count == 1 else shard_part(out_path, ranks.index, ranks.count)
+    part = out_path if ranks.count == 1 else scratch_beside(out_path, f"part-{ranks.index}-of-{ranks.count}")
     t0 = time.time()
     df = sample_and_score(policy, policy_tokenizer, classifier.model, classifier.tokenizer, classifier.positive_index,
                           stop - start, sampling, shard_seed(seed, ranks.index, ranks.count), services.reward_batch_size,
@@ -57,7 +57,7 @@ def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampl
     ranks.wait()  # every part is written
     if not ranks.main:
         return None
-    parts = [shard_part(out_path, i, ranks.count) for i in range(ranks.count)]
+    parts = [scratch_beside(out_path, f"part-{i}-of-{ranks.count}") for i in range(ranks.count)]
     with atomic_path(out_path) as tmp:
         pq.write_table(pa.concat_tables([pq.read_table(p) for p in parts]), tmp)
     for p in parts:

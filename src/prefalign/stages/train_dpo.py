@@ -41,7 +41,7 @@ from prefalign.distributed import Ranks, weights_digest
 from prefalign.plan import DpoModel
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
-from prefalign.store import TEMPORARY_MARK, atomic_path
+from prefalign.store import atomic_path, scratch_beside
 
 
 class _LogLine(TrainerCallback):
@@ -129,10 +129,15 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     return DPOConfig(**settings), {**settings, **own}
 
 
+def checkpoint_path(out_dir: Path) -> Path:
+    """Where `out_dir`'s training checkpoints go: `.<name>.checkpoints/` beside it."""
+    return out_dir.parent / f".{out_dir.name}.checkpoints"
+
+
 def checkpoint_dir(out_dir: Path, key: str) -> Path:
-    """Where `out_dir`'s training checkpoints go: `.<name>.checkpoints/` beside it, emptied when the
-    checkpoints there were made for another key (another config)."""
-    path = out_dir.parent / f".{out_dir.name}.checkpoints"
+    """checkpoint_path(out_dir), created, and emptied when the checkpoints there were made for
+    another key (another config)."""
+    path = checkpoint_path(out_dir)
     marker = path / "key.txt"
     if path.exists() and (not marker.exists() or marker.read_text() != key):
         shutil.rmtree(path)
@@ -162,15 +167,17 @@ def lora_config(lora: dict, model, policy_ref: str):
     from prefalign.models.loading import ModelLoadError
 
     targets = lora["target_modules"]
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in ([targets] if isinstance(targets, str) else targets or []) if t not in names | {"all-linear"}]
+    wanted = [targets] if isinstance(targets, str) else targets  # None: peft's default for the architecture
+    modules: dict[str, set[str]] = {}  # module name (its last part) -> the classes of the modules so named
+    for name, module in model.named_modules():
+        modules.setdefault(name.rsplit(".", 1)[-1], set()).add(type(module).__name__)
+    missing = [t for t in wanted or [] if t not in modules and t != "all-linear"]
     if missing:
         raise ModelLoadError(f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
-                             f"{sorted(n for n in names if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
+                             f"{sorted(n for n in modules if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
     # GPT-2's layers are Conv1D, whose weight is stored transposed; peft must be told (it warns, then does so).
-    wanted = [targets] if isinstance(targets, str) else targets
-    fan_in_fan_out = any(type(m).__name__ == "Conv1D" and (wanted in (None, ["all-linear"]) or n.rsplit(".", 1)[-1] in wanted)
-                         for n, m in model.named_modules())  # fmt: skip
+    adapted = modules if wanted in (None, ["all-linear"]) else {n: modules[n] for n in wanted if n in modules}
+    fan_in_fan_out = any("Conv1D" in classes for classes in adapted.values())
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
                       fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")  # fmt: skip
 
@@ -195,7 +202,7 @@ def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> Non
 def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -> None:
     """save_trained for weights sharded over the processes (FSDP, DeepSpeed ZeRO-3): every process
     takes part in gathering them (the Trainer's save_model), the main process writes the directory."""
-    staging = out_dir.with_name(f".{out_dir.name}{TEMPORARY_MARK}gathered")
+    staging = scratch_beside(out_dir, "gathered")
     trainer.save_model(str(staging))
     if ranks.main:
         tokenizer.save_pretrained(staging)
@@ -262,7 +269,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
     resume = None
     if checkpoint_steps:
-        scratch = str(Path(out_dir).parent / f".{Path(out_dir).name}.checkpoints")
+        scratch = str(checkpoint_path(Path(out_dir)))
         if ranks.main:  # the main process empties stale checkpoints and drops a partial one ...
             resume = last_complete_checkpoint(checkpoint_dir(Path(out_dir), key))
         ranks.wait()  # ... before any process reads the folder
@@ -280,7 +287,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     if ranks.count > 1:
         # The processes share one on-disk dataset: TRL caches the reference log-probs beside it,
         # written by the main process and read by all (a temporary name, so a killed run's is cleared).
-        shared = Path(out_dir).parent / f".{Path(out_dir).name}.pairs{TEMPORARY_MARK}shared"
+        shared = scratch_beside(Path(out_dir), "pairs")
         if ranks.main:
             shutil.rmtree(shared, ignore_errors=True)
             Dataset.from_pandas(pairs, preserve_index=False).save_to_disk(str(shared))
