@@ -171,3 +171,19 @@ def test_online_rloo_fields_are_checked_against_rloo_config():
         load_config("tiny", ["online.rloo={lerning_rate: 0.1}"])
     with pytest.raises(ConfigError, match="num_generations"):
         load_config("tiny", ["online.rloo={num_generations: many}"])
+
+
+def test_report_to_names_installed_trackers(monkeypatch):
+    import importlib.util
+
+    assert load_config("tiny", ["train.report_to=[tensorboard, tensorboard]"]).train.report_to == ["tensorboard"]
+    for trainer in ("train.dpo", "online.rloo"):
+        for field in ("report_to", "run_name", "project"):
+            with pytest.raises(ConfigError, match=r"use train.report_to"):
+                load_config("tiny", [f"{trainer}={{{field}: x}}"])
+    with pytest.raises(ConfigError, match="should be 'tensorboard' or 'trackio'"):
+        load_config("tiny", ["train.report_to=[wandb]"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"trackio not installed here: `pip install trackio`"):
+        load_config("tiny", ["train.report_to=[trackio]"])

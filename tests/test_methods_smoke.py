@@ -33,7 +33,7 @@ def methods_run(tiny_dir, tmp_path_factory):
             "--set", "train.extra=[{strategy: stratified, loss: ipo, beta: 0.5}, {strategy: quantile, loss: sigmoid, beta: 0.1}]",
             "--set", "iterative.rounds=2", "--set", "iterative.samples=200", "--set", "iterative.strategy=quantile",
             "--set", "online.kl_coefs=[0.1]", "--set", "online.steps=4",
-            "--set", "evaluate.samples=100"]  # fmt: skip
+            "--set", "evaluate.samples=100", "--set", "train.report_to=[tensorboard]"]  # fmt: skip
     return root, prefalign(*args), args
 
 
@@ -90,3 +90,21 @@ def test_rerun_is_a_no_op(methods_run):
     before = outputs(root)
     prefalign(*args)
     assert outputs(root) == before
+
+
+def test_every_trainer_logs_to_tensorboard(methods_run):
+    """train.report_to: each model's event files hold what its train.json's log history holds."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _, _ = methods_run
+    assert sorted(p.name for p in (root / "logs" / "tensorboard").iterdir()) == sorted(MODELS)
+    for model in MODELS:
+        events = EventAccumulator(str(root / "logs" / "tensorboard" / model))
+        events.Reload()
+        history = json.loads((root / "models" / model / "train.json").read_text())["log_history"]
+        metric = "reward" if model.startswith("rloo") else "loss"
+        logged = [(h["step"], h[metric]) for h in history if metric in h]
+        assert logged, model
+        scalars = events.Scalars(f"train/{metric}")
+        assert [e.step for e in scalars] == [step for step, _ in logged], model
+        assert [e.value for e in scalars] == pytest.approx([value for _, value in logged], rel=1e-6), model

@@ -200,3 +200,7 @@ def test_a_gpu_worker_sees_only_its_gpu_counted_among_the_visible_ones():
     assert visible_gpus(1, None) == "1"  # every GPU visible: GPU 1 is physical GPU 1
     assert visible_gpus(1, "4,6") == "6"  # CUDA_VISIBLE_DEVICES=4,6: this process's GPU 1 is physical GPU 6
     assert visible_gpus(None, "4,6") is None  # a CPU worker, or the one GPU there is: left alone
+
+
+def test_trackers_change_no_key():
+    assert changed_keys("train.report_to=[tensorboard]") == set()

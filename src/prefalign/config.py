@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from prefalign.engine.pair_rules import PAIR_RULES
 from prefalign.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
+from prefalign.trackers import TRACKER_NAMES, missing_trackers
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
@@ -289,11 +290,29 @@ class TrainConfig(Section):
         "directory holds the merged weights (what evaluation loads) and the adapters in `adapter/`.",
     )
 
+    report_to: list[Literal[TRACKER_NAMES]] = Field(
+        default_factory=list,
+        description="Experiment trackers every trainer (DPO, iterative rounds, RLOO) logs its metrics to: "
+        "`tensorboard` (event files in RUN_DIR/logs/tensorboard/<model>/; view with `tensorboard --logdir "
+        "RUN_DIR/logs/tensorboard`) and / or `trackio` (local, project = `name`, in RUN_DIR/logs/trackio/; view "
+        "with `TRACKIO_DIR=RUN_DIR/logs/trackio trackio show`). The tracker's package must be installed "
+        "(`pip install tensorboard` or `trackio`). Empty: none. Changes no result.",
+    )
+
     extra: list[ExtraPoint] = Field(
         default_factory=list,
         description="Models to train besides the product strategies x losses x betas: each "
         "`{strategy, loss, beta, recipe}` (e.g. a new pair rule at one beta only).",
     )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, v: list[str]) -> list[str]:
+        missing = missing_trackers(v)
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} not installed here: `pip install {' '.join(missing)}`, "
+                             "or remove it from report_to")  # fmt: skip
+        return list(dict.fromkeys(v))
 
     @field_validator("losses")
     @classmethod
@@ -323,6 +342,10 @@ class TrainConfig(Section):
         return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, "train.betas / train.losses", OWN_SETTINGS)
 
 
+# Trainer fields the trackers' settings own (see trackers.py).
+TRACKER_FIELDS = {"report_to", "run_name", "project", "logging_dir", "trackio_space_id", "trackio_static_space_id"}
+
+
 def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:
     """Check a mapping of TRL config fields against `config_cls`'s names and type annotations, now
     rather than after sampling has run for an hour. `own`: prefalign switches (booleans) also allowed."""
@@ -340,6 +363,8 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
                 raise ValueError(f"`{key}` must be true or false, not {value!r}")
             checked[key] = value
             continue
+        if key in TRACKER_FIELDS:
+            raise ValueError(f"`{key}` is set by prefalign (use train.report_to)")
         if key in owned:
             raise ValueError(f"`{key}` is set by prefalign (use {owner})")
         if key not in names:

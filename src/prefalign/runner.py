@@ -42,6 +42,7 @@ from prefalign.plan import plan as make_plan
 from prefalign.plan import sources, stage_of
 from prefalign.recipes import RECIPES
 from prefalign.services import Services, log, model_info, process_tag, quiet
+from prefalign.trackers import Tracking
 from prefalign.stages.evaluate import evaluate
 from prefalign.stages.pairs import make_pairs
 from prefalign.stages.report import write_report
@@ -162,7 +163,9 @@ def run(cfg: Config, until: str = "report", update: bool = False) -> list[Item]:
         check_parallel(cfg, items, ranks.count)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", ranks.local_index)  # one GPU per process
-    services = Services(device, reward, original, cfg.reward.batch_size, log=log if ranks.main else quiet, ranks=ranks)
+    tracking = Tracking(tuple(cfg.train.report_to), root / "logs", cfg.name)
+    services = Services(device, reward, original, cfg.reward.batch_size, log=log if ranks.main else quiet, ranks=ranks,
+                        tracking=tracking)  # fmt: skip
     with run_directory(root, ranks):
         start = time.time()
         _walk(items, cfg, services)
@@ -346,7 +349,7 @@ def train_side_by_side(models: list[Item], services: Services, workers: int, spr
                                                             initializer=start_worker, initargs=(i,)))
                  for i in gpus_used}  # fmt: skip
         futures = [pools[index].submit(_train_in_worker, model, device.type, threads, services.reward,
-                                       services.original, services.launch, process_tag().strip())
+                                       services.original, services.launch, services.tracking, process_tag().strip())
                    for model, index in zip(models, indices)]  # fmt: skip
         try:
             for future in futures:
@@ -373,7 +376,8 @@ def start_worker(gpu: int | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = shown
 
 
-def _train_in_worker(model: Item, device_type: str, threads: int, reward, original, launch: dict, tag: str) -> None:
+def _train_in_worker(model: Item, device_type: str, threads: int, reward, original, launch: dict, tracking: Tracking,
+                     tag: str) -> None:  # fmt: skip
     from prefalign.cli import _quiet_libraries
 
     if tag:
@@ -381,7 +385,7 @@ def _train_in_worker(model: Item, device_type: str, threads: int, reward, origin
     _quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
     torch.set_num_threads(threads)
     # A CUDA worker sees one GPU (start_worker): plain `cuda` is it.
-    STAGES[type(model)](model, Services(torch.device(device_type), reward, original, launch=launch))
+    STAGES[type(model)](model, Services(torch.device(device_type), reward, original, launch=launch, tracking=tracking))
 
 
 def describe(item: Item) -> str:

@@ -20,6 +20,7 @@ import torch
 
 from prefalign.distributed import Ranks
 from prefalign.plan import Original, RewardModel
+from prefalign.trackers import Tracking
 
 
 def process_tag() -> str:
@@ -74,6 +75,7 @@ class Services:
     ranks: Ranks = field(default_factory=Ranks)  # this process among the run's processes
     # What a trained model's train.json says about the processes of the run that trained it.
     launch: dict = field(default_factory=dict)
+    tracking: Tracking = field(default_factory=Tracking)  # where the trainers report (train.report_to)
     _loaded: dict = field(default_factory=dict, repr=False)
 
     @property

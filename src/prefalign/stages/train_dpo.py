@@ -42,6 +42,7 @@ from prefalign.plan import DpoModel
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
 from prefalign.store import atomic_path, scratch_beside
+from prefalign.trackers import Tracking, reporting
 
 
 class _LogLine(TrainerCallback):
@@ -95,9 +96,10 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
 
 def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
              output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None,
-             checkpoint_steps: int | None = None, processes: int = 1):  # fmt: skip
+             checkpoint_steps: int | None = None, processes: int = 1, tracker: dict | None = None):  # fmt: skip
     """(DPOConfig, every setting) of one training; with `processes` > 1 training one model together,
-    each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch."""
+    each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch.
+    `tracker`: the experiment-tracker fields from trackers.tracking (default: report to none)."""
     from trl import DPOConfig
 
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -109,8 +111,8 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
     settings.update(
-        output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed, report_to="none",
-        save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
+        output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed,
+        **(tracker or {"report_to": "none"}), save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
         # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
         logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
     )  # fmt: skip
@@ -221,7 +223,7 @@ def train_dpo(item: DpoModel, services: Services) -> None:
               reference=None if start is reference else (reference.ref, reference.revision),
               slic_sft_weight=item.slic_sft_weight, precision=item.precision,
               checkpoint_steps=item.checkpoint_steps, lora=item.lora, ranks=services.ranks,
-              launch=services.launch)  # fmt: skip
+              launch=services.launch, tracking=services.tracking, name=item.name)  # fmt: skip
     release_memory()
 
 
@@ -230,7 +232,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
               reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
               precision: str | None = None, callbacks: list | None = None,
               checkpoint_steps: int | None = None, lora: dict | None = None, ranks: Ranks = Ranks(),
-              launch: dict | None = None) -> dict:  # fmt: skip
+              launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
@@ -241,7 +243,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     `key`); a later call with the same key resumes from the last one; removed once the model is saved.
     `lora`: train.lora's settings, or None to train every weight. `ranks`: the processes training
     this model together (each calls this); the main process writes the outputs. `launch`: what
-    train.json says about the run's processes (default: one process).
+    train.json says about the run's processes (default: one process). `tracking`: the experiment
+    trackers to log to, under the run `name` (default: `out_dir`'s name).
     """
     from datasets import Dataset, load_from_disk
     from transformers import AutoModelForCausalLM
@@ -277,8 +280,11 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     else:
         scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
     label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
+    # The trackers' environment stays set until the training is over (the finally below).
+    tracker = contextlib.ExitStack()
+    tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name, fresh=resume is None))
     args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
-                              checkpoint_steps, ranks.count)  # fmt: skip
+                              checkpoint_steps, ranks.count, tracker_fields)  # fmt: skip
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
@@ -343,6 +349,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
         log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
         return info
     finally:
+        tracker.close()
         if not checkpoint_steps:
             shutil.rmtree(scratch, ignore_errors=True)
         if shared is not None:

@@ -43,6 +43,7 @@ from prefalign.engine.scoring import score_texts
 from prefalign.plan import RlooModel
 from prefalign.services import Services, release_memory
 from prefalign.store import atomic_path
+from prefalign.trackers import Tracking, reporting
 
 REWARD_NAME = "classifier"  # TRL logs the reward as `rewards/<__name__>/mean`
 # Fields train_rloo sets from its own arguments; `overrides` may not touch them.
@@ -131,8 +132,9 @@ def _reference_is(ref_model):
 
 
 def rloo_args(kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int, output_dir: str,
-              sampling=None):  # fmt: skip
-    """The `RLOOConfig` and the plain dict of settings it was built from (for train.json)."""
+              sampling=None, tracker: dict | None = None):  # fmt: skip
+    """The `RLOOConfig` and the plain dict of settings it was built from (for train.json).
+    `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none)."""
     from trl import RLOOConfig
 
     owned = sorted(set(overrides) & set(OWNED))
@@ -152,7 +154,7 @@ def rloo_args(kl_coef: float, steps: int, overrides: dict, device: torch.device,
     if device.type != "cuda":
         # TRL turns bf16 autocast on by default; off CUDA it is slower and changes the numbers.
         settings["bf16"] = False
-    settings.update(seed=seed, data_seed=seed, report_to="none", save_strategy="no")
+    settings.update(seed=seed, data_seed=seed, save_strategy="no", **(tracker or {"report_to": "none"}))
     settings.update(overrides)
     settings.update(output_dir=output_dir, beta=kl_coef, max_steps=steps)
     return RLOOConfig(**settings), settings
@@ -165,20 +167,22 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
     train_rloo(item.start.ref, item.start.revision, classifier.model, classifier.tokenizer, classifier.positive_label,
                item.path, kl_coef=item.kl_coef, steps=item.steps, overrides=item.overrides, device=services.device,
                seed=item.seed, key=item.key, log=services.log, sampling=item.sampling,
-               single_logit=item.reward.single_logit, launch=services.launch)  # fmt: skip
+               single_logit=item.reward.single_logit, launch=services.launch, tracking=services.tracking,
+               name=item.name)  # fmt: skip
     release_memory()
 
 
 def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tokenizer, positive_label: str,
                out_dir: Path, *, kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int,
                key: str = "", log=print, sampling=None, single_logit: bool = False,
-               launch: dict | None = None) -> dict:  # fmt: skip
+               launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None) -> dict:  # fmt: skip
     """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
     of its positive class, `sampling` prefalign's sampling settings (max_length, top_k, top_p,
     temperature) or None for RLOO_DEFAULTS. `overrides` are RLOOConfig fields applied last.
-    `launch`: what train.json says about the run's processes (default: one). For example:
+    `launch`: what train.json says about the run's processes (default: one). `tracking`: the
+    experiment trackers to log to, under the run `name` (default: `out_dir`'s name). For example:
 
         classifier, tokenizer = load_classifier(REWARD_DIR, None, torch.device("cpu"))
         train_rloo(POLICY_DIR, None, classifier, tokenizer, "POSITIVE", Path("out"), kl_coef=0.05, steps=200,
@@ -192,8 +196,10 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     from prefalign.stages.train_dpo import completion_tokens_only
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
+    tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
     try:
-        args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling)
+        tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name))
+        args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling, tracker_fields)
         reward = ClassifierReward(classifier, classifier_tokenizer, positive_label, single_logit=single_logit)
         tokenizer = load_tokenizer(policy_ref, revision, "policy")
         path = resolve(policy_ref, "policy")
@@ -240,4 +246,5 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         log(f"  trained in {seconds:.1f}s, mean reward {shown(info['first_reward'])} -> {shown(info['final_reward'])}")
         return info
     finally:
+        tracker.close()
         shutil.rmtree(scratch, ignore_errors=True)
