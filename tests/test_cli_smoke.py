@@ -38,8 +38,10 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
         assert json.loads((d / "train.json").read_text())["pairs"] == 200
     results = pd.read_csv(root / "results.csv")
-    assert list(results.columns[:11]) == ["model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef",
-                                          "run", "reward_mean", "reward_std"]  # fmt: skip
+    assert list(results.columns[:13]) == ["model", "group", "method", "strategy", "loss", "beta", "recipe", "round",
+                                          "kl_coef", "training_seed", "run", "reward_mean", "reward_std"]  # fmt: skip
+    assert (results.group == results.model).all()  # one training seed: each model is its own group
+    assert set(results[results.model != "original"].training_seed) == {0}
     assert {"diversity", "positive_rate", "distinct_1", "distinct_2", "kl_seq", "kl_token", "share_above_0",
             "share_above_0.5", "reward_p05", "reward_p95", "mean_tokens"} <= set(results.columns)  # fmt: skip
     assert len(results) == (1 + len(MODELS)) * 2
@@ -100,7 +102,7 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
     # only a third evaluation run per model, and the report that reads them
     assert added == {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
     assert "results.csv" in changed
-    assert all(p in ("results.csv", "report.md", "report.html", "report.meta.json") or p.startswith("plots/")
+    assert all(p in ("results.csv", "summary.csv", "report.md", "report.html", "report.meta.json") or p.startswith("plots/")
                or (p.startswith("models/") and p.endswith("/README.md")) for p in changed), changed  # fmt: skip
     assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 3
 
@@ -366,3 +368,32 @@ def test_compare_puts_two_runs_in_one_table_and_plot(tiny_run, tmp_path, cli):
     assert page.count('<img src="data:image/png;base64,') == 2 and "<script" not in page
     proc = cli("compare", str(first), str(tmp_path / "none"), "--out", str(out), check=False)
     assert proc.returncode == 2 and "none has no results.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_repeats_report_the_mean_and_std_across_training_seeds(tiny_run, tmp_path, cli):
+    import shutil
+
+    import numpy as np
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    before = {m: (root / "models" / m / "model.safetensors").stat().st_mtime_ns for m in MODELS}
+    cli("run", "tiny", "--set", f"run_dir={root}", "--set", "train.repeats=2", "--set", "pairs.strategies=[random]",
+        "--update")  # fmt: skip
+    groups = [m for m in MODELS if m.startswith("random-")]
+    for m in groups:  # the first seed's models are the tiny run's, kept; the second seed's are new
+        assert (root / "models" / m / "model.safetensors").stat().st_mtime_ns == before[m]
+        assert json.loads((root / "models" / f"{m}-seed1" / "train.json").read_text())["settings"]["seed"] == 1
+    results = pd.read_csv(root / "results.csv")
+    assert set(results.training_seed.dropna()) == {0, 1}
+    summary = pd.read_csv(root / "summary.csv").set_index("model")
+    report = (root / "report.md").read_text()
+    for m in groups:
+        seeds = results[results.group == m].groupby("training_seed").reward_mean.mean()
+        assert len(seeds) == 2 and seeds[0] != seeds[1]  # another data order, another model
+        row = summary.loc[m]
+        assert row.seeds == 2 and row.reward_mean == pytest.approx(seeds.mean())
+        assert row.reward_mean_sd == pytest.approx(np.std(seeds, ddof=1))
+        loss, beta = m.split("-")[1], 0.1
+        assert f"| {loss} {beta:g} (default) | {seeds.mean():.3f} ({np.std(seeds, ddof=1):.3f}) |" in report
+    assert not any(name.endswith("-seed1") for name in summary.index)  # one row per model group

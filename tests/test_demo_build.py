@@ -123,3 +123,39 @@ def test_a_killed_builds_leftovers_are_removed(corpus_csv, tmp_path):
     (stale / "policy").mkdir(parents=True)
     target = B.build(spec, root=tmp_path, log=lambda m: None)
     assert (target / "info.json").exists() and not stale.exists()
+
+
+def test_a_classifier_fine_tuned_from_a_pretrained_encoder(corpus_csv, tmp_path):
+    """BuildSpec.clf_base: the classifier starts from an encoder's weights and keeps its tokenizer
+    (here a tiny BERT saved locally, standing in for all-MiniLM-L6-v2); policy=False builds it alone."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+    from transformers import BertTokenizerFast
+
+    from prefalign.models.loading import ModelLoadError, resolve
+
+    base = tmp_path / "encoder"
+    base.mkdir()
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(B.synthetic_corpus(n=200)[0], vocab_size=200)
+    wordpiece.save_model(str(base))
+    BertTokenizerFast(vocab_file=str(base / "vocab.txt")).save_pretrained(base)
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))  # fmt: skip
+    encoder.save_pretrained(base)
+
+    spec = spec_for(corpus_csv, clf_base=str(base), policy=False, clf_lr=1e-3)
+    out = B.build(spec, root=tmp_path / "cache", log=lambda m: None)
+    assert not (out / "policy").exists() and (out / "reward" / "model.safetensors").is_file()
+    info = json.loads((out / "info.json").read_text())
+    assert "policy" not in info and 0.0 <= info["reward_model"]["accuracy"] <= 1.0
+    assert AutoConfig.from_pretrained(out / "reward").model_type == "bert"
+    assert AutoTokenizer.from_pretrained(out / "reward").get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
+    tuned = AutoModelForSequenceClassification.from_pretrained(out / "reward").bert.embeddings.word_embeddings.weight
+    start = encoder.embeddings.word_embeddings.weight
+    assert not torch.equal(tuned, start) and torch.allclose(tuned, start, atol=0.2)  # fine-tuned, not trained anew
+    # the defaults leave every existing build's cache key as it was
+    assert B.SPECS["demo"].key() == "demo-27b89c6c0171" and B.SPECS["tiny"].key() == "tiny-a181fa402724"
+    with pytest.raises(ModelLoadError, match="classifier only"):
+        resolve("prefalign:demo-minilm", "policy")

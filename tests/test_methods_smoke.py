@@ -83,6 +83,8 @@ def test_report_has_frontier_and_rounds(methods_run):
     assert "## On-policy rounds and online RL" in report and "| rloo-kl0.1 |" in report
     assert "| quantile-sigmoid-beta0.1-default (round 1 of iter-quantile-sigmoid-beta0.1-default) |" in report
     assert "Pareto-optimal models" in report
+    for curves in ("training-iterative.png", "training-rloo.png", "training-best_worst.png"):
+        assert f"plots/{curves}" in report and (root / "plots" / curves).stat().st_size > 5000
 
 
 def test_rerun_is_a_no_op(methods_run):

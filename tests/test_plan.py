@@ -204,3 +204,24 @@ def test_a_gpu_worker_sees_only_its_gpu_counted_among_the_visible_ones():
 
 def test_trackers_change_no_key():
     assert changed_keys("train.report_to=[tensorboard]") == set()
+
+
+def test_repeats_train_every_model_once_per_training_seed():
+    once = items_of("iterative.rounds=2", "online.kl_coefs=[0.1]")
+    twice = items_of("iterative.rounds=2", "online.kl_coefs=[0.1]", "train.repeats=2", "train.seed=3")
+    trained = lambda items: [i for i in items if isinstance(i, (DpoModel, RlooModel))]  # noqa: E731
+    assert len(trained(twice)) == 2 * len(trained(once))
+    # the first repeat keeps the names of a run without repeats; the others end in -seed<s>
+    names = {i.name: i for i in trained(twice)}
+    for model in trained(once):
+        first, second = names[model.name], names[f"{model.name}-seed4"]
+        assert (first.seed, second.seed) == (3, 4) and first.group == second.group == model.name
+        assert first.key != second.key and second.path.name == second.name
+    r2 = names["iter-random-sigmoid-beta0.1-seed-r2-seed4"]
+    assert r2.start is names["random-sigmoid-beta0.1-seed-seed4"]  # a repeat's chain starts from that repeat
+    assert r2.pairs.path.parent.parent.name == "iter-random-sigmoid-beta0.1-seed-seed4"
+    assert len({i.path for i in twice}) == len(twice)
+    evaluated = {i.model.name for i in twice if isinstance(i, Evaluation)}
+    assert evaluated == {"original", *names}
+    # repeats=1 changes nothing
+    assert keys(items_of("train.repeats=1")) == keys(items_of())

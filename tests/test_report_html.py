@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from prefalign.stages.report_html import render
 
 # The smallest valid PNG (1x1, transparent).
@@ -19,3 +21,31 @@ def test_texts_with_markup_are_escaped_and_plots_embedded(tmp_path):
     assert "<b>not bold</b>" not in page and "&lt;b&gt;not bold&lt;/b&gt;" in page
     assert page.count('<img src="data:image/png;base64,') == 1 and base64.b64encode(PNG).decode() in page
     assert "<table>" in page and "<td>x</td>" in page and "<title>title &lt;i&gt;</title>" in page
+
+
+def test_training_figures_of_one_kind_share_their_y_ranges(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from prefalign.stages import report_plots as report
+
+    def trained(name, losses, accuracies):
+        path = tmp_path / name
+        path.mkdir()
+        history = [{"step": 5 * (i + 1), "loss": v, "rewards/accuracies": a} for i, (v, a) in enumerate(zip(losses, accuracies))]
+        (path / "train.json").write_text(json.dumps({"log_history": history + [{"step": 99, "train_runtime": 1.0}]}))
+        return SimpleNamespace(name=name, path=path)
+
+    low, high = trained("low", [0.7, 0.5], [0.4, 0.6]), trained("high", [3.0, 2.0, 1.0], [0.5, 0.9, 1.0])
+    limits = report.curve_limits([low, high], report.DPO_CURVES)
+    assert set(limits) == {"loss", "rewards/accuracies"}  # no margins logged: that panel keeps its own range
+    assert limits["loss"][0] < 0.5 and limits["loss"][1] > 3.0 and limits["rewards/accuracies"][1] > 1.0
+
+    drawn = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, out: drawn.setdefault(out.name, [ax.get_ylim() for ax in fig.axes]))
+    report.plot_training([low], "a", tmp_path / "a.png", limits=limits)
+    report.plot_training([high], "b", tmp_path / "b.png", limits=limits)
+    assert drawn["a.png"] == drawn["b.png"]  # the two figures compare by eye
+    assert drawn["a.png"][0] == pytest.approx(limits["loss"])
+    report.plot_training([low], "own", tmp_path / "own.png")
+    assert drawn["own.png"][0][1] < 1.0  # without shared limits: its own range

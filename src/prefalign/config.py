@@ -260,6 +260,14 @@ class TrainConfig(Section):
         + ".",
     )
     seed: int = Field(0, ge=0, description="Training seed (data order, dropout).")
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="Train every model (grid, extra, iterative chains, RLOO) this many times, with training seeds "
+        "`seed`, `seed`+1, ...; the repeats after the first are named `<model>-seed<s>`. Tables, plots and the "
+        "Pareto and `seed`-recipe checks then use the mean and std across training seeds (at lr 5e-3 one seed "
+        "can move a cell by 0.2).",
+    )
     checkpoint_steps: int | None = Field(
         None,
         ge=1,

@@ -32,17 +32,19 @@ from prefalign.store import key_of
 
 STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 # The columns that describe a model in results.csv, before `run` and the metrics.
-RESULT_COLUMNS = ("model", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef")
+# `group`: the model's name without its training-seed suffix (what repeats of one model share).
+RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef", "training_seed")
 # Bumped when a metric's definition changes, so stored evaluations are redone.
 METRICS_VERSION = "metrics-v2"
 # Bumped when what the report writes changes (v8: model cards, report.html, training curves, legends beside the plots, shared reward axes), so finished runs get the new report.
-REPORT_VERSION = "report-v8"
+REPORT_VERSION = "report-v9"
 
 
-def _row(name: str, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,
+def _row(model, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,
          kl_coef=None) -> dict:  # fmt: skip
     """A model's describing columns of results.csv, in RESULT_COLUMNS order."""
-    values = (name, method, strategy, loss, beta, recipe, round, kl_coef)
+    seed = getattr(model, "seed", None)
+    values = (model.name, getattr(model, "group", model.name), method, strategy, loss, beta, recipe, round, kl_coef, seed)
     assert len(values) == len(RESULT_COLUMNS)
     return dict(zip(RESULT_COLUMNS, values))
 
@@ -50,6 +52,11 @@ def _row(name: str, method: str, strategy: str = "", loss: str = "", beta=None, 
 def sampler_settings(sampling: SamplingConfig) -> dict:
     """The sampling settings that change which texts a seed gives (everything but count and seed)."""
     return sampling.model_dump(exclude={"num_samples", "seed"})
+
+
+def seed_suffix(seed: int, repeat: int) -> str:
+    """What follows a trained model's group name: nothing for its first training seed, `-seed<s>` after."""
+    return f"-seed{seed}" if repeat else ""
 
 
 def dpo_name(strategy: str, loss, beta: float, recipe: str) -> str:
@@ -76,7 +83,7 @@ class Original:
         return self.identity
 
     def row(self) -> dict:
-        return _row(self.name, "original")
+        return _row(self, "original")
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class DpoModel:
     # train.checkpoint_steps: how often a resumable checkpoint is saved; not in the key (same result)
     checkpoint_steps: int | None = None
     lora: dict[str, Any] | None = None  # train.lora: LoRA adapters instead of full training
+    repeat: int = 0  # which of train.repeats (its seed is in `seed`); names only
 
     stage = "train"
     revision = None  # a trained model loads from its directory (`ref`)
@@ -127,8 +135,12 @@ class DpoModel:
         return loss_label(self.loss)
 
     @property
-    def name(self) -> str:
+    def group(self) -> str:
         return dpo_name(self.pairs.strategy, self.loss, self.beta, self.recipe)
+
+    @property
+    def name(self) -> str:
+        return self.group + seed_suffix(self.seed, self.repeat)
 
     @property
     def key(self) -> str:
@@ -148,7 +160,7 @@ class DpoModel:
         return [(self.path / "train.json", self.key)]
 
     def row(self) -> dict:
-        return _row(self.name, "dpo", self.pairs.strategy, self.loss_label, self.beta, self.recipe)
+        return _row(self, "dpo", self.pairs.strategy, self.loss_label, self.beta, self.recipe)
 
 
 @dataclass(frozen=True)
@@ -160,11 +172,11 @@ class IterativeRound(DpoModel):
     round: int = 2
 
     @property
-    def name(self) -> str:
+    def group(self) -> str:
         return f"{self.chain}-r{self.round}"
 
     def row(self) -> dict:
-        return _row(self.name, "iterative", self.pairs.strategy, self.loss_label, self.beta, self.recipe, self.round)
+        return _row(self, "iterative", self.pairs.strategy, self.loss_label, self.beta, self.recipe, self.round)
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,7 @@ class RlooModel:
     sampling: SamplingConfig  # its completions follow the sampler's settings
     seed: int
     path: Path
+    repeat: int = 0  # which of train.repeats (its seed is in `seed`); names only
 
     stage = "train"
     revision = None
@@ -188,8 +201,12 @@ class RlooModel:
         return str(self.path)
 
     @property
-    def name(self) -> str:
+    def group(self) -> str:
         return f"rloo-kl{self.kl_coef:g}"
+
+    @property
+    def name(self) -> str:
+        return self.group + seed_suffix(self.seed, self.repeat)
 
     @property
     def key(self) -> str:
@@ -204,7 +221,7 @@ class RlooModel:
         return [(self.path / "train.json", self.key)]
 
     def row(self) -> dict:
-        return _row(self.name, "rloo", kl_coef=self.kl_coef)
+        return _row(self, "rloo", kl_coef=self.kl_coef)
 
 
 Policy = Union[Original, DpoModel, IterativeRound, RlooModel]
@@ -376,38 +393,43 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     def pairs_of(samples: Samples, strategy: str, seed: int, path: Path) -> Pairs:
         return add(Pairs(samples, strategy, cfg.pairs.rule(strategy), cfg.pairs.count, seed, path))
 
-    def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, cls=DpoModel, **chain):
-        return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed, t.slic_sft_weight, t.precision, path,
-                       checkpoint_steps=t.checkpoint_steps, lora=t.lora.model_dump() if t.lora else None,
-                       **chain))  # fmt: skip
+    def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, repeat: int, cls=DpoModel, **chain):
+        return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed + repeat, t.slic_sft_weight, t.precision,
+                       path, checkpoint_steps=t.checkpoint_steps, lora=t.lora.model_dump() if t.lora else None,
+                       repeat=repeat, **chain))  # fmt: skip
 
-    def grid_model(strategy: str, loss, beta: float, recipe: str) -> DpoModel:
+    def grid_model(strategy: str, loss, beta: float, recipe: str, repeat: int) -> DpoModel:
         pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")
-        return dpo(pairs, original, loss, beta, recipe, root / "models" / dpo_name(strategy, loss, beta, recipe))
+        name = dpo_name(strategy, loss, beta, recipe) + seed_suffix(t.seed + repeat, repeat)
+        return dpo(pairs, original, loss, beta, recipe, root / "models" / name, repeat)
 
     main = add(Samples(original, reward, s, s.num_samples, s.seed, root / "samples.parquet"))
     points = [(strategy, loss, beta, t.recipe) for strategy in cfg.pairs.strategies for loss in t.losses for beta in t.betas]
     points += [(x.strategy, x.loss, x.beta, x.recipe or t.recipe) for x in t.extra]
-    trained = [grid_model(*point) for point in points]
+    # Repeats of one model sit next to each other (in results, tables and the training order).
+    trained = [grid_model(*point, repeat) for point in points for repeat in range(t.repeats)]
 
     it = cfg.iterative
     chains = []
     for loss in it.losses if it.rounds else []:
         for beta in it.betas:
-            recipe = it.recipe or t.recipe
-            chain = [grid_model(it.strategy, loss, beta, recipe)]
-            name = "iter-" + dpo_name(it.strategy, loss, beta, recipe)
-            for r in range(2, it.rounds + 1):
-                parent, folder = chain[-1], root / "iterative" / name / f"round-{r}"
-                samples = add(Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet"))
-                # Every round draws its own pairs: the pair seed moves with the round.
-                pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
-                chain.append(dpo(pairs, parent, loss, beta, recipe, root / "models" / f"{name}-r{r}", IterativeRound,
-                                 chain=name, round=r))  # fmt: skip
-            chains.append(tuple(chain))
-            trained += chain
-    trained += [add(RlooModel(original, reward, c, cfg.online.steps, cfg.online.rloo, s, t.seed, root / "models" / f"rloo-kl{c:g}"))
-                for c in cfg.online.kl_coefs]  # fmt: skip
+            for repeat in range(t.repeats):
+                recipe = it.recipe or t.recipe
+                chain = [grid_model(it.strategy, loss, beta, recipe, repeat)]
+                name = "iter-" + dpo_name(it.strategy, loss, beta, recipe)
+                folder_name = name + seed_suffix(t.seed + repeat, repeat)
+                for r in range(2, it.rounds + 1):
+                    parent, folder = chain[-1], root / "iterative" / folder_name / f"round-{r}"
+                    samples = add(Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet"))
+                    # Every round draws its own pairs: the pair seed moves with the round.
+                    pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
+                    model_dir = root / "models" / (f"{name}-r{r}" + seed_suffix(t.seed + repeat, repeat))
+                    chain.append(dpo(pairs, parent, loss, beta, recipe, model_dir, repeat, IterativeRound, chain=name, round=r))
+                chains.append(tuple(chain))
+                trained += chain
+    trained += [add(RlooModel(original, reward, c, cfg.online.steps, cfg.online.rloo, s, t.seed + repeat,
+                              root / "models" / (f"rloo-kl{c:g}" + seed_suffix(t.seed + repeat, repeat)), repeat))
+                for c in cfg.online.kl_coefs for repeat in range(t.repeats)]  # fmt: skip
 
     e = cfg.evaluate
     evaluations = [add(Evaluation(model, reward, original, s, e.runs, e.samples, e.seed, e.kl, tuple(e.reward_thresholds),

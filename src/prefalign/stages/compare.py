@@ -2,7 +2,7 @@
 
 Reads each run directory's results.csv (what its report was made from), names each model
 `<run>/<model>` (the run: the directory's name), and writes to `--out` one table of every model
-(mean and std across its evaluation runs) and the frontier plots (reward against diversity, and
+(mean and std across its evaluation runs, or across training seeds for a model trained with several) and the frontier plots (reward against diversity, and
 against KL when every run measured it) on shared axes, coloured by run and method, as compare.md and a self-contained
 compare.html. Runs evaluated with other classifiers or sample counts are compared as they are:
 the table says which classifier and how many runs each used.
@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from prefalign.stages.report import method_of, plot_frontier, summarize, table
+from prefalign.stages.report import across_seeds, summarize, table
+from prefalign.stages.report_plots import method_of, plot_frontier
 from prefalign.stages.report_html import render
 from prefalign.store import write_text
 
@@ -40,7 +41,9 @@ def read_run(root: Path) -> tuple[str, pd.DataFrame, dict]:
     config_file = root / "config.yaml"
     config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
     name = root.resolve().name
-    results["model"] = name + "/" + results["model"].astype(str)
+    for column in ("model", "group"):
+        if column in results.columns:  # the group: repeats of one model over training seeds
+            results[column] = name + "/" + results[column].astype(str)
     return name, results, config
 
 
@@ -52,14 +55,15 @@ def compare(run_dirs: list[Path], out: Path) -> Path:
         raise CompareError(f"two run directories share a name ({', '.join(names)}): models are named <run>/<model>, "
                            "so give directories with different names")  # fmt: skip
     kl = all("kl_seq" in results.columns for _, results, _ in runs)
-    summary = summarize(pd.concat([results for _, results, _ in runs], ignore_index=True))
+    summary = across_seeds(summarize(pd.concat([results for _, results, _ in runs], ignore_index=True)))
     md = [f"# prefalign comparison of {len(runs)} runs", "", "| run | classifier | evaluation |", "|---|---|---|"]
     for name, results, config in runs:
         reward, evaluate = config.get("reward", {}), config.get("evaluate", {})
         md.append(f"| {name} | `{reward.get('model', '?')}` ({reward.get('positive_label', '?')}) | "
                   f"{evaluate.get('runs', results['run'].nunique() if 'run' in results else '?')} runs x "
                   f"{evaluate.get('samples', '?')} samples |")  # fmt: skip
-    md += ["", "Cells: mean (std across evaluation runs).", "", table(summary, lambda r: r.model), "", "## Frontier", ""]
+    md += ["", "Cells: mean (std across evaluation runs; for a model trained with several training seeds, the mean "
+           "over the seeds and the std across them).", "", table(summary, lambda r: r.model), "", "## Frontier", ""]
     plots = [("diversity", "diversity (unigram entropy, nats)", False)]
     plots += [("kl_seq", "KL(policy || original), nats per text (symlog scale)", True)] if kl else []
     for x, xlabel, log_x in plots:

@@ -1,15 +1,16 @@
-"""Tables and plots from the evaluation runs: the `report` stage.
+"""Tables from the evaluation runs, and the report around them: the `report` stage.
 
-Writes `results.csv` (one row per model x evaluation run, every metric), `report.md` (and the
+Writes `results.csv` (one row per model x evaluation run, every metric), `summary.csv` (one row
+per model group: a model's repeats over training seeds, `train.repeats`), `report.md` (and the
 same as one self-contained page, `report.html`, with the config and versions; report_html.py) with:
-per pair strategy, the training curves of its models (loss, reward margin, reward accuracy);
-the original experiment's table shape per pair strategy (the original model, then loss x beta;
-cells are mean (std across runs)) and a PNG of the reward distributions per strategy; a table of
-iterative rounds and online models; the frontier: reward against KL and reward against diversity,
-one point per model (mean over runs, error bars one std across runs), the original marked, colour
-by method and marker by pair rule, and the Pareto-optimal models (highest reward and diversity,
-lowest KL, on run means); and, when the run has `seed`-recipe models, which other models beat every
-one of them on reward and diversity with lower KL by more than the run-to-run std. Run with:
+per pair strategy, the original experiment's table shape (the original model, then loss x beta;
+cells are mean (std across runs, or across training seeds when there are several)), the reward
+distributions and the training curves (report_plots.py); a table of iterative rounds and online
+models with their training curves; the frontier: reward against KL and reward against diversity,
+one point per model group with one-std error bars, and the Pareto-optimal groups (on means); which
+groups beat which (higher reward and diversity, lower KL, each by more than the std), and, when the
+run has `seed`-recipe models, which groups beat every one of them. Model cards are written beside
+each trained model. Run with:
 
     prefalign report CONFIG
 """
@@ -23,12 +24,13 @@ import numpy as np
 import pandas as pd
 
 from prefalign.engine.metrics import pareto_mask
-from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.plan import RESULT_COLUMNS, TRAINED, DpoModel, Original, Report
+from prefalign.plan import RESULT_COLUMNS, TRAINED, DpoModel, IterativeRound, Original, Report, RlooModel
 from prefalign.services import Services, model_info
 from prefalign.stages.evaluate import run_results
 from prefalign.stages.model_card import model_card
 from prefalign.stages.report_html import render
+from prefalign.stages.report_plots import (DPO_CURVES, RLOO_CURVES, curve_limits, plot_frontier, plot_rewards,
+                                          plot_training, reward_span)  # fmt: skip
 from prefalign.store import atomic_path, read_json, write_json, write_text
 
 
@@ -46,35 +48,57 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (`<metric>_sd`) across runs of every metric, one row per model, run order kept."""
     metrics = metric_columns(results)
     by_model = results.groupby("model", sort=False)
-    out = (by_model[list(RESULT_COLUMNS[1:])].first().join(by_model[metrics].mean())
-           .join(by_model[metrics].std(ddof=1), rsuffix="_sd").reset_index())  # fmt: skip
+    described = [c for c in RESULT_COLUMNS[1:] if c in results.columns]  # a results.csv of an older version lacks some
+    out = (by_model[described].first().join(by_model[metrics].mean())
+           .join(by_model[metrics].std(ddof=1).add_suffix("_sd")).reset_index())  # fmt: skip
     out["runs"] = by_model.size().to_numpy()
     return out
 
 
-def method_of(r) -> str:
-    """Colour group of a model on the frontier plots."""
-    if r.method in ("original", "rloo"):
-        return r.method
-    if r.method == "iterative":
-        return f"iterative {r.loss}"
-    return f"{r.loss} ({r.recipe})"
+def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per model group (a model's repeats over training seeds, train.repeats), named by the
+    group: each metric's mean over the seeds' run means, `<metric>_sd` the std across training seeds
+    and `<metric>_run_sd` the std across evaluation runs (pooled over the seeds); `seeds`: how many.
+    A model trained once keeps its row, with `_sd` = `_run_sd` = the std across its runs."""
+    metrics = [c for c in summary.columns if f"{c}_sd" in summary.columns]
+    groups = summary["group"] if "group" in summary.columns else summary["model"]
+    rows = []
+    for group, repeats in summary.groupby(groups, sort=False):
+        row = repeats.iloc[0].copy()
+        row["model"], row["seeds"], row["runs"] = group, len(repeats), repeats["runs"].sum()
+        for m in metrics:
+            row[f"{m}_run_sd"] = float(np.sqrt(np.mean(np.square(repeats[f"{m}_sd"]))))
+            if len(repeats) > 1:
+                row[m], row[f"{m}_sd"] = repeats[m].mean(), repeats[m].std(ddof=1)
+        if len(repeats) > 1 and "training_seed" in row:
+            row["training_seed"] = np.nan  # several
+        rows.append(row)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def beats(r, s) -> bool:
+    """Summary row `r` beats `s`: higher reward and diversity (and lower KL, when measured), each by
+    more than the larger of the two rows' stds (across training seeds when they have several)."""
+    margins = [(r.reward_mean - s.reward_mean, r.reward_mean_sd, s.reward_mean_sd),
+               (r.diversity - s.diversity, r.diversity_sd, s.diversity_sd)]  # fmt: skip
+    if "kl_seq" in r.index:
+        margins.append((s.kl_seq - r.kl_seq, r.kl_seq_sd, s.kl_seq_sd))
+    return all(gap > np.nanmax([sd_r, sd_s, 0.0]) for gap, sd_r, sd_s in margins)
+
+
+def beaten_by(summary: pd.DataFrame) -> dict[str, list[str]]:
+    """model -> the models it beats (see `beats`), for the models that beat any."""
+    rows = [r for _, r in summary.iterrows()]
+    table = {r.model: [s.model for s in rows if s.model != r.model and beats(r, s)] for r in rows}
+    return {m: beaten for m, beaten in table.items() if beaten}
 
 
 def beats_seed(summary: pd.DataFrame) -> pd.DataFrame:
     """Models that beat every `seed`-recipe DPO model on reward and diversity, with lower KL, each by
-    more than the larger of the two models' run-to-run stds."""
+    more than the larger of the two models' stds."""
     seed = summary[(summary.method == "dpo") & (summary.recipe == "seed")]
-    rows = []
-    for _, r in summary[(summary.recipe != "seed") & (summary.method != "original")].iterrows():
-        ok = all(
-            r.reward_mean - s.reward_mean > max(r.reward_mean_sd, s.reward_mean_sd)
-            and r.diversity - s.diversity > max(r.diversity_sd, s.diversity_sd)
-            and s.kl_seq - r.kl_seq > max(r.kl_seq_sd, s.kl_seq_sd)
-            for _, s in seed.iterrows()
-        )
-        if ok and len(seed):
-            rows.append(r)
+    others = summary[(summary.recipe != "seed") & (summary.method != "original")]
+    rows = [r for _, r in others.iterrows() if len(seed) and all(beats(r, s) for _, s in seed.iterrows())]
     return pd.DataFrame(rows)
 
 
@@ -99,125 +123,10 @@ def strategy_table(summary: pd.DataFrame, strategy: str) -> str:
     return table(rows, lambda r: "original model" if r.method == "original" else f"{r.loss} {r.beta:g} ({r.recipe})")
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path) -> None:
-    plt = pyplot()
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=out.suffix.lstrip("."))
-    plt.close(fig)
-
-
-def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False,
-                  colour_by=None) -> None:  # fmt: skip
-    """Reward (y) against metric `x`, one point per model with std error bars; colour = method (or
-    `colour_by(row)`), marker = pair rule (RLOO: a cross; the original: a star, black by default)."""
-    group = colour_by or method_of
-    plt = pyplot()
-
-    markers = dict(zip(PAIR_RULES, "osD^vP"))
-    marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
-    methods = [m for m in dict.fromkeys(group(r) for _, r in summary.iterrows()) if m != "original"]
-    palette = [c for i, c in enumerate(plt.cm.tab10.colors) if i != 7] + list(plt.cm.Dark2.colors)  # no grey
-    colours = {"original": "black", **{m: palette[i % len(palette)] for i, m in enumerate(methods)}}
-    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=130)
-    for _, r in summary.iterrows():
-        size = 13 if r.method == "original" else 7
-        ax.errorbar(r[x], r.reward_mean, xerr=np.nan_to_num(r[f"{x}_sd"]), yerr=np.nan_to_num(r.reward_mean_sd),
-                    marker=marker(r), markersize=size, color=colours[group(r)], linestyle="none", elinewidth=0.8,
-                    capsize=2, alpha=0.9, zorder=3 if r.method == "original" else 2)  # fmt: skip
-    line = lambda **kw: plt.Line2D([], [], linestyle="none", **kw)  # noqa: E731
-    shape = lambda m: "*" if m.endswith("original") else "X" if m.endswith("rloo") else "o"  # noqa: E731
-    originals = any(group(r) == "original" for _, r in summary.iterrows())
-    handles = [line(color="black", marker="*", markersize=10, label="original")] if originals else []
-    handles += [line(color=colours[m], marker=shape(m), label=m) for m in methods]
-    handles += [line(color="black", marker=mk, markerfacecolor="none", label=f"{s} pairs")
-                for s, mk in markers.items() if s in set(summary.strategy)]  # fmt: skip
-    ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    if log_x:
-        # KL spans from 0 (the original) to hundreds of nats for collapsed models: linear near 0, log beyond.
-        ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("mean reward (positive-class logit)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, out)
-
-
-def colourblind_safe() -> list[str]:
-    """Matplotlib's Tableau colour-blind palette without its greys (the original is drawn in black)."""
-    plt = pyplot()
-
-    greys = {"#ABABAB", "#595959", "#898989", "#CFCFCF"}
-    return [c for c in plt.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"] if c.upper() not in greys]
-
-
-def plot_training(models, title: str, out: Path) -> None:
-    """Training curves from each model's logged history, one line per model (colour-blind-safe
-    colours): loss, reward margin and reward accuracy against the training step."""
-    plt = pyplot()
-
-    panels = (("loss", "training loss"), ("rewards/margins", "reward margin (beta x log-ratio gap)"),
-              ("rewards/accuracies", "reward accuracy (share of pairs)"))  # fmt: skip
-    colours = colourblind_safe()
-    fig, axes = plt.subplots(1, len(panels), figsize=(11, 3.4), dpi=120)
-    for i, model in enumerate(models):
-        history = (read_json(model.path / "train.json") or {}).get("log_history", [])
-        for ax, (key, _) in zip(axes, panels):
-            points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
-            if points:
-                ax.plot(*zip(*points), label=model.name, color=colours[i % len(colours)], linewidth=1.3)
-    for ax, (_, label) in zip(axes, panels):
-        ax.set_xlabel("training step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    rows = -(-len(labels) // 3)  # the legend below the panels, three models a row: it hides no curve
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 + 0.06 * rows, 1, 1))
-    _save(fig, out)
-
-
 def run_rewards(evaluation) -> np.ndarray:
     """Every reward of every run of one evaluation."""
     runs = [evaluation.run_path(k, ".parquet") for k in range(evaluation.runs)]
     return np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in runs])
-
-
-def reward_span(rewards) -> tuple[float, float]:
-    """The reward range distribution plots share (0.5th to 99.5th percentile over all the arrays
-    in `rewards`), so that the plots of different pair strategies can be compared by eye."""
-    return min(float(np.percentile(r, 0.5)) for r in rewards), max(float(np.percentile(r, 99.5)) for r in rewards)
-
-
-def plot_rewards(rewards: dict[str, np.ndarray], title: str, out: Path, span: tuple[float, float] | None = None) -> None:
-    """Step histograms of each model's rewards (`rewards`: model name -> its rewards over every
-    evaluation run), one line per model (the original in black), over `span` (default: their own)."""
-    plt = pyplot()
-    lo, hi = span or reward_span(rewards.values())
-    bins = np.linspace(lo, hi, 60)
-    colours = colourblind_safe()
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
-    for i, (m, r) in enumerate(rewards.items()):
-        style = dict(color="black", linewidth=2.0) if m == "original" else dict(color=colours[(i - 1) % len(colours)], linewidth=1.3)
-        ax.hist(r, bins=bins, density=True, histtype="step", label=m, **style)
-    ax.set_xlabel("reward (positive-class logit)")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    # Beside the axes, not on them: the histograms' peaks sit at both ends, where a legend would hide them.
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    _save(fig, out)
 
 
 def write_report(item: Report, services: Services) -> None:
@@ -226,8 +135,12 @@ def write_report(item: Report, services: Services) -> None:
     root, cfg = item.path.parent, item.config
     with atomic_path(root / "results.csv") as tmp:
         results.to_csv(tmp, index=False)
-    summary = summarize(results)
+    per_model = summarize(results)
+    summary = across_seeds(per_model)  # what the tables, plots and checks show: one row per model group
+    with atomic_path(root / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
     models = model_info(cfg)
+    repeats = cfg.train.repeats
     kl = "kl_seq" in summary.columns
     evaluation_of = {e.model.name: e for e in item.evaluations}
     grid = [e.model for e in item.evaluations if type(e.model) is DpoModel]
@@ -241,7 +154,10 @@ def write_report(item: Report, services: Services) -> None:
           "is the share of texts the classifier labels positive"
           + ("; KL is KL(policy || original) in nats per text (and per generated token), estimated on the run's "
              "own top-k / top-p samples from both models' full log-probs (biased; see metrics.kl_estimate)" if kl else "")
-          + f". Cells: mean (std across {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples).", "",
+          + (f". Cells: mean (std across {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples)." if repeats == 1 else
+             f". Every model was trained with {repeats} training seeds; cells: mean over the seeds (std across the "
+             f"seeds), each seed's value the mean of {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples; the "
+             "std across runs is in summary.csv (`*_run_sd`), each seed's numbers in results.csv."), "",
           "## Models", "",
           f"- policy: `{models.get('policy', {}).get('ref', cfg.policy.model)}`"
           + (f" (held-out perplexity {models['policy']['perplexity']:.1f})" if "perplexity" in models.get("policy", {}) else ""),
@@ -251,17 +167,23 @@ def write_report(item: Report, services: Services) -> None:
           f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump()}",
           f"- pair samples: {samples_meta.get('samples', '?')} texts, mean reward {samples_meta.get('reward_mean', float('nan')):.3f}",
           ""]  # fmt: skip
-    rewards = {name: run_rewards(evaluation_of[name]) for name in ["original", *(m.name for m in grid)]}
+    # Reward distributions by model group: the repeats of a model pooled.
+    rewards = {"original": run_rewards(evaluation_of["original"])}
+    for model in grid:
+        rewards[model.group] = np.concatenate([rewards.get(model.group, []), run_rewards(evaluation_of[model.name])])
     span = reward_span(rewards.values())
+    dpo_trained = [e.model for e in item.evaluations if isinstance(e.model, (DpoModel, IterativeRound))]
+    dpo_limits = curve_limits(dpo_trained, DPO_CURVES)  # every DPO training figure shares its y ranges
     for pairs in pair_files:
         strategy = pairs.strategy
         pmeta = read_json(pairs.meta) or {}
         rule = ", ".join(f"{k} {v}" for k, v in pairs.rule.items())
         png = Path("plots") / f"rewards-{strategy}.png"
-        names = ["original"] + [model.name for model in grid if model.pairs is pairs]
+        names = ["original"] + list(dict.fromkeys(model.group for model in grid if model.pairs is pairs))
         plot_rewards({name: rewards[name] for name in names}, f"reward distributions, {strategy} pairs", root / png, span)
         curves = Path("plots") / f"training-{strategy}.png"
-        plot_training([model for model in grid if model.pairs is pairs], f"training, {strategy} pairs", root / curves)
+        plot_training([model for model in grid if model.pairs is pairs], f"training, {strategy} pairs", root / curves,
+                      limits=dpo_limits)  # fmt: skip
         md += [f"## Pairs: {strategy}" + (f" ({rule})" if rule else ""), "",
                f"{pmeta.get('pairs', '?')} pairs, mean reward gap {pmeta.get('mean_gap', float('nan')):.3f} "
                f"(chosen {pmeta.get('chosen_reward_mean', float('nan')):.3f} +- {pmeta.get('chosen_reward_std', float('nan')):.3f}, "
@@ -271,7 +193,7 @@ def write_report(item: Report, services: Services) -> None:
 
     # Each iterative chain, round 1 (its grid model) first, then the RLOO models.
     labels = {"original": "original model"}
-    labels.update({model.name: f"{model.name} (round 1 of iter-{model.name})" if type(model) is DpoModel else model.name
+    labels.update({model.group: f"{model.group} (round 1 of iter-{model.group})" if type(model) is DpoModel else model.group
                    for chain in item.chains for model in chain})  # fmt: skip
     labels.update({name: name for name in summary[summary.method == "rloo"].model})
     if len(labels) > 1:
@@ -281,6 +203,13 @@ def write_report(item: Report, services: Services) -> None:
                f"(`{cfg.iterative.strategy}` pairs, reference fixed to the original); round 1 is the grid model with "
                "the chain's settings. RLOO: TRL's RLOOTrainer with the classifier's positive logit as reward, "
                f"{cfg.online.steps} steps.", "", table(online, lambda r: labels[r.model]), ""]  # fmt: skip
+        rounds = [e.model for e in item.evaluations if type(e.model) is IterativeRound]
+        rloo = [e.model for e in item.evaluations if type(e.model) is RlooModel]
+        for models, name, panels, limits in ((rounds, "iterative", DPO_CURVES, dpo_limits), (rloo, "rloo", RLOO_CURVES, None)):
+            if models:
+                curves = Path("plots") / f"training-{name}.png"
+                plot_training(models, f"training, {name}", root / curves, panels, limits)
+                md += [f"![training curves, {name}]({curves.as_posix()})", ""]
 
     md += ["## Frontier", ""]
     plots = [("diversity", "diversity (unigram entropy, nats)", False)]
@@ -293,10 +222,15 @@ def write_report(item: Report, services: Services) -> None:
     front = summary[pareto_mask(summary[["reward_mean", "diversity"]].to_numpy(), mins)]
     md += [f"Pareto-optimal models (no other model has higher-or-equal reward and diversity{' and lower-or-equal KL' if kl else ''}, "
            "better in one; on run means):", "", table(front, lambda r: r.model), ""]  # fmt: skip
+    spread = "the std across training seeds" if repeats > 1 else "the run-to-run std"
     if kl and ((summary.method == "dpo") & (summary.recipe == "seed")).any():
         better = beats_seed(summary)
         md += ["Models beating every `seed`-recipe model on reward and diversity at once, with lower KL, each by more "
-               "than the run-to-run std: " + (", ".join(f"`{m}`" for m in better.model) if len(better) else "none") + ".", ""]  # fmt: skip
+               f"than {spread}: " + (", ".join(f"`{m}`" for m in better.model) if len(better) else "none") + ".", ""]  # fmt: skip
+    wins = beaten_by(summary)
+    md += [f"Who beats whom (higher reward and diversity{', lower KL' if kl else ''}, each by more than {spread}):", ""]
+    md += [f"- `{m}` beats " + ", ".join(f"`{b}`" for b in beaten) for m, beaten in wins.items()] or ["- no model beats another"]
+    md += [""]
 
     md += ["## Training", "", "| model | pairs / steps | seconds | pairs/s | final loss |", "|---|---|---|---|---|"]
     for model in (e.model for e in item.evaluations if not isinstance(e.model, Original)):
@@ -313,7 +247,7 @@ def write_report(item: Report, services: Services) -> None:
         md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {t.strip()!r}" for r, t in zip(picks.reward, picks.full)] + [""]
     md += ["Per-run numbers: [results.csv](results.csv). Each trained model's directory has a model card "
            "(README.md) with its training and these evaluation numbers.", ""]
-    rows = summary.set_index("model")
+    rows = per_model.set_index("model")
     for model in (e.model for e in item.evaluations if isinstance(e.model, TRAINED)):
         write_text(model.path / "README.md", model_card(model, {"model": model.name, **rows.loc[model.name].to_dict()}, cfg))
     write_text(item.path, "\n".join(md))

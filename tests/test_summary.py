@@ -1,0 +1,55 @@
+"""The report's numbers: per-model summaries, the summary across training seeds, who beats whom."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefalign.stages.report import across_seeds, beaten_by, beats_seed, summarize
+
+
+def results(rows):
+    """results.csv rows: (model, group, recipe, training_seed, [(reward, diversity, kl) per run])."""
+    return pd.DataFrame([
+        {"model": m, "group": g, "method": "original" if m == "original" else "dpo", "strategy": "random",
+         "loss": "sigmoid", "beta": 0.1, "recipe": recipe, "round": None, "kl_coef": None, "training_seed": seed,
+         "run": k, "reward_mean": r, "diversity": d, "kl_seq": kl}
+        for m, g, recipe, seed, runs in rows for k, (r, d, kl) in enumerate(runs)
+    ])  # fmt: skip
+
+
+ROWS = [
+    ("original", "original", "", None, [(0.5, 6.0, 0.0), (0.52, 6.02, 0.0)]),
+    ("a", "a", "seed", 0, [(2.0, 4.0, 50.0), (2.2, 4.2, 52.0)]),
+    ("a-seed1", "a", "seed", 1, [(2.6, 4.4, 60.0), (2.8, 4.6, 62.0)]),
+    ("b", "b", "default", 0, [(3.0, 5.0, 10.0), (3.02, 5.02, 10.2)]),
+    ("b-seed1", "b", "default", 1, [(3.1, 5.1, 11.0), (3.12, 5.12, 11.2)]),
+]
+
+
+def test_across_seeds_gives_the_mean_and_std_across_training_seeds():
+    per_model = summarize(results(ROWS))
+    assert list(per_model.model) == ["original", "a", "a-seed1", "b", "b-seed1"]
+    summary = across_seeds(per_model).set_index("model")
+    assert list(summary.index) == ["original", "a", "b"]
+    a = summary.loc["a"]
+    assert a.seeds == 2 and a.runs == 4 and np.isnan(a.training_seed)
+    assert a.reward_mean == pytest.approx(np.mean([2.1, 2.7]))
+    assert a.reward_mean_sd == pytest.approx(np.std([2.1, 2.7], ddof=1))  # across seeds, not runs
+    assert a.reward_mean_run_sd == pytest.approx(np.std([2.0, 2.2], ddof=1))  # both seeds' run std is 0.141
+    original = summary.loc["original"]  # trained once: its row as it was, std across runs
+    assert original.seeds == 1 and original.reward_mean_sd == pytest.approx(np.std([0.5, 0.52], ddof=1))
+    assert original.reward_mean_run_sd == pytest.approx(original.reward_mean_sd)
+
+
+def test_who_beats_whom_uses_the_std_across_seeds():
+    summary = across_seeds(summarize(results(ROWS)))
+    # b beats a on all three by more than the seed std; nothing beats the original's diversity
+    assert beaten_by(summary) == {"b": ["a"]}
+    assert list(beats_seed(summary).model) == ["b"]
+    # the seeds of a spread over 0.6 reward: a model 0.4 above a's mean no longer clears it
+    close = ROWS[:3] + [("c", "c", "default", 0, [(2.8, 5.0, 10.0), (2.8, 5.0, 10.0)])]
+    assert beats_seed(across_seeds(summarize(results(close)))).empty
+    # judged on the first seed alone (run stds), c would beat the seed recipe
+    assert beaten_by(summarize(results(close)))["c"] == ["a"]
