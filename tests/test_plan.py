@@ -225,3 +225,16 @@ def test_repeats_train_every_model_once_per_training_seed():
     assert evaluated == {"original", *names}
     # repeats=1 changes nothing
     assert keys(items_of("train.repeats=1")) == keys(items_of())
+
+
+def test_every_shipped_preset_validates_and_plans():
+    from prefalign.configfile import preset_names
+
+    assert {"tiny", "demo", "frontier", "imdb", "aligned", "headroom"} <= set(preset_names())
+    for name in preset_names():
+        items = items_of(source=name)
+        assert isinstance(items[-1], Report), name
+    aligned = items_of(source="aligned")
+    challengers = [i for i in aligned if isinstance(i, IterativeRound)]
+    assert len(challengers) == 2 * 5 and {i.seed for i in challengers} == {0, 1}  # rounds 2-6, two training seeds
+    assert all(i.recipe == "default" and i.pairs.strategy == "best_worst" for i in challengers)

@@ -224,20 +224,25 @@ def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[
     return model, ppl
 
 
-def _fit(model, step, report, n: int, batch: int, epochs: int, lr: float, seed: int, clip: float | None = None):
+def _fit(model, step, report, n: int, batch: int, epochs: int, lr: float, seed: int, clip: float | None = None,
+         log=None):  # fmt: skip
     """AdamW with a one-cycle schedule over `epochs` shuffled passes; `report` runs after each epoch.
 
-    `step(indices)` returns the batch loss; the last `report` value is returned.
+    `step(indices)` returns the batch loss; the last `report` value is returned. `log`: told the
+    progress every tenth of a long training (a pretrained encoder's epoch takes minutes on a CPU).
     """
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(n / batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
-    result = None
+    result, done, start = None, 0, time.time()
     for epoch in range(epochs):
         t0 = time.time()
         for idx in _batches(n, batch, gen):
+            done += 1
+            if log is not None and steps >= 500 and done % (steps // 10) == 0:
+                log(f"  step {done}/{steps} ({time.time() - start:.0f}s)")
             step(idx).backward()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -309,7 +314,7 @@ def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple
         log(f"classifier epoch {epoch + 1}/{spec.clf_epochs}: held-out accuracy {acc:.3f} ({seconds:.0f}s)")
         return acc
 
-    acc = _fit(model, step, report, len(texts), spec.clf_batch, spec.clf_epochs, spec.clf_lr, spec.seed)
+    acc = _fit(model, step, report, len(texts), spec.clf_batch, spec.clf_epochs, spec.clf_lr, spec.seed, log=log)
     return model, acc, tok
 
 
