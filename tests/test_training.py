@@ -197,3 +197,20 @@ def test_only_complete_checkpoints_are_resumed_from(tmp_path):
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert not (tmp_path / "checkpoint-15").exists()  # a save cut short is removed
+
+
+def test_pairs_longer_than_the_policy_positions_are_truncated(tiny_dir, tmp_path):
+    """A collapsed policy's texts of broken byte tokens re-encode to more tokens than were sampled:
+    training truncates them at the policy's positions instead of indexing past its position table."""
+    from transformers import AutoConfig
+
+    positions = AutoConfig.from_pretrained(tiny_dir / "policy").n_positions
+    long_text = "superb \ufffd\ufffd film " * positions  # several tokens per word: far past the positions
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [long_text, "Superb."] * 8,
+                          "rejected": ["Awful.", long_text] * 8})  # fmt: skip
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    for recipe in ("default", "seed"):
+        info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / recipe, recipe,
+                         "sigmoid", 0.1, {"num_train_epochs": 1}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+        assert info["settings"]["max_length"] == positions
+        assert (tmp_path / recipe / "model.safetensors").exists()

@@ -96,10 +96,12 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
 
 def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
              output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None,
-             checkpoint_steps: int | None = None, processes: int = 1, tracker: dict | None = None):  # fmt: skip
+             checkpoint_steps: int | None = None, processes: int = 1, tracker: dict | None = None,
+             positions: int | None = None):  # fmt: skip
     """(DPOConfig, every setting) of one training; with `processes` > 1 training one model together,
     each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch.
-    `tracker`: the experiment-tracker fields from trackers.tracking (default: report to none)."""
+    `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none).
+    `positions`: the policy's position limit; a longer `max_length` is lowered to it."""
     from trl import DPOConfig
 
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -116,6 +118,11 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
         logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
     )  # fmt: skip
+    if positions and (settings.get("max_length") or positions + 1) > positions:
+        # A pair longer than the model's positions would index past its position table: TRL truncates
+        # it instead. Sampled texts fit, but decoding and re-encoding a text of broken byte tokens
+        # (a collapsed policy's) can give more tokens than were sampled.
+        settings["max_length"] = positions
     if checkpoint_steps:
         # The latest checkpoint only: it is all a resumed training needs.
         settings.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=1)
@@ -283,8 +290,10 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     # The trackers' environment stays set until the training is over (the finally below).
     tracker = contextlib.ExitStack()
     tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name, fresh=resume is None))
+    cfg = model.config
+    positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
-                              checkpoint_steps, ranks.count, tracker_fields)  # fmt: skip
+                              checkpoint_steps, ranks.count, tracker_fields, positions)  # fmt: skip
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
