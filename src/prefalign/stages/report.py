@@ -78,7 +78,8 @@ def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
 
 def beats(r, s) -> bool:
     """Summary row `r` beats `s`: higher reward and diversity (and lower KL, when measured), each by
-    more than the larger of the two rows' stds (across training seeds when they have several)."""
+    more than the larger of the two rows' stds (across training seeds when they have several; a
+    std that could not be measured, from a single run, counts as 0)."""
     margins = [(r.reward_mean - s.reward_mean, r.reward_mean_sd, s.reward_mean_sd),
                (r.diversity - s.diversity, r.diversity_sd, s.diversity_sd)]  # fmt: skip
     if "kl_seq" in r.index:
