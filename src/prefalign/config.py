@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from prefalign.engine.pair_rules import PAIR_RULES
 from prefalign.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
-from prefalign.trackers import TRACKER_NAMES, missing_trackers
+from prefalign.trackers import TRACKER_FIELDS, TRACKER_NAMES, missing_trackers
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
@@ -348,10 +348,6 @@ class TrainConfig(Section):
 
         # beta / loss_type / output_dir are set per model by prefalign; YAML changing them would desync the grid.
         return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, "train.betas / train.losses", OWN_SETTINGS)
-
-
-# Trainer fields the trackers' settings own (see trackers.py).
-TRACKER_FIELDS = {"report_to", "run_name", "project", "logging_dir", "trackio_space_id", "trackio_static_space_id"}
 
 
 def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:

@@ -36,7 +36,9 @@ STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef", "training_seed")
 # Bumped when a metric's definition changes, so stored evaluations are redone.
 METRICS_VERSION = "metrics-v2"
-# Bumped when what the report writes changes (v8: model cards, report.html, training curves, legends beside the plots, shared reward axes), so finished runs get the new report.
+# Bumped when what the report writes changes (v8: model cards, report.html, training curves, legends beside the plots,
+# shared reward axes; v9: summary.csv across training seeds, curves of rounds and RLOO, shared curve ranges), so
+# finished runs get the new report.
 REPORT_VERSION = "report-v9"
 
 
@@ -413,17 +415,17 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     chains = []
     for loss in it.losses if it.rounds else []:
         for beta in it.betas:
+            recipe = it.recipe or t.recipe
+            name = "iter-" + dpo_name(it.strategy, loss, beta, recipe)
             for repeat in range(t.repeats):
-                recipe = it.recipe or t.recipe
+                suffix = seed_suffix(t.seed + repeat, repeat)
                 chain = [grid_model(it.strategy, loss, beta, recipe, repeat)]
-                name = "iter-" + dpo_name(it.strategy, loss, beta, recipe)
-                folder_name = name + seed_suffix(t.seed + repeat, repeat)
                 for r in range(2, it.rounds + 1):
-                    parent, folder = chain[-1], root / "iterative" / folder_name / f"round-{r}"
+                    parent, folder = chain[-1], root / "iterative" / (name + suffix) / f"round-{r}"
                     samples = add(Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet"))
                     # Every round draws its own pairs: the pair seed moves with the round.
                     pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
-                    model_dir = root / "models" / (f"{name}-r{r}" + seed_suffix(t.seed + repeat, repeat))
+                    model_dir = root / "models" / f"{name}-r{r}{suffix}"
                     chain.append(dpo(pairs, parent, loss, beta, recipe, model_dir, repeat, IterativeRound, chain=name, round=r))
                 chains.append(tuple(chain))
                 trained += chain

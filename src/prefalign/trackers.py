@@ -23,6 +23,9 @@ from pathlib import Path
 # Tracker name -> the module the Trainer's integration imports (what `pip install` must provide).
 TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}
 TRACKER_NAMES = tuple(TRACKERS)
+# The Trainer fields that `reporting` sets or that would redirect the logs it places: a config's
+# train.dpo / online.rloo may not set them (train.report_to does).
+TRACKER_FIELDS = {"report_to", "run_name", "project", "logging_dir", "trackio_space_id", "trackio_static_space_id"}
 
 
 def missing_trackers(names: list[str]) -> list[str]:

@@ -365,7 +365,10 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     order = list(range(len(texts)))
     rng.shuffle(order)
     held, kept = order[: spec.held_out], order[spec.held_out :]
-    policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size)
+    # The byte-level BPE pair serves the policy and a classifier trained from scratch; a pretrained
+    # encoder brings its own tokenizer.
+    needs_tokenizers = spec.policy or not spec.clf_base
+    policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size) if needs_tokenizers else (None, None)
     policy, ppl = None, None
     if spec.policy:
         policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)

@@ -173,7 +173,7 @@ def write_report(item: Report, services: Services) -> None:
     for model in grid:
         rewards[model.group] = np.concatenate([rewards.get(model.group, []), run_rewards(evaluation_of[model.name])])
     span = reward_span(rewards.values())
-    dpo_trained = [e.model for e in item.evaluations if isinstance(e.model, (DpoModel, IterativeRound))]
+    dpo_trained = [e.model for e in item.evaluations if isinstance(e.model, DpoModel)]  # iterative rounds included
     dpo_limits = curve_limits(dpo_trained, DPO_CURVES)  # every DPO training figure shares its y ranges
     for pairs in pair_files:
         strategy = pairs.strategy

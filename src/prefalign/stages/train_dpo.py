@@ -118,7 +118,7 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
         logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
     )  # fmt: skip
-    if positions and (settings.get("max_length") or positions + 1) > positions:
+    if positions and (settings.get("max_length") is None or settings["max_length"] > positions):
         # A pair longer than the model's positions would index past its position table: TRL truncates
         # it instead. Sampled texts fit, but decoding and re-encoding a text of broken byte tokens
         # (a collapsed policy's) can give more tokens than were sampled.
