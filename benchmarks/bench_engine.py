@@ -109,15 +109,22 @@ def bench_sample(args) -> None:
 
     device = pick_device(args.device)
     policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models, device)
-    sides = {"baseline": (baseline, policy, classifier), "engine": (engine, policy, classifier)}
+    # name: (function, policy, classifier, cuDNN attention allowed?): the baseline runs with torch's
+    # defaults (cuDNN allowed), the engine as the pipeline runs it (loading.use_attention_kernels).
+    sides = {"baseline": (baseline, policy, classifier, True), "engine": (engine, policy, classifier, False)}
     if inference_dtype(device) != torch.float32:
         dtype = inference_dtype(device)
-        sides[f"engine {str(dtype).split('.')[-1]}"] = (engine, *(copy.deepcopy(m).to(dtype) for m in (policy, classifier)))
-    for fn, p, c in sides.values():  # warm-up (allocator, lazy imports, kernels)
+        low = [copy.deepcopy(m).to(dtype) for m in (policy, classifier)]
+        sides[f"engine {str(dtype).split('.')[-1]}"] = (engine, *low, False)
+        if device.type == "cuda":
+            sides[f"engine {str(dtype).split('.')[-1]} cudnn"] = (engine, *low, True)
+    for fn, p, c, cudnn in sides.values():  # warm-up (allocator, lazy imports, kernels)
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
         fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, min(args.n, 200))
     times: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.reps):
-        for name, (fn, p, c) in sides.items():
+        for name, (fn, p, c, cudnn) in sides.items():
+            torch.backends.cuda.enable_cudnn_sdp(cudnn)
             sync(device)
             t0 = time.perf_counter()
             fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, args.n)
@@ -128,7 +135,7 @@ def bench_sample(args) -> None:
     print(f"\n{machine(device)}\nmodels={args.models} N={args.n} reps={args.reps}")
     for name, seconds in med.items():
         ratio = f", {med['baseline'] / seconds:.2f}x the baseline" if name != "baseline" else ""
-        print(f"{name:12s} median {seconds:.2f}s ({args.n / seconds:.1f} samples/s{ratio})")
+        print(f"{name:18s} median {seconds:.2f}s ({args.n / seconds:.1f} samples/s{ratio})")
 
 
 def sync(device: torch.device) -> None:
@@ -140,7 +147,9 @@ def bench_steps(args) -> None:
     """Milliseconds per training step of the `seed` recipe (batch 8, RMSprop, sigmoid, beta 0.1) in the
     trainer variants that led to today's path: stock TRL as the pipeline ran it at a9ca438 (reference
     forward every step, the NaN filter's per-step sync, GPT-2's unfused GELU, fp32) and the lean
-    trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward.
+    trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward, eager
+    or compiled (`-fused`: torch.compile; `-graphs`: also CUDA graphs; `-cudagraphs`: CUDA graphs of
+    the eager kernels, torch.compile's `cudagraphs` backend).
     Pairs are couples of the policy's own samples (63 tokens for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
     """
     import numpy as np
@@ -163,25 +172,33 @@ def bench_steps(args) -> None:
     order = np.random.default_rng(0).permutation(len(texts))
     pairs = pd.DataFrame({"prompt": policy_tokenizer.bos_token, "chosen": [texts[i] for i in order[:pairs_needed]],
                           "rejected": [texts[i] for i in order[pairs_needed:]]})  # fmt: skip
-    stock = {"precompute_ref_log_probs": False, "logging_nan_inf_filter": True}
-    # name: (stock TRL?, precision, the lean trainer's sync_free setting)
-    variants = {"stock-fp32": (True, "fp32", "never"), "lean-fp32": (False, "fp32", "gpu"),
-                "lean-tf32": (False, "tf32", "gpu"), "lean-bf16": (False, "bf16", "gpu"),
-                "lean-tf32-syncs": (False, "tf32", "never"), "lean-bf16-syncs": (False, "bf16", "never")}  # fmt: skip
+    stock = {"precompute_ref_log_probs": False, "logging_nan_inf_filter": True, "compile_step": "eager"}
+    # name: (stock TRL?, precision, the lean trainer's sync_free setting, compile_step)
+    variants = {"stock-fp32": (True, "fp32", "never", "eager"), "lean-fp32": (False, "fp32", "gpu", "eager"),
+                "lean-tf32": (False, "tf32", "gpu", "eager"), "lean-bf16": (False, "bf16", "gpu", "eager"),
+                "lean-tf32-syncs": (False, "tf32", "never", "eager"), "lean-bf16-syncs": (False, "bf16", "never", "eager"),
+                **{f"lean-{p}-{c}": (False, p, "gpu", c) for p in ("fp32", "tf32", "bf16") for c in ("fused", "graphs")},
+                # CUDA graphs of the eager kernels (torch.compile's `cudagraphs` backend): no Triton, no C compiler
+                **{f"lean-{p}-cudagraphs": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")}}  # fmt: skip
 
     class StepTimer(TrainerCallback):
+        def on_train_begin(self, train_args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
         def on_step_end(self, train_args, state, control, **kwargs):
-            if state.global_step in (args.warm, args.steps):
+            if state.global_step in (1, args.warm, args.steps):
                 sync(device)
-                setattr(self, "start" if state.global_step == args.warm else "end", time.perf_counter())
+                names = {1: "first", args.warm: "start", args.steps: "end"}
+                setattr(self, names[state.global_step], time.perf_counter())
 
     results = {}
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
         for name in args.variants.split(","):
-            is_stock, precision, sync_free = variants[name]
+            is_stock, precision, sync_free, compile_step = variants[name]
             saved = lean_dpo.LeanDPOTrainer, loading.fuse_activations, lean_dpo.LeanDPOTrainer.sync_free
             lean_dpo.LeanDPOTrainer.sync_free = sync_free
+            lean_dpo.LeanDPOTrainer.compile_backend = "cudagraphs" if name.endswith("-cudagraphs") else "inductor"
             if is_stock:
                 lean_dpo.LeanDPOTrainer, loading.fuse_activations = DPOTrainer, lambda model: model
             if device.type == "cuda":
@@ -189,7 +206,8 @@ def bench_steps(args) -> None:
             timer = StepTimer()
             try:
                 train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", "seed", "sigmoid", 0.1,
-                          {"max_steps": args.steps, "logging_steps": 50, **(stock if is_stock else {})}, device, 0,
+                          {"max_steps": args.steps, "logging_steps": 50, "compile_step": compile_step,
+                           **(stock if is_stock else {})}, device, 0,
                           log=lambda m: None, precision=precision, callbacks=[timer])  # fmt: skip
             finally:
                 lean_dpo.LeanDPOTrainer, loading.fuse_activations, sync_free = saved
@@ -197,11 +215,12 @@ def bench_steps(args) -> None:
             ms = 1000 * (timer.end - timer.start) / (args.steps - args.warm)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             results[name] = ms
-            print(f"{name:11s} {ms:6.1f} ms/step, {8000 / ms:6.0f} pairs/s, peak {peak:.1f} GiB", flush=True)
+            print(f"{name:16s} {ms:6.1f} ms/step, {8000 / ms:6.0f} pairs/s, peak {peak:.1f} GiB, first step "
+                  f"{timer.first - timer.begin:.1f}s (compilation included)", flush=True)
     print(f"\n{machine(device)}\nmodels={args.models} seed recipe, batch 8, steps {args.warm}..{args.steps} timed")
     if "stock-fp32" in results:
         for name, ms in results.items():
-            print(f"{name:11s} {results['stock-fp32'] / ms:.2f}x stock")
+            print(f"{name:16s} {results['stock-fp32'] / ms:.2f}x stock")
 
 
 def bench_train(args) -> None:

@@ -9,8 +9,9 @@
 # Then run, carrying [".whl", ".demo-cache"], with a timeout_s of at least 600:
 #   bash benchmarks/gpu_check.sh
 # Outputs land in $OUT (or ./gpu-check), one file per part; each part has its own time limit, in
-# priority order, so a slow part costs only itself. Nothing else should use the GPU meanwhile.
-# PARTS="steps gpu" (any of: steps sample gpu precision profile steps-x4) runs only those parts.
+# priority order, so a slow part costs only itself (the parts' limits add up to 9 minutes). Nothing
+# else should use the GPU meanwhile. PARTS="steps gpu" (any of: steps sample gpu precision profile)
+# runs only those parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check}
@@ -19,7 +20,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PREFALIGN_CACHE=$PWD/.demo-cache \
   TOKENIZERS_PARALLELISM=false
 base=/tmp/prefalign-bench-base   # GPT-2-small / DistilBERT-base shaped, random weights (bench_engine builds them)
-parts=" ${PARTS:-steps sample gpu precision profile steps-x4} "
+parts=" ${PARTS:-steps sample gpu precision} "   # profile: only when asked for
 part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
   local name=$1 limit=$2; shift 2
   [[ $parts == *" $name "* ]] || return 0
@@ -30,19 +31,20 @@ part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
-  nproc; } 2>&1 | tee "$out/machine.txt"
-# 1. Training step of the seed recipe: stock TRL (a9ca438's path) and the lean trainer per precision.
-part steps 130 python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 200 --warm 20 \
-  --variants stock-fp32,lean-fp32,lean-tf32-syncs,lean-tf32,lean-bf16
-# 2. Sample + score: the original loop against the engine, same models, same GPU.
-part sample 80 python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
-# 3. The pipeline end to end at full batch sizes, the recipe's precision, the four grid models side by side.
-part gpu 170 python3 benchmarks/gpu.py --fraction 0.1 --side-by-side 4 --models "$base"
-# 4. fp32 vs TF32 vs bf16 training on the demo models (rewards that mean something), 6 variants at once.
-part precision 130 python3 benchmarks/precision.py --device cuda --precisions tf32,bf16 --jobs 6
+  python3 -c "import triton; print('triton', triton.__version__)"; command -v gcc cc; nproc; echo "commit ${COMMIT:-?}"; } 2>&1 | tee "$out/machine.txt"
+# 1. Training step of the seed recipe: stock TRL (a9ca438's path), the lean trainer eager, and its
+#    compiled step with CUDA graphs per precision (the first step's seconds include compilation).
+part steps 190 python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
+  --variants lean-tf32-graphs,stock-fp32,lean-tf32,lean-tf32-cudagraphs,lean-bf16-graphs,lean-fp32-graphs
+# The pipeline parts below use the compiled step unless it failed above.
+compiled=(); grep -q "^lean-tf32-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
+# 2. Sample + score: the original loop against the engine, same models, same GPU (and the engine with cuDNN attention).
+part sample 70 python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
+# 3. The pipeline end to end at full batch sizes, TF32, the four grid models side by side.
+part gpu 160 python3 benchmarks/gpu.py --fraction 0.05 --precision tf32 --side-by-side 4 --models "$base" "${compiled[@]}"
+# 4. fp32 vs TF32 training on the demo models (rewards that mean something): 3 seeds each and fp32's first seed twice.
+part precision 120 python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2 --replicate --jobs 7 \
+  "${compiled[@]}"
 # 5. Where the time goes: torch.profiler tables of a decode loop, the whole sample + score engine and training steps.
 part profile 120 python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base"
-# 6. What one model leaves idle: four trainings of the lean bf16 step at once (compare with part 1).
-part steps-x4 40 bash -c 'for i in 1 2 3 4; do python3 benchmarks/bench_engine.py steps --models gpt2-small \
-  --device cuda --steps 200 --warm 20 --variants lean-tf32 & done; wait'
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv | tee -a "$out/machine.txt"

@@ -136,6 +136,11 @@ def test_prefalign_training_switches_are_accepted_in_train_dpo():
     assert (cfg.train.dpo["group_by_length"], cfg.train.dpo["completion_only_head"]) == (False, True)
     with pytest.raises(ConfigError, match="group_by_length"):
         load_config("tiny", ["train.dpo.group_by_length=3"])
+    assert load_config("tiny", ["train.dpo.compile_step=graphs"]).train.dpo["compile_step"] == "graphs"
+    # YAML reads `off` as false: the message lists the values that are accepted.
+    for wrong in ("off", "true", "fast"):
+        with pytest.raises(ConfigError, match="`compile_step` must be one of eager, fused, graphs, auto"):
+            load_config("tiny", [f"train.dpo.compile_step={wrong}"])
 
 
 def test_loss_entries_and_extra_points_are_validated_with_clear_messages():

@@ -138,3 +138,28 @@ def test_preallocated_decode_cache_gives_the_same_texts_as_transformers_own(tiny
             runs.append(decoding._fast_batch(policy, prompt, tok.eos_token_id, SamplingConfig(max_length=24), drop_every=every))
     assert (runs[0] == tok.eos_token_id).any()  # some rows stop early, so rows are dropped mid-way
     assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[3])
+
+
+def test_a_padded_lm_head_samples_the_same_texts_and_log_probs(tiny_policy):
+    """pad_output_vocabulary (on by default on GPUs): same logits, texts and completion log-probs."""
+    import copy
+
+    from prefalign.engine.decoding import completion_logprobs
+    from prefalign.models.loading import pad_output_vocabulary
+
+    policy, tok = tiny_policy
+    vocab = policy.config.vocab_size
+    multiple = next(m for m in (64, 48, 7, 5) if vocab % m)  # one the tiny vocabulary is not a multiple of
+    padded = pad_output_vocabulary(copy.deepcopy(policy), multiple)
+    assert padded.get_output_embeddings().weight.shape[0] == -(-vocab // multiple) * multiple > vocab
+    ids = torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain_logits, padded_logits = policy(input_ids=ids).logits, padded(input_ids=ids).logits
+    assert padded_logits.shape == plain_logits.shape
+    torch.testing.assert_close(padded_logits, plain_logits)
+    assert texts_of(padded, tok, 40, seed=3) == texts_of(policy, tok, 40, seed=3)
+    prompt = torch.full((4, 1), tok.bos_token_id)
+    for model_logps in zip(completion_logprobs(policy, prompt, ids, tok.eos_token_id),
+                           completion_logprobs(padded, prompt, ids, tok.eos_token_id)):  # fmt: skip
+        torch.testing.assert_close(*model_logps)
+    assert pad_output_vocabulary(padded, multiple) is padded  # already aligned: left as it is

@@ -123,3 +123,74 @@ def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir,
                   0.1, {"learning_rate": 1e30, "warmup_steps": 0, "max_steps": 6, "logging_steps": 1},
                   torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
     assert not (tmp_path / "my-model").exists()
+
+
+def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tmp_path, monkeypatch):
+    """torch.compile (inductor on this CPU) of the policy's forward and head: TRL's numbers on a padded batch,
+    for a sum of a preference loss and the SFT term (which reads the chosen rows' token log-probs)."""
+    from trl import DPOTrainer
+
+    trainer, batch = _trainer(tiny_dir, tmp_path, ["sigmoid", "sft"], [1.0, 0.1], precompute=True)
+    assert batch["attention_mask"].min() == 0
+    trainer.model.train()  # as in a training step (the compiled path serves training only)
+    results = []
+    for compute, mode in ((DPOTrainer._compute_loss, "eager"), (LeanDPOTrainer._compute_loss, "fused")):
+        monkeypatch.setattr(trainer, "compile_step", mode)
+        trainer.model.zero_grad()
+        loss = compute(trainer, trainer.model, batch, False)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+        metrics = {k: float(torch.as_tensor(v[-1])) for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+        trainer._metrics["train"].clear()
+        results.append((loss.detach(), grads, metrics))
+    assert trainer._compiled is not None  # the lean pass went through torch.compile
+    (stock_loss, stock_grads, stock_metrics), (compiled_loss, compiled_grads, compiled_metrics) = results
+    torch.testing.assert_close(compiled_loss, stock_loss, rtol=1e-5, atol=1e-6)
+    for name in stock_grads:
+        torch.testing.assert_close(compiled_grads[name], stock_grads[name], rtol=1e-3, atol=1e-6)
+    assert compiled_metrics.keys() == stock_metrics.keys()
+    for key in stock_metrics:
+        assert compiled_metrics[key] == pytest.approx(stock_metrics[key], rel=1e-4, abs=1e-5), key
+    # A batch of another size takes the eager path instead of compiling again.
+    assert trainer.compiled_stats(batch["input_ids"].shape[0] - 2) is None
+
+
+def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_eager_one(tiny_dir, tmp_path, monkeypatch):
+    """train_one with `compile_step: fused` (this CPU's compiled path): one batch shape for the whole
+    run, the same logged losses and final weights as the eager path; an odd last batch runs eagerly."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from prefalign.stages.train_dpo import train_one
+
+    chosen = [TEXTS[i % 4] for i in range(27)]
+    chosen[20] = "Not bad at all, a good cast and a fine score, though the ending drags on and on."  # one long pair
+    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": chosen,
+                          "rejected": [TEXTS[(i + 2) % 4] + " no" for i in range(27)]})  # fmt: skip
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    shapes = []
+    original = DataCollatorForPreference.torch_call
+
+    def recorded(self, examples):
+        batch = original(self, examples)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(DataCollatorForPreference, "torch_call", recorded)
+    runs = {}
+    for mode in ("eager", "fused"):
+        shapes.clear()
+        info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / mode, "seed", "sigmoid",
+                         0.1, {"num_train_epochs": 1, "logging_steps": 1, "compile_step": mode, "learning_rate": 1e-3},
+                         torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+        assert info["settings"]["compile_step"] == mode
+        runs[mode] = ([h["loss"] for h in info["log_history"] if "loss" in h], list(shapes))
+    (eager_losses, eager_shapes), (fused_losses, fused_shapes) = runs["eager"], runs["fused"]
+    assert len(eager_losses) == len(fused_losses) == 4  # 27 pairs at batch 8: 3 full batches and one of 3
+    assert len({s[1] for s in eager_shapes}) > 1  # eager pads each batch to its own longest
+    assert {s[1] for s in fused_shapes} == {max(s[1] for s in eager_shapes)}  # compiled: one length
+    assert fused_losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-6)
+    from safetensors.torch import load_file
+
+    eager_weights, fused_weights = (load_file(tmp_path / m / "model.safetensors") for m in ("eager", "fused"))
+    for name in eager_weights:
+        torch.testing.assert_close(fused_weights[name], eager_weights[name], rtol=1e-3, atol=1e-5)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
+from prefalign.recipes import OWN_CHOICES, OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
 from prefalign.trackers import TRACKER_FIELDS, TRACKER_NAMES, missing_trackers
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
@@ -352,7 +352,8 @@ class TrainConfig(Section):
 
 def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:
     """Check a mapping of TRL config fields against `config_cls`'s names and type annotations, now
-    rather than after sampling has run for an hour. `own`: prefalign switches (booleans) also allowed."""
+    rather than after sampling has run for an hour. `own`: prefalign's own switches, also allowed
+    (booleans, or one of recipes.OWN_CHOICES)."""
     import dataclasses
 
     if not v:
@@ -363,8 +364,9 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
     checked = {}
     for key, value in v.items():
         if key in own:
-            if not isinstance(value, bool):
-                raise ValueError(f"`{key}` must be true or false, not {value!r}")
+            choices = OWN_CHOICES.get(key, (True, False))
+            if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+                raise ValueError(f"`{key}` must be one of {', '.join(str(c).lower() for c in choices)}, not {value!r}")
             checked[key] = value
             continue
         if key in TRACKER_FIELDS:

@@ -23,18 +23,25 @@ OWN_SETTINGS = {
     "group_by_length": "batch pairs of similar token length (a random order of length-sorted megabatches)",
     "completion_only_head": "project only completion tokens through the LM head on every device (TRL does so on "
     "CUDA only); same results, less work",
+    "compile_step": "the policy's forward and log-prob head per training step: `eager` (plain PyTorch), `fused` "
+    "(torch.compile's fused kernels), `graphs` (those recorded as CUDA graphs: one launch per forward and backward), "
+    "`auto` (`graphs` on one CUDA GPU, else `eager`); compiling pads every batch to the longest pair and costs "
+    "a minute or so once per training",
 }
+# The values of the non-boolean own settings (the others are true / false).
+OWN_CHOICES = {"compile_step": ("eager", "fused", "graphs", "auto")}
 
 RECIPES: dict[str, dict] = {
     "seed": dict(
         learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
         per_device_train_batch_size=8, max_length=256, gradient_checkpointing=False,
         precompute_ref_log_probs="on_gpu", precompute_ref_batch_size=64, completion_only_head=True,
+        compile_step="auto",
     ),
     "default": dict(
         learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=8, max_length=256,
         gradient_checkpointing=False, precompute_ref_log_probs=True, precompute_ref_batch_size=64,
-        group_by_length=True, completion_only_head=True,
+        group_by_length=True, completion_only_head=True, compile_step="auto",
     ),
 }  # fmt: skip
 

@@ -379,13 +379,16 @@ def start_worker(gpu: int | None) -> None:
 def _train_in_worker(model: Item, device_type: str, threads: int, reward, original, launch: dict, tracking: Tracking,
                      tag: str) -> None:  # fmt: skip
     from prefalign.cli import _quiet_libraries
+    from prefalign.models.loading import use_attention_kernels
 
     if tag:
         os.environ["PREFALIGN_PROCESS"] = tag  # its log lines name the process that started it
     _quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
     torch.set_num_threads(threads)
     # A CUDA worker sees one GPU (start_worker): plain `cuda` is it.
-    STAGES[type(model)](model, Services(torch.device(device_type), reward, original, launch=launch, tracking=tracking))
+    device = torch.device(device_type)
+    use_attention_kernels(device)
+    STAGES[type(model)](model, Services(device, reward, original, launch=launch, tracking=tracking))
 
 
 def describe(item: Item) -> str:

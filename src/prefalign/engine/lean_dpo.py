@@ -14,6 +14,13 @@ checks the 2-D attention mask for padding on the host (it is given the equivalen
 instead, for SDPA attention), and TRL's fused LM head gathers the completion positions with a
 boolean mask (it scores every position instead, and the ones without a label are zeroed as
 before). Same numbers either way; on CPU, where nothing waits, the cheaper variants stay.
+
+`compile_step` (the recipes' `compile_step` setting) runs the policy's forward and its per-token
+head through `torch.compile` instead (`completion_token_stats`: the model's own logits, then the
+log-softmax, entropy, mean logit and top-1 of every position, which inductor fuses), on batches
+padded to one fixed length so one graph serves the whole training; `graphs` also records it as CUDA
+graphs, so a step's forward and backward are each launched at once rather than as ~1,000 kernels
+from Python. A batch of another size (an epoch's last) takes the eager path.
 """
 
 from __future__ import annotations
@@ -77,6 +84,39 @@ def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return causal[None, None] & attention_mask[:, None, None, :].bool()
 
 
+def completion_token_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                           four_d_mask: bool) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """What TRL's fused head returns for the predicted positions, from the model's own logits.
+
+    Inputs (rows, seq); outputs (rows, seq-1), position t predicting token t+1, all 0 (False) where
+    that token is not a completion token: its log-prob (with gradient), and, detached, the entropy
+    of the distribution, the mean logit and whether the token is the most likely one. Plain tensor
+    code on full-vocabulary logits, so torch.compile can fuse it with the model and capture it.
+    """
+    if four_d_mask:
+        attention_mask = causal_padding_mask(attention_mask)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    mask = completion_mask[:, 1:].to(logits.dtype)
+    log_norm = torch.logsumexp(logits, dim=-1)  # (rows, seq-1)
+    token_logps = (logits.gather(-1, targets[..., None]).squeeze(-1) - log_norm) * mask
+    detached, log_norm = logits.detach(), log_norm.detach()
+    probs = (detached - log_norm[..., None]).exp()
+    entropy = (log_norm - (probs * detached).sum(-1)) * mask  # -sum p log p = logsumexp - sum p * logit
+    mean_logits = detached.mean(-1) * mask
+    is_top1 = (detached.argmax(-1) == targets) & (mask > 0)
+    return token_logps, entropy, mean_logits, is_top1
+
+
+def fixed_pad_length(dataset, max_length: int | None) -> int:
+    """The longest prompt + completion of a tokenized preference dataset (TRL's `prompt_ids`,
+    `chosen_ids`, `rejected_ids`), at most `max_length`: padding every batch to it keeps one shape."""
+    prompts = [len(ids) for ids in dataset["prompt_ids"]]
+    longest = max((p + max(len(c), len(r)) for p, c, r in zip(prompts, dataset["chosen_ids"], dataset["rejected_ids"])),
+                  default=1)  # fmt: skip
+    return min(longest, max_length) if max_length else longest
+
+
 @contextlib.contextmanager
 def trl_head_positions(compact):
     """While inside, TRL 1.16's fused LM head projects only the labelled (completion) positions on
@@ -104,6 +144,13 @@ class LeanDPOTrainer(DPOTrainer):
     # Where to use the 4-D attention mask and the every-position LM head (see the module docstring):
     # "gpu" (the default), "always" (tests compare them with TRL's on CPU) or "never".
     sync_free = "gpu"
+    # recipes.COMPILE_MODES but "auto" (train_one resolves it and pads every batch to one length first).
+    compile_step = "eager"
+    # torch.compile's backend: "inductor" (fused Triton kernels; with "graphs", CUDA graphs around
+    # them) or "cudagraphs" (CUDA graphs of the eager kernels, nothing generated; benchmarks compare).
+    compile_backend = "inductor"
+    _compiled = None  # (the compiled completion_token_stats, the batch rows it was compiled for)
+    note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
 
     def lean(self) -> bool:
         """Whether this trainer's settings are the ones computed here."""
@@ -126,11 +173,29 @@ class LeanDPOTrainer(DPOTrainer):
         sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
         if sync_free and getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa":
             model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
-        every_position = trl_head_positions(lambda device, trl_choice: False)  # no boolean gather, no sync
-        with every_position if sync_free else contextlib.nullcontext():
-            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = shift_mask.size(1)
-        per_token_logps = outputs.log_probs[:, -seq_len:]  # (2*batch, seq-1), 0 outside completions
+        compiled = self.compiled_stats(inputs["input_ids"].shape[0])
+        if compiled is not None:
+            if self.compile_step == "graphs":
+                torch.compiler.cudagraph_mark_step_begin()  # a new training step: the last one's buffers are free
+            four_d = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa"
+            try:
+                stats = compiled(model, inputs["input_ids"], inputs["attention_mask"], completion_mask, four_d)
+            except Exception as e:  # e.g. no C compiler for Triton: the step stays correct, only slower
+                if self.state.global_step > 0:
+                    raise
+                self.note(f"  compiling the training step failed ({type(e).__name__}: {str(e)[:300]}); "
+                          f"training goes on without compilation, as with train.dpo.compile_step: eager")
+                self.compile_step, compiled = "eager", None
+        if compiled is not None:
+            per_token_logps, entropy, mean_logits, is_top1 = stats
+        else:
+            every_position = trl_head_positions(lambda device, trl_choice: False)  # no boolean gather, no sync
+            with every_position if sync_free else contextlib.nullcontext():
+                outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+            # (2*batch, seq-1) each, 0 outside completions
+            per_token_logps, entropy = outputs.log_probs[:, -seq_len:], outputs.entropy[:, -seq_len:]
+            mean_logits, is_top1 = outputs.mean_logits[:, -seq_len:], outputs.is_top1[:, -seq_len:]
         chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -156,10 +221,10 @@ class LeanDPOTrainer(DPOTrainer):
 
         chosen_rewards = self.beta * chosen_logratios.detach()
         rejected_rewards = self.beta * rejected_logratios.detach()
-        chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
-        chosen_is_top1 = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)[0]
+        chosen_mean_logits, rejected_mean_logits = mean_logits.detach().chunk(2, dim=0)
+        chosen_is_top1 = is_top1.chunk(2, dim=0)[0]
         metrics = self._metrics[mode]
-        metrics["entropy"].append(token_mean(outputs.entropy[:, -seq_len:].detach(), shift_mask))
+        metrics["entropy"].append(token_mean(entropy.detach(), shift_mask))
         metrics["logits/chosen"].append(token_mean(chosen_mean_logits, chosen_mask))
         metrics["logits/rejected"].append(token_mean(rejected_mean_logits, rejected_mask))
         metrics["mean_token_accuracy"].append(token_mean(chosen_is_top1.float(), chosen_mask))
@@ -170,6 +235,21 @@ class LeanDPOTrainer(DPOTrainer):
         metrics["logps/chosen"].append(self.accelerator.gather(chosen_logps.detach()).mean())
         metrics["logps/rejected"].append(self.accelerator.gather(rejected_logps.detach()).mean())
         return loss
+
+    def compiled_stats(self, rows: int):
+        """The compiled completion_token_stats for a batch of `rows` rows, or None: not compiling, or
+        another batch size than the first (compiling it again would cost more than its one step saves)."""
+        if self.compile_step == "eager" or not self.model.training:
+            return None
+        if self._compiled is None:
+            if self.compile_backend == "cudagraphs":
+                compiled = torch.compile(completion_token_stats, dynamic=False, backend="cudagraphs")
+            else:
+                mode = "reduce-overhead" if self.compile_step == "graphs" else None
+                compiled = torch.compile(completion_token_stats, dynamic=False, mode=mode)
+            self._compiled = (compiled, rows)
+        compiled, compiled_rows = self._compiled
+        return compiled if rows == compiled_rows else None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # The one host sync per logging step: every metric tensor since the last log, copied at once.

@@ -35,11 +35,11 @@ def score_texts(texts: list[str], model, tokenizer, positive_index: int, batch_s
         idx = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-        reward[idx] = logits[:, positive_index].cpu().numpy()
         if logits.shape[-1] == 1:  # one output (reward.single_logit): positive means a positive logit
-            prob[idx] = logits[:, 0].sigmoid().cpu().numpy()
-            is_pos[idx] = (logits[:, 0] > 0).cpu().numpy()
+            positive = logits[:, 0].sigmoid(), logits[:, 0] > 0
         else:
-            prob[idx] = logits.softmax(-1)[:, positive_index].cpu().numpy()
-            is_pos[idx] = (logits.argmax(-1) == positive_index).cpu().numpy()
+            positive = logits.softmax(-1)[:, positive_index], logits.argmax(-1) == positive_index
+        # One copy to the host per batch (each copy waits for the GPU).
+        columns = torch.stack([logits[:, positive_index], positive[0], positive[1].float()]).cpu().numpy()
+        reward[idx], prob[idx], is_pos[idx] = columns[0], columns[1], columns[2] > 0.5
     return {"reward": reward, "positive_prob": prob, "is_positive": is_pos}

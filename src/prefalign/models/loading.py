@@ -86,16 +86,37 @@ def identity(ref: str, revision: str | None = None, role: str = "policy") -> str
     return f"hub:{ref}@{revision or 'main'}"
 
 
+# Whether scaled-dot-product attention may use cuDNN's kernel on CUDA (see use_attention_kernels).
+CUDNN_ATTENTION = False
+
+
+def use_attention_kernels(device: torch.device) -> None:
+    """On CUDA, leave cuDNN's attention out of the kernels scaled-dot-product attention picks from
+    (flash, memory-efficient and math stay), unless CUDNN_ATTENTION is set.
+
+    torch 2.11 picks cuDNN's kernel first on Hopper GPUs, and cuDNN builds an execution plan for
+    every new input shape. Decoding sees a new shape at every step (the cache grows by one position,
+    finished rows leave the batch) and scoring, the KL pass and eager training batches one per
+    length, so most calls would pay for a plan. The other kernels compute the same attention.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(CUDNN_ATTENTION)
+
+
 def pick_device(name: str) -> torch.device:
+    """The torch device for a config's `device` (`auto`: CUDA, else MPS, else CPU), set up for use."""
     if name == "auto":
         if torch.cuda.is_available():
+            use_attention_kernels(torch.device("cuda"))
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device: cuda was asked for but torch sees no CUDA GPU")
-    return torch.device(name)
+    device = torch.device(name)
+    use_attention_kernels(device)
+    return device
 
 
 def inference_dtype(device: torch.device) -> torch.dtype:
@@ -191,14 +212,51 @@ def bos_prompt(tokenizer) -> str:
 
 def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
                 max_length: int | None = None):
-    """The causal LM in eval mode on `device`, and its tokenizer (BOS and pad always set)."""
+    """The causal LM in eval mode on `device`, for inference (sampling, log-probs), and its tokenizer
+    (BOS and pad always set). On a GPU its LM head is padded (pad_output_vocabulary)."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(ref, revision, "policy")
     model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=dtype or torch.float32)
     if max_length is not None:
         check_context(model, max_length, ref)
+    if device.type == "cuda":
+        pad_output_vocabulary(model)
     return model.to(device).eval(), tok
+
+
+class _PaddedHead(torch.nn.Module):
+    """An LM head whose weight has zero rows appended up to `padded` outputs; the extra logits are cut off
+    (the logits are a view, `vocab` wide, of a `padded`-wide tensor)."""
+
+    def __init__(self, head: torch.nn.Linear, padded: int):
+        super().__init__()
+        vocab, hidden = head.weight.shape
+        self.vocab = vocab
+        self.weight = torch.nn.Parameter(torch.cat([head.weight.detach(), head.weight.new_zeros(padded - vocab, hidden)]),
+                                         requires_grad=False)  # fmt: skip
+        bias = None if head.bias is None else torch.cat([head.bias.detach(), head.bias.new_zeros(padded - vocab)])
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight, self.bias)[..., : self.vocab]
+
+
+def pad_output_vocabulary(model, multiple: int = 64):
+    """Give an inference model's LM head a multiple of `multiple` outputs (zero rows added, their logits
+    cut off again), so its matrix product is aligned for the GPU's fast kernels; returns the model.
+
+    GPT-2's 50,257 outputs are not a multiple of 8: on an H200 the head's product in decoding ran on
+    a slow fallback kernel (benchmarks/RESULTS.md, profile). Only for models that are not trained:
+    the padded weight is a copy, no longer tied to the input embeddings. Heads that are not a plain
+    linear layer, and vocabularies already aligned, are left alone.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.weight.shape[0] % multiple == 0:
+        return model
+    vocab = head.weight.shape[0]
+    model.set_output_embeddings(_PaddedHead(head, -(-vocab // multiple) * multiple))
+    return model
 
 
 def check_context(model, max_length: int, ref: str) -> None:

@@ -56,6 +56,21 @@ class _LogLine(TrainerCallback):
                      f"reward accuracy {float(acc):.2f}, margin {float(logs.get('rewards/margins', float('nan'))):.3f}")
 
 
+class _StepClock(TrainerCallback):
+    """Wall times of the training's start, the end of its first step (compilation happens there) and
+    its end, so train.json can tell one-off costs from the per-step rate."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin, self.first, self.first_step = time.time(), None, state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.first is None:
+            self.first, self.first_step = time.time(), state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end, self.last_step = time.time(), state.global_step
+
+
 def length_grouped_order(lengths, batch_size: int, seed: int, megabatch: int = 50) -> np.ndarray:
     """A random order of the examples in which every run of `batch_size` has similar lengths.
 
@@ -108,6 +123,10 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     arithmetic = precision_settings(precision or RECIPE_PRECISION[recipe], device.type, bf16_supported)
     settings = {**RECIPES[recipe], **arithmetic, **overrides}
     own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
+    compile_step = own.get("compile_step", "eager")
+    if compile_step == "auto":
+        compile_step = "graphs" if device.type == "cuda" and processes == 1 else "eager"
+    own["compile_step"] = "fused" if compile_step == "graphs" and device.type != "cuda" else compile_step
     if settings.get("precompute_ref_log_probs") == "on_gpu":
         settings["precompute_ref_log_probs"] = device.type == "cuda"
     if device.type == "cpu":
@@ -256,7 +275,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     from datasets import Dataset, load_from_disk
     from transformers import AutoModelForCausalLM
 
-    from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged
+    from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged, fixed_pad_length
     from prefalign.models.loading import from_pretrained, load_tokenizer, resolve
 
     path = resolve(policy_ref, "policy")
@@ -316,10 +335,15 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             # Timed from here: with precomputed reference log-probs the constructor runs the reference pass.
             trainer = LeanDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                                      processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
+            if settings["compile_step"] != "eager" and trainer.lean():
+                # One shape for the compiled step: every batch padded to the longest pair.
+                trainer.compile_step, trainer.note = settings["compile_step"], log
+                trainer.data_collator.pad_to_multiple_of = fixed_pad_length(trainer.train_dataset, args.max_length)
             # One short line per logging step instead of the Trainer's metric dicts.
             trainer.remove_callback(PrinterCallback)
             trainer.add_callback(_LogLine(log))
-            for callback in callbacks or []:
+            clock = _StepClock()
+            for callback in [clock, *(callbacks or [])]:
                 trainer.add_callback(callback)
             if resume:
                 log(f"  resuming from {Path(resume).name} (a checkpoint of an interrupted training)")
@@ -337,6 +361,11 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             "reference_model": reference[0] if reference else policy_ref, "pairs_file": str(pairs_path),
             "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
             "resumed_from": Path(resume).name if resume else None, "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
+            # Trainer construction (the reference pre-pass included), the first step (compilation
+            # included), and the rate of the steps after it: the one-off costs apart from the rate.
+            "setup_seconds": round(clock.begin - t0, 2), "first_step_seconds": round((clock.first or clock.end) - clock.begin, 2),
+            "steady_pairs_per_second": round(args.per_device_train_batch_size * ranks.count * (clock.last_step - clock.first_step)
+                                             / (clock.end - clock.first), 2) if clock.first and clock.end > clock.first else None,
             "metrics": result.metrics, "world_size": 1, **(launch or {}), "lora": lora,
             "log_history": trainer.state.log_history,
         }  # fmt: skip
