@@ -11,7 +11,8 @@
 # Outputs land in $OUT (or ./gpu-check), one file per part; each part has its own time limit, in
 # priority order, so a slow part costs only itself (the parts' limits add up to 9 minutes). Nothing
 # else should use the GPU meanwhile. PARTS="steps gpu" (any of: steps sample gpu precision profile)
-# runs only those parts.
+# runs only those parts, in this file's order; STEP_VARIANTS, PROFILE_PARTS and <PART>_LIMIT
+# (seconds) change what the steps and profile parts measure and how long a part may take.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check}
@@ -34,17 +35,18 @@ part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
   python3 -c "import triton; print('triton', triton.__version__)"; command -v gcc cc; nproc; echo "commit ${COMMIT:-?}"; } 2>&1 | tee "$out/machine.txt"
 # 1. Training step of the seed recipe: stock TRL (a9ca438's path), the lean trainer eager, and its
 #    compiled step with CUDA graphs per precision (the first step's seconds include compilation).
-part steps 190 python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
-  --variants lean-tf32-graphs,stock-fp32,lean-tf32,lean-tf32-cudagraphs,lean-bf16-graphs,lean-fp32-graphs
+part steps "${STEPS_LIMIT:-190}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
+  --variants "${STEP_VARIANTS:-lean-tf32-graphs,stock-fp32,lean-tf32,lean-tf32-cudagraphs,lean-bf16-graphs,lean-fp32-graphs}"
 # The pipeline parts below use the compiled step unless it failed above.
 compiled=(); grep -q "^lean-tf32-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
 # 2. Sample + score: the original loop against the engine, same models, same GPU (and the engine with cuDNN attention).
 part sample 70 python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
 # 3. The pipeline end to end at full batch sizes, TF32, the four grid models side by side.
-part gpu 160 python3 benchmarks/gpu.py --fraction 0.05 --precision tf32 --side-by-side 4 --models "$base" "${compiled[@]}"
+part gpu "${GPU_LIMIT:-160}" python3 benchmarks/gpu.py --fraction 0.05 --precision tf32 --side-by-side 4 --models "$base" "${compiled[@]}"
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 3 seeds each and fp32's first seed twice.
 part precision 120 python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2 --replicate --jobs 7 \
   "${compiled[@]}"
 # 5. Where the time goes: torch.profiler tables of a decode loop, the whole sample + score engine and training steps.
-part profile 120 python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base"
+part profile "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
+  --parts "${PROFILE_PARTS:-decode,sample,train}"
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv | tee -a "$out/machine.txt"

@@ -153,7 +153,13 @@ class LeanDPOTrainer(DPOTrainer):
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
 
     def lean(self) -> bool:
-        """Whether this trainer's settings are the ones computed here."""
+        """Whether this trainer's settings are the ones computed here (worked out once: accelerate's
+        PEFT check reads package metadata, milliseconds that every training step would pay)."""
+        if getattr(self, "_lean", None) is None:
+            self._lean = self._lean_settings()
+        return self._lean
+
+    def _lean_settings(self) -> bool:
         from accelerate.utils import is_peft_model
 
         return (set(self.loss_types) <= LEAN_LOSS_TYPES and self.f_divergence_type == "reverse_kl"
