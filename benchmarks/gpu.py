@@ -85,13 +85,15 @@ def main() -> None:
 
     samples = json.loads((root / "samples.meta.json").read_text())
     trains = [json.loads((m.path / "train.json").read_text()) for m in items if type(m) is DpoModel]
-    evals = sorted((root / "eval").glob("*/run-*.json"))
-    eval_samples = sum(json.loads(p.read_text())["samples"] for p in evals)
+    evals = [json.loads(p.read_text()) for p in sorted((root / "eval").glob("*/run-*.json"))]
+    eval_samples = sum(r["samples"] for r in evals)
+    run_seconds = sum(r["seconds"] for r in evals)  # sample + score + KL of each run, model loading excluded
     print("\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|")
     rates = {
         "sample": f"{samples['samples_per_second']} samples/s (sample + score)",
         "train": f"{sum(t['pairs'] * 3 for t in trains) / max(timings['train']['seconds'], 1e-9):.0f} pairs/s (3 epochs)",
-        "evaluate": f"{eval_samples / max(timings['evaluate']['seconds'], 1e-9):.0f} samples/s over {eval_samples} samples",
+        "evaluate": f"{eval_samples / max(timings['evaluate']['seconds'], 1e-9):.0f} samples/s over {eval_samples} samples "
+                    f"({eval_samples / max(run_seconds, 1e-9):.0f} samples/s within the runs, KL included)",
     }
     # Training at full size: the one-off costs (process start, model load, compilation in the first
     # step) once, the parts that grow with the pair count (Trainer setup with the reference pre-pass,
@@ -101,6 +103,8 @@ def main() -> None:
     growing = sum(t["setup_seconds"] + t["pairs"] * 3 / rate[id(t)] for t in trains) / at_once
     estimates = {stage: t["seconds"] / done_share[stage] for stage, t in timings.items()}
     estimates["train"] = timings["train"]["seconds"] + growing * (1 / f - 1)
+    # Evaluation at full size: each model loaded once, its runs scaled to 10.
+    estimates["evaluate"] = timings["evaluate"]["seconds"] + run_seconds * (10 / eval_runs - 1)
     for stage, t in timings.items():
         print(f"| {stage} | {t['seconds']} | {estimates[stage]:.0f} | {t['peak_gpu_gib']} | {rates.get(stage, '')} |")
     for t in trains:

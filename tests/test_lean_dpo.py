@@ -194,3 +194,17 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
     eager_weights, fused_weights = (load_file(tmp_path / m / "model.safetensors") for m in ("eager", "fused"))
     for name in eager_weights:
         torch.testing.assert_close(fused_weights[name], eager_weights[name], rtol=1e-3, atol=1e-5)
+
+
+def test_the_flop_count_is_transformers_with_the_parameters_counted_once(tiny_dir, tmp_path, monkeypatch):
+    from trl import DPOTrainer
+
+    trainer, batch = _trainer(tiny_dir, tmp_path, ["sigmoid"])
+    expected = DPOTrainer.floating_point_ops(trainer, batch)
+    assert expected > 0
+    counted = []
+    original = type(trainer.model).num_parameters
+    monkeypatch.setattr(type(trainer.model), "num_parameters",
+                        lambda self, *a, **k: counted.append(1) or original(self, *a, **k))  # fmt: skip
+    assert [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
+    assert len(counted) == 1

@@ -44,9 +44,8 @@ def auto_batch_size(model, max_length: int, device: torch.device) -> int:
     bytes_per = 2 if model.dtype in (torch.float16, torch.bfloat16) else 4
     per_seq = (2 * layers * hidden * max_length + 4 * cfg.vocab_size) * bytes_per
     if device.type == "cuda":
-        # Decoding a step costs the host about the same whatever the rows: the more rows, the fewer steps.
         free, _ = torch.cuda.mem_get_info(device)
-        return int(max(8, min(8192, 0.3 * free / per_seq)))
+        return int(max(8, min(2048, 0.3 * free / per_seq)))
     # On CPU throughput stops growing past a few hundred sequences; memory is rarely the limit.
     import psutil
 

@@ -131,11 +131,6 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         settings["precompute_ref_log_probs"] = device.type == "cuda"
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
-    if device.type == "cuda":
-        # Batches are collated (TRL's Python padding) in two worker processes, started once, off the
-        # main thread, which on a GPU only queues work and would otherwise wait for them every step.
-        settings.setdefault("dataloader_num_workers", 2)
-        settings.setdefault("dataloader_persistent_workers", settings["dataloader_num_workers"] > 0)
     settings.update(
         output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed,
         **(tracker or {"report_to": "none"}), save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
