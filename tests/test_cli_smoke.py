@@ -43,7 +43,8 @@ def test_run_tiny_writes_every_output(tiny_run):
     assert (results.group == results.model).all()  # one training seed: each model is its own group
     assert set(results[results.model != "original"].training_seed) == {0}
     assert {"diversity", "positive_rate", "distinct_1", "distinct_2", "kl_seq", "kl_token", "share_above_0",
-            "share_above_0.5", "reward_p05", "reward_p95", "mean_tokens"} <= set(results.columns)  # fmt: skip
+            "share_above_0.5", "reward_p05", "reward_p95", "mean_tokens", "broken_share"} <= set(results.columns)  # fmt: skip
+    assert results.broken_share.between(0, 1).all()
     assert len(results) == (1 + len(MODELS)) * 2
     original = results[results.model == "original"]
     assert original.strategy.isna().all() and original.loss.isna().all() and original.beta.isna().all()
@@ -54,6 +55,8 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000
         assert f"plots/training-{s}.png" in report and (root / "plots" / f"training-{s}.png").stat().st_size > 5000
     assert "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
+    original_share = results[results.model == "original"].broken_share.mean()
+    assert " mean length | broken texts |" in report and f"| {100 * original_share:.1f}% |" in report
     assert "Pareto-optimal" in report and (root / "plots" / "frontier-reward-vs-kl.png").stat().st_size > 5000
     summary = results.groupby("model").reward_mean.mean()
     for m in MODELS:  # each model's card: what trained it, and its evaluation

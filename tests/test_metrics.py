@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from prefalign.engine.metrics import diversity, run_summary, token_entropy
+from prefalign.engine.metrics import broken_share, diversity, run_summary, token_entropy
 
 
 def test_entropy_of_hand_counted_ids():
@@ -93,3 +93,12 @@ def test_pareto_mask_keeps_exactly_the_undominated():
     # reward and diversity, lower KL); rows 0 and 4 trade reward for diversity at KL 0.
     assert pareto_mask(reward_div, kl).tolist() == [True, False, False, True, True]
     assert pareto_mask(reward_div).tolist() == [True, True, False, True, True]  # exact ties both stay
+
+
+def test_broken_share_counts_texts_with_undecodable_bytes():
+    from tokenizers import decoders  # GPT-2's byte-level decoder
+
+    garbage = decoders.ByteLevel().decode(["\u00e2\u0122"])  # half of a UTF-8 sequence: decodes to U+FFFD
+    assert "\ufffd" in garbage
+    assert broken_share(["A fine film.", f"Great {garbage}", "", "ok"]) == 0.25
+    assert broken_share([]) == 0.0

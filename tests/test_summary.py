@@ -53,3 +53,17 @@ def test_who_beats_whom_uses_the_std_across_seeds():
     assert beats_seed(across_seeds(summarize(results(close)))).empty
     # judged on the first seed alone (run stds), c would beat the seed recipe
     assert beaten_by(summarize(results(close)))["c"] == ["a"]
+
+
+def test_a_model_with_broken_texts_beats_nothing_but_can_be_beaten():
+    frame = results(ROWS)
+    frame["broken_share"] = 0.0
+    frame.loc[frame.group == "b", "broken_share"] = 0.2  # b's numbers win, but a fifth of its texts are byte garbage
+    summary = across_seeds(summarize(frame))
+    assert summary.set_index("model").loc["b", "broken_share"] == pytest.approx(0.2)
+    assert beaten_by(summary) == {} and beats_seed(summary).empty
+    frame.loc[frame.group == "b", "broken_share"] = 0.01  # a few broken texts: still text
+    assert beaten_by(across_seeds(summarize(frame))) == {"b": ["a"]}
+    swapped = frame.copy()
+    swapped["broken_share"] = np.where(swapped.group == "a", 0.5, 0.0)
+    assert beaten_by(across_seeds(summarize(swapped))) == {"b": ["a"]}  # an unreadable model is beaten as before

@@ -34,12 +34,14 @@ STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 # The columns that describe a model in results.csv, before `run` and the metrics.
 # `group`: the model's name without its training-seed suffix (what repeats of one model share).
 RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef", "training_seed")
-# Bumped when a metric's definition changes, so stored evaluations are redone.
-METRICS_VERSION = "metrics-v2"
+# Bumped when a metric's definition changes or one is added, so stored evaluations are redone
+# (v3: broken_share).
+METRICS_VERSION = "metrics-v3"
 # Bumped when what the report writes changes (v8: model cards, report.html, training curves, legends beside the plots,
-# shared reward axes; v9: summary.csv across training seeds, curves of rounds and RLOO, shared curve ranges), so
-# finished runs get the new report.
-REPORT_VERSION = "report-v9"
+# shared reward axes; v9: summary.csv across training seeds, curves of rounds and RLOO, shared curve ranges;
+# v10: broken texts in every table, unreadable models out of the Pareto and beats checks), so finished
+# runs get the new report.
+REPORT_VERSION = "report-v10"
 
 
 def _row(model, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,

@@ -4,7 +4,9 @@ Diversity is the original experiment's definition, exactly: every generated text
 with the *policy's* tokenizer without adding special tokens (for GPT-2 that is what the original's
 `tokenizer.encode(text)` does), pad ids are dropped, token ids are counted over all texts of a run,
 and the entropy of that unigram distribution is taken in nats (natural log, as `scipy.stats.entropy`
-does). It measures how spread the vocabulary is, not how different texts are from one another.
+does). It measures how spread the vocabulary is, not how different texts are from one another, and
+it rises for garbage too: a policy that collapses into stray byte tokens scores a high diversity,
+which `broken_share` exposes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ def token_entropy(token_ids: Iterable[Sequence[int]], pad_id: int | None = None)
     if total == 0:
         return 0.0
     return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def broken_share(texts: Sequence[str]) -> float:
+    """Share of texts holding U+FFFD, the replacement character: byte-level BPE tokens (GPT-2's) that do
+    not decode to text. A policy that exploits the classifier with stray byte tokens writes them in
+    most texts; fluent text has none. 0.0 for no texts."""
+    return float(np.mean(["\ufffd" in t for t in texts])) if len(texts) else 0.0
 
 
 def policy_token_ids(texts: Sequence[str], tokenizer) -> list[list[int]]:

@@ -7,7 +7,7 @@ on common random numbers. Sampling is the `sample` stage's. Per run (metrics.py 
 - reward mean / std, shares above `evaluate.reward_thresholds`, percentiles 5/25/50/75/95;
 - positive rate (share of texts the classifier labels positive);
 - diversity (entropy in nats of the unigram distribution of policy token ids), distinct-1/2,
-  mean completion length in tokens;
+  mean completion length in tokens, `broken_share` (texts with undecodable byte tokens, U+FFFD);
 - `kl_seq` / `kl_token`: KL(policy || original) estimated on the run's own samples from the full
   (untruncated) log-probs of both models; exactly 0 for the original. The samples come from the
   top-k / top-p sampler, so this is a biased estimate of the true KL (see metrics.kl_estimate).
@@ -22,7 +22,8 @@ resumes at the first unfinished run. With several processes, each samples its sh
 
 from __future__ import annotations
 
-from prefalign.engine.metrics import distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary, token_entropy
+from prefalign.engine.metrics import (broken_share, distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary,
+                                      token_entropy)  # fmt: skip
 from prefalign.models.loading import load_policy
 from prefalign.plan import Evaluation, Original
 from prefalign.services import Services, release_memory
@@ -43,6 +44,7 @@ def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
         "distinct_1": distinct_n(ids, 1),
         "distinct_2": distinct_n(ids, 2),
         "mean_tokens": float(df["n_tokens"].mean()),
+        "broken_share": broken_share(df["text"].tolist()),
     }
     if "logp" in df.columns:
         out.update(kl_estimate(df["logp"].to_numpy(), df["logp_ref"].to_numpy(), df["n_scored"].to_numpy()))

@@ -16,7 +16,8 @@ from prefalign.store import read_json
 
 # The evaluation metrics a card shows: (results column, label).
 CARD_METRICS = (("reward_mean", "mean reward"), ("positive_rate", "positive rate"), ("diversity", "diversity (nats)"),
-                ("distinct_2", "distinct-2"), ("kl_seq", "KL to the original (nats per text)"))  # fmt: skip
+                ("distinct_2", "distinct-2"), ("kl_seq", "KL to the original (nats per text)"),
+                ("broken_share", "share of texts with undecodable bytes (U+FFFD)"))  # fmt: skip
 
 
 def _mean_sd(row, column: str) -> str:

@@ -9,7 +9,9 @@ distributions and the training curves (report_plots.py); a table of iterative ro
 models with their training curves; the frontier: reward against KL and reward against diversity,
 one point per model group with one-std error bars, and the Pareto-optimal groups (on means); which
 groups beat which (higher reward and diversity, lower KL, each by more than the std), and, when the
-run has `seed`-recipe models, which groups beat every one of them. Model cards are written beside
+run has `seed`-recipe models, which groups beat every one of them. Unigram diversity also rises for
+garbage, so a model with more than UNREADABLE_SHARE of texts holding undecodable bytes (the
+`broken_share` metric) is shown but never counted as Pareto-optimal or as beating another. Model cards are written beside
 each trained model. Run with:
 
     prefalign report CONFIG
@@ -32,6 +34,17 @@ from prefalign.stages.report_html import render
 from prefalign.stages.report_plots import (DPO_CURVES, RLOO_CURVES, curve_limits, plot_frontier, plot_rewards,
                                           plot_training, reward_span)  # fmt: skip
 from prefalign.store import atomic_path, read_json, write_json, write_text
+
+
+# Above this share of texts with undecodable bytes (metrics.broken_share) a model's diversity is
+# garbage's, not text's: it takes no part in the Pareto front or in who beats whom.
+UNREADABLE_SHARE = 0.05
+
+
+def readable(row) -> bool:
+    """Whether a summary row's texts count as text (an evaluation without broken_share counts)."""
+    share = row.get("broken_share", 0.0)
+    return not (share > UNREADABLE_SHARE)
 
 
 def metric_columns(results: pd.DataFrame) -> list[str]:
@@ -77,9 +90,11 @@ def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def beats(r, s) -> bool:
-    """Summary row `r` beats `s`: higher reward and diversity (and lower KL, when measured), each by
-    more than the larger of the two rows' stds (across training seeds when they have several; a
-    std that could not be measured, from a single run, counts as 0)."""
+    """Summary row `r` beats `s`: `r` is readable, and has higher reward and diversity (and lower KL,
+    when measured), each by more than the larger of the two rows' stds (across training seeds when
+    they have several; a std that could not be measured, from a single run, counts as 0)."""
+    if not readable(r):
+        return False
     margins = [(r.reward_mean - s.reward_mean, r.reward_mean_sd, s.reward_mean_sd),
                (r.diversity - s.diversity, r.diversity_sd, s.diversity_sd)]  # fmt: skip
     if "kl_seq" in r.index:
@@ -111,11 +126,13 @@ def table(rows: pd.DataFrame, label) -> str:
     """Markdown table of the main metrics; `label(row)` names each line."""
     has_kl = "kl_seq" in rows.columns
     head = "| model | reward | diversity | distinct-2 | positive rate |" + (" KL (seq) | KL / token |" if has_kl else "")
-    lines = [head + " mean length |", "|---" * (head.count("|") - 1 + 1) + "|"]
+    lines = [head + " mean length | broken texts |", "|---" * (head.count("|") - 1 + 2) + "|"]
     for _, r in rows.iterrows():
         kl = f" {_cell(r.kl_seq, r.kl_seq_sd)} | {r.kl_token:.4f} |" if has_kl else ""
+        broken = r.get("broken_share", float("nan"))  # absent from evaluations older than metrics-v3
         lines.append(f"| {label(r)} | {_cell(r.reward_mean, r.reward_mean_sd)} | {_cell(r.diversity, r.diversity_sd)} | "
-                     f"{r.distinct_2:.3f} | {_cell(r.positive_rate, r.positive_rate_sd)} |{kl} {r.mean_tokens:.1f} |")  # fmt: skip
+                     f"{r.distinct_2:.3f} | {_cell(r.positive_rate, r.positive_rate_sd)} |{kl} {r.mean_tokens:.1f} | "
+                     f"{f'{100 * broken:.1f}%' if np.isfinite(broken) else 'n/a'} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -219,10 +236,16 @@ def write_report(item: Report, services: Services) -> None:
         png = Path("plots") / f"frontier-reward-vs-{x.split('_')[0]}.png"
         plot_frontier(summary, x, root / png, xlabel, log_x)
         md += [f"![reward vs {x}]({png.as_posix()})", ""]
-    mins = summary[["kl_seq"]].to_numpy() if kl else None
-    front = summary[pareto_mask(summary[["reward_mean", "diversity"]].to_numpy(), mins)]
+    candidates = summary[[readable(r) for _, r in summary.iterrows()]]
+    unreadable = [m for m in summary.model if m not in set(candidates.model)]
+    mins = candidates[["kl_seq"]].to_numpy() if kl else None
+    front = candidates[pareto_mask(candidates[["reward_mean", "diversity"]].to_numpy(), mins)]
     md += [f"Pareto-optimal models (no other model has higher-or-equal reward and diversity{' and lower-or-equal KL' if kl else ''}, "
            "better in one; on run means):", "", table(front, lambda r: r.model), ""]  # fmt: skip
+    if unreadable:
+        md += [f"Left out of the front and of the comparisons below: more than {UNREADABLE_SHARE:.0%} of their texts hold "
+               "undecodable bytes (U+FFFD), so their diversity is not a diversity of text: "
+               + ", ".join(f"`{m}`" for m in unreadable) + ".", ""]  # fmt: skip
     spread = "the std across training seeds" if repeats > 1 else "the run-to-run std"
     if kl and ((summary.method == "dpo") & (summary.recipe == "seed")).any():
         better = beats_seed(summary)
