@@ -192,3 +192,12 @@ def test_report_to_names_installed_trackers(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
     with pytest.raises(ConfigError, match=r"trackio not installed here: `pip install trackio`"):
         load_config("tiny", ["train.report_to=[trackio]"])
+
+
+def test_builtin_model_names_are_checked_when_the_config_loads():
+    """Exit 2 before any work, not once the sample stage loads the policy."""
+    with pytest.raises(ConfigError, match=r"prefalign:demo-minilm' is a classifier only: use it as reward.model"):
+        load_config("tiny", ["policy.model=prefalign:demo-minilm"])
+    with pytest.raises(ConfigError, match=r"unknown built-in model 'prefalign:dmeo'; available: prefalign:tiny"):
+        load_config("tiny", ["reward.model=prefalign:dmeo"])
+    assert load_config("tiny", ["reward.model=prefalign:demo-minilm"]).reward.model == "prefalign:demo-minilm"

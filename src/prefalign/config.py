@@ -40,6 +40,27 @@ class PolicyConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`.")
 
+    @field_validator("model")
+    @classmethod
+    def _a_policy(cls, v: str) -> str:
+        return builtin_checked(v, "policy")
+
+
+def builtin_checked(ref: str, role: str) -> str:
+    """`ref` unchanged; for a `prefalign:` name, checked now: it names a built-in, and one with a
+    policy when it is the policy (a classifier-only build, such as `prefalign:demo-minilm`, is not)."""
+    if not ref.startswith("prefalign:"):
+        return ref
+    from prefalign.models.builtin import SPECS
+
+    name = ref.split(":", 1)[1]
+    if name not in SPECS:
+        raise ValueError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
+    if role == "policy" and not SPECS[name].policy:
+        policies = ", ".join(f"prefalign:{k}" for k, spec in SPECS.items() if spec.policy)
+        raise ValueError(f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} as policy.model")
+    return ref
+
 
 class RewardConfig(Section):
     model: str = Field(
@@ -48,6 +69,11 @@ class RewardConfig(Section):
         "directory or `prefalign:tiny`.",
     )
     revision: str | None = Field(None, description="Hub revision of `model`.")
+
+    @field_validator("model")
+    @classmethod
+    def _a_builtin_or_other(cls, v: str) -> str:
+        return builtin_checked(v, "reward")
     positive_label: str = Field(
         "POSITIVE",
         description="Name of the positive class in the classifier's `config.id2label`. Looked up by "

@@ -54,16 +54,14 @@ def _checked_local(ref: str, role: str) -> str:
 def resolve(ref: str, role: str) -> str:
     """Turn a reference into something `from_pretrained` accepts; builds `prefalign:` models."""
     if ref.startswith("prefalign:"):
+        from prefalign.config import builtin_checked
         from prefalign.models.builtin import POLICY_DIR, REWARD_DIR, SPECS, build
 
-        name = ref.split(":", 1)[1]
-        if name not in SPECS:
-            raise ModelLoadError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
-        if role == "policy" and not SPECS[name].policy:
-            policies = ", ".join(f"prefalign:{k}" for k, spec in SPECS.items() if spec.policy)
-            raise ModelLoadError(f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} "
-                                 "as policy.model")  # fmt: skip
-        root = build(SPECS[name])
+        try:
+            builtin_checked(ref, role)  # configs are checked when loaded; refs from elsewhere here
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from None
+        root = build(SPECS[ref.split(":", 1)[1]])
         return str(root / (POLICY_DIR if role == "policy" else REWARD_DIR))
     return _checked_local(ref, role)
 
