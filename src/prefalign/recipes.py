@@ -25,8 +25,8 @@ OWN_SETTINGS = {
     "CUDA only); same results, less work",
     "compile_step": "the policy's forward and log-prob head per training step: `eager` (plain PyTorch), `fused` "
     "(torch.compile's fused kernels), `graphs` (those recorded as CUDA graphs: one launch per forward and backward), "
-    "`auto` (`graphs` on one CUDA GPU, else `eager`); compiling pads every batch to the longest pair and costs "
-    "a minute or so once per training",
+    "`auto` (`graphs` on one CUDA GPU, else `eager`); compiling pads every batch to the longest pair and takes "
+    "the first step 20-30 s on an H100 (GPT-2-small), once per training",
 }
 # The values of the non-boolean own settings (the others are true / false).
 OWN_CHOICES = {"compile_step": ("eager", "fused", "graphs", "auto")}

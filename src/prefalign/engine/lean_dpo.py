@@ -144,7 +144,8 @@ class LeanDPOTrainer(DPOTrainer):
     # Where to use the 4-D attention mask and the every-position LM head (see the module docstring):
     # "gpu" (the default), "always" (tests compare them with TRL's on CPU) or "never".
     sync_free = "gpu"
-    # recipes.COMPILE_MODES but "auto" (train_one resolves it and pads every batch to one length first).
+    # One of recipes.OWN_CHOICES["compile_step"] but "auto" (train_one resolves it and pads every batch
+    # to one length first).
     compile_step = "eager"
     # torch.compile's backend: "inductor" (fused Triton kernels; with "graphs", CUDA graphs around
     # them) or "cudagraphs" (CUDA graphs of the eager kernels, nothing generated; benchmarks compare).
@@ -174,19 +175,14 @@ class LeanDPOTrainer(DPOTrainer):
         model_kwargs["use_cache"] = False
         completion_mask = inputs["completion_mask"]  # (2*batch, seq), chosen rows first
         shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        on_gpu = inputs["input_ids"].device.type == "cuda"
-        sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
-        if sync_free and getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa":
-            model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
         seq_len = shift_mask.size(1)
+        sdpa = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa"
         compiled = self.compiled_stats(inputs["input_ids"].shape[0])
         if compiled is not None:
             if self.compile_step == "graphs":
                 torch.compiler.cudagraph_mark_step_begin()  # a new training step: the last one's buffers are free
-            four_d = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa"
             try:
-                stats = compiled(model, inputs["input_ids"], inputs["attention_mask"], completion_mask, four_d)
+                stats = compiled(model, inputs["input_ids"], inputs["attention_mask"], completion_mask, sdpa)
             except Exception as e:  # e.g. no C compiler for Triton: the step stays correct, only slower
                 if self.state.global_step > 0:
                     raise
@@ -196,6 +192,11 @@ class LeanDPOTrainer(DPOTrainer):
         if compiled is not None:
             per_token_logps, entropy, mean_logits, is_top1 = stats
         else:
+            labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+            on_gpu = inputs["input_ids"].device.type == "cuda"
+            sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
+            if sync_free and sdpa:
+                model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
             every_position = trl_head_positions(lambda device, trl_choice: False)  # no boolean gather, no sync
             with every_position if sync_free else contextlib.nullcontext():
                 outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
