@@ -32,6 +32,17 @@ def _trainer(tiny_dir, tmp_path, loss_types, loss_weights=None, precompute=False
     return trainer, next(iter(trainer.get_train_dataloader()))
 
 
+def _loss_grads_metrics(trainer, compute, batch) -> tuple:
+    """(loss, every gradient, every logged metric but num_tokens) of one `compute(trainer, ...)` loss call."""
+    trainer.model.zero_grad()
+    loss = compute(trainer, trainer.model, batch, False)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    metrics = {k: float(torch.as_tensor(v[-1])) for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+    trainer._metrics["train"].clear()
+    return loss.detach(), grads, metrics
+
+
 @pytest.mark.parametrize(
     "loss_types,loss_weights,precompute,sync_free",
     [(["sigmoid"], None, False, "never"), (["hinge"], None, True, "never"), (["ipo"], None, False, "always"),
@@ -47,15 +58,7 @@ def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_typ
     trainer, batch = _trainer(tiny_dir, tmp_path, loss_types, loss_weights, precompute)
     assert trainer.lean()
     assert batch["attention_mask"].min() == 0  # the batch is padded: the masks matter
-    results = []
-    for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss):
-        trainer.model.zero_grad()
-        loss = compute(trainer, trainer.model, batch, False)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
-        metrics = {k: float(torch.as_tensor(v[-1])) for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
-        trainer._metrics["train"].clear()
-        results.append((loss.detach(), grads, metrics))
+    results = [_loss_grads_metrics(trainer, compute, batch) for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss)]
     (stock_loss, stock_grads, stock_metrics), (lean_loss, lean_grads, lean_metrics) = results
     assert stock_loss.item() != 0
     torch.testing.assert_close(lean_loss, stock_loss)
@@ -136,13 +139,7 @@ def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tm
     results = []
     for compute, mode in ((DPOTrainer._compute_loss, "eager"), (LeanDPOTrainer._compute_loss, "fused")):
         monkeypatch.setattr(trainer, "compile_step", mode)
-        trainer.model.zero_grad()
-        loss = compute(trainer, trainer.model, batch, False)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
-        metrics = {k: float(torch.as_tensor(v[-1])) for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
-        trainer._metrics["train"].clear()
-        results.append((loss.detach(), grads, metrics))
+        results.append(_loss_grads_metrics(trainer, compute, batch))
     assert trainer._compiled is not None  # the lean pass went through torch.compile
     (stock_loss, stock_grads, stock_metrics), (compiled_loss, compiled_grads, compiled_metrics) = results
     torch.testing.assert_close(compiled_loss, stock_loss, rtol=1e-5, atol=1e-6)

@@ -69,11 +69,6 @@ class RewardConfig(Section):
         "directory or `prefalign:tiny`.",
     )
     revision: str | None = Field(None, description="Hub revision of `model`.")
-
-    @field_validator("model")
-    @classmethod
-    def _a_builtin_or_other(cls, v: str) -> str:
-        return builtin_checked(v, "reward")
     positive_label: str = Field(
         "POSITIVE",
         description="Name of the positive class in the classifier's `config.id2label`. Looked up by "
@@ -88,6 +83,11 @@ class RewardConfig(Section):
         "probability: its sigmoid; `positive_label` is then not used). Without it a one-output classifier is "
         "refused: a positive rate needs two classes.",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _a_builtin_or_other(cls, v: str) -> str:
+        return builtin_checked(v, "reward")
 
 
 class PromptConfig(Section):

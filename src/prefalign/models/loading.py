@@ -104,13 +104,9 @@ def use_attention_kernels(device: torch.device) -> None:
 def pick_device(name: str) -> torch.device:
     """The torch device for a config's `device` (`auto`: CUDA, else MPS, else CPU), set up for use."""
     if name == "auto":
-        if torch.cuda.is_available():
-            use_attention_kernels(torch.device("cuda"))
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device: cuda was asked for but torch sees no CUDA GPU")
     device = torch.device(name)
     use_attention_kernels(device)

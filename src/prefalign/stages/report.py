@@ -236,8 +236,8 @@ def write_report(item: Report, services: Services) -> None:
         png = Path("plots") / f"frontier-reward-vs-{x.split('_')[0]}.png"
         plot_frontier(summary, x, root / png, xlabel, log_x)
         md += [f"![reward vs {x}]({png.as_posix()})", ""]
-    candidates = summary[[readable(r) for _, r in summary.iterrows()]]
-    unreadable = [m for m in summary.model if m not in set(candidates.model)]
+    is_readable = np.array([readable(r) for _, r in summary.iterrows()], dtype=bool)
+    candidates, unreadable = summary[is_readable], list(summary.model[~is_readable])
     mins = candidates[["kl_seq"]].to_numpy() if kl else None
     front = candidates[pareto_mask(candidates[["reward_mean", "diversity"]].to_numpy(), mins)]
     md += [f"Pareto-optimal models (no other model has higher-or-equal reward and diversity{' and lower-or-equal KL' if kl else ''}, "
