@@ -93,6 +93,31 @@ def test_a_chain_outside_the_grid_adds_its_round_one():
     assert added[0].pairs.path.name == "quantile.parquet" and added[0].start is ORIGINAL
 
 
+def test_iterative_dpo_settings_change_the_chain_only():
+    base = "iterative.rounds=3", "iterative.strategy=margin", "iterative.recipe=default", "train.dpo.num_train_epochs=2"
+    items = items_of(*base, "iterative.dpo.learning_rate=2.5e-5")
+    chain = [i for i in items if isinstance(i, DpoModel) and i.recipe == "default"]
+    assert [m.name for m in chain] == ["margin-sigmoid-beta0.1-default", "iter-margin-sigmoid-beta0.1-default-r2",
+                                       "iter-margin-sigmoid-beta0.1-default-r3"]  # fmt: skip
+    # the chain's settings go on top of train.dpo; the grid keeps train.dpo alone
+    assert all(m.overrides == {"num_train_epochs": 2, "learning_rate": 2.5e-5} for m in chain)
+    assert all(i.overrides == {"num_train_epochs": 2} for i in items if type(i) is DpoModel and i.recipe == "seed")
+    before, after = keys(items_of(*base)), keys(items)
+    changed = {name for name in before if before[name] != after[name]}
+    assert "DpoModel random-sigmoid-beta0.1-seed" in before and "Samples samples" in before
+    assert changed and all("margin-sigmoid-beta0.1-default" in n or n.startswith(("Evaluation", "Report"))
+                           for n in changed), changed  # fmt: skip
+
+
+def test_a_beta_schedule_grows_beta_round_by_round():
+    items = items_of("iterative.rounds=4", "iterative.strategy=margin", "iterative.beta_growth=1.5")
+    rounds = [i for i in items if type(i) is IterativeRound]
+    assert [(m.name, m.beta) for m in rounds] == [(f"iter-margin-sigmoid-beta0.1-seed-growth1.5-r{r}", b)
+                                                  for r, b in ((2, 0.15), (3, 0.225), (4, 0.3375))]  # fmt: skip
+    assert rounds[0].start.name == "margin-sigmoid-beta0.1-seed" and rounds[0].start.beta == 0.1  # round 1: the grid's
+    assert [m.row()["beta"] for m in rounds] == [0.15, 0.225, 0.3375]  # the beta column of results.csv
+
+
 def test_stage_commands_select_items_without_later_inputs():
     items = items_of("iterative.rounds=2")
     pairs_only = select(items, "pairs")

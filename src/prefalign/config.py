@@ -370,10 +370,15 @@ class TrainConfig(Section):
     @field_validator("dpo")
     @classmethod
     def _known_dpo_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from trl import DPOConfig
+        return dpo_fields(v, "train.betas / train.losses")
 
-        # beta / loss_type / output_dir are set per model by prefalign; YAML changing them would desync the grid.
-        return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, "train.betas / train.losses", OWN_SETTINGS)
+
+def dpo_fields(v: dict[str, Any], owner: str) -> dict[str, Any]:
+    """`train.dpo` / `iterative.dpo`: DPOConfig fields or prefalign's own switches (recipes.OWN_SETTINGS)."""
+    from trl import DPOConfig
+
+    # beta / loss_type / output_dir are set per model by prefalign; YAML changing them would desync the grid.
+    return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, owner, OWN_SETTINGS)
 
 
 def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:
@@ -432,11 +437,21 @@ class IterativeConfig(Section):
     strategy: str = Field("random", description="Pair rule of every round.")
     losses: list[str | LossMix] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description="One chain per loss.")
     betas: list[float] = Field(default_factory=lambda: [0.1], min_length=1, description="One chain per beta.")
+    beta_growth: float = Field(1.0, gt=0, description="Beta schedule: round r trains with beta x beta_growth^(r-1) "
+                               "(e.g. 2: 0.1, 0.2, 0.4, ...: the reference is the original policy, so a growing beta "
+                               "brakes the later rounds' drift from it); 1: the same beta every round.")
     recipe: Literal[RECIPE_NAMES] | None = Field(None, description="Recipe (default: train.recipe).")
     samples: int | None = Field(None, gt=1, description="Texts sampled per round (default: sampling.num_samples).")
+    dpo: dict[str, Any] = Field(
+        default_factory=dict, description="Extra `trl.DPOConfig` fields for the chain's rounds only, on top of its "
+        "recipe and `train.dpo` (e.g. `{learning_rate: 2.5e-5}` for smaller steps per round); same names as `train.dpo`."
+    )
 
     _loss = field_validator("losses")(classmethod(lambda cls, v: [_check_loss(x) for x in v]))
     _strategy = field_validator("strategy")(classmethod(lambda cls, v: ExtraPoint._known_strategy(v)))
+
+    _dpo = field_validator("dpo")(classmethod(lambda cls, v: dpo_fields(v, "iterative.betas / iterative.beta_growth / "
+                                                                             "iterative.losses")))
 
 
 class OnlineConfig(Section):

@@ -397,15 +397,16 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     def pairs_of(samples: Samples, strategy: str, seed: int, path: Path) -> Pairs:
         return add(Pairs(samples, strategy, cfg.pairs.rule(strategy), cfg.pairs.count, seed, path))
 
-    def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, repeat: int, cls=DpoModel, **chain):
-        return add(cls(pairs, start, original, loss, beta, recipe, t.dpo, t.seed + repeat, t.slic_sft_weight, t.precision,
+    def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, repeat: int, cls=DpoModel,
+            overrides=t.dpo, **chain):  # fmt: skip
+        return add(cls(pairs, start, original, loss, beta, recipe, overrides, t.seed + repeat, t.slic_sft_weight, t.precision,
                        path, checkpoint_steps=t.checkpoint_steps, lora=t.lora.model_dump() if t.lora else None,
                        repeat=repeat, **chain))  # fmt: skip
 
-    def grid_model(strategy: str, loss, beta: float, recipe: str, repeat: int) -> DpoModel:
+    def grid_model(strategy: str, loss, beta: float, recipe: str, repeat: int, overrides=t.dpo) -> DpoModel:
         pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")
         name = dpo_name(strategy, loss, beta, recipe) + seed_suffix(t.seed + repeat, repeat)
-        return dpo(pairs, original, loss, beta, recipe, root / "models" / name, repeat)
+        return dpo(pairs, original, loss, beta, recipe, root / "models" / name, repeat, overrides=overrides)
 
     main = add(Samples(original, reward, s, s.num_samples, s.seed, root / "samples.parquet"))
     points = [(strategy, loss, beta, t.recipe) for strategy in cfg.pairs.strategies for loss in t.losses for beta in t.betas]
@@ -417,18 +418,20 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     chains = []
     for loss in it.losses if it.rounds else []:
         for beta in it.betas:
-            recipe = it.recipe or t.recipe
-            name = "iter-" + dpo_name(it.strategy, loss, beta, recipe)
+            recipe, overrides = it.recipe or t.recipe, {**t.dpo, **it.dpo}
+            name = "iter-" + dpo_name(it.strategy, loss, beta, recipe) + (f"-growth{it.beta_growth:g}" if it.beta_growth != 1 else "")
             for repeat in range(t.repeats):
                 suffix = seed_suffix(t.seed + repeat, repeat)
-                chain = [grid_model(it.strategy, loss, beta, recipe, repeat)]
+                chain = [grid_model(it.strategy, loss, beta, recipe, repeat, overrides)]
                 for r in range(2, it.rounds + 1):
                     parent, folder = chain[-1], root / "iterative" / (name + suffix) / f"round-{r}"
                     samples = add(Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet"))
                     # Every round draws its own pairs: the pair seed moves with the round.
                     pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
                     model_dir = root / "models" / f"{name}-r{r}{suffix}"
-                    chain.append(dpo(pairs, parent, loss, beta, recipe, model_dir, repeat, IterativeRound, chain=name, round=r))
+                    round_beta = round(beta * it.beta_growth ** (r - 1), 6)  # 6 digits: 0.1 x 1.5^2 is 0.225
+                    chain.append(dpo(pairs, parent, loss, round_beta, recipe, model_dir, repeat, IterativeRound, overrides,
+                                     chain=name, round=r))  # fmt: skip
                 chains.append(tuple(chain))
                 trained += chain
     trained += [add(RlooModel(original, reward, c, cfg.online.steps, cfg.online.rloo, s, t.seed + repeat,

@@ -1,0 +1,118 @@
+"""Which on-policy recipe beats every `seed`-recipe model? Variants of the `aligned` challenger.
+
+Each variant is the `aligned` preset (or `--config`) with some `--set` overrides that change only
+the challenger (the iterative chain); its run directory starts as a hard-linked copy of a finished
+run of that preset (`--base`), so the `seed` grid and its evaluations are reused, not retrained, and
+only the chain is trained and evaluated (`prefalign run ... --update`). For every variant and round
+it prints reward, diversity, KL, broken-text share and mean tokens (mean and std across training
+seeds) and the smallest lead over the `seed` grid on each axis, net of the std the report's check
+uses (`report.beats`): all three positive = the round beats every `seed` model.
+
+    prefalign run aligned --set run_dir=runs/aligned                  # the base, once (~45 min)
+    python benchmarks/recipe_search.py --base runs/aligned --out runs/search [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prefalign.stages.report import across_seeds, beats, readable, summarize
+
+# name -> (what it changes, the --set overrides). `best_worst` is the `aligned` preset as shipped.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "best_worst": ("best vs worst of each group of 4 (the preset)", []),
+    "margin": ("random pairs with a reward gap above pairs.margin (1.0)", ["iterative.strategy=margin"]),
+    # 4 rounds: in round 5 no sample is left below the threshold (the pairs stage stops there).
+    "threshold": ("one text below pairs.threshold (0.05), one above", ["iterative.strategy=threshold", "iterative.rounds=4"]),
+    "random": ("random pairs, higher reward chosen", ["iterative.strategy=random"]),
+    "margin-half-lr": ("margin pairs, half the learning rate (2.5e-5) per round, 8 rounds",
+                       ["iterative.strategy=margin", "iterative.dpo.learning_rate=2.5e-5", "iterative.rounds=8"]),
+    "margin-beta-x2": ("margin pairs, beta doubling every round (0.1, 0.2, 0.4, ...)",
+                       ["iterative.strategy=margin", "iterative.beta_growth=2"]),
+    "margin-beta-x1.5": ("margin pairs, beta x1.5 every round (0.1, 0.15, 0.225, ...), 8 rounds",
+                         ["iterative.strategy=margin", "iterative.beta_growth=1.5", "iterative.rounds=8"]),
+    "margin-sft": ("margin pairs, DPO plus 0.2 x cross-entropy on the chosen text (RPO)",
+                   ["iterative.strategy=margin", "iterative.losses=[{types: [sigmoid, sft], weights: [1.0, 0.2]}]"]),
+    "rloo-long": ("no chain; RLOO (online, the classifier as reward), KL coefficient 0.02, 500 steps",
+                  ["iterative.rounds=0", "online.kl_coefs=[0.02]", "online.steps=500"]),
+}
+
+
+def run_variant(config: str, base: Path, out: Path, sets: list[str]) -> float:
+    """Bring `out` (a copy of `base` at first) up to `config` with `sets`; returns the seconds it took."""
+    if not out.exists():
+        shutil.copytree(base, out, copy_function=os.link)  # outputs are replaced by rename, never edited in place
+    args = [sys.executable, "-m", "prefalign.cli", "run", config, "--update", "--set", f"run_dir={out}",
+            *(f"--set={s}" for s in sets)]  # fmt: skip
+    start = time.time()
+    with open(out / "search.log", "a") as log:
+        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        said = [line for line in (out / "search.log").read_text().splitlines() if line.startswith("prefalign:")]
+        raise RuntimeError(f"exit {done.returncode}: {said[-1] if said else 'see ' + str(out / 'search.log')}")
+    return time.time() - start
+
+
+def leads(row: pd.Series, seed_rows: pd.DataFrame) -> tuple[float, float, float]:
+    """The smallest margin, over the `seed` models, by which `row` leads on reward, diversity and KL,
+    net of the larger std of the two (the report's rule: positive on all three = beats every one)."""
+    def net(gap, sd_r, sd_s):
+        return gap - np.nanmax([sd_r, sd_s, 0.0])
+
+    reward = min(net(row.reward_mean - s.reward_mean, row.reward_mean_sd, s.reward_mean_sd) for _, s in seed_rows.iterrows())
+    diversity = min(net(row.diversity - s.diversity, row.diversity_sd, s.diversity_sd) for _, s in seed_rows.iterrows())
+    kl = min(net(s.kl_seq - row.kl_seq, row.kl_seq_sd, s.kl_seq_sd) for _, s in seed_rows.iterrows())
+    return reward, diversity, kl
+
+
+def chain_table(run_dir: Path) -> pd.DataFrame:
+    summary = across_seeds(summarize(pd.read_csv(run_dir / "results.csv")))
+    seed_rows = summary[(summary.method == "dpo") & (summary.recipe == "seed")]
+    chain = summary[(summary.recipe != "seed") & (summary.method != "original")]
+    rows = []
+    for _, r in chain.iterrows():
+        lead = leads(r, seed_rows)
+        rows.append({"model": r.model, "round": int(r["round"]) if np.isfinite(r["round"]) else 1,
+                     "reward": f"{r.reward_mean:.3f} ({r.reward_mean_sd:.3f})",
+                     "diversity": f"{r.diversity:.3f} ({r.diversity_sd:.3f})", "KL": f"{r.kl_seq:.1f} ({r.kl_seq_sd:.1f})",
+                     "broken": f"{r.get('broken_share', 0.0):.3f}", "tokens": f"{r.mean_tokens:.1f}",
+                     "lead reward": round(lead[0], 3), "lead diversity": round(lead[1], 3), "lead KL": round(lead[2], 1),
+                     "beats all seed": readable(r) and all(beats(r, s) for _, s in seed_rows.iterrows())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", required=True, type=Path, help="a finished run of --config (its seed grid is reused)")
+    parser.add_argument("--out", required=True, type=Path, help="one run directory per variant is made in here")
+    parser.add_argument("--config", default="aligned", help="the config every variant runs (a preset name or a file)")
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="variants to run")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
+    args = parser.parse_args()
+    if not (args.base / "results.csv").is_file():
+        sys.exit(f"recipe_search: {args.base} has no results.csv: run `prefalign run {args.config} --set run_dir={args.base}` first")
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 20)
+    for name in args.only:
+        what, sets = VARIANTS[name]
+        try:
+            seconds = run_variant(args.config, args.base, args.out / name, [*args.set, *sets])
+        except RuntimeError as e:
+            print(f"\n## {name}: {what}: failed, {e}", flush=True)
+            continue
+        print(f"\n## {name}: {what} ({seconds / 60:.1f} min; --set {' '.join(args.set + sets) or '(none)'})", flush=True)
+        print(chain_table(args.out / name).to_string(index=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()
