@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefalign.stages.report import across_seeds, beats, readable, summarize
+from prefalign.stages.report import across_seeds, beats, net_leads, readable, summarize
 
 # name -> (what it changes, the --set overrides). `best_worst` is the `aligned` preset as shipped.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -40,8 +40,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                        ["iterative.strategy=margin", "iterative.beta_growth=2"]),
     "margin-beta-x1.5": ("margin pairs, beta x1.5 every round (0.1, 0.15, 0.225, ...), 8 rounds",
                          ["iterative.strategy=margin", "iterative.beta_growth=1.5", "iterative.rounds=8"]),
+    # 6 rounds: in round 8 no two samples differ by more than the margin (the pairs stage stops there).
+    "margin-beta-x1.25": ("margin pairs, beta x1.25 every round (0.1, 0.125, 0.156, ...)",
+                          ["iterative.strategy=margin", "iterative.beta_growth=1.25"]),
     "margin-sft": ("margin pairs, DPO plus 0.2 x cross-entropy on the chosen text (RPO)",
                    ["iterative.strategy=margin", "iterative.losses=[{types: [sigmoid, sft], weights: [1.0, 0.2]}]"]),
+    "quantile": ("chosen from the top quarter of each round's samples, rejected from the bottom quarter",
+                 ["iterative.strategy=quantile"]),
+    "quantile-rft": ("rejection-sampling fine-tuning: cross-entropy on the top quarter's texts only (loss `sft`)",
+                     ["iterative.strategy=quantile", "iterative.losses=[sft]"]),
+    "margin-12k": ("margin pairs from 12,000 samples per round (3x): more distinct texts to choose from",
+                   ["iterative.strategy=margin", "iterative.samples=12000"]),
+    "quantile-beta-x2": ("quantile pairs, beta doubling every round", ["iterative.strategy=quantile", "iterative.beta_growth=2"]),
+    "quantile-beta-x1.25": ("quantile pairs, beta x1.25 every round", ["iterative.strategy=quantile", "iterative.beta_growth=1.25"]),
     "rloo-long": ("no chain; RLOO (online, the classifier as reward), KL coefficient 0.02, 500 steps",
                   ["iterative.rounds=0", "online.kl_coefs=[0.02]", "online.steps=500"]),
 }
@@ -62,16 +73,10 @@ def run_variant(config: str, base: Path, out: Path, sets: list[str]) -> float:
     return time.time() - start
 
 
-def leads(row: pd.Series, seed_rows: pd.DataFrame) -> tuple[float, float, float]:
-    """The smallest margin, over the `seed` models, by which `row` leads on reward, diversity and KL,
-    net of the larger std of the two (the report's rule: positive on all three = beats every one)."""
-    def net(gap, sd_r, sd_s):
-        return gap - np.nanmax([sd_r, sd_s, 0.0])
-
-    reward = min(net(row.reward_mean - s.reward_mean, row.reward_mean_sd, s.reward_mean_sd) for _, s in seed_rows.iterrows())
-    diversity = min(net(row.diversity - s.diversity, row.diversity_sd, s.diversity_sd) for _, s in seed_rows.iterrows())
-    kl = min(net(s.kl_seq - row.kl_seq, row.kl_seq_sd, s.kl_seq_sd) for _, s in seed_rows.iterrows())
-    return reward, diversity, kl
+def leads(row: pd.Series, seed_rows: pd.DataFrame) -> dict[str, float]:
+    """The smallest lead of `row` over the `seed` models on each axis, net of the std (`report.net_leads`)."""
+    per_model = [net_leads(row, s) for _, s in seed_rows.iterrows()]
+    return {axis: min(lead[axis] for lead in per_model) for axis in per_model[0]}
 
 
 def chain_table(run_dir: Path) -> pd.DataFrame:
@@ -85,7 +90,8 @@ def chain_table(run_dir: Path) -> pd.DataFrame:
                      "reward": f"{r.reward_mean:.3f} ({r.reward_mean_sd:.3f})",
                      "diversity": f"{r.diversity:.3f} ({r.diversity_sd:.3f})", "KL": f"{r.kl_seq:.1f} ({r.kl_seq_sd:.1f})",
                      "broken": f"{r.get('broken_share', 0.0):.3f}", "tokens": f"{r.mean_tokens:.1f}",
-                     "lead reward": round(lead[0], 3), "lead diversity": round(lead[1], 3), "lead KL": round(lead[2], 1),
+                     "lead reward": round(lead["reward"], 3), "lead diversity": round(lead["diversity"], 3),
+                     "lead KL": round(lead["KL"], 1),
                      "beats all seed": readable(r) and all(beats(r, s) for _, s in seed_rows.iterrows())})  # fmt: skip
     return pd.DataFrame(rows)
 

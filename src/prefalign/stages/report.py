@@ -89,17 +89,22 @@ def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
+# The axes of "beats": (name, summary column, +1 where higher is better / -1 where lower is).
+AXES = (("reward", "reward_mean", 1), ("diversity", "diversity", 1), ("KL", "kl_seq", -1))
+
+
+def net_leads(r, s) -> dict[str, float]:
+    """Summary row `r`'s lead over `s` on each axis (KL only when measured), net of the larger of the
+    two rows' stds (across training seeds when they have several; a std that could not be measured,
+    from a single run, counts as 0): positive = ahead by more than the noise."""
+    return {name: sign * (r[col] - s[col]) - np.nanmax([r[f"{col}_sd"], s[f"{col}_sd"], 0.0])
+            for name, col, sign in AXES if col in r.index}  # fmt: skip
+
+
 def beats(r, s) -> bool:
-    """Summary row `r` beats `s`: `r` is readable, and has higher reward and diversity (and lower KL,
-    when measured), each by more than the larger of the two rows' stds (across training seeds when
-    they have several; a std that could not be measured, from a single run, counts as 0)."""
-    if not readable(r):
-        return False
-    margins = [(r.reward_mean - s.reward_mean, r.reward_mean_sd, s.reward_mean_sd),
-               (r.diversity - s.diversity, r.diversity_sd, s.diversity_sd)]  # fmt: skip
-    if "kl_seq" in r.index:
-        margins.append((s.kl_seq - r.kl_seq, r.kl_seq_sd, s.kl_seq_sd))
-    return all(gap > np.nanmax([sd_r, sd_s, 0.0]) for gap, sd_r, sd_s in margins)
+    """Summary row `r` beats `s`: `r` is readable, and leads on reward and diversity (and KL, when
+    measured), each by more than the larger of the two rows' stds (`net_leads` all positive)."""
+    return readable(r) and all(lead > 0 for lead in net_leads(r, s).values())
 
 
 def beaten_by(summary: pd.DataFrame) -> dict[str, list[str]]:
@@ -116,6 +121,28 @@ def beats_seed(summary: pd.DataFrame) -> pd.DataFrame:
     others = summary[(summary.recipe != "seed") & (summary.method != "original")]
     rows = [r for _, r in others.iterrows() if len(seed) and all(beats(r, s) for _, s in seed.iterrows())]
     return pd.DataFrame(rows)
+
+
+def closest_to_seed(summary: pd.DataFrame) -> tuple[pd.Series, int, dict[str, tuple[float, str]]] | None:
+    """The readable non-`seed` model that comes closest to beating every `seed`-recipe model: the one
+    beating the most of them, then the one with the smallest shortfall (in units of the `seed` models'
+    spread on each axis). Returns (its row, how many it beats, axis -> (its smallest net lead over the
+    `seed` models, the model that lead is against)); None without `seed` models or challengers."""
+    seed = [s for _, s in summary[(summary.method == "dpo") & (summary.recipe == "seed")].iterrows()]
+    others = [r for _, r in summary[(summary.recipe != "seed") & (summary.method != "original")].iterrows() if readable(r)]
+    if not seed or not others:
+        return None
+    spread = {name: float(np.ptp([s[col] for s in seed])) or 1.0 for name, col, _ in AXES if col in summary.columns}
+
+    def standing(r):
+        leads = {s.model: net_leads(r, s) for s in seed}
+        worst = {axis: min((lead[axis], model) for model, lead in leads.items()) for axis in spread}
+        shortfall = sum(min(lead, 0.0) / spread[axis] for axis, (lead, _) in worst.items())
+        return sum(beats(r, s) for s in seed), shortfall, worst
+
+    best = max(others, key=lambda r: standing(r)[:2])
+    wins, _, worst = standing(best)
+    return best, wins, worst
 
 
 def _cell(mean: float, sd: float) -> str:
@@ -251,6 +278,13 @@ def write_report(item: Report, services: Services) -> None:
         better = beats_seed(summary)
         md += ["Models beating every `seed`-recipe model on reward and diversity at once, with lower KL, each by more "
                f"than {spread}: " + (", ".join(f"`{m}`" for m in better.model) if len(better) else "none") + ".", ""]  # fmt: skip
+        closest = None if len(better) else closest_to_seed(summary)
+        if closest:
+            row, wins, worst = closest
+            seeds = int(((summary.method == "dpo") & (summary.recipe == "seed")).sum())
+            md += [f"Closest: `{row.model}`, which beats {wins} of the {seeds}. Its smallest lead over them on each axis, "
+                   f"net of {spread} (negative: short): " + "; ".join(f"{axis} {lead:+.3f} (against `{model}`)"
+                                                                     for axis, (lead, model) in worst.items()) + ".", ""]  # fmt: skip
     wins = beaten_by(summary)
     md += [f"Who beats whom (higher reward and diversity{', lower KL' if kl else ''}, each by more than {spread}):", ""]
     md += [f"- `{m}` beats " + ", ".join(f"`{b}`" for b in beaten) for m, beaten in wins.items()] or ["- no model beats another"]
