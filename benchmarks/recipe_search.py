@@ -96,12 +96,35 @@ def chain_table(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def filtered_original(run_dir: Path, cuts=(1.5, 2.0, 2.2, 2.3)) -> pd.DataFrame:
+    """What rejection sampling of the original policy would give: its samples (`samples.parquet`) above
+    each reward cut, their mean reward and diversity (the evaluation's metric; fewer texts than an
+    evaluation run, which biases the entropy down) and the KL of that filtered distribution from the
+    original, -log(share kept), in nats per text."""
+    import yaml
+
+    from prefalign.engine.metrics import diversity
+    from prefalign.models.loading import load_tokenizer
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tokenizer = load_tokenizer(config["policy"]["model"], config["policy"].get("revision"))
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    rows = []
+    for cut in cuts:
+        kept = samples[samples.reward > cut]
+        rows.append({"reward above": cut, "texts": len(kept), "reward": round(kept.reward.mean(), 3),
+                     "diversity": round(diversity(kept.text.tolist(), tokenizer), 3),
+                     "KL": round(-np.log(len(kept) / len(samples)), 2), "tokens": round(kept.n_tokens.mean(), 1)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, type=Path, help="a finished run of --config (its seed grid is reused)")
     parser.add_argument("--out", required=True, type=Path, help="one run directory per variant is made in here")
     parser.add_argument("--config", default="aligned", help="the config every variant runs (a preset name or a file)")
-    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="variants to run")
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="variants to run (none: only the filtered original)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
     args = parser.parse_args()
     if not (args.base / "results.csv").is_file():
@@ -109,6 +132,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 20)
+    print(f"## the original's samples in {args.base}, filtered by reward (rejection sampling; no training)")
+    print(filtered_original(args.base).to_string(index=False), flush=True)
     for name in args.only:
         what, sets = VARIANTS[name]
         try:
