@@ -261,5 +261,5 @@ def test_every_shipped_preset_validates_and_plans():
         assert isinstance(items[-1], Report), name
     aligned = items_of(source="aligned")
     challengers = [i for i in aligned if isinstance(i, IterativeRound)]
-    assert len(challengers) == 2 * 5 and {i.seed for i in challengers} == {0, 1}  # rounds 2-6, two training seeds
+    assert len(challengers) == 2 * 3 and {i.seed for i in challengers} == {0, 1}  # rounds 2-4, two training seeds
     assert all(i.recipe == "default" and i.pairs.strategy == "best_worst" for i in challengers)
