@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefalign.stages.report import across_seeds, beats, net_leads, readable, summarize
+from prefalign.stages.report import across_seeds, beats, seed_and_challengers, smallest_leads, summarize
 
 # name -> (what it changes, the --set overrides). `best_worst` is the `aligned` preset as shipped.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -73,26 +73,19 @@ def run_variant(config: str, base: Path, out: Path, sets: list[str]) -> float:
     return time.time() - start
 
 
-def leads(row: pd.Series, seed_rows: pd.DataFrame) -> dict[str, float]:
-    """The smallest lead of `row` over the `seed` models on each axis, net of the std (`report.net_leads`)."""
-    per_model = [net_leads(row, s) for _, s in seed_rows.iterrows()]
-    return {axis: min(lead[axis] for lead in per_model) for axis in per_model[0]}
-
-
 def chain_table(run_dir: Path) -> pd.DataFrame:
     summary = across_seeds(summarize(pd.read_csv(run_dir / "results.csv")))
-    seed_rows = summary[(summary.method == "dpo") & (summary.recipe == "seed")]
-    chain = summary[(summary.recipe != "seed") & (summary.method != "original")]
+    seed_rows, chain = seed_and_challengers(summary)
     rows = []
     for _, r in chain.iterrows():
-        lead = leads(r, seed_rows)
+        lead = {axis: value for axis, (value, _) in smallest_leads(r, seed_rows).items()}
         rows.append({"model": r.model, "round": int(r["round"]) if np.isfinite(r["round"]) else 1,
                      "reward": f"{r.reward_mean:.3f} ({r.reward_mean_sd:.3f})",
                      "diversity": f"{r.diversity:.3f} ({r.diversity_sd:.3f})", "KL": f"{r.kl_seq:.1f} ({r.kl_seq_sd:.1f})",
                      "broken": f"{r.get('broken_share', 0.0):.3f}", "tokens": f"{r.mean_tokens:.1f}",
                      "lead reward": round(lead["reward"], 3), "lead diversity": round(lead["diversity"], 3),
                      "lead KL": round(lead["KL"], 1),
-                     "beats all seed": readable(r) and all(beats(r, s) for _, s in seed_rows.iterrows())})  # fmt: skip
+                     "beats all seed": all(beats(r, s) for _, s in seed_rows.iterrows())})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -114,11 +114,22 @@ def beaten_by(summary: pd.DataFrame) -> dict[str, list[str]]:
     return {m: beaten for m, beaten in table.items() if beaten}
 
 
+def seed_and_challengers(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `seed`-recipe DPO models (the original's settings) and their challengers (every other trained model)."""
+    seed = summary[(summary.method == "dpo") & (summary.recipe == "seed")]
+    return seed, summary[(summary.recipe != "seed") & (summary.method != "original")]
+
+
+def smallest_leads(r, seed: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """axis -> (row `r`'s smallest net lead over the rows of `seed` (see `net_leads`), the model it is against)."""
+    leads = {s.model: net_leads(r, s) for _, s in seed.iterrows()}
+    return {axis: min((lead[axis], model) for model, lead in leads.items()) for axis in next(iter(leads.values()))}
+
+
 def beats_seed(summary: pd.DataFrame) -> pd.DataFrame:
     """Models that beat every `seed`-recipe DPO model on reward and diversity, with lower KL, each by
     more than the larger of the two models' stds."""
-    seed = summary[(summary.method == "dpo") & (summary.recipe == "seed")]
-    others = summary[(summary.recipe != "seed") & (summary.method != "original")]
+    seed, others = seed_and_challengers(summary)
     rows = [r for _, r in others.iterrows() if len(seed) and all(beats(r, s) for _, s in seed.iterrows())]
     return pd.DataFrame(rows)
 
@@ -126,22 +137,20 @@ def beats_seed(summary: pd.DataFrame) -> pd.DataFrame:
 def closest_to_seed(summary: pd.DataFrame) -> tuple[pd.Series, int, dict[str, tuple[float, str]]] | None:
     """The readable non-`seed` model that comes closest to beating every `seed`-recipe model: the one
     beating the most of them, then the one with the smallest shortfall (in units of the `seed` models'
-    spread on each axis). Returns (its row, how many it beats, axis -> (its smallest net lead over the
-    `seed` models, the model that lead is against)); None without `seed` models or challengers."""
-    seed = [s for _, s in summary[(summary.method == "dpo") & (summary.recipe == "seed")].iterrows()]
-    others = [r for _, r in summary[(summary.recipe != "seed") & (summary.method != "original")].iterrows() if readable(r)]
-    if not seed or not others:
+    spread on each axis). Returns (its row, how many it beats, `smallest_leads` of it); None without
+    `seed` models or challengers."""
+    seed, challengers = seed_and_challengers(summary)
+    others = [r for _, r in challengers.iterrows() if readable(r)]
+    if seed.empty or not others:
         return None
-    spread = {name: float(np.ptp([s[col] for s in seed])) or 1.0 for name, col, _ in AXES if col in summary.columns}
+    spread = {name: float(np.ptp(seed[col])) or 1.0 for name, col, _ in AXES if col in summary.columns}
 
     def standing(r):
-        leads = {s.model: net_leads(r, s) for s in seed}
-        worst = {axis: min((lead[axis], model) for model, lead in leads.items()) for axis in spread}
+        worst = smallest_leads(r, seed)
         shortfall = sum(min(lead, 0.0) / spread[axis] for axis, (lead, _) in worst.items())
-        return sum(beats(r, s) for s in seed), shortfall, worst
+        return sum(beats(r, s) for _, s in seed.iterrows()), shortfall, worst
 
-    best = max(others, key=lambda r: standing(r)[:2])
-    wins, _, worst = standing(best)
+    best, (wins, _, worst) = max(((r, standing(r)) for r in others), key=lambda pair: pair[1][:2])
     return best, wins, worst
 
 
@@ -274,15 +283,15 @@ def write_report(item: Report, services: Services) -> None:
                "undecodable bytes (U+FFFD), so their diversity is not a diversity of text: "
                + ", ".join(f"`{m}`" for m in unreadable) + ".", ""]  # fmt: skip
     spread = "the std across training seeds" if repeats > 1 else "the run-to-run std"
-    if kl and ((summary.method == "dpo") & (summary.recipe == "seed")).any():
+    seed_models = seed_and_challengers(summary)[0]
+    if kl and len(seed_models):
         better = beats_seed(summary)
         md += ["Models beating every `seed`-recipe model on reward and diversity at once, with lower KL, each by more "
                f"than {spread}: " + (", ".join(f"`{m}`" for m in better.model) if len(better) else "none") + ".", ""]  # fmt: skip
         closest = None if len(better) else closest_to_seed(summary)
         if closest:
             row, wins, worst = closest
-            seeds = int(((summary.method == "dpo") & (summary.recipe == "seed")).sum())
-            md += [f"Closest: `{row.model}`, which beats {wins} of the {seeds}. Its smallest lead over them on each axis, "
+            md += [f"Closest: `{row.model}`, which beats {wins} of the {len(seed_models)}. Its smallest lead over them on each axis, "
                    f"net of {spread} (negative: short): " + "; ".join(f"{axis} {lead:+.3f} (against `{model}`)"
                                                                      for axis, (lead, model) in worst.items()) + ".", ""]  # fmt: skip
     wins = beaten_by(summary)
