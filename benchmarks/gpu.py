@@ -43,7 +43,8 @@ def main() -> None:
     from prefalign.cli import _quiet_libraries
     from prefalign.configfile import load_config
     from prefalign.models.loading import pick_device
-    from prefalign.plan import STAGE_NAMES, DpoModel
+    from prefalign.items import DpoModel
+    from prefalign.plan import STAGE_NAMES
     from prefalign.runner import run
 
     _quiet_libraries()

@@ -45,6 +45,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                           ["iterative.strategy=margin", "iterative.beta_growth=1.25"]),
     "margin-sft": ("margin pairs, DPO plus 0.2 x cross-entropy on the chosen text (RPO)",
                    ["iterative.strategy=margin", "iterative.losses=[{types: [sigmoid, sft], weights: [1.0, 0.2]}]"]),
+    "margin-ld": ("length control: margin pairs, LD-DPO (the log-probs of the longer text's tokens past the shorter's "
+                  "length count half)", ["iterative.strategy=margin", "iterative.dpo.ld_alpha=0.5"]),
+    "stratified": ("chosen rewards spread evenly over the reward range (the original's question), on-policy",
+                   ["iterative.strategy=stratified"]),
     "quantile": ("chosen from the top quarter of each round's samples, rejected from the bottom quarter",
                  ["iterative.strategy=quantile"]),
     "quantile-rft": ("rejection-sampling fine-tuning: cross-entropy on the top quarter's texts only (loss `sft`)",

@@ -44,7 +44,8 @@ def test_shard_seeds_are_the_run_seed_alone_and_distinct_in_several():
 
 def test_grid_models_form_one_batch_and_rounds_stand_alone(tiny_dir):
     from prefalign.configfile import load_config
-    from prefalign.plan import DpoModel, IterativeRound, plan
+    from prefalign.items import DpoModel, IterativeRound
+    from prefalign.plan import plan
 
     items = plan(load_config("tiny", ["iterative.rounds=3", "iterative.losses=[sigmoid]", "iterative.betas=[0.1]",
                                       "run_dir=/tmp/unused"]))  # fmt: skip

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from prefalign.configfile import load_config
-from prefalign.plan import (
-    STAGE_NAMES, DpoModel, Evaluation, IterativeRound, Original, Pairs, Report, RewardModel, RlooModel, Samples, plan,
-    stage_of,
+from prefalign.items import (
+    DpoModel, Evaluation, IterativeRound, Original, Pairs, Report, RewardModel, RlooModel, Samples,
 )  # fmt: skip
+from prefalign.plan import STAGE_NAMES, plan, stage_of
 from prefalign.runner import STAGES, select
 
 ORIGINAL = Original("gpt2-imdb", None, "hub:gpt2-imdb@main")

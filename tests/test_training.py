@@ -166,7 +166,7 @@ def test_loss_entries_resolve_to_trl_types_and_weights():
 
 
 def _every_loss():
-    from prefalign.config import TRL_LOSSES
+    from prefalign.trainer_fields import TRL_LOSSES
 
     return list(TRL_LOSSES) + ["slic"]
 

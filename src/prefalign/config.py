@@ -1,30 +1,23 @@
 """The experiment config's schema: typed sections, every field with a default and help text.
 
 `prefalign config-help` prints them; configfile.py reads YAML into them. Validators here check
-what can be checked before anything runs (names of TRL config fields and their types, pair rule
-settings, loss / setting combinations TRL would reject later), so a bad config fails in a second,
-not after sampling.
+what can be checked before anything runs (names of TRL config fields and their types, through
+trainer_fields.py; pair rule settings; loss / setting combinations TRL would reject later), so a bad
+config fails in a second, not after sampling.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.recipes import OWN_CHOICES, OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
-from prefalign.trackers import TRACKER_FIELDS, TRACKER_NAMES, missing_trackers
-
-# Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
-TRL_LOSSES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
+from prefalign.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
+from prefalign.trackers import TRACKER_NAMES, missing_trackers
+from prefalign.trainer_fields import TRL_LOSSES, check_loss, dpo_fields, trainer_fields
 
 
 class Section(BaseModel):
@@ -211,14 +204,6 @@ class LossMix(Section):
         return "+".join(t if w == 1 else f"{w:g}{t}" for t, w in zip(self.types, weights))
 
 
-def _check_loss(entry: str | LossMix) -> str | LossMix:
-    if isinstance(entry, str) and entry not in TRL_LOSSES + ("slic",):
-        hint = difflib.get_close_matches(entry, TRL_LOSSES + ("slic",), n=1)
-        raise ValueError(f"unknown loss {entry!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; TRL 1.16 supports {', '.join(TRL_LOSSES)}, plus `slic`")  # fmt: skip
-    return entry
-
-
 def loss_label(entry: str | LossMix) -> str:
     return entry if isinstance(entry, str) else entry.label()
 
@@ -229,7 +214,7 @@ class ExtraPoint(Section):
     beta: float = Field(..., gt=0, description="DPO beta.")
     recipe: Literal[RECIPE_NAMES] | None = Field(None, description="Recipe (default: train.recipe).")
 
-    _loss = field_validator("loss")(classmethod(lambda cls, v: _check_loss(v)))
+    _loss = field_validator("loss")(classmethod(lambda cls, v: check_loss(v)))
 
     @field_validator("strategy")
     @classmethod
@@ -352,7 +337,7 @@ class TrainConfig(Section):
     @classmethod
     def _known_losses(cls, v: list) -> list:
         for loss in v:
-            _check_loss(loss)
+            check_loss(loss)
         labels = [loss_label(x) for x in v]
         if len(set(labels)) != len(labels):
             raise ValueError("losses must not repeat")
@@ -371,52 +356,6 @@ class TrainConfig(Section):
     @classmethod
     def _known_dpo_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
         return dpo_fields(v, "train.betas / train.losses")
-
-
-def dpo_fields(v: dict[str, Any], owner: str) -> dict[str, Any]:
-    """`train.dpo` / `iterative.dpo`: DPOConfig fields or prefalign's own switches (recipes.OWN_SETTINGS)."""
-    from trl import DPOConfig
-
-    # beta / loss_type / output_dir are set per model by prefalign; YAML changing them would desync the grid.
-    return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, owner, OWN_SETTINGS)
-
-
-def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:
-    """Check a mapping of TRL config fields against `config_cls`'s names and type annotations, now
-    rather than after sampling has run for an hour. `own`: prefalign's own switches, also allowed
-    (booleans, or one of recipes.OWN_CHOICES)."""
-    import dataclasses
-
-    if not v:
-        return v
-    own = own or {}
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    hints = typing.get_type_hints(config_cls)
-    checked = {}
-    for key, value in v.items():
-        if key in own:
-            choices = OWN_CHOICES.get(key, (True, False))
-            if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
-                raise ValueError(f"`{key}` must be one of {', '.join(str(c).lower() for c in choices)}, not {value!r}")
-            checked[key] = value
-            continue
-        if key in TRACKER_FIELDS:
-            raise ValueError(f"`{key}` is set by prefalign (use train.report_to)")
-        if key in owned:
-            raise ValueError(f"`{key}` is set by prefalign (use {owner})")
-        if key not in names:
-            hint = difflib.get_close_matches(key, names | set(own), n=1)
-            raise ValueError(f"`{key}` is not a {config_cls.__name__} field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
-        try:
-            adapter = TypeAdapter(hints[key])
-        except Exception:  # an annotation pydantic cannot express: leave it to the config class
-            checked[key] = value
-            continue
-        try:
-            checked[key] = adapter.validate_python(value)
-        except ValidationError as e:
-            raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
-    return checked
 
 
 class EvaluateConfig(Section):
@@ -447,7 +386,7 @@ class IterativeConfig(Section):
         "recipe and `train.dpo` (e.g. `{learning_rate: 2.5e-5}` for smaller steps per round); same names as `train.dpo`."
     )
 
-    _loss = field_validator("losses")(classmethod(lambda cls, v: [_check_loss(x) for x in v]))
+    _loss = field_validator("losses")(classmethod(lambda cls, v: [check_loss(x) for x in v]))
     _strategy = field_validator("strategy")(classmethod(lambda cls, v: ExtraPoint._known_strategy(v)))
 
     _dpo = field_validator("dpo")(classmethod(lambda cls, v: dpo_fields(v, "iterative.betas / iterative.beta_growth / "

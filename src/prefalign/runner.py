@@ -36,10 +36,9 @@ import yaml
 
 from prefalign.config import Config
 from prefalign.distributed import Ranks, join, single_process_environment
-from prefalign.plan import (STAGE_NAMES, TRAINED, DpoModel, Evaluation, Item, IterativeRound, Pairs, PlanError, Report,
-                            RlooModel, Samples)  # fmt: skip
+from prefalign.items import TRAINED, DpoModel, Evaluation, Item, IterativeRound, Pairs, Report, RlooModel, Samples
+from prefalign.plan import STAGE_NAMES, PlanError, sources, stage_of
 from prefalign.plan import plan as make_plan
-from prefalign.plan import sources, stage_of
 from prefalign.recipes import RECIPES
 from prefalign.services import Services, log, model_info, process_tag, quiet
 from prefalign.trackers import Tracking

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from prefalign.distributed import Ranks
-from prefalign.plan import Original, RewardModel
+from prefalign.items import Original, RewardModel
 from prefalign.trackers import Tracking
 
 

@@ -1,7 +1,7 @@
 """Run-directory bookkeeping shared by every stage: cache keys, metadata and atomic writes.
 
 An output is current when its metadata JSON exists and holds the key of the plan item that wrote
-it, a hash of every setting and upstream key the item depends on (see plan.py). Every file and
+it, a hash of every setting and upstream key the item depends on (see items.py). Every file and
 directory is written under a temporary name (`.NAME.tmp-PID`) by `atomic_path` and renamed into
 place when complete, and metadata is written last, so a run killed at any moment leaves either a
 finished output or one the next run redoes; `remove_stale` clears the temporary names it leaves.

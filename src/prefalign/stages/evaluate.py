@@ -25,7 +25,7 @@ from __future__ import annotations
 from prefalign.engine.metrics import (broken_share, distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary,
                                       token_entropy)  # fmt: skip
 from prefalign.models.loading import load_policy
-from prefalign.plan import Evaluation, Original
+from prefalign.items import Evaluation, Original
 from prefalign.services import Services, release_memory
 from prefalign.stages.sample import sample_in_shards
 from prefalign.store import is_done, read_json, write_json

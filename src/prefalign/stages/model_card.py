@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from prefalign.plan import IterativeRound, RlooModel
+from prefalign.items import IterativeRound, RlooModel
 from prefalign.store import read_json
 
 # The evaluation metrics a card shows: (results column, label).

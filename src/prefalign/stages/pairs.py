@@ -17,7 +17,7 @@ import pandas as pd
 
 from prefalign.engine.pair_rules import pairs_frame
 from prefalign.models.loading import bos_prompt
-from prefalign.plan import Pairs
+from prefalign.items import Pairs
 from prefalign.services import Services
 from prefalign.store import write_json, write_parquet
 

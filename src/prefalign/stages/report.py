@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from prefalign.engine.metrics import pareto_mask
-from prefalign.plan import RESULT_COLUMNS, TRAINED, DpoModel, IterativeRound, Original, Report, RlooModel
+from prefalign.items import RESULT_COLUMNS, TRAINED, DpoModel, IterativeRound, Original, Report, RlooModel
 from prefalign.services import Services, model_info
 from prefalign.stages.evaluate import run_results
 from prefalign.stages.model_card import model_card

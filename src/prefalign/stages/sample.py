@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from prefalign.distributed import shard_seed
 from prefalign.engine.decoding import sample_and_score
 from prefalign.models.loading import load_policy
-from prefalign.plan import Samples
+from prefalign.items import Samples
 from prefalign.services import Services
 from prefalign.store import atomic_path, scratch_beside, write_json
 

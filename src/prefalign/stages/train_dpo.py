@@ -38,7 +38,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.distributed import Ranks, weights_digest
-from prefalign.plan import DpoModel
+from prefalign.items import DpoModel
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
 from prefalign.store import atomic_path, scratch_beside

@@ -40,7 +40,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.engine.scoring import score_texts
-from prefalign.plan import RlooModel
+from prefalign.items import RlooModel
 from prefalign.services import Services, release_memory
 from prefalign.store import atomic_path
 from prefalign.trackers import Tracking, reporting
