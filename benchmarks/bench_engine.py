@@ -11,6 +11,7 @@ process, alternating, `--reps` times; the median wall time of each is reported w
     python benchmarks/bench_engine.py sample --models gpt2-small --n 200 --reps 3
     python benchmarks/bench_engine.py train --models demo --pairs 1024 --reps 3
     python benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 200
+    python benchmarks/bench_engine.py optimizer --device cuda
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def bench_steps(args) -> None:
     forward every step, the NaN filter's per-step sync, GPT-2's unfused GELU, fp32) and the lean
     trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward, eager
     or compiled (`-fused`: torch.compile; `-graphs`: also CUDA graphs; `-cudagraphs`: CUDA graphs of
-    the eager kernels, torch.compile's `cudagraphs` backend).
+    the eager kernels, torch.compile's `cudagraphs` backend; `-graphs-eageropt`: `-graphs` with the
+    optimizer's update not compiled).
     Pairs are couples of the policy's own samples (63 tokens for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
     """
     import numpy as np
@@ -178,6 +180,8 @@ def bench_steps(args) -> None:
                 "lean-tf32": (False, "tf32", "gpu", "eager"), "lean-bf16": (False, "bf16", "gpu", "eager"),
                 "lean-tf32-syncs": (False, "tf32", "never", "eager"), "lean-bf16-syncs": (False, "bf16", "never", "eager"),
                 **{f"lean-{p}-{c}": (False, p, "gpu", c) for p in ("fp32", "tf32", "bf16") for c in ("fused", "graphs")},
+                # the compiled step with the optimizer's update left eager (what compiling the update saves)
+                **{f"lean-{p}-graphs-eageropt": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
                 # CUDA graphs of the eager kernels (torch.compile's `cudagraphs` backend): no Triton, no C compiler
                 **{f"lean-{p}-cudagraphs": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")}}  # fmt: skip
 
@@ -199,6 +203,7 @@ def bench_steps(args) -> None:
             saved = lean_dpo.LeanDPOTrainer, loading.fuse_activations, lean_dpo.LeanDPOTrainer.sync_free
             lean_dpo.LeanDPOTrainer.sync_free = sync_free
             lean_dpo.LeanDPOTrainer.compile_backend = "cudagraphs" if name.endswith("-cudagraphs") else "inductor"
+            lean_dpo.LeanDPOTrainer.compile_optimizer = not name.endswith("-eageropt")
             if is_stock:
                 lean_dpo.LeanDPOTrainer, loading.fuse_activations = DPOTrainer, lambda model: model
             if device.type == "cuda":
@@ -267,6 +272,46 @@ def bench_train(args) -> None:
     print(f"ratio (default / seed pairs/s): {base / new:.2f}x")
 
 
+def bench_optimizer(args) -> None:
+    """Milliseconds per update of the `seed` recipe's RMSprop over GPT-2-small's 124M parameters
+    (random weights and gradients): torch's foreach step (eager) against the step compiled by
+    `lean_dpo.compile_optimizer_step`, both under the recipe's warmup schedule, alternating, the
+    device synchronised around each timed step; then the largest weight difference between the two."""
+    from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler
+
+    from prefalign.engine.lean_dpo import compile_optimizer_step
+    from prefalign.models.loading import pick_device
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    models = [GPT2LMHeadModel(GPT2Config()).to(device)]
+    models.append(copy.deepcopy(models[0]))
+    sides = {}
+    for name, model in zip(("eager", "compiled"), models):
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=5e-3)
+        if name == "compiled":
+            compile_optimizer_step(optimizer)
+        sides[name] = (model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=50, num_training_steps=10_000))
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for step in range(args.steps):
+        grads = [torch.randn_like(p) * 1e-3 for p in models[0].parameters()]
+        for name, (model, optimizer, scheduler) in sides.items():
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            sync(device)
+            start = time.perf_counter()
+            optimizer.step()
+            sync(device)
+            if step >= args.warm:
+                times[name].append(time.perf_counter() - start)
+            scheduler.step()
+    for name, seconds in times.items():
+        print(f"{name:9s} {1000 * statistics.median(seconds):7.2f} ms per update (median of {len(seconds)})")
+    print(f"eager / compiled: {statistics.median(times['eager']) / statistics.median(times['compiled']):.2f}x; "
+          f"largest weight difference {max(float((a - b).detach().abs().max()) for a, b in zip(*(m.parameters() for m in models))):.2e}")
+    print(machine(device))
+
+
 def machine(device: torch.device | None = None) -> str:
     card = f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""
     return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores{card}, torch {torch.__version__}, "
@@ -287,6 +332,10 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=20)
     p.add_argument("--device", default="auto")
     p.add_argument("--variants", default="stock-fp32,lean-fp32,lean-tf32,lean-bf16")
+    p = sub.add_parser("optimizer")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warm", type=int, default=5)
+    p.add_argument("--device", default="auto")
     p = sub.add_parser("train")
     p.add_argument("--models", default="demo")
     p.add_argument("--pairs", type=int, default=1024)
@@ -295,7 +344,7 @@ def main() -> None:
     from prefalign.cli import _quiet_libraries
 
     _quiet_libraries()
-    {"sample": bench_sample, "steps": bench_steps, "train": bench_train}[args.what](args)
+    {"sample": bench_sample, "steps": bench_steps, "optimizer": bench_optimizer, "train": bench_train}[args.what](args)
 
 
 if __name__ == "__main__":

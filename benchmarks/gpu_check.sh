@@ -34,9 +34,10 @@ part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
   python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
   python3 -c "import triton; print('triton', triton.__version__)"; command -v gcc cc; nproc; echo "commit ${COMMIT:-?}"; } 2>&1 | tee "$out/machine.txt"
 # 1. Training step of the seed recipe: stock TRL (a9ca438's path), the lean trainer eager, and its
-#    compiled step with CUDA graphs per precision (the first step's seconds include compilation).
+#    compiled step with CUDA graphs per precision (the first step's seconds include compilation), with
+#    the optimizer's update compiled (the default) and not (`-eageropt`).
 part steps "${STEPS_LIMIT:-190}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
-  --variants "${STEP_VARIANTS:-lean-tf32-graphs,stock-fp32,lean-tf32,lean-tf32-cudagraphs,lean-bf16-graphs,lean-fp32-graphs}"
+  --variants "${STEP_VARIANTS:-lean-tf32-graphs,stock-fp32,lean-tf32-graphs-eageropt,lean-fp32-graphs,lean-fp32-graphs-eageropt,lean-bf16-graphs}"
 # The pipeline parts below use the compiled step unless it failed above.
 compiled=(); grep -q "^lean-tf32-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
 # 2. Sample + score: the original loop against the engine, same models, same GPU (and the engine with cuDNN attention).

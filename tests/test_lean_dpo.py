@@ -193,6 +193,74 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
         torch.testing.assert_close(fused_weights[name], eager_weights[name], rtol=1e-3, atol=1e-5)
 
 
+def _rmsprop_and_schedule(model):
+    """The `seed` recipe's optimizer as the Trainer makes it (two parameter groups) and its warmup schedule."""
+    from transformers import get_scheduler
+
+    params = list(model.parameters())
+    optimizer = torch.optim.RMSprop([{"params": params[:2], "weight_decay": 0.01}, {"params": params[2:]}], lr=5e-3)
+    return optimizer, lambda: get_scheduler("linear", optimizer, num_warmup_steps=3, num_training_steps=8)
+
+
+def test_the_compiled_optimizer_step_updates_the_weights_as_the_eager_one_and_compiles_once():
+    """compile_optimizer_step (inductor on this CPU): same weights, step by step, on the same gradients,
+    the scheduler's learning rates followed without a graph per value."""
+    from torch._dynamo.utils import counters
+
+    from prefalign.engine.lean_dpo import compile_optimizer_step
+
+    torch.manual_seed(0)
+    eager_model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    compiled_model = copy.deepcopy(eager_model)
+    (eager, eager_schedule), (compiled, compiled_schedule) = map(_rmsprop_and_schedule, (eager_model, compiled_model))
+    assert compile_optimizer_step(compiled)
+    assert not compile_optimizer_step(compiled)  # once per optimizer
+    schedulers = eager_schedule(), compiled_schedule()
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    for step in range(8):
+        grads = [torch.randn_like(p) for p in eager_model.parameters()]
+        for model, optimizer, scheduler in zip((eager_model, compiled_model), (eager, compiled), schedulers):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            optimizer.step()
+            scheduler.step()
+        for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+        assert [float(g["lr"]) for g in compiled.param_groups] == pytest.approx([g["lr"] for g in eager.param_groups])
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] > 0  # it went through torch.compile
+    assert graphs[-1] == graphs[1]  # and compiled nothing new for the later learning rates
+
+
+def test_a_failed_optimizer_compilation_falls_back_to_the_eager_step(monkeypatch):
+    from prefalign.engine.lean_dpo import compile_optimizer_step
+
+    def broken(fn, *args, **kwargs):
+        def fails(*a, **k):
+            raise RuntimeError("no C compiler\nmore detail")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(0)
+    eager_model = torch.nn.Linear(4, 2)
+    fallback_model = copy.deepcopy(eager_model)
+    (eager, _), (fallback, _) = map(_rmsprop_and_schedule, (eager_model, fallback_model))
+    notes = []
+    assert compile_optimizer_step(fallback, notes.append)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in eager_model.parameters()]
+        for model, optimizer in ((eager_model, eager), (fallback_model, fallback)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            optimizer.step()
+        for a, b in zip(eager_model.parameters(), fallback_model.parameters()):
+            torch.testing.assert_close(b, a)
+    assert len(notes) == 1  # said once, then the eager step without trying again
+
+
 def test_the_flop_count_is_transformers_with_the_parameters_counted_once(tiny_dir, tmp_path, monkeypatch):
     from trl import DPOTrainer
 
