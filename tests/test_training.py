@@ -69,6 +69,17 @@ def test_the_step_is_compiled_with_cuda_graphs_on_one_gpu_only():
     assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "eager"}, cuda, 0, "/tmp/x")[1]["compile_step"] == "eager"
 
 
+def test_batches_reach_a_gpu_without_the_host_waiting_for_the_copy():
+    from prefalign.stages.train_dpo import dpo_args
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    settings = dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[1]
+    assert settings["accelerator_config"] == {"non_blocking": True} and settings["dataloader_pin_memory"] is True
+    assert "accelerator_config" not in dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]
+    mine = {"accelerator_config": {"non_blocking": False}}
+    assert dpo_args("seed", "sigmoid", 0.1, mine, cuda, 0, "/tmp/x")[1]["accelerator_config"] == {"non_blocking": False}
+
+
 @pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
 def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, loss):
     pairs = pd.DataFrame({

@@ -131,6 +131,11 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         settings["precompute_ref_log_probs"] = device.type == "cuda"
     if device.type == "cpu":
         settings.setdefault("use_cpu", True)
+    if device.type == "cuda":
+        # Batches go to the GPU from pinned memory without the host waiting for the copy: a blocking
+        # copy waits for every kernel already queued, one host sync per input tensor and step.
+        settings.setdefault("dataloader_pin_memory", True)
+        settings.setdefault("accelerator_config", {"non_blocking": True})
     settings.update(
         output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed,
         **(tracker or {"report_to": "none"}), save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
