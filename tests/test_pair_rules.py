@@ -185,6 +185,22 @@ def test_quantile_with_groups_takes_the_tails_within_each_group():
         build_pairs(r, "quantile", count=41, q=0.25, groups=g)
 
 
+# --- bradley_terry ------------------------------------------------------------------------------
+
+
+def test_bradley_terry_labels_random_couples_as_a_rater_would():
+    """The couples of `random` under the same seed; the lower reward chosen with probability sigmoid(-gap)."""
+    r = np.r_[np.zeros(300), np.ones(300), np.full(300, 3.0)]  # gaps of exactly 1, 2 and 3 (ties are no pairs)
+    couples = lambda p: {frozenset(c) for c in zip(p.chosen_index.tolist(), p.rejected_index.tolist())}  # noqa: E731
+    rated, plain = build_pairs(r, "bradley_terry", count=6000, seed=4), build_pairs(r, "random", count=6000, seed=4)
+    assert couples(rated) == couples(plain)
+    high, low = rated[["chosen_reward", "rejected_reward"]].max(axis=1), rated[["chosen_reward", "rejected_reward"]].min(axis=1)
+    for gap in (1.0, 2.0, 3.0):
+        pairs = rated[(high - low) == gap]
+        flipped = (pairs.chosen_reward < pairs.rejected_reward).mean()
+        assert len(pairs) > 1000 and abs(flipped - 1 / (1 + np.exp(gap))) < 0.035, (gap, flipped)
+
+
 # --- groups, every rule ------------------------------------------------------------------------
 
 
@@ -195,7 +211,10 @@ def test_no_pair_crosses_a_group(strategy):
     p = build_pairs(r, strategy, count=30, groups=g, margin=1.0, threshold=0.5, seed=0)
     assert len(p) == 30
     assert (g[p.chosen_index] == g[p.rejected_index]).all()
-    assert (p.chosen_reward > p.rejected_reward).all()
+    if strategy == "bradley_terry":  # some pairs labelled the other way, none a tie
+        assert (p.chosen_reward != p.rejected_reward).all()
+    else:
+        assert (p.chosen_reward > p.rejected_reward).all()
     assert not p.duplicated(["chosen_index", "rejected_index"]).any()
 
 

@@ -142,7 +142,9 @@ class PairsConfig(Section):
         "`margin`; `threshold`: one sample below `threshold` (rejected) and one at or above it (chosen); "
         "`best_worst`: best vs worst of each group of `group_size` samples (of each prompt, with prompts); "
         "`stratified`: chosen rewards spread evenly over `interval` in `bins` bins, rejected any lower "
-        "sample; `quantile`: chosen from the top `quantile` share, rejected from the bottom one. With "
+        "sample; `quantile`: chosen from the top `quantile` share, rejected from the bottom one; "
+        "`bradley_terry`: random pairs, the higher reward chosen with probability sigmoid(reward gap), else the "
+        "lower (a Bradley-Terry rater: DPO then tilts the policy by exp(reward / beta) and stops there). With "
         "prompts every rule pairs samples of the same prompt only.",
     )
     count: int = Field(20_000, gt=0, description="Distinct pairs to build per strategy.")

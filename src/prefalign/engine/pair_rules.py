@@ -11,6 +11,11 @@ The original experiment drew two samples at random and called the higher-reward 
   several completions are sampled per prompt).
 - `stratified`: chosen rewards spread evenly over `interval` (equal quotas per bin), so training
   sees a flat density of chosen rewards instead of the sample distribution's bulge.
+- `bradley_terry`: the couples of `random`, each labelled as a Bradley-Terry rater scoring texts by
+  reward would: the higher reward chosen with probability sigmoid(gap), else the lower. DPO's
+  optimum on such labels is the reference policy tilted by exp(reward / beta), a fixed point that
+  further training does not move past; on always-right labels the optimum runs off towards the
+  highest reward alone.
 
 Every rule draws *distinct* pairs (no (i, j) twice), and exact reward ties are never pairs (there
 is no preference to learn). `random`, `margin`, `threshold` and `quantile` draw uniformly from the
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 # Every pair rule, in the order configs, tables and plots list them.
-PAIR_RULES = ("random", "margin", "threshold", "best_worst", "stratified", "quantile")
+PAIR_RULES = ("random", "margin", "threshold", "best_worst", "stratified", "quantile", "bradley_terry")
 
 
 class PairError(ValueError):
@@ -42,9 +47,10 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
                 margin_floor: float = 0.0, q: float = 0.25) -> pd.DataFrame:  # fmt: skip
     """Return `count` distinct (chosen, rejected) index pairs with their rewards.
 
-    Columns: `chosen_index`, `rejected_index`, `chosen_reward`, `rejected_reward`; always
+    Columns: `chosen_index`, `rejected_index`, `chosen_reward`, `rejected_reward`;
     chosen_reward > rejected_reward (by more than `margin` for `margin`, by more than `margin_floor`
-    for `stratified`). With `groups`, both indices of every pair share a group id.
+    for `stratified`) except for `bradley_terry`'s pairs labelled the other way (never a tie). With
+    `groups`, both indices of every pair share a group id.
     """
     sample_rewards = np.asarray(rewards, dtype=np.float64)
     n = len(sample_rewards)
@@ -69,7 +75,7 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
     may_reject = np.ones(n, bool)  # may_reject[p]: the sample at sorted position p may be rejected
     advice = "lower pairs.count or sample more"
     # first_partner[p]: first sorted position (in p's group) whose sample may be chosen over p; end[p] closes the group.
-    if strategy == "random":
+    if strategy in ("random", "bradley_terry"):
         first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
         why = "all samples have the same reward" if groups is None else "no group holds two different rewards"
         short = "ties excluded"
@@ -118,7 +124,13 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         low, high = low_all[pick], first_partner[low_all[pick]] + offsets[pick]
     else:
         low, high = _sparse_draw(rng, weight / weight.sum(), first_partner, end, count)
-    return _frame(sample_rewards, order[high], order[low])
+    chosen, rejected = order[high], order[low]
+    if strategy == "bradley_terry":
+        # The rater keeps the higher reward with probability sigmoid(gap): flipped with sigmoid(-gap).
+        gap = sample_rewards[chosen] - sample_rewards[rejected]
+        flip = rng.random(count) < 1 / (1 + np.exp(gap))
+        chosen, rejected = np.where(flip, rejected, chosen), np.where(flip, chosen, rejected)
+    return _frame(sample_rewards, chosen, rejected)
 
 
 def _frame(sample_rewards, chosen, rejected) -> pd.DataFrame:

@@ -51,7 +51,7 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     group = colour_by or method_of
     plt = pyplot()
 
-    markers = dict(zip(PAIR_RULES, "osD^vP"))
+    markers = dict(zip(PAIR_RULES, "osD^vPh"))
     marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
     methods = [m for m in dict.fromkeys(group(r) for _, r in summary.iterrows()) if m != "original"]
     palette = colourblind_safe()
