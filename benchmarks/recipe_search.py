@@ -58,11 +58,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "quantile-beta-x2": ("quantile pairs, beta doubling every round", ["iterative.strategy=quantile", "iterative.beta_growth=2"]),
     "quantile-beta-x1.25": ("quantile pairs, beta x1.25 every round", ["iterative.strategy=quantile", "iterative.beta_growth=1.25"]),
     "bradley_terry": ("random pairs labelled by a Bradley-Terry rater (higher reward chosen with probability "
-                      "sigmoid(gap)): DPO's optimum is the original tilted by exp(reward / beta); 6 rounds",
-                      ["iterative.strategy=bradley_terry", "iterative.rounds=6"]),
+                      "sigmoid(gap)): DPO's optimum is the original tilted by exp(reward / beta); 12 rounds",
+                      ["iterative.strategy=bradley_terry", "iterative.rounds=12"]),
     "bradley_terry-beta0.05": ("the same at beta 0.05 (a sharper tilt: the original's samples reweighted by "
-                               "exp(reward / 0.05) have a higher mean reward); 6 rounds",
-                               ["iterative.strategy=bradley_terry", "iterative.betas=[0.05]", "iterative.rounds=6"]),
+                               "exp(reward / 0.05) have a higher mean reward); 12 rounds",
+                               ["iterative.strategy=bradley_terry", "iterative.betas=[0.05]", "iterative.rounds=12"]),
+    "bradley_terry-beta0.02": ("the same at beta 0.02; 12 rounds",
+                               ["iterative.strategy=bradley_terry", "iterative.betas=[0.02]", "iterative.rounds=12"]),
     "rloo-long": ("no chain; RLOO (online, the classifier as reward), KL coefficient 0.02, 500 steps",
                   ["iterative.rounds=0", "online.kl_coefs=[0.02]", "online.steps=500"]),
 }
