@@ -113,13 +113,16 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
 def test_killed_mid_training_resumes_and_completes(tiny_dir, tmp_path, cli):
     root = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefalign.cli", "run", "tiny", "--set", f"run_dir={root}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    second = root / "models" / MODELS[1] / "train.json"
-    deadline = time.time() + 300
-    while not second.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # the third model is training (a tiny model trains for several seconds)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=os.environ.copy(), text=True)
+    # Killed at the third model's first logged training step (the log is flushed line by line), so
+    # mid-training however fast this machine trains.
+    training_third = False
+    for line in proc.stdout:
+        training_third = training_third or line.rstrip().endswith(f"train {MODELS[2]}")
+        if training_third and "step " in line:
+            break
     proc.send_signal(signal.SIGKILL)
+    proc.stdout.close()
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (root / "models" / MODELS[2] / "train.json").exists()
