@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefalign.stages.report import across_seeds, beats, seed_and_challengers, smallest_leads, summarize
+from prefalign.stages.report import (UNREADABLE_SHARE, across_seeds, beats, seed_and_challengers, smallest_leads,
+                                     summarize)  # fmt: skip
 
 # name -> (what it changes, the --set overrides). `best_worst` is the `aligned` preset as shipped.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -104,8 +105,8 @@ def chain_table(run_dir: Path) -> pd.DataFrame:
 def closest_round(table: pd.DataFrame) -> pd.Series:
     """The round of one chain_table nearest to beating every `seed` model: the largest smallest
     net lead on reward and diversity (its KL lead is positive in every round measured so far),
-    among rounds with at most 5% broken texts (the report's limit)."""
-    readable = table[table.broken.astype(float) <= 0.05]
+    among rounds with at most the report's share of broken texts (UNREADABLE_SHARE, 5%)."""
+    readable = table[table.broken.astype(float) <= UNREADABLE_SHARE]
     rows = readable if len(readable) else table
     return rows.loc[rows[["lead reward", "lead diversity"]].min(axis=1).idxmax()]
 
@@ -161,7 +162,8 @@ def main() -> None:
         print(table.to_string(index=False), flush=True)
         closest[name] = closest_round(table)
     if closest:
-        print("\n## the round of each variant nearest to beating every `seed` model (at most 5% broken texts)")
+        print(f"\n## the round of each variant nearest to beating every `seed` model (at most {UNREADABLE_SHARE:.0%} "
+              "broken texts)")
         print(pd.DataFrame(closest).T.drop(columns="model").rename_axis("variant").to_string(), flush=True)
 
 
