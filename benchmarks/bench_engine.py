@@ -94,13 +94,19 @@ def baseline(policy, policy_tokenizer, classifier, classifier_tokenizer, positiv
     return rewards[:n]
 
 
-def engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int) -> None:
+def engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int,
+           compile_step: str = "auto") -> None:  # fmt: skip
     from prefalign.config import SamplingConfig
     from prefalign.engine.decoding import sample_and_score
 
     with tempfile.TemporaryDirectory() as d:
-        sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, n, SamplingConfig(),
-                         0, None, Path(d) / "s.parquet")  # fmt: skip
+        sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, n,
+                         SamplingConfig(compile_step=compile_step), 0, None, Path(d) / "s.parquet")  # fmt: skip
+
+
+def eager_engine(*args) -> None:
+    """The engine with `sampling.compile_step: eager` (on a GPU `auto` compiles the decode step)."""
+    engine(*args, compile_step="eager")
 
 
 def bench_sample(args) -> None:
@@ -111,14 +117,15 @@ def bench_sample(args) -> None:
     device = pick_device(args.device)
     policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models, device)
     # name: (function, policy, classifier, cuDNN attention allowed?): the baseline runs with torch's
-    # defaults (cuDNN allowed), the engine as the pipeline runs it (loading.use_attention_kernels).
+    # defaults (cuDNN allowed), the engine as the pipeline runs it (loading.use_attention_kernels;
+    # on a GPU its decode step compiled and run as CUDA graphs, sampling.compile_step: auto).
     sides = {"baseline": (baseline, policy, classifier, True), "engine": (engine, policy, classifier, False)}
     if inference_dtype(device) != torch.float32:
         dtype = inference_dtype(device)
         low = [copy.deepcopy(m).to(dtype) for m in (policy, classifier)]
         sides[f"engine {str(dtype).split('.')[-1]}"] = (engine, *low, False)
-        if device.type == "cuda":
-            sides[f"engine {str(dtype).split('.')[-1]} cudnn"] = (engine, *low, True)
+        sides[f"engine {str(dtype).split('.')[-1]} eager"] = (eager_engine, *low, False)
+    # The warm-up compiles the decode step (once per dtype) and records its CUDA graphs.
     for fn, p, c, cudnn in sides.values():  # warm-up (allocator, lazy imports, kernels)
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, min(args.n, 200))
@@ -136,7 +143,7 @@ def bench_sample(args) -> None:
     print(f"\n{machine(device)}\nmodels={args.models} N={args.n} reps={args.reps}")
     for name, seconds in med.items():
         ratio = f", {med['baseline'] / seconds:.2f}x the baseline" if name != "baseline" else ""
-        print(f"{name:18s} median {seconds:.2f}s ({args.n / seconds:.1f} samples/s{ratio})")
+        print(f"{name:20s} median {seconds:.2f}s ({args.n / seconds:.1f} samples/s{ratio})")
 
 
 def sync(device: torch.device) -> None:

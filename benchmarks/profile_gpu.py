@@ -53,15 +53,17 @@ def timed(fn, device) -> float:
 
 
 def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
-    from transformers import DynamicCache
+    from transformers import DynamicCache, StaticCache
 
     from prefalign.config import SamplingConfig
-    from prefalign.engine.decoding import _fast_batch
+    from prefalign.engine.decode_step import compiled_step
+    from prefalign.engine.decoding import _fast_batch, _static_batch
     from prefalign.models.loading import inference_dtype, load_policy
 
     policy, tokenizer = load_policy(policy_dir, None, device, inference_dtype(device))
     prompt = torch.full((batch, 1), tokenizer.bos_token_id, device=device)
     sampling = SamplingConfig()
+    static_cache = StaticCache(config=policy.config, max_cache_len=sampling.max_length)
 
     @torch.inference_mode()
     def bare_forwards():  # the decode loop's forward passes alone: greedy, no filtering
@@ -73,16 +75,23 @@ def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
     def engine():
         _fast_batch(policy, prompt, tokenizer.eos_token_id, sampling)
 
-    engine(), bare_forwards()  # warm-up
+    @torch.inference_mode()
+    def compiled():  # sampling.compile_step: graphs (the default on CUDA)
+        _static_batch(policy, prompt, tokenizer.eos_token_id, sampling, compiled_step("graphs"), static_cache)
+
+    loops = [("eager decode loop", engine), ("bare forwards", bare_forwards), ("compiled decode loop", compiled)]
+    for name, fn in loops:  # warm-up; the compiled loop's first call compiles
+        print(f"{name}: first call {timed(fn, device):.1f}s")
     steps = sampling.max_length - 1
-    for name, fn in (("engine decode loop", engine), ("bare forwards", bare_forwards)):
+    for name, fn in loops:
         seconds = timed(fn, device)
         print(f"{name}: {seconds:.2f}s for {batch} rows x {steps} steps ({1000 * seconds / steps:.1f} ms/step, "
               f"{batch / seconds:.0f} rows/s), dtype {policy.dtype}")  # fmt: skip
-    with profile(activities=activities(device)) as prof:
-        engine()
-        sync(device)
-    tables(prof, f"decode, {batch} rows x {steps} steps")
+    for name, fn in (("eager decode", engine), ("compiled decode", compiled)):
+        with profile(activities=activities(device)) as prof:
+            fn()
+            sync(device)
+        tables(prof, f"{name}, {batch} rows x {steps} steps")
 
 
 def profile_sample_and_score(policy_dir: str, reward_dir: str, n: int, device: torch.device) -> None:

@@ -105,7 +105,7 @@ def test_decoding_that_drops_finished_rows_late_writes_only_eos_after_the_first(
     lengths, stopped = {}, {}
     for every in (1, 8):
         torch.manual_seed(0)
-        tokens = _fast_batch(policy, prompt, eos, SamplingConfig(max_length=24), drop_every=every)
+        tokens, _ = _fast_batch(policy, prompt, eos, SamplingConfig(max_length=24), drop_every=every)
         is_eos = tokens == eos
         first = torch.where(is_eos.any(1), is_eos.int().argmax(1), tokens.shape[1])
         after_first = torch.arange(tokens.shape[1])[None, :] >= first[:, None]
@@ -114,7 +114,7 @@ def test_decoding_that_drops_finished_rows_late_writes_only_eos_after_the_first(
         assert first.unique().numel() > 5  # rows do finish at different steps here
     assert abs(lengths[1] - lengths[8]) < 1.5 and abs(stopped[1] - stopped[8]) < 0.1, (lengths, stopped)
     greedy = SamplingConfig(max_length=24, top_k=1)
-    runs = [_fast_batch(policy, prompt[:8], eos, greedy, drop_every=every) for every in (1, 8)]
+    runs = [_fast_batch(policy, prompt[:8], eos, greedy, drop_every=every)[0] for every in (1, 8)]
     assert torch.equal(runs[0], runs[1])
 
 
@@ -135,7 +135,7 @@ def test_preallocated_decode_cache_gives_the_same_texts_as_transformers_own(tiny
         monkeypatch.setattr(decoding, "decode_cache", cache_of)
         for every in (1, 4):
             torch.manual_seed(0)
-            runs.append(decoding._fast_batch(policy, prompt, tok.eos_token_id, SamplingConfig(max_length=24), drop_every=every))
+            runs.append(decoding._fast_batch(policy, prompt, tok.eos_token_id, SamplingConfig(max_length=24), drop_every=every)[0])
     assert (runs[0] == tok.eos_token_id).any()  # some rows stop early, so rows are dropped mid-way
     assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[3])
 

@@ -124,6 +124,14 @@ class SamplingConfig(Section):
         "before top-p); `hf`: transformers' `generate`. Same sampling distribution; use `hf` for "
         "architectures whose cache the fast loop cannot shrink.",
     )
+    compile_step: Literal["auto", "eager", "fused", "graphs"] = Field(
+        "auto",
+        description="The `fast` engine's decode step (the policy's forward for one new token): `eager` (plain "
+        "PyTorch; finished sequences leave the batch), `fused` (torch.compile with a static KV cache: "
+        "every sequence runs to the end or until all have finished), `graphs` (those kernels recorded as "
+        "CUDA graphs: one launch per step), `auto` (`graphs` on CUDA, else `eager`). Compiling takes "
+        "seconds to a minute once per process; models transformers does not mark compilable decode eagerly.",
+    )
 
     @model_validator(mode="after")
     def _room_for_completions(self):

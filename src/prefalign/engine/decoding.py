@@ -7,8 +7,10 @@ prompt + completion (scoring.py). Rows of one batch share a prompt length, so no
 padded. Batch b is generated under seed `hash(seed, b)`, so a config gives the same texts every
 time. Given a reference model, the log-probability of each completion (its tokens up to and
 including the first EOS) under the policy and the reference is also stored, from the models' full
-softmax (temperature 1, no top-k / top-p): metrics.kl_estimate turns them into a KL estimate.
-Results are streamed to Parquet in chunks (flat memory in N), into a temporary file that is renamed
+softmax (temperature 1, no top-k / top-p): the policy's from the decode steps' own logits (the
+`fast` engine) or a forward pass (`hf`), the reference's from a forward pass; metrics.kl_estimate
+turns them into a KL estimate. The `fast` engine's decode step runs eagerly or compiled
+(`sampling.compile_step`, decode_step.py). Results are streamed to Parquet in chunks (flat memory in N), into a temporary file that is renamed
 when complete. Run alone with:
 
     prefalign sample CONFIG
@@ -16,9 +18,9 @@ when complete. Run alone with:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from prefalign.engine.decode_step import compiled_step, decode_cache, decode_step_mode, last_logits, token_logp
 from prefalign.engine.scoring import score_texts
 from prefalign.store import atomic_path
 
@@ -79,74 +82,16 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float,
     return ids, values
 
 
-@functools.cache
-def _preallocated_layer():
-    """transformers' DynamicLayer, but keys and values are written into buffers sized once.
-
-    DynamicLayer grows by `torch.cat`, copying the whole cache at every decode step: on an H200 that
-    copy was 56% of the GPU time of a 2,048-row, 63-step decode (benchmarks/profile_gpu.py). Here
-    each step writes its one position in place and the model sees a view of the filled part.
-    """
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        def __init__(self, capacity: int, **kwargs):
-            super().__init__(**kwargs)
-            self.capacity, self.length = capacity, 0
-
-        def lazy_initialization(self, key_states, value_states):
-            super().lazy_initialization(key_states, value_states)
-            shape = (*key_states.shape[:2], self.capacity)
-            self.key_buffer = key_states.new_empty((*shape, key_states.shape[-1]))
-            self.value_buffer = value_states.new_empty((*shape, value_states.shape[-1]))
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.shape[-2]
-            if end > self.capacity:
-                raise ValueError(f"decode cache holds {self.capacity} positions; {end} requested")
-            self.key_buffer[:, :, self.length : end] = key_states
-            self.value_buffer[:, :, self.length : end] = value_states
-            self.length = end
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length
-
-        def batch_select_indices(self, indices):
-            if self.length:
-                self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-                self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
-
-    return PreallocatedLayer
-
-
-def decode_cache(model, capacity: int, preallocate: bool | None = None):
-    """A DynamicCache for `capacity` positions, its plain layers preallocated (others left as they are).
-
-    `preallocate`: by default on a GPU only; on CPU the demo-size models decoded faster with
-    transformers' own growing layers (1.7-1.9 s vs 2.4-2.6 s for 3 x 256 rows of the demo policy).
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=model.config)
-    if preallocate is None:
-        preallocate = next(model.parameters()).device.type != "cpu"
-    if preallocate and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [_preallocated_layer()(capacity) for _ in cache.layers]
-    return cache
-
-
-def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int | None = None) -> torch.Tensor:
-    """Continue each row of `prompt` (equal lengths) with the KV cache, dropping rows as they hit EOS.
+def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int | None = None,
+                with_logp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """(tokens (rows, max_length - prompt length), their log-prob sums or None): each row of `prompt`
+    (equal lengths) continued with the KV cache, rows dropped as they hit EOS.
 
     Rows that have written EOS are dropped from the batch, so later steps only pay for sequences
     still being written. Finding them is a host sync, which on a GPU stalls the queue of kernels: there
     they are dropped every `drop_every` steps (default: 1 on CPU, `_DROP_EVERY` elsewhere), and in
-    between a finished row keeps writing EOS.
+    between a finished row keeps writing EOS. `with_logp`: also each completion's log-probability
+    under the model's full distribution (token_logp), summed up to and including its first EOS.
     """
     size, device = prompt.shape[0], prompt.device
     steps = sampling.max_length - prompt.shape[1]
@@ -154,6 +99,7 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
     tokens = torch.full((size, steps), eos, dtype=torch.long, device=device)
     alive = torch.arange(size, device=device)  # batch row -> row of `tokens`
     finished = torch.zeros(size, dtype=torch.bool, device=device)  # per batch row: EOS written
+    logp = torch.zeros(size, device=device) if with_logp else None  # per row of `tokens`
     cache = decode_cache(model, sampling.max_length)
     step_input = prompt
     parameters = inspect.signature(model.forward).parameters
@@ -169,6 +115,8 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
         choice = torch.multinomial(values.softmax(-1), 1)
         nxt = ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
         tokens[alive, t] = nxt
+        if logp is not None:
+            logp[alive] += token_logp(logits, nxt).masked_fill(finished, 0.0)
         finished |= nxt == eos
         if (t + 1) % drop_every == 0:
             keep = (~finished).nonzero().squeeze(1)
@@ -178,7 +126,37 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
                 alive, nxt, finished = alive[keep], nxt[keep], finished[keep]
                 cache.batch_select_indices(keep)
         step_input = nxt[:, None]
-    return tokens
+    return tokens, logp
+
+
+def _static_batch(model, prompt: torch.Tensor, eos: int, sampling, step, cache,
+                  with_logp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """_fast_batch's result for the compiled decode step `step` (a last_logits) with a StaticCache:
+    every shape is fixed, so no row ever leaves the batch (a finished row keeps writing EOS) and the
+    loop stops once all rows have finished, checked every _DROP_EVERY steps. The prompt runs eagerly
+    (its length varies); the steps after it through `step`. Under one seed it samples the same
+    tokens as _fast_batch that never drops a row, up to the compiled kernels' rounding."""
+    size, device = prompt.shape[0], prompt.device
+    steps = sampling.max_length - prompt.shape[1]
+    tokens = torch.full((size, steps), eos, dtype=torch.long, device=device)
+    finished = torch.zeros(size, dtype=torch.bool, device=device)
+    logp = torch.zeros(size, device=device) if with_logp else None
+    cache.reset()
+    logits, lse = last_logits(model, prompt, cache)
+    for t in range(steps):
+        ids, values = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p, sampling.temperature)
+        choice = torch.multinomial(values.softmax(-1), 1)
+        nxt = ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
+        tokens[:, t] = nxt
+        if logp is not None:
+            logp += token_logp(logits, nxt, lse).masked_fill(finished, 0.0)
+        finished |= nxt == eos
+        if t + 1 == steps or ((t + 1) % _DROP_EVERY == 0 and bool(finished.all())):
+            break
+        # With CUDA graphs the outputs are overwritten by the next replay: everything above that reads
+        # `logits` and `lse` has been queued by now.
+        logits, lse = step(model, nxt[:, None], cache)
+    return tokens, logp
 
 
 def _hf_batch(model, prompt: torch.Tensor, eos: int, pad: int, sampling) -> torch.Tensor:
@@ -255,23 +233,42 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
         raise ValueError(f"{len(lengths)} prompts for {n} samples")
     if n and lengths.max() + 1 >= sampling.max_length:
         raise ValueError(f"a prompt of {lengths.max()} tokens leaves no room under max_length={sampling.max_length}")
+    mode = decode_step_mode(sampling, model) if sampling.engine == "fast" else "eager"
+    caches = {}  # rows -> the StaticCache of the compiled steps (reused: its tensors keep their addresses)
     with tqdm(total=n, desc=desc, unit="text", leave=False, disable=None) as bar:
         for b, rows in enumerate(_batches(lengths, batch_size)):
             torch.manual_seed(_batch_seed(seed, b))
             # Rows of a batch share the prompt length: no padding, no attention mask needed.
             body = [prompts[i] for i in rows] if prompts is not None else [[] for _ in rows]
             prompt = torch.tensor([[bos, *p] for p in body], dtype=torch.long, device=device)
-            if sampling.engine == "fast":
-                gen = _fast_batch(model, prompt, eos, sampling)
-            else:
+            logp = None
+            if mode != "eager":
+                try:
+                    if len(rows) not in caches:
+                        from transformers import StaticCache
+
+                        caches[len(rows)] = StaticCache(config=model.config, max_cache_len=sampling.max_length)
+                    gen, logp = _static_batch(model, prompt, eos, sampling, compiled_step(mode), caches[len(rows)],
+                                              with_logp=reference is not None)  # fmt: skip
+                except Exception as error:  # noqa: BLE001 - any compiler failure: decode this and later batches eagerly
+                    warnings.warn(f"compiling the decode step failed ({type(error).__name__}: {error}); sampling goes "
+                                  "on without compilation, as with sampling.compile_step: eager", stacklevel=2)  # fmt: skip
+                    mode, caches = "eager", {}
+                    torch.manual_seed(_batch_seed(seed, b))
+            if mode == "eager" and sampling.engine == "fast":
+                gen, logp = _fast_batch(model, prompt, eos, sampling, with_logp=reference is not None)
+            elif mode == "eager":
                 gen = _hf_batch(model, prompt, eos, tokenizer.pad_token_id, sampling)
             # Length = tokens before the first EOS (sequences that never stop count every token).
             is_eos = gen == eos
-            n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1), gen.shape[1]).cpu().numpy()
-            chunk = {"index": rows, "text": tokenizer.batch_decode(gen.cpu(), skip_special_tokens=True), "n_tokens": n_tokens}
+            stopped = is_eos.any(1)
+            n_tokens = torch.where(stopped, is_eos.int().argmax(1), gen.shape[1])
+            chunk = {"index": rows, "text": tokenizer.batch_decode(gen.cpu(), skip_special_tokens=True),
+                     "n_tokens": n_tokens.cpu().numpy()}  # fmt: skip
             if reference is not None:
-                logp, scored = completion_logprobs(model, prompt, gen, eos)
-                chunk["logp"], chunk["n_scored"] = logp.cpu().numpy(), scored.cpu().numpy()
+                # The policy's log-probs come from decoding itself (the fast engine) or a forward pass (hf).
+                logp = logp if logp is not None else completion_logprobs(model, prompt, gen, eos)[0]
+                chunk["logp"], chunk["n_scored"] = logp.cpu().numpy(), (n_tokens + stopped.long()).cpu().numpy()
                 chunk["logp_ref"] = completion_logprobs(reference, prompt, gen, eos)[0].cpu().numpy()
             bar.update(len(rows))
             yield chunk

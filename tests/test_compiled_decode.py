@@ -1,0 +1,101 @@
+"""The compiled decode step (`sampling.compile_step`) and the log-probs decoding returns for the KL.
+
+On CPU `graphs` runs as `fused` (torch.compile's C++ kernels, no CUDA graphs): the same code path
+minus the recording, so these tests check what the GPU runs up to the graph replay.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from prefalign.config import SamplingConfig
+from prefalign.engine import decoding
+from prefalign.engine.decode_step import compiled_step
+from prefalign.engine.decoding import _fast_batch, _static_batch, completion_logprobs, generate
+
+SAMPLING = SamplingConfig(max_length=24)
+
+
+def prompt_of(tok, rows: int, body: int = 3) -> torch.Tensor:
+    ids = torch.randint(10, 200, (rows, body), generator=torch.Generator().manual_seed(1))
+    return torch.cat([torch.full((rows, 1), tok.bos_token_id), ids], 1)
+
+
+def test_compiled_steps_sample_the_tokens_and_log_probs_of_the_eager_loop(tiny_policy):
+    """Same seed, same tokens as the eager loop that keeps every row; log-probs equal to 1e-4; the
+    static cache reused for a second batch (reset, not rebuilt) gives the same again."""
+    from transformers import StaticCache
+
+    policy, tok = tiny_policy
+    eos, prompt = tok.eos_token_id, prompt_of(tok, 48)
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        eager_tokens, eager_logp = _fast_batch(policy, prompt, eos, SAMPLING, drop_every=10**9, with_logp=True)
+        cache = StaticCache(config=policy.config, max_cache_len=SAMPLING.max_length)
+        for _ in range(2):
+            torch.manual_seed(0)
+            tokens, logp = _static_batch(policy, prompt, eos, SAMPLING, compiled_step("fused"), cache, with_logp=True)
+            assert torch.equal(tokens, eager_tokens)
+            torch.testing.assert_close(logp, eager_logp, rtol=1e-4, atol=1e-4)
+    assert (eager_tokens == eos).any(1).float().mean() > 0.2  # rows do finish early: EOS handling is exercised
+
+
+def test_log_probs_from_decoding_equal_a_forward_pass_over_the_completion(tiny_policy):
+    """What generate stores as `logp` (decoding's own, rows dropped as they finish) is what
+    completion_logprobs computes with a forward pass, up to and including the first EOS."""
+    policy, tok = tiny_policy
+    eos, prompt = tok.eos_token_id, prompt_of(tok, 64)
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        tokens, logp = _fast_batch(policy, prompt, eos, SAMPLING, drop_every=1, with_logp=True)
+        forward_logp, scored = completion_logprobs(policy, prompt, tokens, eos)
+    assert (tokens == eos).any(1).any() and not (tokens == eos).any(1).all()  # rows of both kinds
+    torch.testing.assert_close(logp, forward_logp, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("compile_step", ["eager", "fused"])
+def test_generate_with_the_policy_as_its_own_reference_estimates_zero_kl(tiny_policy, compile_step):
+    """Decoding's log-probs (logp) against the reference's forward pass (logp_ref) over batches of
+    two sizes: the same model on both sides gives the same numbers, and n_scored counts the EOS."""
+    policy, tok = tiny_policy
+    sampling = SamplingConfig(max_length=24, batch_size=16, compile_step=compile_step)
+    chunks = list(generate(policy, tok, 40, sampling, 5, reference=policy))
+    logp, logp_ref = (np.concatenate([c[k] for c in chunks]) for k in ("logp", "logp_ref"))
+    n_tokens, n_scored = (np.concatenate([c[k] for c in chunks]) for k in ("n_tokens", "n_scored"))
+    assert len(logp) == 40 and (logp < 0).all()
+    np.testing.assert_allclose(logp, logp_ref, rtol=1e-4, atol=1e-4)
+    assert ((n_scored == n_tokens + 1) | (n_scored == n_tokens)).all() and (n_scored == n_tokens + 1).any()
+
+
+def test_a_decode_step_that_fails_to_compile_falls_back_to_the_eager_loop(tiny_policy, monkeypatch):
+    policy, tok = tiny_policy
+    eager = list(generate(policy, tok, 20, SamplingConfig(max_length=24, batch_size=8), 2))
+
+    def broken(mode):
+        def step(*args):
+            raise RuntimeError("no compiler here")
+
+        return step
+
+    monkeypatch.setattr(decoding, "compiled_step", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = list(generate(policy, tok, 20, SamplingConfig(max_length=24, batch_size=8, compile_step="fused"), 2))
+    assert any("compile_step: eager" in str(w.message) for w in caught)
+    assert [t for c in fallback for t in c["text"]] == [t for c in eager for t in c["text"]]
+
+
+def test_compile_step_resolves_per_device_and_model(tiny_policy):
+    policy, _ = tiny_policy
+    on_cpu = {mode: decoding.decode_step_mode(SamplingConfig(compile_step=mode), policy)
+              for mode in ("auto", "eager", "fused", "graphs")}  # fmt: skip
+    assert on_cpu == {"auto": "eager", "eager": "eager", "fused": "fused", "graphs": "fused"}
+
+    class NotCompilable(torch.nn.Module):  # a model transformers does not mark as compilable
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    assert decoding.decode_step_mode(SamplingConfig(compile_step="fused"), NotCompilable()) == "eager"
