@@ -163,3 +163,18 @@ def test_a_padded_lm_head_samples_the_same_texts_and_log_probs(tiny_policy):
                            completion_logprobs(padded, prompt, ids, tok.eos_token_id)):  # fmt: skip
         torch.testing.assert_close(*model_logps)
     assert pad_output_vocabulary(padded, multiple) is padded  # already aligned: left as it is
+
+
+def test_tokenizer_threads_turns_parallelism_on_inside_and_restores_it(monkeypatch):
+    import os
+
+    from prefalign.engine.scoring import tokenizer_threads
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # what the CLI sets
+    with tokenizer_threads():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    with pytest.raises(KeyError), tokenizer_threads():
+        raise KeyError("an error inside the block")
+    assert "TOKENIZERS_PARALLELISM" not in os.environ

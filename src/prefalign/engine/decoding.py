@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefalign.engine.decode_step import compiled_step, decode_cache, decode_step_mode, last_logits, token_logp
-from prefalign.engine.scoring import score_texts
+from prefalign.engine.scoring import score_texts, tokenizer_threads
 from prefalign.store import atomic_path
 
 
@@ -263,8 +263,9 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
             is_eos = gen == eos
             stopped = is_eos.any(1)
             n_tokens = torch.where(stopped, is_eos.int().argmax(1), gen.shape[1])
-            chunk = {"index": rows, "text": tokenizer.batch_decode(gen.cpu(), skip_special_tokens=True),
-                     "n_tokens": n_tokens.cpu().numpy()}  # fmt: skip
+            with tokenizer_threads():
+                texts = tokenizer.batch_decode(gen.cpu(), skip_special_tokens=True)
+            chunk = {"index": rows, "text": texts, "n_tokens": n_tokens.cpu().numpy()}
             if reference is not None:
                 # The policy's log-probs come from decoding itself (the fast engine) or a forward pass (hf).
                 logp = logp if logp is not None else completion_logprobs(model, prompt, gen, eos)[0]

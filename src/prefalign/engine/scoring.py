@@ -9,8 +9,33 @@ little compute is spent on padding, and results are put back in input order.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import torch
+
+
+@contextlib.contextmanager
+def tokenizer_threads():
+    """Let HF tokenizers batch-encode and -decode on every core inside the block.
+
+    The CLI sets TOKENIZERS_PARALLELISM=false (a process that forks after the tokenizers used their
+    thread pool prints a warning, and its child runs single-threaded). A batch of 5,000 texts is
+    encoded for the classifier, decoded from ids and re-encoded for the diversity metric once per
+    sample stage or evaluation run, which on one core takes a large share of a GPU's run time; the
+    setting is read at each call, so turning it on here and back off afterwards gives those calls
+    the cores while any fork elsewhere still finds parallelism switched off.
+    """
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
 def max_input_length(model, tokenizer) -> int:
@@ -27,7 +52,8 @@ def score_texts(texts: list[str], model, tokenizer, positive_index: int, batch_s
     reward, prob, is_pos = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, bool)
     if n == 0:
         return {"reward": reward, "positive_prob": prob, "is_positive": is_pos}
-    enc = tokenizer(list(texts), truncation=True, max_length=max_input_length(model, tokenizer))
+    with tokenizer_threads():
+        enc = tokenizer(list(texts), truncation=True, max_length=max_input_length(model, tokenizer))
     ids = enc["input_ids"]
     order = np.argsort([len(x) for x in ids], kind="stable")
     device = next(model.parameters()).device

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from prefalign.engine.metrics import (broken_share, distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary,
                                       token_entropy)  # fmt: skip
+from prefalign.engine.scoring import tokenizer_threads
 from prefalign.models.loading import load_policy
 from prefalign.items import Evaluation, Original
 from prefalign.services import Services, release_memory
@@ -36,7 +37,8 @@ RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "world_size")
 
 def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
     """Every per-run metric of one run's samples (a DataFrame as sample_and_score returns)."""
-    ids = policy_token_ids(df["text"].tolist(), tokenizer)  # tokenized once for diversity and distinct-n
+    with tokenizer_threads():
+        ids = policy_token_ids(df["text"].tolist(), tokenizer)  # tokenized once for diversity and distinct-n
     out = {
         **run_summary(df["reward"].to_numpy(), df["is_positive"].to_numpy()),
         **reward_profile(df["reward"].to_numpy(), thresholds),
