@@ -1,6 +1,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefalign.engine.metrics import broken_share, diversity, run_summary, token_entropy
 
@@ -56,6 +58,30 @@ def test_distinct_n_counts_over_all_texts_without_crossing_them():
     assert distinct_n([[3], [4]], 2) == 0.0
     assert distinct_n([[1, 2, 3]], 3) == 1.0
 
+
+
+def _counted_by_hand(texts, n, pad_id=None):
+    """token_entropy and distinct_n written out with Python counters: what the numpy versions must equal."""
+    from collections import Counter
+
+    counts = Counter(i for ids in texts for i in ids if i != pad_id)
+    total = sum(counts.values())
+    entropy = -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
+    grams = [tuple(ids[i : i + n]) for ids in texts for i in range(len(ids) - n + 1)]
+    return entropy, len(set(grams)) / len(grams) if grams else 0.0
+
+
+@given(st.lists(st.lists(st.integers(0, 60_000), max_size=12), max_size=8), st.integers(1, 4),
+       st.one_of(st.none(), st.integers(0, 3)))  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_entropy_and_distinct_n_equal_plain_counting(texts, n, pad_id):
+    from prefalign.engine.metrics import distinct_n
+
+    texts = [[i % 4 if i < 20_000 else i for i in ids] for ids in texts]  # repeats: small ids recur often
+    entropy, distinct = _counted_by_hand(texts, n, pad_id)
+    assert token_entropy(texts, pad_id) == pytest.approx(entropy, abs=1e-12)
+    assert distinct_n(texts, n) == pytest.approx(distinct, abs=1e-12)
+    assert distinct_n(iter(texts), n) == pytest.approx(distinct, abs=1e-12)  # any iterable of texts
 
 def test_reward_profile_shares_and_percentiles():
     import numpy as np

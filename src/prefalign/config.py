@@ -376,7 +376,9 @@ class EvaluateConfig(Section):
         default_factory=lambda: [0.0, 0.5], description="Each run reports the share of texts with reward above each value."
     )
     kl: bool = Field(
-        True, description="Estimate KL(policy || original) on each run's samples (one extra forward of both models)."
+        True,
+        description="Estimate KL(policy || original) on each run's samples (one extra forward of the original; of "
+        "the policy too with `sampling.engine: hf`).",
     )
 
 

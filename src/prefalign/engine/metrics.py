@@ -11,22 +11,31 @@ which `broken_share` exposes.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
+
+
+def _flat_ids(token_ids: Iterable[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(every id of every text in one int64 array, each text's length)."""
+    lists = [list(ids) for ids in token_ids]
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum())), lengths
 
 
 def token_entropy(token_ids: Iterable[Sequence[int]], pad_id: int | None = None) -> float:
     """Entropy (nats) of the unigram distribution of token ids over all texts; pad ids dropped."""
-    counts: Counter[int] = Counter()
-    for ids in token_ids:
-        counts.update(i for i in ids if i != pad_id)
-    total = sum(counts.values())
-    if total == 0:
+    ids, _ = _flat_ids(token_ids)
+    if pad_id is not None:
+        ids = ids[ids != pad_id]
+    if len(ids) == 0:
         return 0.0
-    return -sum(c / total * math.log(c / total) for c in counts.values())
+    counts = np.bincount(ids) if ids.max() < 2**24 else np.unique(ids, return_counts=True)[1]  # ids are >= 0
+    p = counts[counts > 0] / len(ids)
+    return float(-(p * np.log(p)).sum())
 
 
 def broken_share(texts: Sequence[str]) -> float:
@@ -61,14 +70,18 @@ def distinct_n(token_ids: Iterable[Sequence[int]], n: int) -> float:
 
     n-grams never cross texts. 0.0 when no text has n tokens.
     """
-    seen: set[tuple[int, ...]] = set()
-    total = 0
-    for ids in token_ids:
-        ids = list(ids)
-        grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-        seen.update(grams)
-        total += len(grams)
-    return len(seen) / total if total else 0.0
+    ids, lengths = _flat_ids(token_ids)
+    text_of = np.repeat(np.arange(len(lengths)), lengths)
+    starts = np.arange(max(len(ids) - n + 1, 0))
+    starts = starts[text_of[starts] == text_of[starts + n - 1]]  # the n-gram ends in the text it starts in
+    if len(starts) == 0:
+        return 0.0
+    grams = np.stack([ids[starts + j] for j in range(n)], 1)  # (n-grams, n)
+    base = int(ids.max()) + 1
+    if n * math.log2(max(base, 2)) < 62:  # each n-gram as one int64 in base `base`, counted by hashing
+        keys = (grams * base ** np.arange(n - 1, -1, -1, dtype=np.int64)).sum(1)
+        return len(pd.unique(keys)) / len(grams)
+    return len(np.unique(grams, axis=0)) / len(grams)
 
 
 def reward_profile(rewards: np.ndarray, thresholds: Sequence[float] = (0.0, 0.5),
