@@ -126,9 +126,11 @@ def bench_sample(args) -> None:
         sides[f"engine {str(dtype).split('.')[-1]}"] = (engine, *low, False)
         sides[f"engine {str(dtype).split('.')[-1]} eager"] = (eager_engine, *low, False)
     # The warm-up compiles the decode step (once per dtype) and records its CUDA graphs.
-    for fn, p, c, cudnn in sides.values():  # warm-up (allocator, lazy imports, kernels)
+    for name, (fn, p, c, cudnn) in sides.items():  # warm-up (allocator, lazy imports, kernels)
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        t0 = time.perf_counter()
         fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, min(args.n, 200))
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f}s for {min(args.n, 200)} texts", flush=True)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.reps):
         for name, (fn, p, c, cudnn) in sides.items():
