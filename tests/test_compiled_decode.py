@@ -58,13 +58,14 @@ def test_log_probs_from_decoding_equal_a_forward_pass_over_the_completion(tiny_p
 @pytest.mark.parametrize("compile_step", ["eager", "fused"])
 def test_generate_with_the_policy_as_its_own_reference_estimates_zero_kl(tiny_policy, compile_step):
     """Decoding's log-probs (logp) against the reference's forward pass (logp_ref) over batches of
-    two sizes: the same model on both sides gives the same numbers, and n_scored counts the EOS."""
+    two sizes, the last padded to 8 rows when compiled: the same model on both sides gives the same
+    numbers, and n_scored counts the EOS."""
     policy, tok = tiny_policy
     sampling = SamplingConfig(max_length=24, batch_size=16, compile_step=compile_step)
-    chunks = list(generate(policy, tok, 40, sampling, 5, reference=policy))
+    chunks = list(generate(policy, tok, 37, sampling, 5, reference=policy))  # batches of 16, 16 and 5 (run as 8)
     logp, logp_ref = (np.concatenate([c[k] for c in chunks]) for k in ("logp", "logp_ref"))
     n_tokens, n_scored = (np.concatenate([c[k] for c in chunks]) for k in ("n_tokens", "n_scored"))
-    assert len(logp) == 40 and (logp < 0).all()
+    assert len(logp) == 37 and (logp < 0).all()
     np.testing.assert_allclose(logp, logp_ref, rtol=1e-4, atol=1e-4)
     assert ((n_scored == n_tokens + 1) | (n_scored == n_tokens)).all() and (n_scored == n_tokens + 1).any()
 
@@ -99,3 +100,11 @@ def test_compile_step_resolves_per_device_and_model(tiny_policy):
             self.weight = torch.nn.Parameter(torch.zeros(1))
 
     assert decoding.decode_step_mode(SamplingConfig(compile_step="fused"), NotCompilable()) == "eager"
+
+
+def test_compiled_batches_come_in_a_few_sizes():
+    from prefalign.engine.decoding import _compiled_rows
+
+    assert [_compiled_rows(r, 2048) for r in (2048, 1808, 1024, 904, 100, 3)] == [2048, 2048, 1024, 1024, 128, 8]
+    assert [_compiled_rows(r, 16) for r in (16, 9, 8, 5, 1)] == [16, 16, 8, 8, 8]
+    assert _compiled_rows(3, 4) == 4  # a batch size under 8 is its own only size
