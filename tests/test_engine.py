@@ -178,3 +178,20 @@ def test_tokenizer_threads_turns_parallelism_on_inside_and_restores_it(monkeypat
     with pytest.raises(KeyError), tokenizer_threads():
         raise KeyError("an error inside the block")
     assert "TOKENIZERS_PARALLELISM" not in os.environ
+
+
+def test_classifier_batches_fill_a_token_budget_on_a_gpu_and_128_rows_on_cpu():
+    from prefalign.engine.scoring import GPU_ROWS, GPU_TOKENS, _batch_ends
+
+    lengths = np.sort(np.random.default_rng(0).integers(5, 300, 5000))
+    for cuda, batch_size in ((False, None), (True, None), (True, 64)):
+        ends = _batch_ends(lengths, batch_size, cuda)
+        starts = [0, *ends[:-1]]
+        assert ends[-1] == len(lengths) and all(s < e for s, e in zip(starts, ends))  # every text once, in order
+        rows = np.diff([0, *ends])
+        if not cuda or batch_size:
+            assert (rows[:-1] == (batch_size or 128)).all()
+        else:  # padded to its longest (last) text, each batch stays within the budget
+            assert all((e - s) * lengths[e - 1] <= GPU_TOKENS or e - s == 1 for s, e in zip(starts, ends))
+            assert rows.max() <= GPU_ROWS and rows[0] == GPU_ROWS and len(ends) < 5000 / 128
+    assert _batch_ends(np.array([40_000, 50_000]), None, True) == [1, 2]  # two do not fit: one each

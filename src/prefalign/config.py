@@ -68,7 +68,10 @@ class RewardConfig(Section):
         "name, never by index, because label order differs between checkpoints.",
     )
     batch_size: int | None = Field(
-        None, gt=0, description="Texts per classifier batch (length-sorted). Empty: 128."
+        None,
+        gt=0,
+        description="Texts per classifier batch (length-sorted). Empty: 128 on CPU; on a GPU as many as fit "
+        "65,536 tokens, at most 1,024.",
     )
     single_logit: bool = Field(
         False,

@@ -312,7 +312,7 @@ def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer,
         for chunk in chunks:
             heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
             full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
-            scores = score_texts(full, classifier, classifier_tokenizer, positive_index, reward_batch or 128)
+            scores = score_texts(full, classifier, classifier_tokenizer, positive_index, reward_batch)
             columns = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
             if heads is not None:
                 columns["prompt"] = heads

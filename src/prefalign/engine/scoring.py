@@ -45,9 +45,34 @@ def max_input_length(model, tokenizer) -> int:
     return min(limits) if limits else 512
 
 
+# Texts per classifier batch when none is set: 128 on CPU; on a GPU as many as fit this many tokens
+# (at most GPU_ROWS), so short texts go in few large batches (each call costs launch time on the host).
+CPU_ROWS, GPU_TOKENS, GPU_ROWS = 128, 65_536, 1024
+
+
+def _batch_ends(lengths: np.ndarray, batch_size: int | None, cuda: bool) -> list[int]:
+    """Where each batch of the length-sorted texts ends (exclusive indices)."""
+    n = len(lengths)
+    if batch_size or not cuda:
+        step = batch_size or CPU_ROWS
+        return [min(i + step, n) for i in range(0, n, step)]
+    ends, start = [], 0
+    while start < n:  # the batch's last text is its longest: rows x that length within GPU_TOKENS
+        end = start + 1
+        while end < n and end - start < GPU_ROWS and (end + 1 - start) * lengths[end] <= GPU_TOKENS:
+            end += 1
+        ends.append(end)
+        start = end
+    return ends
+
+
 @torch.inference_mode()
-def score_texts(texts: list[str], model, tokenizer, positive_index: int, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Return `reward` (positive logit), `positive_prob` (softmax) and `is_positive` (argmax) per text."""
+def score_texts(texts: list[str], model, tokenizer, positive_index: int,
+                batch_size: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Return `reward` (positive logit), `positive_prob` (softmax) and `is_positive` (argmax) per text.
+
+    `batch_size`: texts per classifier call; None: CPU_ROWS on CPU, a token budget on a GPU.
+    """
     n = len(texts)
     reward, prob, is_pos = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, bool)
     if n == 0:
@@ -55,10 +80,12 @@ def score_texts(texts: list[str], model, tokenizer, positive_index: int, batch_s
     with tokenizer_threads():
         enc = tokenizer(list(texts), truncation=True, max_length=max_input_length(model, tokenizer))
     ids = enc["input_ids"]
-    order = np.argsort([len(x) for x in ids], kind="stable")
+    lengths = np.array([len(x) for x in ids])
+    order = np.argsort(lengths, kind="stable")
     device = next(model.parameters()).device
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
+    start = 0
+    for end in _batch_ends(lengths[order], batch_size, device.type == "cuda"):
+        idx, start = order[start:end], end
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
         if logits.shape[-1] == 1:  # one output (reward.single_logit): positive means a positive logit
