@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -104,8 +105,10 @@ def main() -> None:
     growing = sum(t["setup_seconds"] + t["pairs"] * 3 / rate[id(t)] for t in trains) / at_once
     estimates = {stage: t["seconds"] / done_share[stage] for stage, t in timings.items()}
     estimates["train"] = timings["train"]["seconds"] + growing * (1 / f - 1)
-    # Evaluation at full size: each model loaded once, its runs scaled to 10.
-    estimates["evaluate"] = timings["evaluate"]["seconds"] + run_seconds * (10 / eval_runs - 1)
+    # Evaluation at full size: each model loaded once, each run after those done costing the median
+    # run (one run includes compiling the decode step for a new batch size: a cost paid once).
+    median_run = statistics.median(r["seconds"] for r in evals) if evals else 0.0
+    estimates["evaluate"] = timings["evaluate"]["seconds"] + median_run * (len(evals) * 10 / eval_runs - len(evals))
     for stage, t in timings.items():
         print(f"| {stage} | {t['seconds']} | {estimates[stage]:.0f} | {t['peak_gpu_gib']} | {rates.get(stage, '')} |")
     for t in trains:

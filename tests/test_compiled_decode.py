@@ -108,3 +108,22 @@ def test_compiled_batches_come_in_a_few_sizes():
     assert [_compiled_rows(r, 2048) for r in (2048, 1808, 1024, 904, 100, 3)] == [2048, 2048, 1024, 1024, 128, 8]
     assert [_compiled_rows(r, 16) for r in (16, 9, 8, 5, 1)] == [16, 16, 8, 8, 8]
     assert _compiled_rows(3, 4) == 4  # a batch size under 8 is its own only size
+
+
+def test_a_second_model_of_the_architecture_reuses_the_compiled_step(tiny_policy):
+    """Parameters and cache are graph inputs: evaluating another model compiles nothing new."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    policy, tok = tiny_policy
+    sampling = SamplingConfig(max_length=24, batch_size=16, compile_step="fused")
+    first = [t for c in generate(policy, tok, 16, sampling, 0) for t in c["text"]]
+    graphs = counters["stats"]["unique_graphs"]
+    other = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)  # other weights, same shapes
+    second = [t for c in generate(other, tok, 16, sampling, 0) for t in c["text"]]
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert second != first  # the new weights were used, not the first model's
