@@ -128,9 +128,13 @@ def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir,
     assert not (tmp_path / "my-model").exists()
 
 
-def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tmp_path, monkeypatch):
-    """torch.compile (inductor on this CPU) of the policy's forward and head: TRL's numbers on a padded batch,
-    for a sum of a preference loss and the SFT term (which reads the chosen rows' token log-probs)."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tmp_path, monkeypatch, processes):
+    """torch.compile (inductor on this CPU) of the policy's forward and head, and for one process of the
+    loss and metrics too: TRL's numbers on a padded batch, for a sum of a preference loss and the SFT
+    term (which reads the chosen rows' token log-probs). With several processes (here: said to be
+    two) only the forward and head are compiled, the metrics being gathered eagerly."""
+    from accelerate import Accelerator
     from trl import DPOTrainer
 
     trainer, batch = _trainer(tiny_dir, tmp_path, ["sigmoid", "sft"], [1.0, 0.1], precompute=True)
@@ -139,8 +143,10 @@ def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tm
     results = []
     for compute, mode in ((DPOTrainer._compute_loss, "eager"), (LeanDPOTrainer._compute_loss, "fused")):
         monkeypatch.setattr(trainer, "compile_step", mode)
+        if mode == "fused":  # TRL's own loss needs the true count; gathering in one process returns its input
+            monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: processes))
         results.append(_loss_grads_metrics(trainer, compute, batch))
-    assert trainer._compiled is not None  # the lean pass went through torch.compile
+    assert trainer._compiled is not None and trainer._compiled[2] == (processes == 1)  # through torch.compile
     (stock_loss, stock_grads, stock_metrics), (compiled_loss, compiled_grads, compiled_metrics) = results
     torch.testing.assert_close(compiled_loss, stock_loss, rtol=1e-5, atol=1e-6)
     for name in stock_grads:
@@ -149,7 +155,7 @@ def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tm
     for key in stock_metrics:
         assert compiled_metrics[key] == pytest.approx(stock_metrics[key], rel=1e-4, abs=1e-5), key
     # A batch of another size takes the eager path instead of compiling again.
-    assert trainer.compiled_stats(batch["input_ids"].shape[0] - 2) is None
+    assert trainer.compiled_loss(batch["input_ids"].shape[0] - 2) == (None, False)
 
 
 def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_eager_one(tiny_dir, tmp_path, monkeypatch):

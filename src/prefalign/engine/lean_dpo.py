@@ -110,6 +110,68 @@ def completion_token_stats(model, input_ids: torch.Tensor, attention_mask: torch
     return token_logps, entropy, mean_logits, is_top1
 
 
+# The metrics a lean loss call adds, as TRL names them, in loss_and_metrics' order.
+METRIC_NAMES = ("entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy", "rewards/chosen",
+                "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")  # fmt: skip
+
+
+def _same(values: torch.Tensor) -> torch.Tensor:
+    return values
+
+
+def loss_and_metrics(per_token_logps, entropy, mean_logits, is_top1, completion_mask, ref_chosen_logps,
+                     ref_rejected_logps, beta: float, loss_types, loss_weights, gather=_same,
+                     gather_for_metrics=_same) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+    """(the batch's loss, its metrics in METRIC_NAMES order) from completion_token_stats' outputs
+    ((2*batch, seq-1), chosen rows first) and the reference's sequence log-probs (batch,) each.
+
+    The formulas of TRL 1.16's DPOTrainer for reverse-KL DPO. `gather` / `gather_for_metrics`: the
+    accelerator's, so that with several processes the metrics cover every process's pairs (token
+    averages are gathered as sums and counts, as TRL does: processes pad to different lengths).
+    """
+    shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
+    chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+    chosen_logratios = chosen_logps - ref_chosen_logps
+    rejected_logratios = rejected_logps - ref_rejected_logps
+    chosen_token_logps = per_token_logps.chunk(2, dim=0)[0]
+    chosen_mask, rejected_mask = shift_mask.chunk(2, dim=0)
+    loss = 0.0
+    for loss_type, weight in zip(loss_types, loss_weights, strict=True):
+        per_pair = sequence_losses(loss_type, beta, chosen_logratios, rejected_logratios, completion_mask,
+                                   chosen_token_logps, chosen_mask)  # fmt: skip
+        loss = loss + per_pair.mean() * weight
+
+    def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return gather_for_metrics((values * mask).sum()).sum() / gather_for_metrics(mask.sum()).sum().clamp(min=1)
+
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
+    chosen_mean_logits, rejected_mean_logits = mean_logits.detach().chunk(2, dim=0)
+    metrics = [
+        token_mean(entropy.detach(), shift_mask),
+        token_mean(chosen_mean_logits, chosen_mask),
+        token_mean(rejected_mean_logits, rejected_mask),
+        token_mean(is_top1.chunk(2, dim=0)[0].float(), chosen_mask),
+        gather(chosen_rewards).mean(),
+        gather(rejected_rewards).mean(),
+        gather((chosen_rewards > rejected_rewards).float()).mean(),
+        gather(chosen_rewards - rejected_rewards).mean(),
+        gather(chosen_logps.detach()).mean(),
+        gather(rejected_logps.detach()).mean(),
+    ]
+    return loss, metrics
+
+
+def whole_training_loss(model, input_ids, attention_mask, completion_mask, four_d_mask: bool, ref_chosen_logps,
+                        ref_rejected_logps, beta: float, loss_types: tuple, loss_weights: tuple):  # fmt: skip
+    """completion_token_stats then loss_and_metrics for one process: (loss, metrics stacked (10,)), one
+    function for torch.compile, so the loss, the metrics and their backward are in the graphs too."""
+    stats = completion_token_stats(model, input_ids, attention_mask, completion_mask, four_d_mask)
+    loss, metrics = loss_and_metrics(*stats, completion_mask, ref_chosen_logps, ref_rejected_logps, beta, loss_types,
+                                     loss_weights)  # fmt: skip
+    return loss, torch.stack([m.float() for m in metrics])
+
+
 def fixed_pad_length(dataset, max_length: int | None) -> int:
     """The longest prompt + completion of a tokenized preference dataset (TRL's `prompt_ids`,
     `chosen_ids`, `rejected_ids`), at most `max_length`: padding every batch to it keeps one shape."""
@@ -188,7 +250,7 @@ class LeanDPOTrainer(DPOTrainer):
     # torch.compile's backend: "inductor" (fused Triton kernels; with "graphs", CUDA graphs around
     # them) or "cudagraphs" (CUDA graphs of the eager kernels, nothing generated; benchmarks compare).
     compile_backend = "inductor"
-    _compiled = None  # (the compiled completion_token_stats, the batch rows it was compiled for)
+    _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
     compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
 
@@ -216,21 +278,34 @@ class LeanDPOTrainer(DPOTrainer):
         shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
         seq_len = shift_mask.size(1)
         sdpa = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa"
-        compiled = self.compiled_stats(inputs["input_ids"].shape[0])
+
+        def reference_logps() -> tuple[torch.Tensor, torch.Tensor]:  # (batch,) each, chosen and rejected
+            if self.precompute_ref_logps:
+                return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            return self.compute_ref_log_probs(self.ref_model, inputs)
+
+        metrics = self._metrics[mode]
+        compiled, whole = self.compiled_loss(inputs["input_ids"].shape[0])
         if compiled is not None:
             if self.compile_step == "graphs":
                 torch.compiler.cudagraph_mark_step_begin()  # a new training step: the last one's buffers are free
+            args = (model, inputs["input_ids"], inputs["attention_mask"], completion_mask, sdpa)
             try:
-                stats = compiled(model, inputs["input_ids"], inputs["attention_mask"], completion_mask, sdpa)
+                if whole:
+                    loss, values = compiled(*args, *reference_logps(), self.beta, tuple(self.loss_types),
+                                            tuple(self.loss_weights))  # fmt: skip
+                    # Kept until the next logging step; CUDA graphs overwrite their outputs at the next replay.
+                    for name, value in zip(METRIC_NAMES, values.detach().clone().unbind(), strict=True):
+                        metrics[name].append(value)
+                    return loss
+                stats = compiled(*args)
             except Exception as e:  # e.g. no C compiler for Triton: the step stays correct, only slower
                 if self.state.global_step > 0:
                     raise
                 self.note(f"  compiling the training step failed ({type(e).__name__}: {str(e)[:300]}); "
                           f"training goes on without compilation, as with train.dpo.compile_step: eager")
                 self.compile_step, compiled = "eager", None
-        if compiled is not None:
-            per_token_logps, entropy, mean_logits, is_top1 = stats
-        else:
+        if compiled is None:
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
             on_gpu = inputs["input_ids"].device.type == "cuda"
             sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
@@ -240,46 +315,14 @@ class LeanDPOTrainer(DPOTrainer):
             with every_position if sync_free else contextlib.nullcontext():
                 outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
             # (2*batch, seq-1) each, 0 outside completions
-            per_token_logps, entropy = outputs.log_probs[:, -seq_len:], outputs.entropy[:, -seq_len:]
-            mean_logits, is_top1 = outputs.mean_logits[:, -seq_len:], outputs.is_top1[:, -seq_len:]
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
-        if self.precompute_ref_logps:
-            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model, inputs)
-        chosen_logratios = chosen_logps - ref_chosen_logps
-        rejected_logratios = rejected_logps - ref_rejected_logps
-
-        chosen_token_logps = per_token_logps.chunk(2, dim=0)[0]
-        chosen_mask, rejected_mask = shift_mask.chunk(2, dim=0)
-        loss = 0.0
-        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
-            per_pair = sequence_losses(loss_type, self.beta, chosen_logratios, rejected_logratios, completion_mask,
-                                       chosen_token_logps, chosen_mask)  # fmt: skip
-            loss = loss + per_pair.mean() * weight
-
-        # Metrics as TRL names them, left on the device until `log` (num_tokens, a running count, is not kept).
-        # Token averages are gathered as sums and counts, as TRL does: processes pad to different lengths.
-        gather = self.accelerator.gather_for_metrics
-
-        def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return gather((values * mask).sum()).sum() / gather(mask.sum()).sum().clamp(min=1)
-
-        chosen_rewards = self.beta * chosen_logratios.detach()
-        rejected_rewards = self.beta * rejected_logratios.detach()
-        chosen_mean_logits, rejected_mean_logits = mean_logits.detach().chunk(2, dim=0)
-        chosen_is_top1 = is_top1.chunk(2, dim=0)[0]
-        metrics = self._metrics[mode]
-        metrics["entropy"].append(token_mean(entropy.detach(), shift_mask))
-        metrics["logits/chosen"].append(token_mean(chosen_mean_logits, chosen_mask))
-        metrics["logits/rejected"].append(token_mean(rejected_mean_logits, rejected_mask))
-        metrics["mean_token_accuracy"].append(token_mean(chosen_is_top1.float(), chosen_mask))
-        metrics["rewards/chosen"].append(self.accelerator.gather(chosen_rewards).mean())
-        metrics["rewards/rejected"].append(self.accelerator.gather(rejected_rewards).mean())
-        metrics["rewards/accuracies"].append(self.accelerator.gather((chosen_rewards > rejected_rewards).float()).mean())
-        metrics["rewards/margins"].append(self.accelerator.gather(chosen_rewards - rejected_rewards).mean())
-        metrics["logps/chosen"].append(self.accelerator.gather(chosen_logps.detach()).mean())
-        metrics["logps/rejected"].append(self.accelerator.gather(rejected_logps.detach()).mean())
+            stats = (outputs.log_probs[:, -seq_len:], outputs.entropy[:, -seq_len:],
+                     outputs.mean_logits[:, -seq_len:], outputs.is_top1[:, -seq_len:])  # fmt: skip
+        # Metrics left on the device until `log` (num_tokens, a running count, is not kept).
+        loss, values = loss_and_metrics(*stats, completion_mask, *reference_logps(), self.beta, self.loss_types,
+                                        self.loss_weights, self.accelerator.gather,
+                                        self.accelerator.gather_for_metrics)  # fmt: skip
+        for name, value in zip(METRIC_NAMES, values, strict=True):
+            metrics[name].append(value)
         return loss
 
     def create_optimizer(self, model=None):
@@ -300,20 +343,24 @@ class LeanDPOTrainer(DPOTrainer):
         main_input = getattr(self.model, "main_input_name", "input_ids")
         return 6 * inputs[main_input].numel() * self._counted_parameters if main_input in inputs else 0
 
-    def compiled_stats(self, rows: int):
-        """The compiled completion_token_stats for a batch of `rows` rows, or None: not compiling, or
-        another batch size than the first (compiling it again would cost more than its one step saves)."""
+    def compiled_loss(self, rows: int):
+        """(the compiled function for a batch of `rows` rows, whether it is whole_training_loss), or
+        (None, False): not compiling, or another batch size than the first (compiling it again would
+        cost more than its one step saves). One process compiles the whole loss; several compile
+        completion_token_stats, the metrics then being gathered across processes eagerly."""
         if self.compile_step == "eager" or not self.model.training:
-            return None
+            return None, False
         if self._compiled is None:
+            whole = self.accelerator.num_processes == 1
+            function = whole_training_loss if whole else completion_token_stats
             if self.compile_backend == "cudagraphs":
-                compiled = torch.compile(completion_token_stats, dynamic=False, backend="cudagraphs")
+                compiled = torch.compile(function, dynamic=False, backend="cudagraphs")
             else:
                 mode = "reduce-overhead" if self.compile_step == "graphs" else None
-                compiled = torch.compile(completion_token_stats, dynamic=False, mode=mode)
-            self._compiled = (compiled, rows)
-        compiled, compiled_rows = self._compiled
-        return compiled if rows == compiled_rows else None
+                compiled = torch.compile(function, dynamic=False, mode=mode)
+            self._compiled = (compiled, rows, whole)
+        compiled, compiled_rows, whole = self._compiled
+        return (compiled, whole) if rows == compiled_rows else (None, False)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # The one host sync per logging step: every metric tensor since the last log, copied at once.
