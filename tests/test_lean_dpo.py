@@ -161,8 +161,7 @@ def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tm
 def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_eager_one(tiny_dir, tmp_path, monkeypatch):
     """train_one with `compile_step: fused` (this CPU's compiled path): one batch shape for the whole
     run, the same logged losses and final weights as the eager path; an odd last batch runs eagerly."""
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
+    from prefalign.engine.preference_batches import NumpyPreferenceCollator
     from prefalign.stages.train_dpo import train_one
 
     chosen = [TEXTS[i % 4] for i in range(27)]
@@ -171,14 +170,14 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
                           "rejected": [TEXTS[(i + 2) % 4] + " no" for i in range(27)]})  # fmt: skip
     pairs.to_parquet(tmp_path / "pairs.parquet")
     shapes = []
-    original = DataCollatorForPreference.torch_call
+    original = NumpyPreferenceCollator.torch_call  # the lean trainer's collator
 
     def recorded(self, examples):
         batch = original(self, examples)
         shapes.append(tuple(batch["input_ids"].shape))
         return batch
 
-    monkeypatch.setattr(DataCollatorForPreference, "torch_call", recorded)
+    monkeypatch.setattr(NumpyPreferenceCollator, "torch_call", recorded)
     runs = {}
     for mode in ("eager", "fused"):
         shapes.clear()

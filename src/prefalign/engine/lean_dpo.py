@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
 
+from prefalign.engine.preference_batches import numpy_collator
+
 # The loss types computed here; any other goes through DPOTrainer's own _compute_loss.
 LEAN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "sft"})
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
@@ -253,6 +255,10 @@ class LeanDPOTrainer(DPOTrainer):
     _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
     compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_collator = numpy_collator(self.data_collator)  # TRL's batches, collated with less host time
 
     def lean(self) -> bool:
         """Whether this trainer's settings are the ones computed here (worked out once: accelerate's
