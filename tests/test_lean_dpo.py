@@ -278,3 +278,24 @@ def test_the_flop_count_is_transformers_with_the_parameters_counted_once(tiny_di
                         lambda self, *a, **k: counted.append(1) or original(self, *a, **k))  # fmt: skip
     assert [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
     assert len(counted) == 1
+
+
+def test_the_compiled_gradient_clipping_clips_as_the_eager_one():
+    """clip_gradients through torch.compile (as the lean trainer runs it with a compiled step): the same
+    total norm and clipped gradients as torch's eager clip_grad_norm_, for norms above and below the limit."""
+    from prefalign.engine.lean_dpo import clip_gradients
+
+    compiled = torch.compile(clip_gradients)
+    for scale, max_norm in ((10.0, 1.0), (0.01, 1.0)):
+        torch.manual_seed(0)
+        eager_model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+        compiled_model = copy.deepcopy(eager_model)
+        for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+            a.grad = torch.randn_like(a) * scale
+            b.grad = a.grad.clone()
+        eager_norm = torch.nn.utils.clip_grad_norm_(eager_model.parameters(), max_norm)
+        compiled_norm = compiled(list(compiled_model.parameters()), max_norm)
+        torch.testing.assert_close(compiled_norm, eager_norm)
+        for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
+        assert (float(eager_norm) > max_norm) == (scale > 1)  # one case clips, the other does not

@@ -32,6 +32,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from trl import DPOTrainer
 
 from prefalign.engine.preference_batches import numpy_collator
@@ -204,6 +205,11 @@ def trl_head_positions(compact):
         trl_utils._use_triton = original
 
 
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (foreach) of `parameters`' gradients: their total norm before clipping."""
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+
+
 def compile_optimizer_step(optimizer: torch.optim.Optimizer, note=print) -> bool:
     """Run `optimizer.step` through torch.compile, so inductor fuses the update's passes over every
     parameter into a few kernels (RMSprop, the `seed` recipe's optimizer, has no fused step in torch:
@@ -253,7 +259,8 @@ class LeanDPOTrainer(DPOTrainer):
     # them) or "cudagraphs" (CUDA graphs of the eager kernels, nothing generated; benchmarks compare).
     compile_backend = "inductor"
     _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
-    compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
+    compile_optimizer = True  # with a compiled step, compile the optimizer's update and clipping too (benchmarks compare)
+    _compiled_clip = None  # the compiled clip_gradients; False once compiling it failed
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
 
     def __init__(self, *args, **kwargs):
@@ -339,6 +346,23 @@ class LeanDPOTrainer(DPOTrainer):
                 and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)):  # fmt: skip
             compile_optimizer_step(optimizer, self.note)
         return optimizer
+
+    def _clip_grad_norm(self, model):
+        # With the update compiled, in one plain process (no FSDP / DeepSpeed, no fp16 loss scaling),
+        # clipping is compiled too: eagerly it is a norm kernel per chunk of gradients, one Python `.to`
+        # call per parameter (148 for GPT-2-small) and five more kernels, all host time on a GPU.
+        if (self.compile_step == "eager" or not self.compile_optimizer or self._compiled_clip is False
+                or self.accelerator.distributed_type != DistributedType.NO or self.accelerator.scaler is not None):  # fmt: skip
+            return super()._clip_grad_norm(model)
+        if self._compiled_clip is None:
+            self._compiled_clip = torch.compile(clip_gradients)
+        try:
+            return self._compiled_clip(list(model.parameters()), float(self.args.max_grad_norm))
+        except Exception as e:  # raised while tracing or compiling, before any gradient changed
+            self.note(f"  compiling the gradient clipping failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "it runs uncompiled")  # fmt: skip
+            self._compiled_clip = False
+            return super()._clip_grad_norm(model)
 
     def floating_point_ops(self, inputs) -> int:
         """The Trainer's FLOP count for its logs (6 x tokens x non-embedding parameters), with the
