@@ -118,7 +118,19 @@ def profile_sample_and_score(policy_dir: str, reward_dir: str, n: int, device: t
     tables(prof, f"sample_and_score, {n} texts")
 
 
-def profile_train(policy_dir: str, precision: str, device: torch.device) -> None:
+def host_operations(prof, steps: int) -> None:
+    """Torch operations dispatched from the host per step (those not called by another operation),
+    and what called them: each costs host time, and on a GPU each kernel among them a launch."""
+    from collections import Counter
+
+    top = [e for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
+    callers = Counter((e.cpu_parent.name.split("/")[-1][:70] if e.cpu_parent else "-") for e in top)
+    print(f"host-dispatched torch operations: {len(top) / steps:.0f} per step; by caller, per step: "
+          + ", ".join(f"{name} {count / steps:.0f}" for name, count in callers.most_common(8)))
+
+
+def profile_train(policy_dir: str, precision: str, device: torch.device, compile_step: str = "auto") -> None:
     import pandas as pd
     from transformers import TrainerCallback
 
@@ -158,13 +170,14 @@ def profile_train(policy_dir: str, precision: str, device: torch.device) -> None
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
         train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", "seed", "sigmoid", 0.1,
-                  {"max_steps": 45, "logging_steps": 50, "max_length": min(256, context)}, device, 0, log=lambda m: None, precision=precision,
-                  callbacks=[callback])  # fmt: skip
+                  {"max_steps": 45, "logging_steps": 50, "max_length": min(256, context), "compile_step": compile_step},
+                  device, 0, log=lambda m: None, precision=precision, callbacks=[callback])  # fmt: skip
     print(f"\ntraining steps 20..30 under cProfile: {100 * callback.python_seconds:.1f} ms/step ({precision}); "
           "the host's Python by cumulative time:")
     pstats.Stats(callback.python).sort_stats("cumulative").print_stats(40)
     print(f"\ntraining steps 30..40 under the profiler: {100 * callback.seconds:.1f} ms/step ({precision})")
-    tables(callback.prof, f"training, lean trainer, {precision}")
+    tables(callback.prof, f"training, lean trainer, {precision}, compile_step {compile_step}")
+    host_operations(callback.prof, 10)
 
 
 def main() -> None:
@@ -175,6 +188,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "prefalign-bench-base"))
     parser.add_argument("--parts", default="decode,sample,train", help="which of decode, sample, train to profile")
+    parser.add_argument("--compile-step", default="auto", help="train.dpo.compile_step of the train part")
     args = parser.parse_args()
     parts = args.parts.split(",")
     from prefalign.cli import _quiet_libraries
@@ -188,7 +202,7 @@ def main() -> None:
     if "sample" in parts:
         profile_sample_and_score(policy_dir, reward_dir, args.texts, device)
     if "train" in parts:
-        profile_train(policy_dir, args.precision, device)
+        profile_train(policy_dir, args.precision, device, args.compile_step)
 
 
 if __name__ == "__main__":
