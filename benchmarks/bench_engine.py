@@ -160,7 +160,7 @@ def bench_steps(args) -> None:
     trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward, eager
     or compiled (`-fused`: torch.compile; `-graphs`: also CUDA graphs; `-cudagraphs`: CUDA graphs of
     the eager kernels, torch.compile's `cudagraphs` backend; `-graphs-eageropt`: `-graphs` with the
-    optimizer's update not compiled).
+    optimizer's update and the gradient clipping not compiled).
     Pairs are couples of the policy's own samples (63 tokens for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
     """
     import numpy as np
@@ -189,7 +189,7 @@ def bench_steps(args) -> None:
                 "lean-tf32": (False, "tf32", "gpu", "eager"), "lean-bf16": (False, "bf16", "gpu", "eager"),
                 "lean-tf32-syncs": (False, "tf32", "never", "eager"), "lean-bf16-syncs": (False, "bf16", "never", "eager"),
                 **{f"lean-{p}-{c}": (False, p, "gpu", c) for p in ("fp32", "tf32", "bf16") for c in ("fused", "graphs")},
-                # the compiled step with the optimizer's update left eager (what compiling the update saves)
+                # the compiled step with the optimizer's update and clipping left eager (what compiling them saves)
                 **{f"lean-{p}-graphs-eageropt": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
                 # CUDA graphs of the eager kernels (torch.compile's `cudagraphs` backend): no Triton, no C compiler
                 **{f"lean-{p}-cudagraphs": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")}}  # fmt: skip

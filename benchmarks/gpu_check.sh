@@ -36,7 +36,7 @@ part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
   python3 -c "import triton; print('triton', triton.__version__)"; command -v gcc cc; nproc; echo "commit ${COMMIT:-?}"; } 2>&1 | tee "$out/machine.txt"
 # 1. Training step of the seed recipe: the lean trainer's compiled step with CUDA graphs in TF32 and
 #    in the recipe's fp32 (the first step's seconds include compilation), with the optimizer's update
-#    compiled (the default) and not (`-eageropt`). stock-fp32 (a9ca438's path: 56-59 ms on an H100)
+#    and the gradient clipping compiled (the default) and not (`-eageropt`). stock-fp32 (a9ca438's path: 56-59 ms on an H100)
 #    and lean-bf16-graphs are variants too.
 part steps "${STEPS_LIMIT:-160}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
   --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-tf32-graphs-eageropt,lean-fp32-graphs,lean-fp32-graphs-eageropt}"
