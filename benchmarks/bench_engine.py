@@ -117,20 +117,23 @@ def bench_sample(args) -> None:
     device = pick_device(args.device)
     policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models, device)
     # name: (function, policy, classifier, cuDNN attention allowed?): the baseline runs with torch's
-    # defaults (cuDNN allowed), the engine as the pipeline runs it (loading.use_attention_kernels;
-    # on a GPU its decode step compiled and run as CUDA graphs, sampling.compile_step: auto).
-    sides = {"baseline": (baseline, policy, classifier, True), "engine": (engine, policy, classifier, False)}
+    # defaults (cuDNN allowed), the engine with loading.use_attention_kernels as the pipeline does:
+    # in fp32 with the eager decode loop, and on a GPU in bf16 as the pipeline samples there (its
+    # decode step compiled and run as CUDA graphs, sampling.compile_step: auto) and eagerly.
+    sides = {"baseline": (baseline, policy, classifier, True), "engine": (eager_engine, policy, classifier, False)}
     if inference_dtype(device) != torch.float32:
         dtype = inference_dtype(device)
         low = [copy.deepcopy(m).to(dtype) for m in (policy, classifier)]
         sides[f"engine {str(dtype).split('.')[-1]}"] = (engine, *low, False)
         sides[f"engine {str(dtype).split('.')[-1]} eager"] = (eager_engine, *low, False)
-    # The warm-up compiles the decode step (once per dtype) and records its CUDA graphs.
+    # The warm-up compiles the decode step (once per dtype and batch size: the engine's warm-up draws
+    # the full N, so its batch sizes are the timed run's) and records its CUDA graphs.
     for name, (fn, p, c, cudnn) in sides.items():  # warm-up (allocator, lazy imports, kernels)
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        n = min(args.n, 200) if fn is baseline else args.n
         t0 = time.perf_counter()
-        fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, min(args.n, 200))
-        print(f"warm-up {name}: {time.perf_counter() - t0:.1f}s for {min(args.n, 200)} texts", flush=True)
+        fn(p, policy_tokenizer, c, classifier_tokenizer, positive_index, n)
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f}s for {n} texts", flush=True)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.reps):
         for name, (fn, p, c, cudnn) in sides.items():

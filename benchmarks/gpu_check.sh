@@ -42,9 +42,9 @@ part steps "${STEPS_LIMIT:-160}" python3 benchmarks/bench_engine.py steps --mode
   --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-tf32-graphs-eageropt,lean-fp32-graphs,lean-fp32-graphs-eageropt}"
 # The pipeline parts below use the compiled step unless it failed above.
 compiled=(); grep -q "^lean-tf32-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
-# 2. Sample + score: the original loop against the engine, same models, same GPU: fp32 and bf16 with
-#    the decode step compiled as CUDA graphs (sampling.compile_step: auto; the warm-up compiles it,
-#    once per dtype), and bf16 eager.
+# 2. Sample + score: the original loop against the engine, same models, same GPU: fp32 eager, bf16
+#    with the decode step compiled as CUDA graphs (sampling.compile_step: auto, the pipeline's setting;
+#    the warm-up compiles it, once per batch size), bf16 eager.
 part sample "${SAMPLE_LIMIT:-120}" python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
 # 3. The pipeline end to end at full batch sizes, the seed recipe's own fp32 (PRECISION=tf32 for TF32),
 #    the four grid models side by side.

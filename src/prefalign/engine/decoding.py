@@ -154,7 +154,8 @@ def _static_batch(model, prompt: torch.Tensor, eos: int, sampling, step, cache,
         if t + 1 == steps or ((t + 1) % _DROP_EVERY == 0 and bool(finished.all())):
             break
         # With CUDA graphs the outputs are overwritten by the next replay: everything above that reads
-        # `logits` and `lse` has been queued by now.
+        # `logits` and `lse` has been queued by now, so the step's buffers are free to reuse.
+        torch.compiler.cudagraph_mark_step_begin()
         logits, lse = step(model, nxt[:, None], cache)
     return tokens, logp
 
