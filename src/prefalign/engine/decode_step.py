@@ -89,20 +89,31 @@ def last_logits(model, input_ids: torch.Tensor, cache) -> tuple[torch.Tensor, to
 @functools.cache
 def compiled_step(mode: str):
     """last_logits through torch.compile: `fused` (Triton / C++ kernels) or `graphs` (those recorded
-    as CUDA graphs, one launch per step). The batch dimension is symbolic, and parameters and the
-    static cache are graph inputs, so one compilation serves every batch size and every model of
-    one architecture in the process (a CUDA graph is recorded per batch size and model)."""
+    as CUDA graphs, one launch per step). Parameters and the static cache are graph inputs, so one
+    compilation serves every model of an architecture in the process (a CUDA graph is recorded per
+    model); the static cache's batch size is a constant to the compiler, so each batch size compiles
+    once (decoding._compiled_rows keeps them few)."""
     return torch.compile(last_logits, dynamic=True, mode="reduce-overhead" if mode == "graphs" else None)
+
+
+# The compile modes that failed in this process: later sampling skips them rather than pay again.
+_FAILED: set[str] = set()
+
+
+def compile_failed(mode: str) -> None:
+    """Record that compiling the decode step in `mode` failed; decode_step_mode then says `eager`."""
+    _FAILED.add(mode)
 
 
 def decode_step_mode(sampling, model) -> str:
     """`sampling.compile_step` resolved for `model`: `auto` is `graphs` on CUDA and `eager` elsewhere,
     `graphs` is `fused` off CUDA, and a model transformers does not mark as compilable with a static
-    cache (`_can_compile_fullgraph`) decodes eagerly."""
+    cache (`_can_compile_fullgraph`), or a mode whose compilation already failed in this process
+    (compile_failed), decodes eagerly."""
     device = next(model.parameters()).device
     mode = sampling.compile_step
     if mode == "auto":
         mode = "graphs" if device.type == "cuda" else "eager"
     if mode == "graphs" and device.type != "cuda":
         mode = "fused"
-    return mode if getattr(model, "_can_compile_fullgraph", False) else "eager"
+    return mode if getattr(model, "_can_compile_fullgraph", False) and mode not in _FAILED else "eager"

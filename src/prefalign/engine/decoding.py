@@ -10,8 +10,8 @@ including the first EOS) under the policy and the reference is also stored, from
 softmax (temperature 1, no top-k / top-p): the policy's from the decode steps' own logits (the
 `fast` engine) or a forward pass (`hf`), the reference's from a forward pass; metrics.kl_estimate
 turns them into a KL estimate. The `fast` engine's decode step runs eagerly or compiled
-(`sampling.compile_step`, decode_step.py). Results are streamed to Parquet in chunks (flat memory in N), into a temporary file that is renamed
-when complete. Run alone with:
+(`sampling.compile_step`, decode_step.py). Results are streamed to Parquet in chunks (flat memory
+in N), into a temporary file that is renamed when complete. Run alone with:
 
     prefalign sample CONFIG
 """
@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from prefalign.engine.decode_step import compiled_step, decode_cache, decode_step_mode, last_logits, token_logp
+from prefalign.engine.decode_step import (compile_failed, compiled_step, decode_cache, decode_step_mode, last_logits,
+                                          token_logp)  # fmt: skip
 from prefalign.engine.scoring import score_texts, tokenizer_threads
 from prefalign.store import atomic_path
 
@@ -265,9 +266,11 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
                     gen, logp = _static_batch(model, padded, eos, sampling, compiled_step(mode), caches[size],
                                               with_logp=reference is not None)  # fmt: skip
                     gen, logp = gen[: len(rows)], logp[: len(rows)] if logp is not None else None
-                except Exception as error:  # noqa: BLE001 - any compiler failure: decode this and later batches eagerly
-                    warnings.warn(f"compiling the decode step failed ({type(error).__name__}: {error}); sampling goes "
-                                  "on without compilation, as with sampling.compile_step: eager", stacklevel=2)  # fmt: skip
+                except Exception as error:  # any compiler failure: this batch and every later one decode eagerly
+                    first_line = (str(error).splitlines() or [""])[0][:300]
+                    warnings.warn(f"compiling the decode step failed ({type(error).__name__}: {first_line}); sampling "
+                                  "goes on without compilation, as with sampling.compile_step: eager", stacklevel=2)  # fmt: skip
+                    compile_failed(mode)
                     mode, caches = "eager", {}
                     torch.manual_seed(_batch_seed(seed, b))
             if mode == "eager" and sampling.engine == "fast":
