@@ -105,6 +105,14 @@ def test_compile_step_resolves_per_device_and_model(tiny_policy):
 
     assert decoding.decode_step_mode(SamplingConfig(compile_step="fused"), NotCompilable()) == "eager"
 
+    class OldCacheArgument(NotCompilable):  # marked compilable, but its forward would ignore `cache=`
+        _can_compile_fullgraph = True
+
+        def forward(self, input_ids, past_key_values=None, **kwargs):
+            raise AssertionError("not called")
+
+    assert decoding.decode_step_mode(SamplingConfig(compile_step="fused"), OldCacheArgument()) == "eager"
+
 
 def test_compiled_batches_come_in_a_few_sizes():
     from prefalign.engine.decoding import _compiled_rows

@@ -8,6 +8,7 @@ shapes and addresses let torch.compile record the step once as a CUDA graph.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -108,12 +109,16 @@ def compile_failed(mode: str) -> None:
 def decode_step_mode(sampling, model) -> str:
     """`sampling.compile_step` resolved for `model`: `auto` is `graphs` on CUDA and `eager` elsewhere,
     `graphs` is `fused` off CUDA, and a model transformers does not mark as compilable with a static
-    cache (`_can_compile_fullgraph`), or a mode whose compilation already failed in this process
-    (compile_failed), decodes eagerly."""
+    cache (`_can_compile_fullgraph`) or whose forward takes no `cache` / `logits_to_keep`, or a mode
+    whose compilation already failed in this process (compile_failed), decodes eagerly."""
     device = next(model.parameters()).device
     mode = sampling.compile_step
     if mode == "auto":
         mode = "graphs" if device.type == "cuda" else "eager"
     if mode == "graphs" and device.type != "cuda":
         mode = "fused"
-    return mode if getattr(model, "_can_compile_fullgraph", False) and mode not in _FAILED else "eager"
+    # The compiled step passes the cache as `cache` and asks for the last position's logits only: a
+    # model whose forward does not name both (older or custom code) would ignore them silently.
+    named = inspect.signature(model.forward).parameters
+    compilable = getattr(model, "_can_compile_fullgraph", False) and {"cache", "logits_to_keep"} <= set(named)
+    return mode if compilable and mode not in _FAILED else "eager"
