@@ -51,8 +51,9 @@ part sample "${SAMPLE_LIMIT:-120}" python3 benchmarks/bench_engine.py sample --m
 part gpu "${GPU_LIMIT:-160}" python3 benchmarks/gpu.py --fraction 0.05 ${PRECISION:+--precision "$PRECISION"} --side-by-side 4 \
   --models "$base" "${compiled[@]}"
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 3 seeds each and fp32's first seed twice.
+#    Seven processes at once: their sampling decodes eagerly (no seven compilations of the tiny demo policy at once).
 part precision "${PRECISION_LIMIT:-100}" python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2 --replicate \
-  --jobs 7 "${compiled[@]}"
+  --jobs 7 --set sampling.compile_step=eager "${compiled[@]}"
 # 5. Where the time goes: torch.profiler tables of a decode loop, the whole sample + score engine and training steps.
 part profile "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
   --parts "${PROFILE_PARTS:-decode,sample,train}"
