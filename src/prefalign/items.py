@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from prefalign.config import Config, LossMix, SamplingConfig, loss_label
+from prefalign.config import Config, SamplingConfig
+from prefalign.train_config import LossMix, loss_label
 from prefalign.store import key_of
 
 # The columns that describe a model in results.csv, before `run` and the metrics.
