@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefalign.distributed import shard_seed
+from prefalign.engine.decode_step import decode_step_mode
 from prefalign.engine.decoding import sample_and_score
 from prefalign.models.loading import load_policy
 from prefalign.items import Samples
@@ -72,6 +73,10 @@ def sample(item: Samples, services: Services) -> None:
     services.log(f"{item.name}: {item.count} texts from {item.policy.ref} on {services.device}")
     policy, policy_tokenizer = load_policy(item.policy.ref, item.policy.revision, services.device, services.dtype,
                                            sampling.max_length)  # fmt: skip
+    mode = decode_step_mode(sampling, policy) if sampling.engine == "fast" else "eager"
+    if mode != "eager":
+        services.log(f"  decode step compiled (sampling.compile_step: {mode}); each new batch size compiles once per "
+                     "process, seconds to a minute")  # fmt: skip
     df = sample_in_shards(policy, policy_tokenizer, services, item.count, sampling, item.seed, item.path, item.name)
     if df is None:  # not the main process: its shard is merged there
         return
