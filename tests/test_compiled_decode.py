@@ -141,3 +141,15 @@ def test_a_second_model_of_the_architecture_reuses_the_compiled_step(tiny_policy
     second = [t for c in generate(other, tok, 16, sampling, 0) for t in c["text"]]
     assert counters["stats"]["unique_graphs"] == graphs
     assert second != first  # the new weights were used, not the first model's
+
+
+def test_new_batch_sizes_stop_compiling_after_the_second(tiny_policy):
+    """The second batch size compiles the step with the size symbolic; later sizes reuse that graph."""
+    from torch._dynamo.utils import counters
+
+    policy, tok = tiny_policy
+    before = counters["stats"]["unique_graphs"]
+    for rows in (40, 20, 10, 72):  # sizes no other test uses: each its own static cache
+        sampling = SamplingConfig(max_length=12, batch_size=rows, compile_step="fused")
+        assert len([t for c in generate(policy, tok, rows, sampling, 1) for t in c["text"]]) == rows
+    assert counters["stats"]["unique_graphs"] - before <= 2

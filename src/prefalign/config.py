@@ -128,7 +128,8 @@ class SamplingConfig(Section):
         "PyTorch; finished sequences leave the batch), `fused` (torch.compile with a static KV cache: "
         "every sequence runs to the end or until all have finished), `graphs` (those kernels recorded as "
         "CUDA graphs: one launch per step), `auto` (`graphs` on CUDA, else `eager`). Compiling takes "
-        "seconds to a minute once per process; models transformers does not mark compilable decode eagerly.",
+        "seconds to a minute, for the first two batch sizes of a process; models transformers does not mark "
+        "compilable decode eagerly.",
     )
 
     @model_validator(mode="after")

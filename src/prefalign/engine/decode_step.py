@@ -90,10 +90,11 @@ def last_logits(model, input_ids: torch.Tensor, cache) -> tuple[torch.Tensor, to
 @functools.cache
 def compiled_step(mode: str):
     """last_logits through torch.compile: `fused` (Triton / C++ kernels) or `graphs` (those recorded
-    as CUDA graphs, one launch per step). Parameters and the static cache are graph inputs, so one
-    compilation serves every model of an architecture in the process (a CUDA graph is recorded per
-    model); the static cache's batch size is a constant to the compiler, so each batch size compiles
-    once (decoding._compiled_rows keeps them few)."""
+    as CUDA graphs, one launch per step). Parameters and the static cache are graph inputs, so the
+    compilations serve every model of an architecture in the process (a CUDA graph is recorded per
+    model and batch size). The first compilation takes the static cache's batch size as a constant;
+    the second batch size compiles again with it symbolic, and that graph serves every later size
+    (checked with TORCH_LOGS=recompiles on CPU: six sizes, two compilations)."""
     return torch.compile(last_logits, dynamic=True, mode="reduce-overhead" if mode == "graphs" else None)
 
 

@@ -213,9 +213,10 @@ def completion_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor, e
 
 def _compiled_rows(rows: int, batch_size: int) -> int:
     """The rows a compiled decode step runs for a batch of `rows`: the smallest of batch_size,
-    batch_size / 2, batch_size / 4, ... (at least 8) that holds them. torch.compile treats the static
-    cache's batch size as a constant, so each size costs a compilation; these few sizes serve every
-    batch (a run of 5,000 texts in batches of 2,048: 2,048 and 1,024 for its last 904)."""
+    batch_size / 2, batch_size / 4, ... (at least 8) that holds them. Each size is a CUDA graph (and
+    a static cache) of its own, and the first two sizes each cost a compilation (compiled_step);
+    these few sizes serve every batch (5,000 texts in batches of 2,048: 2,048 and 1,024 for the
+    last 904)."""
     size = batch_size
     while size // 2 >= max(rows, 8):
         size //= 2

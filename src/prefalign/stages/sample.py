@@ -75,8 +75,8 @@ def sample(item: Samples, services: Services) -> None:
                                            sampling.max_length)  # fmt: skip
     mode = decode_step_mode(sampling, policy) if sampling.engine == "fast" else "eager"
     if mode != "eager":
-        services.log(f"  decode step compiled (sampling.compile_step: {mode}); each new batch size compiles once per "
-                     "process, seconds to a minute")  # fmt: skip
+        services.log(f"  decode step compiled (sampling.compile_step: {mode}); the first two batch sizes of the process "
+                     "compile it, seconds to a minute each")  # fmt: skip
     df = sample_in_shards(policy, policy_tokenizer, services, item.count, sampling, item.seed, item.path, item.name)
     if df is None:  # not the main process: its shard is merged there
         return
