@@ -23,9 +23,10 @@ OWN_SETTINGS = {
     "group_by_length": "batch pairs of similar token length (a random order of length-sorted megabatches)",
     "completion_only_head": "project only completion tokens through the LM head on every device (TRL does so on "
     "CUDA only); same results, less work",
-    "compile_step": "the policy's forward and log-prob head per training step, and the optimizer's update unless it "
-    "is a fused one: `eager` (plain PyTorch), `fused` (torch.compile's fused kernels), `graphs` (the forward's "
-    "recorded as CUDA graphs: one launch per forward and backward), "
+    "compile_step": "the policy's forward and log-prob head per training step (in one process with the DPO loss and "
+    "the logged metrics), gradient clipping, and the optimizer's update unless it is a fused one: `eager` (plain "
+    "PyTorch), `fused` (torch.compile's fused kernels), `graphs` (the forward's recorded as CUDA graphs: one launch "
+    "per forward and backward), "
     "`auto` (`graphs` on one CUDA GPU, else `eager`); compiling pads every batch to the longest pair and takes "
     "the first step 20-30 s on an H100 (GPT-2-small), once per training",
 }

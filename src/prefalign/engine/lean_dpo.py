@@ -20,8 +20,10 @@ head through `torch.compile` instead (`completion_token_stats`: the model's own 
 log-softmax, entropy, mean logit and top-1 of every position, which inductor fuses), on batches
 padded to one fixed length so one graph serves the whole training; `graphs` also records it as CUDA
 graphs, so a step's forward and backward are each launched at once rather than as ~1,000 kernels
-from Python. A batch of another size (an epoch's last) takes the eager path. The optimizer's
-update is compiled too (`compile_optimizer_step`), unless it is a fused one already.
+from Python. In one process the compiled function also computes the DPO loss and the logged
+metrics (`whole_training_loss`), so they and their backward are inside the graphs too. A batch of
+another size (an epoch's last) takes the eager path. The optimizer's update (`compile_optimizer_step`,
+unless it is a fused one already) and gradient clipping (`clip_gradients`) are compiled too.
 """
 
 from __future__ import annotations
