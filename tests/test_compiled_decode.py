@@ -134,6 +134,9 @@ def test_a_second_model_of_the_architecture_reuses_the_compiled_step(tiny_policy
     first = [t for c in generate(policy, tok, 16, sampling, 0) for t in c["text"]]
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0
+    cache = decode_step.static_cache(policy, 16, 24)
+    assert [t for c in generate(policy, tok, 16, sampling, 0) for t in c["text"]] == first  # a second run, same seed
+    assert decode_step.static_cache(policy, 16, 24) is cache  # the model's cache, kept across generate calls
     other = copy.deepcopy(policy)
     with torch.no_grad():
         for p in other.parameters():

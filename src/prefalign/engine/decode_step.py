@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 
 import torch
 
@@ -96,6 +97,22 @@ def compiled_step(mode: str):
     the second batch size compiles again with it symbolic, and that graph serves every later size
     (checked with TORCH_LOGS=recompiles on CPU: six sizes, two compilations)."""
     return torch.compile(last_logits, dynamic=True, mode="reduce-overhead" if mode == "graphs" else None)
+
+
+# model -> {(rows, max_length): its StaticCache}; an entry goes when its model does.
+_STATIC_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def static_cache(model, rows: int, max_length: int):
+    """The StaticCache of `model`'s compiled steps for batches of `rows`, made once per model: its
+    tensors keep their addresses across generate calls (every evaluation run of a model), so the CUDA
+    graphs recorded for them replay instead of being recorded again."""
+    from transformers import StaticCache
+
+    caches = _STATIC_CACHES.setdefault(model, {})
+    if (rows, max_length) not in caches:
+        caches[rows, max_length] = StaticCache(config=model.config, max_cache_len=max_length)
+    return caches[rows, max_length]
 
 
 # The compile modes that failed in this process: later sampling skips them rather than pay again.

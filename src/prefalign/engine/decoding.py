@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefalign.engine.decode_step import (compile_failed, compiled_step, decode_cache, decode_step_mode, last_logits,
-                                          token_logp)  # fmt: skip
+                                          static_cache, token_logp)  # fmt: skip
 from prefalign.engine.scoring import score_texts, tokenizer_threads
 from prefalign.store import atomic_path
 
@@ -248,7 +248,6 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
     if n and lengths.max() + 1 >= sampling.max_length:
         raise ValueError(f"a prompt of {lengths.max()} tokens leaves no room under max_length={sampling.max_length}")
     mode = decode_step_mode(sampling, model) if sampling.engine == "fast" else "eager"
-    caches = {}  # _compiled_rows -> the StaticCache of those steps (reused: its tensors keep their addresses)
     with tqdm(total=n, desc=desc, unit="text", leave=False, disable=None) as bar:
         for b, rows in enumerate(_batches(lengths, batch_size)):
             torch.manual_seed(_batch_seed(seed, b))
@@ -259,12 +258,9 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
             if mode != "eager":
                 try:
                     size = _compiled_rows(len(rows), batch_size)
-                    if size not in caches:
-                        from transformers import StaticCache
-
-                        caches[size] = StaticCache(config=model.config, max_cache_len=sampling.max_length)
                     padded = torch.cat([prompt, prompt[:1].expand(size - len(rows), -1)])  # extra rows: dropped
-                    gen, logp = _static_batch(model, padded, eos, sampling, compiled_step(mode), caches[size],
+                    cache = static_cache(model, size, sampling.max_length)
+                    gen, logp = _static_batch(model, padded, eos, sampling, compiled_step(mode), cache,
                                               with_logp=reference is not None)  # fmt: skip
                     gen, logp = gen[: len(rows)], logp[: len(rows)] if logp is not None else None
                 except Exception as error:  # any compiler failure: this batch and every later one decode eagerly
@@ -272,7 +268,7 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
                     warnings.warn(f"compiling the decode step failed ({type(error).__name__}: {first_line}); sampling "
                                   "goes on without compilation, as with sampling.compile_step: eager", stacklevel=2)  # fmt: skip
                     compile_failed(mode)
-                    mode, caches = "eager", {}
+                    mode = "eager"
                     torch.manual_seed(_batch_seed(seed, b))
             if mode == "eager" and sampling.engine == "fast":
                 gen, logp = _fast_batch(model, prompt, eos, sampling, with_logp=reference is not None)
