@@ -24,11 +24,11 @@ OWN_SETTINGS = {
     "completion_only_head": "project only completion tokens through the LM head on every device (TRL does so on "
     "CUDA only); same results, less work",
     "compile_step": "the policy's forward and log-prob head per training step (in one process with the DPO loss and "
-    "the logged metrics), gradient clipping, and the optimizer's update unless it is a fused one: `eager` (plain "
+    "the logged metrics) and the optimizer's update unless it is a fused one: `eager` (plain "
     "PyTorch), `fused` (torch.compile's fused kernels), `graphs` (the forward's recorded as CUDA graphs: one launch "
     "per forward and backward), "
     "`auto` (`graphs` on one CUDA GPU, else `eager`); compiling pads every batch to the longest pair and takes "
-    "the first step 20-30 s on an H100 (GPT-2-small), once per training",
+    "the first step 20-45 s on an H100 (GPT-2-small), once per process and precision",
 }
 # The values of the non-boolean own settings (the others are true / false).
 OWN_CHOICES = {"compile_step": ("eager", "fused", "graphs", "auto")}

@@ -38,6 +38,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.distributed import Ranks, weights_digest
+from prefalign.engine.arithmetic import fp32_switches_restored
 from prefalign.items import DpoModel
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
@@ -314,6 +315,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     # The trackers' environment stays set until the training is over (the finally below).
     tracker = contextlib.ExitStack()
     tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name, fresh=resume is None))
+    tracker.enter_context(fp32_switches_restored())  # the TrainingArguments below set TF32 for the process
     cfg = model.config
     positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
