@@ -9,7 +9,7 @@
 # Then run, carrying [".whl", ".demo-cache"], with a timeout_s of at least 600:
 #   bash benchmarks/gpu_check.sh
 # Outputs land in $OUT (or ./gpu-check), one file per part; each part has its own time limit, in
-# priority order, so a slow part costs only itself (the default parts' limits add up to 8 min 10 s). Nothing
+# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 10 s). Nothing
 # else should use the GPU meanwhile. PARTS="steps gpu" (any of: steps sample gpu precision profile)
 # runs only those parts, in this file's order; STEP_VARIANTS, PROFILE_PARTS and <PART>_LIMIT
 # (seconds) change what the steps and profile parts measure and how long a part may take.
@@ -21,7 +21,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PREFALIGN_CACHE=$PWD/.demo-cache \
   TOKENIZERS_PARALLELISM=false
 base=/tmp/prefalign-bench-base   # GPT-2-small / DistilBERT-base shaped, random weights (bench_engine builds them)
-parts=" ${PARTS:-steps gpu precision} "   # sample, profile: only when asked for
+parts=" ${PARTS:-steps gpu precision profile} "   # sample: only when asked for
 part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
   local name=$1 limit=$2; shift 2
   [[ $parts == *" $name "* ]] || return 0
@@ -49,14 +49,16 @@ compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/d
 part sample "${SAMPLE_LIMIT:-110}" python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
 # 3. The pipeline end to end at full batch sizes, the four grid models side by side, in TF32 (the only
 #    precision that can make the table in 10 minutes; PRECISION=fp32 for the seed recipe's own).
-part gpu "${GPU_LIMIT:-190}" python3 benchmarks/gpu.py --fraction 0.05 --precision "${PRECISION:-tf32}" --side-by-side 4 \
+part gpu "${GPU_LIMIT:-180}" python3 benchmarks/gpu.py --fraction 0.05 --precision "${PRECISION:-tf32}" --side-by-side 4 \
   --models "$base" "${compiled[@]}"
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 5 seeds each and fp32's
-#    first seed twice (2026-11-27's 3 seeds left KL undecided). Eleven processes at once: their
-#    sampling decodes eagerly (no eleven compilations of the tiny demo policy at once).
-part precision "${PRECISION_LIMIT:-150}" python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2,3,4 \
-  --replicate --jobs 11 --set sampling.compile_step=eager "${compiled[@]}"
-# 5. Where the time goes: torch.profiler tables of a decode loop, the whole sample + score engine and training steps.
-part profile "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
-  --parts "${PROFILE_PARTS:-decode,sample,train}"
+#    first seed twice (2026-11-27's 3 seeds left KL undecided). Eleven processes at once, training and
+#    sampling uncompiled (the same arithmetic; no eleven compilations of the tiny demo policy at once).
+part precision "${PRECISION_LIMIT:-140}" python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2,3,4 \
+  --replicate --jobs 11 --set sampling.compile_step=eager --set train.dpo.compile_step=eager
+# 5. Where the time goes: torch.profiler tables of training steps (the TF32 compiled step), and the
+#    stack of every host sync in three steps (2026-11-27's fp32 profile: one cudaStreamSynchronize a
+#    step, 2.6 ms of waiting). PROFILE_PARTS=decode,sample,train also profiles decoding and sampling.
+part profile "${PROFILE_LIMIT:-80}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
+  --parts "${PROFILE_PARTS:-train}"
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv | tee -a "$out/machine.txt"

@@ -13,11 +13,14 @@ by CPU time and the host-sync calls (cudaStreamSynchronize and friends).
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import pstats
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -162,6 +165,18 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
                 sync(device)
                 self.seconds = time.perf_counter() - self.start
                 self.prof.__exit__(None, None, None)
+                # Steps 41-43: where each host sync comes from (torch warns, with our stack, at every sync).
+                self.syncs, self.shown, self.filters = collections.Counter(), warnings.showwarning, warnings.filters[:]
+                warnings.simplefilter("always")
+                warnings.showwarning = lambda message, *a, **k: "synchroniz" in str(message) and self.syncs.update(
+                    ["\n      ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                                     for f in traceback.extract_stack()[-10:-2] if not f.filename.endswith("warnings.py"))])
+                if device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("warn")
+            if state.global_step == 43:
+                if device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+                warnings.showwarning, warnings.filters[:] = self.shown, self.filters
 
     from transformers import AutoConfig
 
@@ -178,6 +193,9 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
     print(f"\ntraining steps 30..40 under the profiler: {100 * callback.seconds:.1f} ms/step ({precision})")
     tables(callback.prof, f"training, lean trainer, {precision}, compile_step {compile_step}")
     host_operations(callback.prof, 10)
+    print(f"\nhost syncs in steps 41-43 (torch.cuda.set_sync_debug_mode), {sum(callback.syncs.values())} in all, by stack:")
+    for stack, count in callback.syncs.most_common(8):
+        print(f"  {count} x\n      {stack}")
 
 
 def main() -> None:
