@@ -44,7 +44,6 @@ def main() -> None:
     from prefalign.cli import _quiet_libraries
     from prefalign.configfile import load_config
     from prefalign.models.loading import pick_device
-    from prefalign.items import DpoModel
     from prefalign.plan import STAGE_NAMES
     from prefalign.runner import run
 
@@ -56,8 +55,6 @@ def main() -> None:
         policy_dir, reward_dir = build_base_sized(work / "models")
     f = args.fraction
     eval_runs = max(1, round(10 * f))
-    # How much of the full table each stage did: its time divided by this is the full-size estimate.
-    done_share = {"sample": 1.0, "pairs": 1.0, "train": f, "evaluate": eval_runs / 10, "report": 1.0}
     overrides = [
         f"run_dir={work / f'run-{f:g}'}", f"device={args.device}", f"policy.model={policy_dir}",
         f"reward.model={reward_dir}", "pairs.strategies=[random]", f"pairs.count={max(1, int(20000 * f))}",
@@ -71,7 +68,8 @@ def main() -> None:
     root = cfg.run_path
     print(f"device: {name}; fraction {f:g}; train.precision {cfg.train.precision or 'recipe default'}; "
           f"train.side_by_side {cfg.train.side_by_side}; run dir {root}", flush=True)  # fmt: skip
-    timings = {}
+    print("Each stage's row prints when the stage ends (a run cut short keeps the rows it finished):", flush=True)
+    rows, estimates = [], {}
     t_all = time.time()
     for stage in STAGE_NAMES:
         # Each call brings one more stage up to date: the earlier ones are already current.
@@ -79,44 +77,50 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
         items = run(cfg, until=stage)
+        seconds = round(time.time() - t0, 1)
         # Side-by-side workers are other processes: this process's peak does not cover them.
         measured = cuda and not (stage == "train" and args.side_by_side > 1)
-        timings[stage] = {"seconds": round(time.time() - t0, 1),
-                          "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if measured else None}  # fmt: skip
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if measured else None
+        estimates[stage], rate, details = full_size(stage, seconds, root, items, f, eval_runs, args.side_by_side)
+        rows.append(f"| {stage} | {seconds} | {estimates[stage]:.0f} | {peak} | {rate} |")
+        print(f"\nstage {rows[-1]}", *details, sep="\n", flush=True)
     total = time.time() - t_all
+    print("\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|", *rows, sep="\n")
+    print(f"\ntotal {total:.0f}s at fraction {f:g}; full-table estimate {sum(estimates.values()) / 60:.1f} min on {name}")
 
-    samples = json.loads((root / "samples.meta.json").read_text())
-    trains = [json.loads((m.path / "train.json").read_text()) for m in items if type(m) is DpoModel]
-    evals = [json.loads(p.read_text()) for p in sorted((root / "eval").glob("*/run-*.json"))]
-    eval_samples = sum(r["samples"] for r in evals)
-    run_seconds = sum(r["seconds"] for r in evals)  # sample + score + KL of each run, model loading excluded
-    print("\n| stage | seconds | full-scale estimate (s) | peak GPU GiB | throughput |\n|---|---|---|---|---|")
-    rates = {
-        "sample": f"{samples['samples_per_second']} samples/s (sample + score)",
-        "train": f"{sum(t['pairs'] * 3 for t in trains) / max(timings['train']['seconds'], 1e-9):.0f} pairs/s (3 epochs)",
-        "evaluate": f"{eval_samples / max(timings['evaluate']['seconds'], 1e-9):.0f} samples/s over {eval_samples} samples "
-                    f"({eval_samples / max(run_seconds, 1e-9):.0f} samples/s within the runs, KL included)",
-    }
-    # Training at full size: the one-off costs (process start, model load, compilation in the first
-    # step) once, the parts that grow with the pair count (Trainer setup with the reference pre-pass,
-    # the steps after the first) scaled; models trained side by side overlap.
-    at_once = max(1, min(args.side_by_side, len(trains)))
-    rate = {id(t): t["steady_pairs_per_second"] or t["pairs_per_second"] for t in trains}  # None: a one-step training
-    growing = sum(t["setup_seconds"] + t["pairs"] * 3 / rate[id(t)] for t in trains) / at_once
-    estimates = {stage: t["seconds"] / done_share[stage] for stage, t in timings.items()}
-    estimates["train"] = timings["train"]["seconds"] + growing * (1 / f - 1)
-    # Evaluation at full size: each model loaded once, each run after those done costing the median
-    # run (one run includes compiling the decode step for a new batch size: a cost paid once).
-    median_run = statistics.median(r["seconds"] for r in evals) if evals else 0.0
-    estimates["evaluate"] = timings["evaluate"]["seconds"] + median_run * (len(evals) * 10 / eval_runs - len(evals))
-    for stage, t in timings.items():
-        print(f"| {stage} | {t['seconds']} | {estimates[stage]:.0f} | {t['peak_gpu_gib']} | {rates.get(stage, '')} |")
-    for t in trains:
-        print(f"  {t['loss']}-beta{t['beta']}: setup {t['setup_seconds']}s, "
-              f"first step {t['first_step_seconds']}s, then {rate[id(t)]} pairs/s "
-              f"({8000 / rate[id(t)]:.1f} ms per step of 8), compile_step {t['settings'].get('compile_step')}")
-    est_total = sum(estimates.values())
-    print(f"\ntotal {total:.0f}s at fraction {f:g}; full-table estimate {est_total / 60:.1f} min on {name}")
+
+def full_size(stage: str, seconds: float, root: Path, items, f: float, eval_runs: int,
+              side_by_side: int) -> tuple[float, str, list[str]]:  # fmt: skip
+    """(the stage's full-size estimate in seconds, its throughput, lines of detail), from the outputs it wrote."""
+    if stage == "sample":
+        samples = json.loads((root / "samples.meta.json").read_text())
+        return seconds, f"{samples['samples_per_second']} samples/s (sample + score)", []
+    if stage == "train":
+        from prefalign.items import DpoModel
+
+        trains = [json.loads((m.path / "train.json").read_text()) for m in items if type(m) is DpoModel]
+        # The one-off costs (process start, model load, compilation in the first step) once, the parts
+        # that grow with the pair count (Trainer setup with the reference pre-pass, the steps after
+        # the first) scaled; models trained side by side overlap.
+        at_once = max(1, min(side_by_side, len(trains)))
+        rate = {id(t): t["steady_pairs_per_second"] or t["pairs_per_second"] for t in trains}  # None: a one-step training
+        growing = sum(t["setup_seconds"] + t["pairs"] * 3 / rate[id(t)] for t in trains) / at_once
+        details = [f"  {t['loss']}-beta{t['beta']}: setup {t['setup_seconds']}s, first step {t['first_step_seconds']}s, "
+                   f"then {rate[id(t)]} pairs/s ({8000 / rate[id(t)]:.1f} ms per step of 8), "
+                   f"compile_step {t['settings'].get('compile_step')}" for t in trains]  # fmt: skip
+        return (seconds + growing * (1 / f - 1),
+                f"{sum(t['pairs'] * 3 for t in trains) / max(seconds, 1e-9):.0f} pairs/s (3 epochs)", details)
+    if stage == "evaluate":
+        evals = [json.loads(p.read_text()) for p in sorted((root / "eval").glob("*/run-*.json"))]
+        eval_samples = sum(r["samples"] for r in evals)
+        run_seconds = sum(r["seconds"] for r in evals)  # sample + score + KL of each run, model loading excluded
+        # Each model loaded once, each run after those done costing the median run (one run includes
+        # compiling the decode step for a new batch size: a cost paid once).
+        median_run = statistics.median(r["seconds"] for r in evals) if evals else 0.0
+        return (seconds + median_run * (len(evals) * 10 / eval_runs - len(evals)),
+                f"{eval_samples / max(seconds, 1e-9):.0f} samples/s over {eval_samples} samples "
+                f"({eval_samples / max(run_seconds, 1e-9):.0f} samples/s within the runs, KL included)", [])  # fmt: skip
+    return seconds, "", []  # pairs, report: the same at any fraction
 
 
 if __name__ == "__main__":
