@@ -9,7 +9,7 @@
 # Then run, carrying [".whl", ".demo-cache"], with a timeout_s of at least 600:
 #   bash benchmarks/gpu_check.sh
 # Outputs land in $OUT (or ./gpu-check), one file per part; each part has its own time limit, in
-# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 10 s). Nothing
+# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 10 s, with the wheels' install about 9.5). Nothing
 # else should use the GPU meanwhile. PARTS="steps gpu" (any of: steps sample gpu precision profile)
 # runs only those parts, in this file's order; STEP_VARIANTS, PROFILE_PARTS and <PART>_LIMIT
 # (seconds) change what the steps and profile parts measure and how long a part may take.
@@ -39,7 +39,7 @@ part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
 #    GPU's fp32 matrix multiplies at ~28-31 ms on an H100, 2026-11-27) and the same with the optimizer's
 #    update left eager (`-eageropt`). lean-fp32-graphs, stock-fp32 (a9ca438's path: 56-59 ms on an
 #    H100) and lean-bf16-graphs are variants too.
-part steps "${STEPS_LIMIT:-150}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
+part steps "${STEPS_LIMIT:-130}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
   --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-tf32-graphs-eageropt}"
 # The pipeline parts below use the compiled step unless it failed above.
 compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
@@ -49,16 +49,18 @@ compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/d
 part sample "${SAMPLE_LIMIT:-110}" python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
 # 3. The pipeline end to end at full batch sizes, the four grid models side by side, in TF32 (the only
 #    precision that can make the table in 10 minutes; PRECISION=fp32 for the seed recipe's own).
-part gpu "${GPU_LIMIT:-180}" python3 benchmarks/gpu.py --fraction 0.05 --precision "${PRECISION:-tf32}" --side-by-side 4 \
+part gpu "${GPU_LIMIT:-170}" python3 benchmarks/gpu.py --fraction 0.05 --precision "${PRECISION:-tf32}" --side-by-side 4 \
   --models "$base" "${compiled[@]}"
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 5 seeds each and fp32's
 #    first seed twice (2026-11-27's 3 seeds left KL undecided). Eleven processes at once, training and
 #    sampling uncompiled (the same arithmetic; no eleven compilations of the tiny demo policy at once).
-part precision "${PRECISION_LIMIT:-140}" python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2,3,4 \
+part precision "${PRECISION_LIMIT:-130}" python3 benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2,3,4 \
   --replicate --jobs 11 --set sampling.compile_step=eager --set train.dpo.compile_step=eager
-# 5. Where the time goes: torch.profiler tables of training steps (the TF32 compiled step), and the
-#    stack of every host sync in three steps (2026-11-27's fp32 profile: one cudaStreamSynchronize a
-#    step, 2.6 ms of waiting). PROFILE_PARTS=decode,sample,train also profiles decoding and sampling.
-part profile "${PROFILE_LIMIT:-80}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
-  --parts "${PROFILE_PARTS:-train}"
+# 5. Where the time goes: one evaluation run (sample + score + the KL's log-probs, and the run's
+#    metrics, each phase timed: evaluation ran 2,000-2,300 texts/s against sample + score's 3,217 on
+#    2026-11-27) and training steps of the TF32 compiled step with the stack of every host sync
+#    (2026-11-27's fp32 profile: one cudaStreamSynchronize a step, 2.6 ms of waiting).
+#    PROFILE_PARTS=decode,sample,evaluate,train also profiles a decode loop and sample + score alone.
+part profile "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
+  --parts "${PROFILE_PARTS:-evaluate,train}"
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv | tee -a "$out/machine.txt"

@@ -2,9 +2,10 @@
 
 On the GPT-2-small / DistilBERT-base shaped models of bench_engine.py (random weights): times the
 engine's decode loop at full batch against the bare forward passes it makes, then profiles a
-decode loop, the whole sample + score engine (warmed up on the same shapes) and a few training
-steps of the lean trainer, printing the top operations by GPU and
-by CPU time and the host-sync calls (cudaStreamSynchronize and friends).
+decode loop, the whole sample + score engine (warmed up on the same shapes), one evaluation run
+(with the KL's log-probs and the run's metrics, each phase timed) and a few training steps of the
+lean trainer, printing the top operations by GPU and by CPU time and the host-sync calls
+(cudaStreamSynchronize and friends; for training also the stack of each sync).
 
     python benchmarks/profile_gpu.py [--batch 2048] [--precision tf32]
     python benchmarks/profile_gpu.py --device cpu --batch 64 --texts 200 --models DIR   # a smoke run anywhere
@@ -121,6 +122,37 @@ def profile_sample_and_score(policy_dir: str, reward_dir: str, n: int, device: t
     tables(prof, f"sample_and_score, {n} texts")
 
 
+def profile_evaluate(policy_dir: str, reward_dir: str, n: int, device: torch.device) -> None:
+    """One evaluation run as the pipeline makes it (sample + score with the KL's reference model,
+    then the run's metrics): the seconds of each phase, and the profiler table of the run."""
+    from prefalign.config import SamplingConfig
+    from prefalign.engine.decoding import sample_and_score
+    from prefalign.models.loading import inference_dtype, load_classifier, load_policy
+    from prefalign.stages.evaluate import run_metrics
+
+    dtype = inference_dtype(device)
+    policy, policy_tokenizer = load_policy(policy_dir, None, device, dtype)
+    reference, _ = load_policy(policy_dir, None, device, dtype)  # the original: here the same weights
+    classifier, classifier_tokenizer = load_classifier(reward_dir, None, device, dtype)
+    with tempfile.TemporaryDirectory() as d:
+        def run(with_reference: bool):
+            return sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, 1, n, SamplingConfig(),
+                                    0, None, Path(d) / "s.parquet", reference=reference if with_reference else None)  # fmt: skip
+
+        run(False), run(True)  # warm-up: the batch shapes of the timed calls
+        plain, with_kl = timed(lambda: run(False), device), timed(lambda: run(True), device)
+        df = run(True)
+        start = time.perf_counter()
+        run_metrics(df, policy_tokenizer, (0.0, 0.5))
+        metrics = time.perf_counter() - start
+        print(f"\nevaluation run of {n} texts, dtype {dtype}: sample + score {plain:.2f}s, with the KL's log-probs "
+              f"{with_kl:.2f}s (+{with_kl - plain:.2f}s), run metrics {metrics:.2f}s: {n / (with_kl + metrics):.0f} texts/s")
+        with profile(activities=activities(device)) as prof:
+            run(True)
+            sync(device)
+    tables(prof, f"evaluation run (sample + score + KL log-probs), {n} texts")
+
+
 def host_operations(prof, steps: int) -> None:
     """Torch operations dispatched from the host per step (those not called by another operation),
     and what called them: each costs host time, and on a GPU each kernel among them a launch."""
@@ -205,7 +237,8 @@ def main() -> None:
     parser.add_argument("--precision", default="tf32")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "prefalign-bench-base"))
-    parser.add_argument("--parts", default="decode,sample,train", help="which of decode, sample, train to profile")
+    parser.add_argument("--parts", default="decode,sample,evaluate,train",
+                        help="which of decode, sample, evaluate, train to profile")
     parser.add_argument("--compile-step", default="auto", help="train.dpo.compile_step of the train part")
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -219,6 +252,8 @@ def main() -> None:
         profile_decode(policy_dir, args.batch, device)
     if "sample" in parts:
         profile_sample_and_score(policy_dir, reward_dir, args.texts, device)
+    if "evaluate" in parts:
+        profile_evaluate(policy_dir, reward_dir, args.texts, device)
     if "train" in parts:
         profile_train(policy_dir, args.precision, device, args.compile_step)
 
