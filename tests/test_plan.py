@@ -211,7 +211,7 @@ def test_a_run_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys):
 
 
 def test_side_by_side_models_spread_over_gpus_only_when_the_device_names_none():
-    from prefalign.runner import worker_devices
+    from prefalign.side_by_side import worker_devices
 
     assert worker_devices("cuda", None, 5, 2) == [0, 1, 0, 1, 0]  # device: auto / cuda on a 2-GPU machine
     assert worker_devices("cuda", 1, 3, 2) == [1, 1, 1]  # device: cuda:1 stays there
@@ -220,7 +220,7 @@ def test_side_by_side_models_spread_over_gpus_only_when_the_device_names_none():
 
 
 def test_a_gpu_worker_sees_only_its_gpu_counted_among_the_visible_ones():
-    from prefalign.runner import visible_gpus
+    from prefalign.side_by_side import visible_gpus
 
     assert visible_gpus(1, None) == "1"  # every GPU visible: GPU 1 is physical GPU 1
     assert visible_gpus(1, "4,6") == "6"  # CUDA_VISIBLE_DEVICES=4,6: this process's GPU 1 is physical GPU 6
