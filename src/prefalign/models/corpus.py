@@ -32,11 +32,8 @@ import io
 import math
 import os
 import re
-import socket
-import threading
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlparse
 
 
 class CorpusError(ValueError):
@@ -167,7 +164,9 @@ def load_labelled_texts(
         return _table_file(path, text_column, label_column, positive)
     if looks_like_path(source):
         raise CorpusError(f"corpus {source!r}: no such file or directory")
-    return _hub(source, split, text_column, label_column, positive)
+    from prefalign.models.hub import load_hub_corpus  # hub.py reads labels with this module's helpers
+
+    return load_hub_corpus(source, split, text_column, label_column, positive)
 
 
 def _no_split(source: str, split: str | None) -> None:
@@ -341,89 +340,6 @@ def _acl_imdb(root: Path, split: str | None, positive) -> tuple[list[str], list[
             # Sorted file names: the same corpus always gives the same order (and the same held-out set).
             rows += [(p.read_text(encoding="utf-8", errors="replace"), label) for p in sorted(folder.glob("*.txt"))]
     return _finish(rows, _label_mapper(positive, f"corpus {str(root)!r}"))
-
-
-# --------------------------------------------------------------------------------------------
-# Hugging Face hub datasets
-
-
-def _offline_requested() -> bool:
-    # Read at call time: huggingface_hub reads these once at import, so a later setting would be missed.
-    flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can a TCP connection to the hub endpoint (`HF_ENDPOINT`) open within `timeout` seconds?
-
-    Run in a thread because name resolution has no timeout of its own. Behind a proxy the direct
-    connection says nothing, so the answer is then "yes" and the hub client decides.
-    """
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def _hub(name: str, split: str | None, text_column: str, label_column: str, positive) -> tuple[list[str], list[int]]:
-    offline = _offline_requested() or not hub_reachable()
-    reason = "HF_HUB_OFFLINE is set" if _offline_requested() else "the Hugging Face hub is unreachable"
-    try:
-        import datasets
-        import huggingface_hub.constants as hub_constants
-    except ImportError:
-        raise CorpusError(
-            f"corpus {name!r} looks like a hub dataset id, but the `datasets` package is not installed"
-        ) from None
-
-    saved = hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    if offline:
-        # Offline mode: the dataset can still come from the local `datasets` cache, and a miss fails
-        # at once instead of retrying the network for ~25 s.
-        hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-    try:
-        ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:
-        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if offline:
-            msg = (f"corpus {name!r} is not a local file or folder, so it was read as a Hugging Face hub dataset id, "
-                   f"but {reason} and the dataset is not in the local datasets cache. Use a local file instead "
-                   "(.csv/.jsonl/.parquet with text and label columns, or an aclImdb folder) or the offline "
-                   "'rotten_tomatoes' corpus")  # fmt: skip
-        else:
-            msg = f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r})"
-        raise CorpusError(f"{msg}.\n  Cause: {cause}") from None
-    finally:
-        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
-    if not isinstance(ds, datasets.Dataset):
-        raise CorpusError(
-            f"corpus {name!r}: split {split!r} did not give one dataset ({type(ds).__name__}); name one split"
-        )
-    text_column, label_column = _pick_columns(list(ds.column_names), text_column, label_column, f"corpus {name!r}")
-    if label_column is None:
-        return _finish(((text, None) for text in ds[text_column]), lambda value: -1)
-    labels = ds[label_column]
-    feature = ds.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        # Class ids -> names, so label order never matters ("neg"/"pos" or "positive"/"negative").
-        labels = [feature.int2str(v) if v is not None and v >= 0 else -1 for v in labels]
-    return _finish(zip(ds[text_column], labels), _label_mapper(positive, f"corpus {name!r} column {label_column!r}"))
-
-
-# --------------------------------------------------------------------------------------------
 
 
 def corpus_stats(texts: list[str], labels: list[int]) -> dict:

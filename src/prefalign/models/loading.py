@@ -129,7 +129,7 @@ def _go_offline_if_hub_unreachable() -> None:
     """
     import huggingface_hub.constants as hub
 
-    from prefalign.models.corpus import hub_reachable
+    from prefalign.models.hub import hub_reachable
 
     if not hub.HF_HUB_OFFLINE and not hub_reachable():
         hub.HF_HUB_OFFLINE = True
