@@ -89,12 +89,19 @@ def main() -> None:
     print(f"\ntotal {total:.0f}s at fraction {f:g}; full-table estimate {sum(estimates.values()) / 60:.1f} min on {name}")
 
 
+def phase_line(timing: dict) -> str:
+    """A run's (or the sample stage's) seconds by phase, as its json records them."""
+    phases = timing.get("phase_seconds", {})
+    return (f"{timing['seconds']}s for {timing['samples']} texts: " +
+            ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in phases.items()))
+
+
 def full_size(stage: str, seconds: float, root: Path, items, f: float, eval_runs: int,
               side_by_side: int) -> tuple[float, str, list[str]]:  # fmt: skip
     """(the stage's full-size estimate in seconds, its throughput, lines of detail), from the outputs it wrote."""
     if stage == "sample":
         samples = json.loads((root / "samples.meta.json").read_text())
-        return seconds, f"{samples['samples_per_second']} samples/s (sample + score)", []
+        return seconds, f"{samples['samples_per_second']} samples/s (sample + score)", [phase_line(samples)]
     if stage == "train":
         from prefalign.items import DpoModel
 
@@ -117,9 +124,11 @@ def full_size(stage: str, seconds: float, root: Path, items, f: float, eval_runs
         # Each model loaded once, each run after those done costing the median run (one run includes
         # compiling the decode step for a new batch size: a cost paid once).
         median_run = statistics.median(r["seconds"] for r in evals) if evals else 0.0
+        with_kl = [r for r in evals if "kl" in r.get("phase_seconds", {})]
         return (seconds + median_run * (len(evals) * 10 / eval_runs - len(evals)),
                 f"{eval_samples / max(seconds, 1e-9):.0f} samples/s over {eval_samples} samples "
-                f"({eval_samples / max(run_seconds, 1e-9):.0f} samples/s within the runs, KL included)", [])  # fmt: skip
+                f"({eval_samples / max(run_seconds, 1e-9):.0f} samples/s within the runs, KL included)",
+                [f"  run {r['model']}/{r['run']}: " + phase_line(r) for r in with_kl[:3]])  # fmt: skip
     return seconds, "", []  # pairs, report: the same at any fraction
 
 

@@ -50,6 +50,11 @@ def test_run_tiny_writes_every_output(tiny_run):
     assert original.strategy.isna().all() and original.loss.isna().all() and original.beta.isna().all()
     assert results.diversity.between(0.1, 10).all() and results.positive_rate.between(0, 1).all()
     assert (original.kl_seq == 0).all() and (results[results.model != "original"].kl_seq != 0).all()
+    # Each run's timing by phase is kept with it, and is no metric of the results.
+    trained_run = json.loads((root / "eval" / MODELS[0] / "run-00.json").read_text())
+    assert set(trained_run["phase_seconds"]) == {"decode", "texts", "kl", "score", "write"}
+    assert "phase_seconds" not in results.columns
+    assert set(json.loads((root / "samples.meta.json").read_text())["phase_seconds"]) == {"decode", "texts", "score", "write"}
     report = (root / "report.md").read_text()
     for s in STRATEGIES:
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000

@@ -62,6 +62,10 @@ def test_sample_and_score_writes_every_column(tiny_policy, tiny_classifier, tmp_
     assert len(df) == 30 and (tmp_path / "s.parquet").exists()
     assert not list(tmp_path.glob(".*tmp*"))
     assert ((df.positive_prob > 0.5) == df.is_positive).all()
+    # Wall time by phase (no reference: no KL phase); the phases are parts of the whole.
+    phases = df.attrs["phase_seconds"]
+    assert list(phases) == ["decode", "texts", "score", "write"] and min(phases.values()) > 0
+    assert sum(phases.values()) <= df.attrs["seconds"] + 1e-3
 
 
 def test_fast_and_hf_engines_agree_when_sampling_is_greedy(tiny_policy):

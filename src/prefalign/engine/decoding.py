@@ -233,7 +233,8 @@ def _batches(prompt_lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 @torch.inference_mode()
 def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | None = None, desc: str = "sample",
              prompts: list[list[int]] | None = None, reference=None):  # fmt: skip
-    """Yield chunks of n samples in all: dicts of row `index`, `text`, `n_tokens` (+ `logp`, `logp_ref`, `n_scored`).
+    """Yield chunks of n samples in all: dicts of row `index`, `text`, `n_tokens` (+ `logp`, `logp_ref`,
+    `n_scored`), and `seconds`: the chunk's wall time by phase (`decode`, `texts`, + `kl`).
 
     `prompts`: token ids to start row i from (without BOS; one entry per row); None: BOS alone.
     `reference`: a model to compare with; then each completion's log-prob under the policy and the
@@ -250,6 +251,7 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
     mode = decode_step_mode(sampling, model) if sampling.engine == "fast" else "eager"
     with tqdm(total=n, desc=desc, unit="text", leave=False, disable=None) as bar:
         for b, rows in enumerate(_batches(lengths, batch_size)):
+            started = time.perf_counter()
             torch.manual_seed(_batch_seed(seed, b))
             # Rows of a batch share the prompt length: no padding, no attention mask needed.
             body = [prompts[i] for i in rows] if prompts is not None else [[] for _ in rows]
@@ -278,16 +280,27 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
             is_eos = gen == eos
             stopped = is_eos.any(1)
             n_tokens = torch.where(stopped, is_eos.int().argmax(1), gen.shape[1])
+            gen_cpu = gen.cpu()  # waits for the decoding: the phases' seconds below are the host's wall clock
+            decoded = time.perf_counter()
             with tokenizer_threads():
-                texts = tokenizer.batch_decode(gen.cpu(), skip_special_tokens=True)
+                texts = tokenizer.batch_decode(gen_cpu, skip_special_tokens=True)
             chunk = {"index": rows, "text": texts, "n_tokens": n_tokens.cpu().numpy()}
+            seconds = {"decode": decoded - started, "texts": time.perf_counter() - decoded}
             if reference is not None:
+                kl_start = time.perf_counter()
                 # The policy's log-probs come from decoding itself (the fast engine) or a forward pass (hf).
                 logp = logp if logp is not None else completion_logprobs(model, prompt, gen, eos)[0]
                 chunk["logp"], chunk["n_scored"] = logp.cpu().numpy(), (n_tokens + stopped.long()).cpu().numpy()
                 chunk["logp_ref"] = completion_logprobs(reference, prompt, gen, eos)[0].cpu().numpy()
+                seconds["kl"] = time.perf_counter() - kl_start
+            chunk["seconds"] = seconds
             bar.update(len(rows))
             yield chunk
+
+
+# The phases of sample_and_score's wall time: decoding (until the tokens reach the host), ids to
+# text, the KL's log-probs (with a reference), the classifier (tokenization and forward), writing.
+PHASES = ("decode", "texts", "kl", "score", "write")
 
 
 def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int,
@@ -299,7 +312,8 @@ def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer,
     prompt text + completion. Columns: `text` (the completion), `reward`, `positive_prob`,
     `is_positive`, `n_tokens` (generated tokens before EOS), `prompt` (with prompts), `logp`,
     `logp_ref` and `n_scored` (tokens in those sums: n_tokens plus the EOS when there is one), with
-    a reference model.
+    a reference model. `attrs`: `seconds` (the wall time) and `phase_seconds` (the host's wall time
+    by phase, PHASES; `kl` only with a reference; the rest is the Parquet file's closing and reading).
     """
     fields = [("text", pa.string()), ("reward", pa.float32()), ("positive_prob", pa.float32()),
               ("is_positive", pa.bool_()), ("n_tokens", pa.int32())]  # fmt: skip
@@ -309,17 +323,25 @@ def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer,
     start = time.time()
     prompt_ids = [ids for ids, _ in prompts] if prompts is not None else None
     chunks = generate(policy, policy_tokenizer, n, sampling, seed, desc=desc, prompts=prompt_ids, reference=reference)
+    phases = dict.fromkeys(PHASES[:2] + (PHASES[2:3] if reference is not None else ()) + PHASES[3:], 0.0)
     with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for chunk in chunks:
+            for phase, seconds in chunk["seconds"].items():
+                phases[phase] += seconds
+            scoring = time.perf_counter()
             heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
             full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
             scores = score_texts(full, classifier, classifier_tokenizer, positive_index, reward_batch)
+            writing = time.perf_counter()
+            phases["score"] += writing - scoring
             columns = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
             if heads is not None:
                 columns["prompt"] = heads
             if reference is not None:
                 columns.update(logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32))
             writer.write_table(pa.table(columns, schema=schema))
+            phases["write"] += time.perf_counter() - writing
     df = pd.read_parquet(out_path)
     df.attrs["seconds"] = time.time() - start
+    df.attrs["phase_seconds"] = {phase: round(seconds, 3) for phase, seconds in phases.items()}
     return df

@@ -32,7 +32,7 @@ from prefalign.stages.sample import sample_in_shards
 from prefalign.store import is_done, read_json, write_json
 
 # The fields of run-<k>.json that describe the run; every other field is a metric.
-RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "world_size")
+RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "phase_seconds", "world_size")
 
 
 def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
@@ -73,7 +73,8 @@ def evaluate(item: Evaluation, services: Services) -> None:
         if item.kl and reference is None:
             metrics.update(kl_seq=0.0, kl_token=0.0)
         run_info = dict(key=item.run_key(k), model=item.model.name, run=k, seed=seed, samples=len(df),
-                        seconds=round(df.attrs["seconds"], 2), world_size=services.ranks.count)  # fmt: skip
+                        seconds=round(df.attrs["seconds"], 2), phase_seconds=df.attrs["phase_seconds"],
+                        world_size=services.ranks.count)  # fmt: skip
         assert tuple(run_info) == RUN_INFO
         write_json(item.run_path(k, ".json"), {**run_info, **metrics})
         kl = f", KL {metrics['kl_seq']:.2f}" if "kl_seq" in metrics else ""

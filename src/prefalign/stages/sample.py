@@ -43,7 +43,7 @@ def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampl
     """sample_and_score over the run's processes: n texts in `out_path`. Each process samples its
     shard of the rows (their prompts: rows of the one prompt list drawn for all n) into a part file;
     the main process merges the parts in shard order and returns the whole table (`attrs["seconds"]`:
-    the wall time), the others return None."""
+    the wall time; `attrs["phase_seconds"]`: its own shard's, by phase), the others return None."""
     classifier, ranks = services.classifier(), services.ranks
     prompts = corpus_prompts_for(sampling, policy_tokenizer, n, seed)
     start, stop = ranks.shard(n)
@@ -63,8 +63,9 @@ def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampl
         pq.write_table(pa.concat_tables([pq.read_table(p) for p in parts]), tmp)
     for p in parts:
         p.unlink()
+    phases = df.attrs["phase_seconds"]  # the main process's own shard: the others' are alike
     df = pd.read_parquet(out_path)
-    df.attrs["seconds"] = time.time() - t0
+    df.attrs["seconds"], df.attrs["phase_seconds"] = time.time() - t0, phases
     return df
 
 
@@ -85,6 +86,7 @@ def sample(item: Samples, services: Services) -> None:
         "key": item.key, "samples": len(df), "seconds": round(seconds, 2),
         "samples_per_second": round(len(df) / seconds, 1), "reward_mean": float(df.reward.mean()),
         "positive_rate": float(df.is_positive.mean()), "world_size": services.ranks.count,
+        "phase_seconds": df.attrs["phase_seconds"],
     })  # fmt: skip
     services.log(f"{item.name}: done in {seconds:.1f}s ({len(df) / seconds:.0f} samples/s), mean reward "
                  f"{df.reward.mean():.3f}, positive rate {df.is_positive.mean():.3f}")  # fmt: skip
