@@ -8,7 +8,9 @@ everywhere). `--replicate` also trains fp32 with the first seed a second time: o
 seed need not give the same weights (atomic adds in some backward kernels), and training at lr 5e-3
 amplifies any difference. For each model and metric it prints the mean fp32 seed-to-seed gap next
 to each precision's mean gap from fp32 at equal seed. A precision may be a recipe's default on
-CUDA only if the second is no larger than the first. Runs on CPU (bf16 autocast works there,
+CUDA only if the second is no larger than the first. With several seeds it also prints how far
+each precision's mean over the seeds is from fp32's, next to the standard error of fp32's mean (a
+shift common to all seeds would stand out against it). Runs on CPU (bf16 autocast works there,
 slowly) or a GPU, `--jobs` variants at once:
 
     python benchmarks/precision.py [--device cpu] [--precisions bf16] [--jobs 1] [--workdir DIR]
@@ -21,6 +23,7 @@ import argparse
 import concurrent.futures
 import itertools
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +83,14 @@ def main() -> None:
             for other in others:
                 gaps.setdefault((f"{other} vs fp32, same seed", metric), []).append(
                     sum(abs(v[f"{other}-seed{s}"] - v[f"fp32-seed{s}"]) for s in seeds) / len(seeds))
+            if len(seeds) > 1:
+                # A shift common to every seed, against what seeds alone make of a mean over len(seeds):
+                fp32 = [v[f"fp32-seed{s}"] for s in seeds]
+                gaps.setdefault(("fp32 mean over seeds: standard error", metric), []).append(
+                    statistics.stdev(fp32) / len(seeds) ** 0.5)
+                for other in others:
+                    gaps.setdefault((f"{other} vs fp32, means over seeds", metric), []).append(
+                        abs(statistics.mean(v[f"{other}-seed{s}"] for s in seeds) - statistics.mean(fp32)))
             print(f"{model} {metric}: " + ", ".join(f"{name} {value:.3f}" for name, value in v.items()))
     whats = list(dict.fromkeys(what for what, _ in gaps))
     print(f"\nmean |difference| over the {len(means[f'fp32-seed{seeds[0]}'].index)} models (seeds {seeds}):\n"
