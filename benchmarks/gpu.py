@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="dir with policy/ and reward/ (default: build base-sized)")
     parser.add_argument("--precision", default=None, help="train.precision (default: the seed recipe's)")
     parser.add_argument("--side-by-side", type=int, default=1, help="train.side_by_side: grid models trained at once")
+    parser.add_argument("--eval-runs", type=int, default=None,
+                        help="evaluation runs per model (default: 10 x fraction, at least 1); from 2 on, the estimate "
+                        "prices the runs after each model's first (which also records its CUDA graphs) by the later ones")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE, any other config override")
     args = parser.parse_args()
 
@@ -54,7 +57,7 @@ def main() -> None:
     else:
         policy_dir, reward_dir = build_base_sized(work / "models")
     f = args.fraction
-    eval_runs = max(1, round(10 * f))
+    eval_runs = args.eval_runs or max(1, round(10 * f))
     overrides = [
         f"run_dir={work / f'run-{f:g}'}", f"device={args.device}", f"policy.model={policy_dir}",
         f"reward.model={reward_dir}", "pairs.strategies=[random]", f"pairs.count={max(1, int(20000 * f))}",
@@ -81,7 +84,7 @@ def main() -> None:
         # Side-by-side workers are other processes: this process's peak does not cover them.
         measured = cuda and not (stage == "train" and args.side_by_side > 1)
         peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if measured else None
-        estimates[stage], rate, details = full_size(stage, seconds, root, items, f, eval_runs, args.side_by_side)
+        estimates[stage], rate, details = full_size(stage, seconds, root, items, f, args.side_by_side)
         rows.append(f"| {stage} | {seconds} | {estimates[stage]:.0f} | {peak} | {rate} |")
         print(f"\nstage {rows[-1]}", *details, sep="\n", flush=True)
     total = time.time() - t_all
@@ -96,7 +99,7 @@ def phase_line(timing: dict) -> str:
             ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in phases.items()))
 
 
-def full_size(stage: str, seconds: float, root: Path, items, f: float, eval_runs: int,
+def full_size(stage: str, seconds: float, root: Path, items, f: float,
               side_by_side: int) -> tuple[float, str, list[str]]:  # fmt: skip
     """(the stage's full-size estimate in seconds, its throughput, lines of detail), from the outputs it wrote."""
     if stage == "sample":
@@ -121,14 +124,18 @@ def full_size(stage: str, seconds: float, root: Path, items, f: float, eval_runs
         evals = [json.loads(p.read_text()) for p in sorted((root / "eval").glob("*/run-*.json"))]
         eval_samples = sum(r["samples"] for r in evals)
         run_seconds = sum(r["seconds"] for r in evals)  # sample + score + KL of each run, model loading excluded
-        # Each model loaded once, each run after those done costing the median run (one run includes
-        # compiling the decode step for a new batch size: a cost paid once).
-        median_run = statistics.median(r["seconds"] for r in evals) if evals else 0.0
+        # Each model loaded once (the stage's seconds outside its runs), then 10 runs: its first as
+        # measured (the first run of a model records its CUDA graphs), the other nine at the mean of
+        # its later runs, or of its first if it made only one.
+        by_model: dict[str, list[float]] = {}
+        for r in evals:
+            by_model.setdefault(r["model"], []).append(r["seconds"])
+        full_runs = sum(runs[0] + 9 * (statistics.mean(runs[1:]) if len(runs) > 1 else runs[0]) for runs in by_model.values())
         with_kl = [r for r in evals if "kl" in r.get("phase_seconds", {})]
-        return (seconds + median_run * (len(evals) * 10 / eval_runs - len(evals)),
+        return (seconds - run_seconds + full_runs,
                 f"{eval_samples / max(seconds, 1e-9):.0f} samples/s over {eval_samples} samples "
                 f"({eval_samples / max(run_seconds, 1e-9):.0f} samples/s within the runs, KL included)",
-                [f"  run {r['model']}/{r['run']}: " + phase_line(r) for r in with_kl[:3]])  # fmt: skip
+                [f"  run {r['model']}/{r['run']}: " + phase_line(r) for r in with_kl[:4]])  # fmt: skip
     return seconds, "", []  # pairs, report: the same at any fraction
 
 

@@ -48,8 +48,9 @@ compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/d
 #    the warm-up compiles it, once per batch size), bf16 eager.
 part sample "${SAMPLE_LIMIT:-110}" python3 benchmarks/bench_engine.py sample --models gpt2-small --device cuda --n 5000 --reps 1
 # 3. The pipeline end to end at full batch sizes, the four grid models side by side, in TF32 (the only
-#    precision that can make the table in 10 minutes; PRECISION=fp32 for the seed recipe's own).
-part gpu "${GPU_LIMIT:-170}" python3 benchmarks/gpu.py --fraction 0.05 --precision "${PRECISION:-tf32}" --side-by-side 4 \
+#    precision that can make the table in 10 minutes; PRECISION=fp32 for the seed recipe's own); two
+#    evaluation runs per model, so the estimate prices later runs apart from each model's first.
+part gpu "${GPU_LIMIT:-170}" python3 benchmarks/gpu.py --fraction 0.05 --eval-runs 2 --precision "${PRECISION:-tf32}" --side-by-side 4 \
   --models "$base" "${compiled[@]}"
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 5 seeds each and fp32's
 #    first seed twice (2026-11-27's 3 seeds left KL undecided). Eleven processes at once, training and
