@@ -64,7 +64,8 @@ def test_sample_and_score_writes_every_column(tiny_policy, tiny_classifier, tmp_
     assert ((df.positive_prob > 0.5) == df.is_positive).all()
     # Wall time by phase (no reference: no KL phase); the phases are parts of the whole.
     phases = df.attrs["phase_seconds"]
-    assert list(phases) == ["decode", "texts", "score", "write"] and min(phases.values()) > 0
+    assert list(phases) == ["decode", "texts", "score", "write"]
+    assert min(phases.values()) >= 0 and phases["decode"] > 0  # (rounded to milliseconds: a short phase is 0.0)
     assert sum(phases.values()) <= df.attrs["seconds"] + 1e-3
 
 
