@@ -7,10 +7,12 @@ samples, 20k pairs, 10 runs x 5000), and prints the time of each stage, samples/
 GPU memory, plus a full-scale extrapolation. `--fraction` scales counts, never batch sizes, so the
 throughputs are those of a full run: the pair count (training steps at batch 8) and the number of
 evaluation runs (each of the full 5,000 samples) scale; the sample stage always draws its full
-10,000 texts.
+10,000 texts. Each stage's row prints as soon as the stage ends, with where its time went (the
+trainings' one-off and steady costs; the evaluation runs' seconds by phase).
 
     python benchmarks/gpu.py --fraction 1.0            # the whole table (goal on one H100: <= 10 min)
     python benchmarks/gpu.py --fraction 0.1            # a quick check: 1 evaluation run, 2,000 pairs per model
+    python benchmarks/gpu.py --fraction 0.05 --eval-runs 2 --precision tf32 --side-by-side 4   # gpu_check.sh's
     python benchmarks/gpu.py --fraction 0.01 --device cpu --models DIR   # a smoke run of this script anywhere
 """
 
