@@ -163,7 +163,7 @@ def bench_steps(args) -> None:
     trainer in fp32, TF32 and bf16 autocast, with and without (`-syncs`) its sync-free forward, eager
     or compiled (`-fused`: torch.compile; `-graphs`: also CUDA graphs; `-cudagraphs`: CUDA graphs of
     the eager kernels, torch.compile's `cudagraphs` backend; `-graphs-eageropt`: `-graphs` with the
-    optimizer's update not compiled).
+    optimizer's update not compiled; `-graphs-devlr`: its learning rates on the GPU).
     Pairs are couples of the policy's own samples (63 tokens for random weights). Steps `--warm`..`--steps` are timed, the GPU synchronised at both ends.
 
     Each variant runs in a fresh process unless `--in-process`: in one process a variant would
@@ -219,6 +219,8 @@ def bench_steps(args) -> None:
                 **{f"lean-{p}-{c}": (False, p, "gpu", c) for p in ("fp32", "tf32", "bf16") for c in ("fused", "graphs")},
                 # the compiled step with the optimizer's update left eager (what compiling it saves)
                 **{f"lean-{p}-graphs-eageropt": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
+                # the compiled update with its learning rates on the GPU (no blocking copy of a CPU scalar per step)
+                **{f"lean-{p}-graphs-devlr": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
                 # CUDA graphs of the eager kernels (torch.compile's `cudagraphs` backend): no Triton, no C compiler
                 **{f"lean-{p}-cudagraphs": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")}}  # fmt: skip
 
@@ -241,6 +243,7 @@ def bench_steps(args) -> None:
             lean_dpo.LeanDPOTrainer.sync_free = sync_free
             lean_dpo.LeanDPOTrainer.compile_backend = "cudagraphs" if name.endswith("-cudagraphs") else "inductor"
             lean_dpo.LeanDPOTrainer.compile_optimizer = not name.endswith("-eageropt")
+            lean_dpo.LeanDPOTrainer.lr_on_device = name.endswith("-devlr")
             if is_stock:
                 lean_dpo.LeanDPOTrainer, loading.fuse_activations = DPOTrainer, lambda model: model
             if device.type == "cuda":

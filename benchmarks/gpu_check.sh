@@ -9,7 +9,7 @@
 # Then run, carrying [".whl", ".demo-cache"], with a timeout_s of at least 600:
 #   bash benchmarks/gpu_check.sh
 # Outputs land in $OUT (or ./gpu-check), one file per part; each part has its own time limit, in
-# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 10 s, with the wheels' install about 9.5). Nothing
+# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 20 s, with the wheels' install about 9.5). Nothing
 # else should use the GPU meanwhile. PARTS="steps gpu" (any of: steps sample gpu precision profile)
 # runs only those parts, in this file's order; STEP_VARIANTS, PROFILE_PARTS and <PART>_LIMIT
 # (seconds) change what the steps and profile parts measure and how long a part may take.
@@ -36,11 +36,13 @@ part() {  # part NAME SECONDS COMMAND...: run one measurement into $out/NAME.txt
   python3 -c "import triton; print('triton', triton.__version__)"; command -v gcc cc; nproc; echo "commit ${COMMIT:-?}"; } 2>&1 | tee "$out/machine.txt"
 # 1. Training step of the seed recipe, each variant in a fresh process (bench_engine.py steps): the
 #    lean trainer's compiled step with CUDA graphs in TF32 (the path to <= 10 ms: fp32 is bound by the
-#    GPU's fp32 matrix multiplies at ~28-31 ms on an H100, 2026-11-27) and the same with the optimizer's
-#    update left eager (`-eageropt`). lean-fp32-graphs, stock-fp32 (a9ca438's path: 56-59 ms on an
-#    H100) and lean-bf16-graphs are variants too.
-part steps "${STEPS_LIMIT:-130}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
-  --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-tf32-graphs-eageropt}"
+#    GPU's fp32 matrix multiplies at ~28-31 ms on an H100, 2026-11-27), the same with the optimizer's
+#    update left eager (`-eageropt`) and with the compiled update's learning rates on the GPU
+#    (`-devlr`: inductor copies a CPU scalar to the GPU with a blocking copy, a suspect for the one host
+#    sync a step). lean-fp32-graphs, stock-fp32 (a9ca438's path: 56-59 ms on an H100) and
+#    lean-bf16-graphs are variants too.
+part steps "${STEPS_LIMIT:-150}" python3 benchmarks/bench_engine.py steps --models gpt2-small --device cuda --steps 150 --warm 30 \
+  --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-tf32-graphs-eageropt,lean-tf32-graphs-devlr}"
 # The pipeline parts below use the compiled step unless it failed above.
 compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
 # 2. Sample + score: the original loop against the engine, same models, same GPU: fp32 eager, bf16
@@ -62,6 +64,6 @@ part precision "${PRECISION_LIMIT:-130}" python3 benchmarks/precision.py --devic
 #    2026-11-27) and training steps of the TF32 compiled step with the stack of every host sync
 #    (2026-11-27's fp32 profile: one cudaStreamSynchronize a step, 2.6 ms of waiting).
 #    PROFILE_PARTS=decode,sample,evaluate,train also profiles a decode loop and sample + score alone.
-part profile "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
+part profile "${PROFILE_LIMIT:-110}" python3 benchmarks/profile_gpu.py --batch 2048 --precision tf32 --models "$base" \
   --parts "${PROFILE_PARTS:-evaluate,train}"
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv | tee -a "$out/machine.txt"

@@ -243,6 +243,32 @@ def test_the_compiled_optimizer_step_updates_the_weights_as_the_eager_one_and_co
     assert graphs[-1] == graphs[1]  # and compiled nothing new for the later learning rates
 
 
+def test_the_learning_rate_is_read_from_the_schedule_not_its_tensor():
+    """scheduled_learning_rate (what the lean Trainer logs each step): the value the scheduler set,
+    with rates as numbers or as the compiled update's tensors, bare or wrapped by accelerate."""
+    from accelerate.scheduler import AcceleratedScheduler
+
+    from prefalign.engine.lean_dpo import compile_optimizer_step, scheduled_learning_rate
+
+    model = torch.nn.Linear(4, 2)
+    for as_tensors in (False, True):
+        optimizer, schedule = _rmsprop_and_schedule(model)
+        if as_tensors:
+            assert compile_optimizer_step(optimizer, lr_device=torch.device("cpu"))
+            assert all(torch.is_tensor(g["lr"]) for g in optimizer.param_groups)
+        scheduler = schedule()
+        wrapped = AcceleratedScheduler(scheduler, optimizer, step_with_optimizer=False)
+        seen = []
+        for _ in range(6):
+            expected = float(scheduler.get_last_lr()[0])
+            assert scheduled_learning_rate(scheduler) == pytest.approx(expected, rel=1e-6)
+            assert scheduled_learning_rate(wrapped) == pytest.approx(expected, rel=1e-6)
+            seen.append(expected)
+            scheduler.step()
+        assert len(set(seen)) > 3  # warmup then decay: the rate moved
+    assert scheduled_learning_rate(torch.optim.lr_scheduler.StepLR(optimizer, 2)) is None  # not a LambdaLR
+
+
 def test_a_failed_optimizer_compilation_falls_back_to_the_eager_step(monkeypatch):
     from prefalign.engine.lean_dpo import compile_optimizer_step
 

@@ -208,23 +208,25 @@ def trl_head_positions(compact):
         trl_utils._use_triton = original
 
 
-def compile_optimizer_step(optimizer: torch.optim.Optimizer, note=print) -> bool:
+def compile_optimizer_step(optimizer: torch.optim.Optimizer, note=print, lr_device: torch.device | None = None) -> bool:
     """Run `optimizer.step` through torch.compile, so inductor fuses the update's passes over every
     parameter into a few kernels (RMSprop, the `seed` recipe's optimizer, has no fused step in torch:
     its foreach update is ~6 passes over all weights and state, 2.7 ms of an H100's step for
     GPT-2-small, each a kernel per chunk of tensors launched from Python). Returns whether it did.
 
-    Each learning rate becomes a 0-d CPU tensor that the scheduler fills in place (torch's LR
+    Each learning rate becomes a 0-d tensor that the scheduler fills in place (torch's LR
     schedulers do so for tensors), so a new value is not a new graph; `initial_lr` is set to the
-    number first, so the scheduler's base rate is not that same tensor. Call before the scheduler
-    is made. If compiling fails (e.g. no C compiler), the eager step runs from then on, with a note;
-    it reads a tensor learning rate as a number.
+    number first, so the scheduler's base rate is not that same tensor. The tensor lives on the CPU,
+    or on `lr_device`: inductor copies a CPU scalar that meets GPU tensors to the GPU with a blocking
+    copy, a host sync per step (the Trainer then reads the rate through `scheduled_learning_rate`,
+    not the tensor). Call before the scheduler is made. If compiling fails (e.g. no C compiler), the
+    eager step runs from then on, with a note; it reads a tensor learning rate as a number.
     """
     if getattr(optimizer, "_compiled_step", False) or any(g.get("fused") for g in optimizer.param_groups):
         return False
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", float(group["lr"]))
-        group["lr"] = torch.tensor(float(group["lr"]))
+        group["lr"] = torch.tensor(float(group["lr"]), device=lr_device)
     eager_step = optimizer.step
     compiled = torch.compile(type(optimizer).step)
 
@@ -244,6 +246,16 @@ def compile_optimizer_step(optimizer: torch.optim.Optimizer, note=print) -> bool
     return True
 
 
+def scheduled_learning_rate(scheduler) -> float | None:
+    """The first parameter group's current learning rate as a number, from a LambdaLR's own formula
+    (the Trainer's schedules are LambdaLRs; accelerate may wrap them), without reading the rate's
+    tensor (which on a GPU would wait for it); None for another kind of scheduler."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return None
+    return float(scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch))
+
+
 class LeanDPOTrainer(DPOTrainer):
     """DPOTrainer whose training steps queue GPU work without waiting on it (see the module docstring)."""
 
@@ -258,6 +270,7 @@ class LeanDPOTrainer(DPOTrainer):
     compile_backend = "inductor"
     _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
     compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
+    lr_on_device = False  # the compiled update's learning rates on the parameters' device, not the CPU (benchmarks compare)
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
 
     def __init__(self, *args, **kwargs):
@@ -341,8 +354,13 @@ class LeanDPOTrainer(DPOTrainer):
         # launches are host time; DeepSpeed and FSDP bring optimizers of their own.
         if (self.compile_step != "eager" and self.compile_optimizer
                 and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)):  # fmt: skip
-            compile_optimizer_step(optimizer, self.note)
+            compile_optimizer_step(optimizer, self.note, self.args.device if self.lr_on_device else None)
         return optimizer
+
+    def _get_learning_rate(self):
+        # Read every step: from the schedule's formula rather than a rate tensor that may be on the GPU.
+        rate = scheduled_learning_rate(self.lr_scheduler) if self.lr_scheduler is not None else None
+        return super()._get_learning_rate() if rate is None else rate
 
     def floating_point_ops(self, inputs) -> int:
         """The Trainer's FLOP count for its logs (6 x tokens x non-embedding parameters), with the
