@@ -1,0 +1,25 @@
+"""benchmarks/gpu_check.sh, the one script a GPU session runs, in its SMOKE mode: every part on this
+CPU with the tiny models and tiny counts, so a broken command is found here, not on a GPU's clock."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_part_of_the_gpu_check_runs(tiny_dir, tmp_path):
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable, "COMMIT": "test"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outputs = {name: (tmp_path / f"{name}.txt").read_text() for name in ("steps", "gpu", "precision", "profile")}
+    for name, text in outputs.items():
+        assert f"== {name}: rc 0," in text, text[-3000:]
+    # What each part is for made it to its output:
+    assert outputs["steps"].count("ms/step") == 3  # three variants, each from its own process
+    assert "| evaluate |" in outputs["gpu"] and "full-table estimate" in outputs["gpu"]
+    assert "tf32 vs fp32, same seed" in outputs["precision"] and "means over seeds" in outputs["precision"]
+    assert "evaluation run of 200 texts" in outputs["profile"] and "host syncs in steps 41-43" in outputs["profile"]
+    assert "commit test" in (tmp_path / "machine.txt").read_text()
