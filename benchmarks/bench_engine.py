@@ -315,11 +315,11 @@ def bench_train(args) -> None:
 def bench_optimizer(args) -> None:
     """Milliseconds per update of the `seed` recipe's RMSprop over GPT-2-small's 124M parameters
     (random weights and gradients): torch's foreach step (eager) against the step compiled by
-    `lean_dpo.compile_optimizer_step`, both under the recipe's warmup schedule, alternating, the
+    `compiled_optimizer.compile_optimizer_step`, both under the recipe's warmup schedule, alternating, the
     device synchronised around each timed step; then the largest weight difference between the two."""
     from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler
 
-    from prefalign.engine.lean_dpo import compile_optimizer_step
+    from prefalign.engine.compiled_optimizer import compile_optimizer_step
     from prefalign.models.loading import pick_device
 
     device = pick_device(args.device)

@@ -216,7 +216,7 @@ def test_the_compiled_optimizer_step_updates_the_weights_as_the_eager_one_and_co
     the scheduler's learning rates followed without a graph per value."""
     from torch._dynamo.utils import counters
 
-    from prefalign.engine.lean_dpo import compile_optimizer_step
+    from prefalign.engine.compiled_optimizer import compile_optimizer_step
 
     torch.manual_seed(0)
     eager_model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
@@ -248,7 +248,7 @@ def test_the_learning_rate_is_read_from_the_schedule_not_its_tensor():
     with rates as numbers or as the compiled update's tensors, bare or wrapped by accelerate."""
     from accelerate.scheduler import AcceleratedScheduler
 
-    from prefalign.engine.lean_dpo import compile_optimizer_step, scheduled_learning_rate
+    from prefalign.engine.compiled_optimizer import compile_optimizer_step, scheduled_learning_rate
 
     model = torch.nn.Linear(4, 2)
     for as_tensors in (False, True):
@@ -270,7 +270,7 @@ def test_the_learning_rate_is_read_from_the_schedule_not_its_tensor():
 
 
 def test_a_failed_optimizer_compilation_falls_back_to_the_eager_step(monkeypatch):
-    from prefalign.engine.lean_dpo import compile_optimizer_step
+    from prefalign.engine.compiled_optimizer import compile_optimizer_step
 
     def broken(fn, *args, **kwargs):
         def fails(*a, **k):
