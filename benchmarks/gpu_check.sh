@@ -9,10 +9,11 @@
 # Then run, carrying [".whl", ".demo-cache"], with a timeout_s of at least 600:
 #   bash benchmarks/gpu_check.sh
 # Outputs land in $OUT (or ./gpu-check), one file per part; each part has its own time limit, in
-# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 20 s, with the wheels' install about 9.5). Nothing
-# else should use the GPU meanwhile. PARTS="steps gpu" (any of: steps sample gpu precision profile)
-# runs only those parts, in this file's order; STEP_VARIANTS, PROFILE_PARTS and <PART>_LIMIT
-# (seconds) change what the steps and profile parts measure and how long a part may take.
+# priority order, so a slow part costs only itself (the default parts' limits add up to 9 min 20 s;
+# with the wheels' install about 9.5). Nothing else should use the GPU meanwhile. PARTS="steps gpu"
+# (any of: steps sample gpu precision profile) runs only those parts, in this file's order;
+# STEP_VARIANTS, PROFILE_PARTS and <PART>_LIMIT (seconds) change what the steps and profile parts
+# measure and how long a part may take.
 #
 # SMOKE=1 bash benchmarks/gpu_check.sh runs every part here, on the CPU, with the tiny built-in models
 # and tiny counts (a few minutes on 2 cores, outputs in ./gpu-check): it checks the script and its
