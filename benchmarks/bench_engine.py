@@ -205,7 +205,9 @@ def bench_steps(args) -> None:
     device = loading.pick_device(args.device)
     policy, policy_tokenizer, *_, policy_dir = load_models(args.models, device)
     pairs_needed = 8 * args.steps
-    chunks = generate(policy, policy_tokenizer, 2 * pairs_needed, SamplingConfig(), 0)
+    # Decoded eagerly: the pairs' texts are setup, and compiling the decode step would cost each
+    # variant's fresh process half a minute on a GPU.
+    chunks = generate(policy, policy_tokenizer, 2 * pairs_needed, SamplingConfig(compile_step="eager"), 0)
     texts = [t for chunk in chunks for t in chunk["text"]]
     del policy
     order = np.random.default_rng(0).permutation(len(texts))
