@@ -98,33 +98,11 @@ def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
         tables(prof, f"{name}, {batch} rows x {steps} steps")
 
 
-def profile_sample_and_score(policy_dir: str, reward_dir: str, n: int, device: torch.device) -> None:
-    """The whole sample stage's engine (decode, decode to text, classifier tokenization and scoring,
-    Parquet): where the time outside the decode loop goes."""
-    from prefalign.config import SamplingConfig
-    from prefalign.engine.decoding import sample_and_score
-    from prefalign.models.loading import inference_dtype, load_classifier, load_policy
-
-    dtype = inference_dtype(device)
-    policy, policy_tokenizer = load_policy(policy_dir, None, device, dtype)
-    classifier, classifier_tokenizer = load_classifier(reward_dir, None, device, dtype)
-    with tempfile.TemporaryDirectory() as d:
-        def run():
-            sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, 1, n, SamplingConfig(), 0,
-                             None, Path(d) / "s.parquet")  # fmt: skip
-
-        run()  # warm-up: the same batch shapes as the timed call
-        seconds = timed(run, device)
-        print(f"\nsample_and_score: {n} texts in {seconds:.2f}s ({n / seconds:.0f} texts/s), dtype {dtype}")
-        with profile(activities=activities(device)) as prof:
-            run()
-            sync(device)
-    tables(prof, f"sample_and_score, {n} texts")
-
-
-def profile_evaluate(policy_dir: str, reward_dir: str, n: int, device: torch.device) -> None:
-    """One evaluation run as the pipeline makes it (sample + score with the KL's reference model,
-    then the run's metrics): the seconds of each phase, and the profiler table of the run."""
+def profile_sampling(policy_dir: str, reward_dir: str, n: int, device: torch.device, evaluation: bool) -> None:
+    """sample_and_score as the sample stage runs it (decode, ids to text, classifier tokenization and
+    scoring, Parquet: where the time outside the decode loop goes) or, with `evaluation`, as an
+    evaluation run does (with the KL's reference model, then the run's metrics; each phase timed):
+    its seconds after a warm-up on the same shapes, and its profiler table."""
     from prefalign.config import SamplingConfig
     from prefalign.engine.decoding import sample_and_score
     from prefalign.models.loading import inference_dtype, load_classifier, load_policy
@@ -132,25 +110,31 @@ def profile_evaluate(policy_dir: str, reward_dir: str, n: int, device: torch.dev
 
     dtype = inference_dtype(device)
     policy, policy_tokenizer = load_policy(policy_dir, None, device, dtype)
-    reference, _ = load_policy(policy_dir, None, device, dtype)  # the original: here the same weights
     classifier, classifier_tokenizer = load_classifier(reward_dir, None, device, dtype)
+    reference = load_policy(policy_dir, None, device, dtype)[0] if evaluation else None  # the original: same weights
     with tempfile.TemporaryDirectory() as d:
         def run(with_reference: bool):
             return sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, 1, n, SamplingConfig(),
                                     0, None, Path(d) / "s.parquet", reference=reference if with_reference else None)  # fmt: skip
 
-        run(False), run(True)  # warm-up: the batch shapes of the timed calls
-        plain, with_kl = timed(lambda: run(False), device), timed(lambda: run(True), device)
-        df = run(True)
-        start = time.perf_counter()
-        run_metrics(df, policy_tokenizer, (0.0, 0.5))
-        metrics = time.perf_counter() - start
-        print(f"\nevaluation run of {n} texts, dtype {dtype}: sample + score {plain:.2f}s, with the KL's log-probs "
-              f"{with_kl:.2f}s (+{with_kl - plain:.2f}s), run metrics {metrics:.2f}s: {n / (with_kl + metrics):.0f} texts/s")
+        for with_reference in (False, True) if evaluation else (False,):  # warm-up: the timed calls' batch shapes
+            run(with_reference)
+        plain = timed(lambda: run(False), device)
+        if evaluation:
+            with_kl = timed(lambda: run(True), device)
+            df = run(True)
+            start = time.perf_counter()
+            run_metrics(df, policy_tokenizer, (0.0, 0.5))
+            metrics = time.perf_counter() - start
+            print(f"\nevaluation run of {n} texts, dtype {dtype}: sample + score {plain:.2f}s, with the KL's log-probs "
+                  f"{with_kl:.2f}s (+{with_kl - plain:.2f}s), run metrics {metrics:.2f}s: "
+                  f"{n / (with_kl + metrics):.0f} texts/s")  # fmt: skip
+        else:
+            print(f"\nsample_and_score: {n} texts in {plain:.2f}s ({n / plain:.0f} texts/s), dtype {dtype}")
         with profile(activities=activities(device)) as prof:
-            run(True)
+            run(evaluation)
             sync(device)
-    tables(prof, f"evaluation run (sample + score + KL log-probs), {n} texts")
+    tables(prof, f"evaluation run (sample + score + KL log-probs), {n} texts" if evaluation else f"sample_and_score, {n} texts")
 
 
 def host_operations(prof, steps: int) -> None:
@@ -250,10 +234,9 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
     if "decode" in parts:
         profile_decode(policy_dir, args.batch, device)
-    if "sample" in parts:
-        profile_sample_and_score(policy_dir, reward_dir, args.texts, device)
-    if "evaluate" in parts:
-        profile_evaluate(policy_dir, reward_dir, args.texts, device)
+    for part in ("sample", "evaluate"):
+        if part in parts:
+            profile_sampling(policy_dir, reward_dir, args.texts, device, evaluation=part == "evaluate")
     if "train" in parts:
         profile_train(policy_dir, args.precision, device, args.compile_step)
 
