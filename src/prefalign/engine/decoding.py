@@ -83,6 +83,15 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float,
     return ids, values
 
 
+def _draw(logits: torch.Tensor, sampling, finished: torch.Tensor, eos: int) -> torch.Tensor:
+    """(rows,) the next token of each row, drawn from `logits` (rows, vocab) under the sampling
+    filters; EOS for rows that have finished. Top-k runs in the model's dtype, then fp32 for the k
+    survivors only (dividing by a positive temperature keeps the order, so it can wait until after)."""
+    ids, values = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p, sampling.temperature)
+    choice = torch.multinomial(values.softmax(-1), 1)
+    return ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
+
+
 def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int | None = None,
                 with_logp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """(tokens (rows, max_length - prompt length), their log-prob sums or None): each row of `prompt`
@@ -110,11 +119,7 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     for t in range(steps):
         logits = model(input_ids=step_input, use_cache=True, **{cache_arg: cache}, **last_only).logits[:, -1, :]
-        # Top-k in the model's dtype, then fp32 for the k survivors only (dividing by a positive
-        # temperature keeps the order, so it can wait until after the top-k).
-        ids, values = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p, sampling.temperature)
-        choice = torch.multinomial(values.softmax(-1), 1)
-        nxt = ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
+        nxt = _draw(logits, sampling, finished, eos)
         tokens[alive, t] = nxt
         if logp is not None:
             logp[alive] += token_logp(logits, nxt).masked_fill(finished, 0.0)
@@ -145,9 +150,7 @@ def _static_batch(model, prompt: torch.Tensor, eos: int, sampling, step, cache,
     cache.reset()
     logits, lse = last_logits(model, prompt, cache)
     for t in range(steps):
-        ids, values = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p, sampling.temperature)
-        choice = torch.multinomial(values.softmax(-1), 1)
-        nxt = ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
+        nxt = _draw(logits, sampling, finished, eos)
         tokens[:, t] = nxt
         if logp is not None:
             logp += token_logp(logits, nxt, lse).masked_fill(finished, 0.0)
