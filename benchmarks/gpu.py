@@ -56,6 +56,10 @@ def main() -> None:
     work = Path(args.workdir)
     if args.models:
         policy_dir, reward_dir = str(Path(args.models) / "policy"), str(Path(args.models) / "reward")
+        missing = [d for d in (policy_dir, reward_dir) if not (Path(d) / "config.json").is_file()]
+        if missing:
+            parser.error(f"--models {args.models}: no model in {', '.join(missing)} (it needs policy/ and reward/, "
+                         "each a save_pretrained directory; leave --models out to build base-sized ones)")
     else:
         policy_dir, reward_dir = build_base_sized(work / "models")
     f = args.fraction
