@@ -63,13 +63,15 @@ compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/d
 #    with the decode step compiled as CUDA graphs (sampling.compile_step: auto, the pipeline's setting;
 #    the warm-up compiles it, once per batch size), bf16 eager.
 part sample "${SAMPLE_LIMIT:-110}" $py benchmarks/bench_engine.py sample --models $models --device $device --n $n --reps 1
-# 3. The pipeline end to end at full batch sizes, the four grid models side by side, in TF32 (the only
-#    precision that can make the table in 10 minutes; PRECISION=fp32 for the seed recipe's own); two
+# 3. The pipeline end to end at full batch sizes, the four grid models side by side, in TF32 (the seed
+#    recipe's arithmetic on CUDA, the only one that can make the table in 10 minutes; PRECISION=fp32
+#    for the original's); two
 #    evaluation runs per model, so the estimate prices later runs apart from each model's first.
 part gpu "${GPU_LIMIT:-170}" $py benchmarks/gpu.py --fraction $fraction --eval-runs 2 --precision "${PRECISION:-tf32}" \
   --side-by-side $side --device $device --models "$base" --workdir "$(mktemp -d)" "${compiled[@]}" "${smaller[@]}"
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 5 seeds each and fp32's
-#    first seed twice (2026-11-27's 3 seeds left KL undecided). Eleven processes at once, training and
+#    first seed twice, the GPU check of the seed recipe's TF32 default (chosen on CPU with bf16 and 8
+#    seeds, and on 2026-11-27's H100 runs with 3). Eleven processes at once, training and
 #    sampling uncompiled (the same arithmetic; no eleven compilations of the tiny demo policy at once).
 part precision "${PRECISION_LIMIT:-130}" $py benchmarks/precision.py --device $device --precisions tf32 --seeds $seeds \
   --replicate --jobs $jobs --preset $preset --workdir "$(mktemp -d)" --set sampling.compile_step=eager \

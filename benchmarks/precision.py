@@ -6,15 +6,18 @@ each other precision named (bf16 autocast with fp32 master weights; TF32 matrix 
 only); each run directory evaluates its models (3 runs x 1,000 samples, the same evaluation seeds
 everywhere). `--replicate` also trains fp32 with the first seed a second time: on a GPU the same
 seed need not give the same weights (atomic adds in some backward kernels), and training at lr 5e-3
-amplifies any difference. For each model and metric it prints the mean fp32 seed-to-seed gap next
-to each precision's mean gap from fp32 at equal seed. A precision may be a recipe's default on
-CUDA only if the second is no larger than the first. With several seeds it also prints how far
-each precision's mean over the seeds is from fp32's, next to the standard error of fp32's mean (a
-shift common to all seeds would stand out against it). Runs on CPU (bf16 autocast works there,
-slowly) or a GPU, `--jobs` variants at once:
+amplifies any difference. For each model and metric it prints every run's mean; then, over the
+models, how far two fp32 seeds lie apart next to how far each other precision lies from fp32 (at the
+same seed, and over every pair of runs), and a verdict per metric: a precision is `within` fp32's
+seed-to-seed noise unless its runs lie farther from fp32's than fp32's lie from each other by more
+than chance explains (a permutation test, p < 0.05: `excess_p_value`). The rule for a recipe's
+default on CUDA: `within` on reward, diversity and KL, with at least STRONG_SEEDS seeds. Runs on CPU
+(bf16 autocast works there) or a GPU, `--jobs` variants at once; `--from-log` reads the per-run lines
+of an earlier run's output instead of training:
 
     python benchmarks/precision.py [--device cpu] [--precisions bf16] [--jobs 1] [--workdir DIR]
     python benchmarks/precision.py --device cuda --precisions tf32 --seeds 0,1,2 --replicate --jobs 7
+    python benchmarks/precision.py --from-log benchmarks/gpu-runs/2026-11-27-h100-7e2fb62/precision.txt
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 METRICS = ["reward_mean", "diversity", "kl_seq"]
+# Below this many seeds the permutation test rarely finds a real shift (with 2 seeds per precision
+# each model's runs split between them in only 6 ways).
+STRONG_SEEDS = 5
 
 
 def run_variant(workdir: Path, name: str, precision: str, seed: int, device: str, preset: str = "demo",
@@ -48,6 +55,98 @@ def run_variant(workdir: Path, name: str, precision: str, seed: int, device: str
     return results[results.method != "original"].groupby("model", sort=False)[METRICS].mean()
 
 
+def gaps(values: dict, seeds: list[int], others: list[str], replicate: bool) -> dict[tuple[str, str], list[float]]:
+    """(row, metric) -> one mean |difference| per model, from `values`: (model, metric) -> run name ->
+    the run's mean. Rows: fp32 seed to seed (every pair of distinct seeds), the same seed trained
+    twice (with `replicate`), and each other precision against fp32 at the same seed and over every
+    pair of runs (`any seeds`, what the verdict tests: where one seed does not repeat itself, as on
+    a GPU, pairing runs by seed means nothing)."""
+    rows: dict = {}
+    for (model, metric), v in values.items():
+        fp32 = [v[f"fp32-seed{s}"] for s in seeds]
+        if len(seeds) > 1:
+            rows.setdefault(("fp32 seed to seed", metric), []).append(_spread(fp32))
+        if replicate:
+            rows.setdefault(("fp32 same seed again", metric), []).append(abs(v[f"fp32-seed{seeds[0]}-again"] - fp32[0]))
+        for other in others:
+            low = [v[f"{other}-seed{s}"] for s in seeds]
+            rows.setdefault((f"{other} vs fp32, same seed", metric), []).append(
+                statistics.mean(abs(x - y) for x, y in zip(low, fp32)))
+            rows.setdefault((f"{other} vs fp32, any seeds", metric), []).append(_distance(low, fp32))
+    return rows
+
+
+def _spread(runs: list[float]) -> float:
+    """Mean |difference| between two runs of one precision (every pair of distinct runs)."""
+    return statistics.mean(abs(x - y) for x, y in itertools.combinations(runs, 2))
+
+
+def _distance(low: list[float], fp32: list[float]) -> float:
+    """Mean |difference| between a run of one precision and a run of the other (every pair)."""
+    return statistics.mean(abs(x - y) for x in low for y in fp32)
+
+
+def excess_p_value(values: dict, seeds: list[int], other: str, metric: str, permutations: int = 20000,
+                   seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """(excess, p) for one metric. excess: the mean over models of how much farther `other`'s runs lie
+    from fp32's (_distance) than fp32's runs lie from each other (_spread). p: the chance of an
+    excess at least that large if the precision made no difference, i.e. if the labels of the two
+    runs of each seed were exchanged at random (a paired permutation test with `permutations` random
+    deals; pairing by seed keeps it valid where runs of one seed resemble each other, as on CPU)."""
+    rng = np.random.default_rng(seed)
+    n, observed, shuffled = len(seeds), [], 0.0
+    n_models = len({model for model, _ in values})
+    for (_, m), v in values.items():
+        if m != metric:
+            continue
+        low, fp32 = (np.array([v[f"{name}-seed{s}"] for s in seeds]) for name in (other, "fp32"))
+        observed.append(_distance(list(low), list(fp32)) - _spread(list(fp32)))
+        swap = rng.random((permutations, n)) < 0.5  # per deal and seed: the two runs' labels exchanged
+        low, fp32 = np.where(swap, fp32, low), np.where(swap, low, fp32)  # (permutations, n) each
+        distance = np.abs(low[:, :, None] - fp32[:, None, :]).mean((1, 2))
+        spread = np.abs(fp32[:, :, None] - fp32[:, None, :]).sum((1, 2)) / (n * (n - 1))  # diagonal: zeros
+        shuffled = shuffled + (distance - spread) / n_models  # a mean over the models, per deal
+    excess = statistics.mean(observed)
+    return excess, float((1 + np.sum(shuffled >= excess - 1e-9)) / (1 + permutations))
+
+
+def report(values: dict, seeds: list[int], others: list[str], replicate: bool, level: float = 0.05) -> str:
+    """The table of mean gaps over the models, and each precision's verdict: `within` fp32's seed noise
+    on a metric unless its excess (excess_p_value) is too large to be chance (p < `level`)."""
+    rows = gaps(values, seeds, others, replicate)
+    n_models = len({model for model, _ in values})
+    lines = [f"mean |difference| over the {n_models} models (seeds {seeds}):",
+             f"| compared | {' | '.join(METRICS)} |", f"|---|{'---|' * len(METRICS)}"]  # fmt: skip
+    for what in dict.fromkeys(what for what, _ in rows):
+        lines.append(f"| {what} | " + " | ".join(f"{statistics.mean(rows[(what, m)]):.3f}" for m in METRICS) + " |")
+    for other in others:
+        if len(seeds) < 2:
+            lines.append(f"{other}: one seed, no seed-to-seed difference to compare with")
+            continue
+        verdicts = []
+        for metric in METRICS:
+            excess, p = excess_p_value(values, seeds, other, metric)
+            shown = f"excess {excess:+.3f}, p = {p:.3f}"
+            verdicts.append((p >= level, f"{metric} {'within' if p >= level else 'OUTSIDE'} ({shown})"))
+        weak = f"; fewer than {STRONG_SEEDS} seeds, a weak test" if len(seeds) < STRONG_SEEDS else ""
+        lines.append(f"{other}: {'within' if all(ok for ok, _ in verdicts) else 'OUTSIDE'} fp32 seed-to-seed noise "
+                     f"({', '.join(text for _, text in verdicts)}{weak})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def read_log(path: Path) -> dict:
+    """`values` (see gaps) from the lines `MODEL METRIC: RUN VALUE, RUN VALUE, ...` main prints."""
+    values = {}
+    for line in path.read_text().splitlines():
+        head, _, runs = line.partition(": ")
+        model, _, metric = head.rpartition(" ")
+        if metric in METRICS and model and runs:
+            values[(model, metric)] = {name: float(value) for name, value in (run.rsplit(" ", 1) for run in runs.split(", "))}
+    if not values:
+        raise SystemExit(f"{path}: no lines 'MODEL METRIC: RUN VALUE, ...' (precision.py's output) found")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -58,7 +157,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds, each run in every precision")
     parser.add_argument("--replicate", action="store_true", help="also train fp32 with the first seed a second time")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (e.g. train.dpo.compile_step=eager)")
+    parser.add_argument("--from-log", type=Path, help="an earlier run's output: analyse its per-run lines, train nothing")
     args = parser.parse_args()
+    if args.from_log:
+        values = read_log(args.from_log)
+        names = next(iter(values.values()))
+        seeds = sorted(int(name.split("seed")[1]) for name in names if name.startswith("fp32-") and "again" not in name)
+        others = list(dict.fromkeys(name.split("-seed")[0] for name in names if not name.startswith("fp32-")))
+        print(report(values, seeds, others, replicate=any(name.endswith("-again") for name in names)))
+        return
     others = args.precisions.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = {f"{precision}-seed{seed}": (precision, seed) for precision in ["fp32", *others] for seed in seeds}
@@ -70,37 +177,12 @@ def main() -> None:
                                      tuple(args.set)) for name, setting in variants.items()}  # fmt: skip
         means = {name: future.result() for name, future in futures.items()}
 
-    pairs = list(itertools.combinations(seeds, 2))
-    gaps = {}  # (what, metric) -> per model: mean |difference|
-    for model in means[f"fp32-seed{seeds[0]}"].index:
-        for metric in METRICS:
-            v = {name: float(frame.loc[model, metric]) for name, frame in means.items()}
-            gaps.setdefault(("fp32 seed to seed", metric), []).append(
-                sum(abs(v[f"fp32-seed{a}"] - v[f"fp32-seed{b}"]) for a, b in pairs) / max(1, len(pairs)))
-            if args.replicate:
-                gaps.setdefault(("fp32 same seed again", metric), []).append(
-                    abs(v[f"fp32-seed{seeds[0]}-again"] - v[f"fp32-seed{seeds[0]}"]))
-            for other in others:
-                gaps.setdefault((f"{other} vs fp32, same seed", metric), []).append(
-                    sum(abs(v[f"{other}-seed{s}"] - v[f"fp32-seed{s}"]) for s in seeds) / len(seeds))
-            if len(seeds) > 1:
-                # A shift common to every seed, against what seeds alone make of a mean over len(seeds):
-                fp32 = [v[f"fp32-seed{s}"] for s in seeds]
-                gaps.setdefault(("fp32 mean over seeds: standard error", metric), []).append(
-                    statistics.stdev(fp32) / len(seeds) ** 0.5)
-                for other in others:
-                    gaps.setdefault((f"{other} vs fp32, means over seeds", metric), []).append(
-                        abs(statistics.mean(v[f"{other}-seed{s}"] for s in seeds) - statistics.mean(fp32)))
-            print(f"{model} {metric}: " + ", ".join(f"{name} {value:.3f}" for name, value in v.items()))
-    whats = list(dict.fromkeys(what for what, _ in gaps))
-    print(f"\nmean |difference| over the {len(means[f'fp32-seed{seeds[0]}'].index)} models (seeds {seeds}):\n"
-          f"| compared | {' | '.join(METRICS)} |\n|---|{'---|' * len(METRICS)}")
-    for what in whats:
-        print(f"| {what} | " + " | ".join(f"{sum(gaps[(what, m)]) / len(gaps[(what, m)]):.3f}" for m in METRICS) + " |")
-    for other in others:
-        inside = [sum(gaps[(f"{other} vs fp32, same seed", m)]) <= sum(gaps[("fp32 seed to seed", m)]) for m in METRICS]
-        verdicts = ", ".join(f"{m} {'within' if ok else 'outside'}" for m, ok in zip(METRICS, inside))
-        print(f"{other}: {'within' if all(inside) else 'OUTSIDE'} fp32 seed-to-seed noise ({verdicts})")
+    models = list(means[f"fp32-seed{seeds[0]}"].index)
+    values = {(model, metric): {name: float(frame.loc[model, metric]) for name, frame in means.items()}
+              for model in models for metric in METRICS}  # fmt: skip
+    for (model, metric), v in values.items():
+        print(f"{model} {metric}: " + ", ".join(f"{name} {value:.3f}" for name, value in v.items()))
+    print(report(values, seeds, others, args.replicate))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,6 @@ def test_every_part_of_the_gpu_check_runs(tiny_dir, tmp_path):
     # What each part is for made it to its output:
     assert outputs["steps"].count("ms/step") == 3  # three variants, each from its own process
     assert "| evaluate |" in outputs["gpu"] and "full-table estimate" in outputs["gpu"]
-    assert "tf32 vs fp32, same seed" in outputs["precision"] and "means over seeds" in outputs["precision"]
+    assert "tf32 vs fp32, any seeds" in outputs["precision"] and "tf32: " in outputs["precision"]
     assert "evaluation run of 200 texts" in outputs["profile"] and "host syncs in steps 41-43" in outputs["profile"]
     assert "commit test" in (tmp_path / "machine.txt").read_text()

@@ -33,12 +33,35 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
     assert precision_settings("tf32", "cpu", False) == {"bf16": False, "fp16": False}
 
 
+def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
+    import transformers.training_args
+
+    from prefalign.engine.arithmetic import fp32_switches_restored
+    from prefalign.recipes import RECIPE_PRECISION, precision_settings
+    from prefalign.stages.train_dpo import dpo_args
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # dpo_args only reads the device's type
+    before = torch.backends.cuda.matmul.fp32_precision
+    with fp32_switches_restored():  # TrainingArguments(tf32=True) switches TF32 on for the process
+        monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: True)  # no Ampere GPU here
+        args, settings = dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")
+        assert args.tf32 is True and args.bf16 is False
+        assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="fp32")[0].tf32 is False
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    args, settings = dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")
+    assert not args.tf32 and not args.bf16
+
+    assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True) == {"bf16": False, "fp16": False, "tf32": True}
+    assert precision_settings(RECIPE_PRECISION["seed"], "cpu", False) == {"bf16": False, "fp16": False}
+    assert precision_settings(RECIPE_PRECISION["default"], "cuda", True)["bf16"] is True
+
+
 def test_bf16_precision_reaches_the_trainer_and_the_override_wins():
     from prefalign.recipes import RECIPE_PRECISION
     from prefalign.stages.train_dpo import dpo_args
 
     cpu = torch.device("cpu")
-    assert RECIPE_PRECISION == {"seed": "fp32", "default": "auto"}  # the original's fp32 for its recipe
+    assert RECIPE_PRECISION == {"seed": "tf32", "default": "auto"}
     assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is True
     assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
     assert dpo_args("default", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
@@ -61,23 +84,25 @@ def test_the_step_is_compiled_with_cuda_graphs_on_one_gpu_only():
     from prefalign.stages.train_dpo import dpo_args
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # dpo_args only reads the device's type
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[1]["compile_step"] == "graphs"
+    # (fp32: the recipe's TF32 would make TrainingArguments look for an Ampere GPU, which CI lacks)
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="fp32")[1]["compile_step"] == "graphs"
     assert dpo_args("default", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", processes=2)[1]["compile_step"] == "eager"
     assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]["compile_step"] == "eager"
     # Asked for on a CPU: compiled, without CUDA graphs; a user's setting wins everywhere.
     assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "graphs"}, cpu, 0, "/tmp/x")[1]["compile_step"] == "fused"
-    assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "eager"}, cuda, 0, "/tmp/x")[1]["compile_step"] == "eager"
+    assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "eager"}, cuda, 0, "/tmp/x",
+                    precision="fp32")[1]["compile_step"] == "eager"  # fmt: skip
 
 
 def test_batches_reach_a_gpu_without_the_host_waiting_for_the_copy():
     from prefalign.stages.train_dpo import dpo_args
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    settings = dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[1]
+    settings = dpo_args("default", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[1]
     assert settings["accelerator_config"] == {"non_blocking": True} and settings["dataloader_pin_memory"] is True
     assert "accelerator_config" not in dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]
     mine = {"accelerator_config": {"non_blocking": False}}
-    assert dpo_args("seed", "sigmoid", 0.1, mine, cuda, 0, "/tmp/x")[1]["accelerator_config"] == {"non_blocking": False}
+    assert dpo_args("default", "sigmoid", 0.1, mine, cuda, 0, "/tmp/x")[1]["accelerator_config"] == {"non_blocking": False}
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])

@@ -1,11 +1,12 @@
 """The training recipes: named sets of `trl.DPOConfig` settings (plus prefalign's own switches).
 
 - `seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, linear decay,
-  3 epochs, batch 8, max_length 256; the original ran in fp32, which `train.precision: fp32`
-  restores on a GPU). The reference log-probs, which the original recomputed every step, are
-  computed once before training on a GPU (`"on_gpu"`): the same numbers (the reference is frozen
-  and has no dropout), in large batches, and each step loses a forward pass. On CPU the separate
-  pass costs more than it saves in a one-epoch run, so there they are still computed every step.
+  3 epochs, batch 8, max_length 256). On CUDA its matrix multiplies run in TF32 (RECIPE_PRECISION);
+  the original ran in fp32, which `train.precision: fp32` restores. The reference log-probs, which
+  the original recomputed every step, are computed once before training on a GPU (`"on_gpu"`): the
+  same numbers (the reference is frozen and has no dropout), in large batches, and each step loses
+  a forward pass. On CPU the separate pass costs more than it saves in a one-epoch run, so there
+  they are still computed every step.
 - `default`: TRL's defaults with reference log-probs computed once before training, a learning rate
   that moves a small policy in one epoch without collapsing it into word salad (5e-5: the value
   that kept fluent text in the demo-size probe of ../shared/NOTES.md), no gradient checkpointing
@@ -49,10 +50,12 @@ RECIPES: dict[str, dict] = {
 
 RECIPE_NAMES = tuple(RECIPES)
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
-# Each recipe's arithmetic when `train.precision` is empty. `seed` keeps the original's fp32: in
-# benchmarks/precision.py (demo models, seed recipe, two training seeds) bf16 autocast moved reward
-# and diversity less than a second fp32 seed did, but KL more, so it is not the seed recipe's default.
-RECIPE_PRECISION = {"seed": "fp32", "default": "auto"}
+# Each recipe's arithmetic when `train.precision` is empty. `seed`: TF32 matrix multiplies on CUDA,
+# plain fp32 elsewhere (where `tf32` means fp32). benchmarks/precision.py (demo models, seed recipe,
+# 8 training seeds, CPU) found bf16 autocast, a coarser rounding than TF32's, within fp32's
+# seed-to-seed differences in reward, diversity and KL; on an H100 TF32 itself (3 seeds) was too.
+# `train.precision: fp32` gives the original's arithmetic on a GPU.
+RECIPE_PRECISION = {"seed": "tf32", "default": "auto"}
 
 
 def precision_settings(precision: str, device_type: str, bf16_supported: bool) -> dict:

@@ -78,8 +78,8 @@ class TrainConfig(Section):
     recipe: Literal[RECIPE_NAMES] = Field(
         "default",
         description="`seed`: the original experiment's settings (RMSprop, lr 5e-3, 50 warmup steps, "
-        "3 epochs, batch 8, max_length 256, fp32). `default`: TRL's defaults plus precomputed "
-        "reference log-probs, tuned for this task (see training.py).",
+        "3 epochs, batch 8, max_length 256; TF32 matrix multiplies on CUDA, fp32 elsewhere). `default`: TRL's defaults plus precomputed "
+        "reference log-probs, tuned for this task (see recipes.py).",
     )
     losses: list[str | LossMix] = Field(
         default_factory=lambda: ["sigmoid", "hinge"],
@@ -93,8 +93,10 @@ class TrainConfig(Section):
         None,
         description="Training arithmetic: `fp32`; `bf16` (autocast with fp32 master weights); `tf32` (fp32 with "
         "TF32 matrix multiplies, CUDA only); `auto` (bf16 on CUDA GPUs that support it, fp32 elsewhere). Empty: "
-        "the recipe's (`seed`: fp32, as the original; `default`: auto). On an H200 `tf32` was the fastest "
-        "(benchmarks/RESULTS.md compares TF32 and bf16 with fp32). `train.dpo.bf16` / `tf32` override it.",
+        "the recipe's (`seed`: tf32, i.e. TF32 on CUDA and fp32 elsewhere; the original ran in fp32, which `fp32` "
+        "restores; `default`: auto). Lower precision stayed within fp32's seed-to-seed differences in reward, "
+        "diversity and KL (benchmarks/RESULTS.md, \"Training precision\"); on an H100 a `seed` step took 17.7-19.1 ms "
+        "in TF32, 28-31 ms in fp32. `train.dpo.bf16` / `tf32` override it.",
     )
     slic_sft_weight: float = Field(
         0.1, ge=0, description="`slic`: weight of the cross-entropy term (TRL's `sft` loss) next to hinge at weight 1."
