@@ -11,13 +11,13 @@ from prefalign.engine.lean_dpo import LeanDPOTrainer
 TEXTS = ["The film was superb and I loved it.", "Awful.", "A long, slow and very dull story about nothing.", "Fine."]
 
 
-def _trainer(tiny_dir, tmp_path, loss_types, loss_weights=None, precompute=False):
+def _trainer(tiny_dir, tmp_path, loss_types, loss_weights=None, precompute=False, policy_dir=None):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "policy")
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir or tiny_dir / "policy", dtype=torch.float32)
     pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(8)],
                           "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(8)]})  # fmt: skip
     args = DPOConfig(output_dir=str(tmp_path), loss_type=loss_types, loss_weights=loss_weights, beta=0.5, use_cpu=True,
@@ -308,3 +308,29 @@ def test_the_flop_count_is_transformers_with_the_parameters_counted_once(tiny_di
                         lambda self, *a, **k: counted.append(1) or original(self, *a, **k))  # fmt: skip
     assert [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
     assert len(counted) == 1
+
+
+def test_the_4d_mask_is_used_only_where_the_architecture_takes_it(tiny_dir, tmp_path, monkeypatch):
+    """OPT derives its positions from the 2-D mask and fails on a 4-D one: the sync-free forward
+    keeps the 2-D mask for it, and its loss and gradients still equal TRL's."""
+    from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+    from trl import DPOTrainer
+
+    from prefalign.engine.lean_dpo import four_d_mask_works
+
+    gpt2 = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", attn_implementation="sdpa").train()
+    assert four_d_mask_works(gpt2) and gpt2.training  # and the check leaves the training mode as it was
+    torch.manual_seed(0)
+    OPTForCausalLM(OPTConfig(vocab_size=gpt2.config.vocab_size, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
+                             num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0)).save_pretrained(tmp_path / "opt")  # fmt: skip
+    opt = AutoModelForCausalLM.from_pretrained(tmp_path / "opt", attn_implementation="sdpa")
+    assert not four_d_mask_works(opt)
+
+    monkeypatch.setattr(LeanDPOTrainer, "sync_free", "always")
+    trainer, batch = _trainer(tiny_dir, tmp_path, ["sigmoid"], policy_dir=tmp_path / "opt")
+    results = [_loss_grads_metrics(trainer, compute, batch) for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss)]
+    (stock_loss, stock_grads, _), (lean_loss, lean_grads, _) = results
+    torch.testing.assert_close(lean_loss, stock_loss)
+    for name in stock_grads:
+        torch.testing.assert_close(lean_grads[name], stock_grads[name], rtol=1e-4, atol=1e-7)

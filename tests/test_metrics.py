@@ -119,6 +119,7 @@ def test_pareto_mask_keeps_exactly_the_undominated():
     # reward and diversity, lower KL); rows 0 and 4 trade reward for diversity at KL 0.
     assert pareto_mask(reward_div, kl).tolist() == [True, False, False, True, True]
     assert pareto_mask(reward_div).tolist() == [True, True, False, True, True]  # exact ties both stay
+    assert pareto_mask(np.zeros((0, 2)), np.zeros((0, 1))).tolist() == []  # no candidates: an empty front
 
 
 def test_broken_share_counts_texts_with_undecodable_bytes():

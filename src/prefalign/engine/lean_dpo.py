@@ -11,9 +11,10 @@ if the logged loss is NaN or infinite), and anything else (other loss types, f-d
 
 Two syncs remain inside the forward pass, and `sync_free` removes them on a GPU: transformers
 checks the 2-D attention mask for padding on the host (it is given the equivalent 4-D causal mask
-instead, for SDPA attention), and TRL's fused LM head gathers the completion positions with a
-boolean mask (it scores every position instead, and the ones without a label are zeroed as
-before). Same numbers either way; on CPU, where nothing waits, the cheaper variants stay.
+instead, for SDPA attention, when a small batch shows the architecture takes it:
+four_d_mask_works), and TRL's fused LM head gathers the completion positions with a boolean mask
+(it scores every position instead, and the ones without a label are zeroed as before). Same
+numbers either way; on CPU, where nothing waits, the cheaper variants stay.
 
 `compile_step` (the recipes' `compile_step` setting) runs the policy's forward and its per-token
 head through `torch.compile` instead (`completion_token_stats`: the model's own logits, then the
@@ -90,6 +91,30 @@ def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     seq = attention_mask.shape[1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device).tril()
     return causal[None, None] & attention_mask[:, None, None, :].bool()
+
+
+def four_d_mask_works(model) -> bool:
+    """Whether `model` (SDPA attention) gives the same logits with causal_padding_mask's 4-D mask as
+    with the 2-D mask, on a small right-padded batch. Not every architecture takes a 4-D mask: OPT
+    derives its positions from the 2-D mask and fails on a 4-D one. Run once per training, in eval
+    mode, without autocast or gradients."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    device = next(model.parameters()).device
+    ids = (torch.arange(12, device=device).reshape(2, 6) % max(1, model.config.vocab_size - 3)) + 3
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            two_d = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            four_d = model(input_ids=ids, attention_mask=causal_padding_mask(mask), use_cache=False).logits
+        real = mask.bool()
+        return bool(torch.allclose(two_d[real].float(), four_d[real].float(), atol=1e-4, rtol=1e-3))
+    except Exception:  # the architecture rejects a 4-D mask
+        return False
+    finally:
+        model.train(was_training)
 
 
 def completion_token_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
@@ -252,7 +277,9 @@ class LeanDPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]  # (2*batch, seq), chosen rows first
         shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
         seq_len = shift_mask.size(1)
-        sdpa = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "sdpa"
+        if getattr(self, "_four_d_mask", None) is None:
+            self._four_d_mask = four_d_mask_works(self.accelerator.unwrap_model(model))
+        four_d_mask = self._four_d_mask
 
         def reference_logps() -> tuple[torch.Tensor, torch.Tensor]:  # (batch,) each, chosen and rejected
             if self.precompute_ref_logps:
@@ -264,7 +291,7 @@ class LeanDPOTrainer(DPOTrainer):
         if compiled is not None:
             if self.compile_step == "graphs":
                 torch.compiler.cudagraph_mark_step_begin()  # a new training step: the last one's buffers are free
-            args = (model, inputs["input_ids"], inputs["attention_mask"], completion_mask, sdpa)
+            args = (model, inputs["input_ids"], inputs["attention_mask"], completion_mask, four_d_mask)
             try:
                 if whole:
                     loss, values = compiled(*args, *reference_logps(), self.beta, tuple(self.loss_types),
@@ -284,7 +311,7 @@ class LeanDPOTrainer(DPOTrainer):
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
             on_gpu = inputs["input_ids"].device.type == "cuda"
             sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
-            if sync_free and sdpa:
+            if sync_free and four_d_mask:
                 model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
             every_position = trl_head_positions(lambda device, trl_choice: False)  # no boolean gather, no sync
             with every_position if sync_free else contextlib.nullcontext():

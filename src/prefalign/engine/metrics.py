@@ -118,6 +118,8 @@ def pareto_mask(maximize: np.ndarray, minimize: np.ndarray | None = None) -> np.
 
     `maximize`: (n, a) values where higher is better; `minimize`: (n, b) where lower is better.
     """
+    if len(maximize) == 0:  # e.g. every model left out of the front
+        return np.zeros(0, dtype=bool)
     x = np.asarray(maximize, dtype=np.float64).reshape(len(maximize), -1)
     if minimize is not None:
         x = np.hstack([x, -np.asarray(minimize, dtype=np.float64).reshape(len(maximize), -1)])

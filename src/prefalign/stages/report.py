@@ -277,7 +277,8 @@ def write_report(item: Report, services: Services) -> None:
     mins = candidates[["kl_seq"]].to_numpy() if kl else None
     front = candidates[pareto_mask(candidates[["reward_mean", "diversity"]].to_numpy(), mins)]
     md += [f"Pareto-optimal models (no other model has higher-or-equal reward and diversity{' and lower-or-equal KL' if kl else ''}, "
-           "better in one; on run means):", "", table(front, lambda r: r.model), ""]  # fmt: skip
+           "better in one; on run means):", "",
+           table(front, lambda r: r.model) if len(front) else "none: every model is left out (below).", ""]  # fmt: skip
     if unreadable:
         md += [f"Left out of the front and of the comparisons below: more than {UNREADABLE_SHARE:.0%} of their texts hold "
                "undecodable bytes (U+FFFD), so their diversity is not a diversity of text: "
