@@ -373,6 +373,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             "setup_seconds": round(clock.begin - t0, 2), "first_step_seconds": round((clock.first or clock.end) - clock.begin, 2),
             "steady_pairs_per_second": round(args.per_device_train_batch_size * ranks.count * (clock.last_step - clock.first_step)
                                              / (clock.end - clock.first), 2) if clock.first and clock.end > clock.first else None,
+            "step_compiled_as": trainer.compile_step,  # as it ran: eager if not asked for, not possible or failed
             "metrics": result.metrics, "world_size": 1, **(launch or {}), "lora": lora,
             "log_history": trainer.state.log_history,
         }  # fmt: skip
