@@ -72,10 +72,11 @@ part gpu "${GPU_LIMIT:-170}" $py benchmarks/gpu.py --fraction $fraction --eval-r
 # 4. fp32 vs TF32 training on the demo models (rewards that mean something): 5 seeds each and fp32's
 #    first seed twice, the GPU check of the seed recipe's TF32 default (chosen on CPU with bf16 and 8
 #    seeds, and on 2026-11-27's H100 runs with 3). Eleven processes at once, training and
-#    sampling uncompiled (the same arithmetic; no eleven compilations of the tiny demo policy at once).
+#    sampling uncompiled (the same arithmetic; no eleven compilations of the tiny demo policy at once),
+#    2 evaluation runs of 1,000 texts per model (seven such processes took 97-101 s with 3 runs).
 part precision "${PRECISION_LIMIT:-130}" $py benchmarks/precision.py --device $device --precisions tf32 --seeds $seeds \
   --replicate --jobs $jobs --preset $preset --workdir "$(mktemp -d)" --set sampling.compile_step=eager \
-  --set train.dpo.compile_step=eager
+  --set train.dpo.compile_step=eager --set evaluate.runs=2
 # 5. Where the time goes: one evaluation run (sample + score + the KL's log-probs, and the run's
 #    metrics, each phase timed: evaluation ran 2,000-2,300 texts/s against sample + score's 3,217 on
 #    2026-11-27) and training steps of the TF32 compiled step with the stack of every host sync

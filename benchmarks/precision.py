@@ -50,9 +50,12 @@ def run_variant(workdir: Path, name: str, precision: str, seed: int, device: str
     start = time.time()
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     subprocess.run([sys.executable, "-m", "prefalign.cli", *args], check=True, stdout=subprocess.DEVNULL, env=env)
-    print(f"{name}: {time.time() - start:.0f}s", flush=True)
     results = pd.read_csv(run_dir / "results.csv")
-    return results[results.method != "original"].groupby("model", sort=False)[METRICS].mean()
+    means = results[results.method != "original"].groupby("model", sort=False)[METRICS].mean()
+    # Printed as soon as the variant is done, so that `--from-log` can analyse a run cut short.
+    lines = [f"{model} {metric}: {name} {means.loc[model, metric]:.6f}" for model in means.index for metric in METRICS]
+    print("\n".join([f"{name}: {time.time() - start:.0f}s", *lines]), flush=True)
+    return means
 
 
 def gaps(values: dict, seeds: list[int], others: list[str], replicate: bool) -> dict[tuple[str, str], list[float]]:
@@ -135,13 +138,15 @@ def report(values: dict, seeds: list[int], others: list[str], replicate: bool, l
 
 
 def read_log(path: Path) -> dict:
-    """`values` (see gaps) from the lines `MODEL METRIC: RUN VALUE, RUN VALUE, ...` main prints."""
+    """`values` (see gaps) from the lines `MODEL METRIC: RUN VALUE, RUN VALUE, ...` that main prints
+    (each variant's as it finishes, all of them at the end)."""
     values = {}
     for line in path.read_text().splitlines():
         head, _, runs = line.partition(": ")
         model, _, metric = head.rpartition(" ")
         if metric in METRICS and model and runs:
-            values[(model, metric)] = {name: float(value) for name, value in (run.rsplit(" ", 1) for run in runs.split(", "))}
+            values.setdefault((model, metric), {}).update(
+                (name, float(value)) for name, value in (run.rsplit(" ", 1) for run in runs.split(", ")))
     if not values:
         raise SystemExit(f"{path}: no lines 'MODEL METRIC: RUN VALUE, ...' (precision.py's output) found")
     return values
@@ -161,10 +166,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_log:
         values = read_log(args.from_log)
-        names = next(iter(values.values()))
-        seeds = sorted(int(name.split("seed")[1]) for name in names if name.startswith("fp32-") and "again" not in name)
-        others = list(dict.fromkeys(name.split("-seed")[0] for name in names if not name.startswith("fp32-")))
-        print(report(values, seeds, others, replicate=any(name.endswith("-again") for name in names)))
+        names = set.intersection(*(set(v) for v in values.values()))  # the variants that finished
+        others = list(dict.fromkeys(name.split("-seed")[0] for name in sorted(names) if not name.startswith("fp32-")))
+        # The seeds every precision finished (a run cut by a time limit may lack some).
+        seeds = sorted(int(name.split("seed")[1]) for name in names if name.startswith("fp32-") and "again" not in name
+                       and all(f"{other}-{name[5:]}" in names for other in others))  # fmt: skip
+        replicate = f"fp32-seed{seeds[0]}-again" in names if seeds else False
+        print(report(values, seeds, others, replicate))
         return
     others = args.precisions.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

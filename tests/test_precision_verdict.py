@@ -62,3 +62,7 @@ def test_a_printed_run_reads_back_to_the_same_verdict(tmp_path):
     read = precision.read_log(log)
     assert read.keys() == values.keys()
     assert all(abs(read[k][name] - values[k][name]) < 1e-5 for k in values for name in values[k])
+    # Each variant's lines as it finished (what a run cut by a time limit leaves) read back the same.
+    lines = [f"{model} {metric}: {name} {value:.6f}" for (model, metric), v in values.items() for name, value in v.items()]
+    log.write_text("\n".join(lines))
+    assert precision.read_log(log) == read
