@@ -68,3 +68,13 @@ def test_fused_gelu_gives_gpt2_the_same_outputs_and_gradients(tiny_dir):
     for (name, p), q in zip(stock.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert fused.config.activation_function == stock.config.activation_function  # what save_pretrained writes
+
+
+def test_a_checkpoint_without_a_trained_classification_head_is_refused(tiny_dir):
+    """A base or causal LM checkpoint as reward.model would score with a random head: refused."""
+    from prefalign.models.loading import load_classifier
+
+    with pytest.raises(ModelLoadError, match=r"not a trained sequence classifier.*score\.weight"):
+        load_classifier(str(tiny_dir / "policy"), None, torch.device("cpu"))  # GPT-2 LM: no `score` head
+    model, _ = load_classifier(str(tiny_dir / "reward"), None, torch.device("cpu"))  # a trained classifier loads
+    assert model.config.id2label[1] == "POSITIVE"

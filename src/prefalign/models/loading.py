@@ -143,6 +143,8 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
         _go_offline_if_hub_unreachable()
     try:
         loaded = loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
+        if isinstance(loaded, tuple):  # (model, loading info): output_loading_info=True
+            return (fuse_activations(loaded[0]), *loaded[1:])
         return fuse_activations(loaded) if isinstance(loaded, torch.nn.Module) else loaded
     except (OSError, ValueError) as e:
         if is_local:
@@ -268,14 +270,27 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(ref, revision, "reward")
-    model = from_pretrained(
-        AutoModelForSequenceClassification, resolve(ref, "reward"), "reward", revision, dtype=dtype or torch.float32
-    )
+    model, loading = from_pretrained(AutoModelForSequenceClassification, resolve(ref, "reward"), "reward", revision,
+                                     dtype=dtype or torch.float32, output_loading_info=True)  # fmt: skip
+    untrained_head = untrained_head_weights(model, loading["missing_keys"])
+    if untrained_head:
+        raise ModelLoadError(
+            f"reward.model {ref!r} is not a trained sequence classifier: its checkpoint has no weights for "
+            f"{', '.join(untrained_head[:3])}{', ...' if len(untrained_head) > 3 else ''}, so transformers would "
+            "score texts with a randomly initialised head (e.g. a base or causal LM checkpoint). Point reward.model "
+            "at a fine-tuned classifier such as lvwerra/distilbert-imdb."
+        )
     if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do
         tok.pad_token = tok.eos_token or tok.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     return model.to(device).eval(), tok
+
+
+def untrained_head_weights(model, missing_keys) -> list[str]:
+    """The weights a loaded model's checkpoint lacked outside its base model (the task head), sorted."""
+    base = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else None
+    return sorted(k for k in missing_keys if base is None or not k.startswith(base))
 
 
 def reward_index(config, positive_label: str, single_logit: bool = False) -> int:
