@@ -78,3 +78,19 @@ def test_a_checkpoint_without_a_trained_classification_head_is_refused(tiny_dir)
         load_classifier(str(tiny_dir / "policy"), None, torch.device("cpu"))  # GPT-2 LM: no `score` head
     model, _ = load_classifier(str(tiny_dir / "reward"), None, torch.device("cpu"))  # a trained classifier loads
     assert model.config.id2label[1] == "POSITIVE"
+
+
+def test_a_policy_checkpoint_without_its_lm_head_is_refused(tiny_dir, tmp_path):
+    """A base model saved without its (untied) LM head would generate from a random head: refused."""
+    from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=64)).save_pretrained(tmp_path / "lm")  # fmt: skip
+    AutoModel.from_pretrained(tmp_path / "lm").save_pretrained(tmp_path / "base")  # the same without lm_head
+    for name in ("lm", "base"):
+        (tmp_path / name / "tokenizer.json").write_text((tiny_dir / "policy" / "tokenizer.json").read_text())
+        (tmp_path / name / "tokenizer_config.json").write_text((tiny_dir / "policy" / "tokenizer_config.json").read_text())
+    assert load_policy(str(tmp_path / "lm"), None, torch.device("cpu"))[0].config.model_type == "llama"
+    with pytest.raises(ModelLoadError, match=r"not a trained causal LM.*lm_head\.weight"):
+        load_policy(str(tmp_path / "base"), None, torch.device("cpu"))

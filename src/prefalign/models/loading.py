@@ -213,7 +213,16 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(ref, revision, "policy")
-    model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=dtype or torch.float32)
+    model, loading = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision,
+                                     dtype=dtype or torch.float32, output_loading_info=True)  # fmt: skip
+    untrained_head = untrained_head_weights(model, loading["missing_keys"])
+    if untrained_head:
+        raise ModelLoadError(
+            f"policy.model {ref!r} is not a trained causal LM: its checkpoint has no weights for "
+            f"{', '.join(untrained_head[:3])}{', ...' if len(untrained_head) > 3 else ''}, so transformers would "
+            "generate with a randomly initialised LM head (e.g. a base model saved without its head). Point "
+            "policy.model at a checkpoint saved from a ...ForCausalLM / ...LMHeadModel."
+        )
     if max_length is not None:
         check_context(model, max_length, ref)
     if device.type == "cuda":
