@@ -165,6 +165,9 @@ def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_di
     (tmp_path / "weights.bin").write_text("x")
     proc = cli("plan", "tiny", "--set", "reward.model=./weights.bin", check=False)
     assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
+    proc = cli("sample", "tiny", "--set", f"run_dir={root}", "--set", "sampling.prompts={corpus: ./no-such.csv}", check=False)
+    assert proc.returncode == 2 and "sampling.prompts.corpus" in proc.stderr and "./no-such.csv" in proc.stderr
+    assert not root.exists()
 
 
 def test_a_training_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weights(tiny_run, tmp_path, cli):

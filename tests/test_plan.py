@@ -263,3 +263,26 @@ def test_every_shipped_preset_validates_and_plans():
     challengers = [i for i in aligned if isinstance(i, IterativeRound)]
     assert len(challengers) == 2 * 3 and {i.seed for i in challengers} == {0, 1}  # rounds 2-4, two training seeds
     assert all(i.recipe == "default" and i.pairs.strategy == "best_worst" for i in challengers)
+
+
+def test_editing_a_local_prompt_corpus_redoes_what_was_sampled_from_it(tmp_path):
+    import os
+
+    corpus = tmp_path / "prompts.csv"
+    corpus.write_text("text\nA fine film about two brothers.\n")
+    prompts = f"sampling.prompts={{corpus: {corpus}}}"
+    before = keys(items_of(prompts))
+    corpus.write_text("text\nA dull film about nothing at all, really.\n")
+    os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # a later edit
+    after = keys(items_of(prompts))
+    changed = {name for name in before if before[name] != after[name]}
+    assert "Samples samples" in changed and "Evaluation evaluate original" in changed
+    assert keys(items_of(prompts)) == after  # an unchanged file keeps its keys
+
+
+def test_a_local_prompt_corpus_that_does_not_exist_is_refused_while_planning(tmp_path):
+    from prefalign.models.corpus import CorpusPathError
+
+    with pytest.raises(CorpusPathError, match="sampling.prompts.corpus"):
+        items_of(f"sampling.prompts={{corpus: {tmp_path / 'missing.csv'}}}")
+    items_of("sampling.prompts={corpus: imdb}")  # a hub dataset id is not looked up while planning

@@ -47,8 +47,19 @@ def _row(model, method: str, strategy: str = "", loss: str = "", beta=None, reci
 
 
 def sampler_settings(sampling: SamplingConfig) -> dict:
-    """The sampling settings that change which texts a seed gives (everything but count and seed)."""
-    return sampling.model_dump(exclude={"num_samples", "seed"})
+    """The sampling settings that change which texts a seed gives (everything but count and seed),
+    with a local prompt corpus's identity: editing the file redoes what was sampled from it."""
+    from prefalign.models.corpus import CorpusPathError, corpus_identity
+
+    settings = sampling.model_dump(exclude={"num_samples", "seed"})
+    try:
+        identity = corpus_identity(sampling.prompts.corpus) if sampling.prompts is not None else None
+    except CorpusPathError as e:
+        raise CorpusPathError(f"sampling.prompts.corpus: {e} (a local path; a hub dataset id looks like `name` or "
+                              "`owner/name`)") from None  # fmt: skip
+    if identity is not None:
+        settings["prompts"]["corpus_identity"] = identity
+    return settings
 
 
 def seed_suffix(seed: int, repeat: int) -> str:

@@ -35,9 +35,15 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from prefalign.store import key_of
+
 
 class CorpusError(ValueError):
     """A corpus that cannot be read; the message says which source and what to do about it."""
+
+
+class CorpusPathError(CorpusError):
+    """A corpus given as a local path that does not exist (found while planning, before any work)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,6 +173,21 @@ def load_labelled_texts(
     from prefalign.models.hub import load_hub_corpus  # hub.py reads labels with this module's helpers
 
     return load_hub_corpus(source, split, text_column, label_column, positive)
+
+
+def corpus_identity(source: str) -> str | None:
+    """What changes when a local corpus changes (for stage keys): a file's size and modification time,
+    or a folder's sub-folders' (files added or removed); None for a hub dataset or the built-in one.
+    Raises CorpusPathError for a local path that does not exist, so a run refuses it before any work."""
+    path = Path(source).expanduser()
+    if source == "rotten_tomatoes" or not (path.exists() or _format_suffix(path) or looks_like_path(source)):
+        return None
+    if not path.exists():
+        raise CorpusPathError(f"corpus {source!r}: no such file or directory")
+    if path.is_file():
+        return f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    folders = sorted((str(Path(d).relative_to(path)), Path(d).stat().st_mtime_ns) for d, _, _ in os.walk(path))
+    return f"folder:{key_of(folders)}"
 
 
 def _no_split(source: str, split: str | None) -> None:
