@@ -129,7 +129,8 @@ def check_replacements(cfg: Config, items: list[Item]) -> None:
     names = ", ".join(item.name for item in replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
     raise OtherConfigsOutputs(
         f"run_dir {str(cfg.run_path)!r} holds outputs of another config that this run would replace ({names}); "
-        + (f"keys that differ: {'; '.join(differ[:8])}. " if differ else "")
+        + (f"keys that differ: {'; '.join(differ[:8])}. " if differ else
+           "no config key differs, so a local model directory or prompt corpus it reads has changed since. ")
         + "Set run_dir to another directory to keep both, or rerun with --update to bring this directory to the new "
         "config (only the outputs that depend on the changed keys are redone; those listed are lost)"
     )
