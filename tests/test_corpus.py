@@ -272,3 +272,20 @@ def test_build_specs_read_any_columns_and_positive_value_without_changing_defaul
     assert spec.key() != dataclasses.replace(spec, positive=None).key()
     # the defaults leave the cache keys of already-built models as they were
     assert SPECS["tiny"].key() == "tiny-a181fa402724" and SPECS["demo"].key() == "demo-27b89c6c0171"
+
+
+def test_a_local_corpus_identity_changes_with_its_files_and_a_hub_id_has_none(tmp_path):
+    import os
+
+    from prefalign.models.corpus import CorpusPathError, corpus_identity
+
+    assert corpus_identity("imdb") is None and corpus_identity("rotten_tomatoes") is None
+    (tmp_path / "acl" / "train" / "pos").mkdir(parents=True)
+    (tmp_path / "acl" / "train" / "neg").mkdir()
+    before = corpus_identity(str(tmp_path / "acl"))
+    (tmp_path / "acl" / "train" / "pos" / "1_9.txt").write_text("A fine film.")
+    folder = tmp_path / "acl" / "train" / "pos"
+    os.utime(folder, ns=(folder.stat().st_atime_ns, folder.stat().st_mtime_ns + 10**9))  # coarse clocks
+    assert corpus_identity(str(tmp_path / "acl")) != before
+    with pytest.raises(CorpusPathError):
+        corpus_identity(str(tmp_path / "missing.jsonl"))

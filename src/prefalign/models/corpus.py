@@ -177,8 +177,9 @@ def load_labelled_texts(
 
 def corpus_identity(source: str) -> str | None:
     """What changes when a local corpus changes (for stage keys): a file's size and modification time,
-    or a folder's sub-folders' (files added or removed); None for a hub dataset or the built-in one.
-    Raises CorpusPathError for a local path that does not exist, so a run refuses it before any work."""
+    or an aclImdb folder's review folders' (files added or removed; their files are not listed, so a
+    plan stays quick); None for a hub dataset or the built-in one. Raises CorpusPathError for a local
+    path that does not exist, so a run refuses it before any work."""
     path = Path(source).expanduser()
     if source == "rotten_tomatoes" or not (path.exists() or _format_suffix(path) or looks_like_path(source)):
         return None
@@ -186,8 +187,8 @@ def corpus_identity(source: str) -> str | None:
         raise CorpusPathError(f"corpus {source!r}: no such file or directory")
     if path.is_file():
         return f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}"
-    folders = sorted((str(Path(d).relative_to(path)), Path(d).stat().st_mtime_ns) for d, _, _ in os.walk(path))
-    return f"folder:{key_of(folders)}"
+    folders = sorted({f"{top}/{label}" for parts in ACL_PARTS.values() for top, label in parts})
+    return f"folder:{key_of([(f, (path / f).stat().st_mtime_ns) for f in folders if (path / f).is_dir()])}"
 
 
 def _no_split(source: str, split: str | None) -> None:
