@@ -31,6 +31,7 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
     assert precision_settings("fp32", "cuda", True) == {"bf16": False, "fp16": False, "tf32": False}
     assert precision_settings("tf32", "cuda", True) == {"bf16": False, "fp16": False, "tf32": True}
     assert precision_settings("tf32", "cpu", False) == {"bf16": False, "fp16": False}
+    assert precision_settings("tf32", "cuda", False, tf32_supported=False) == {"bf16": False, "fp16": False, "tf32": False}
 
 
 def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
@@ -50,6 +51,10 @@ def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
     assert torch.backends.cuda.matmul.fp32_precision == before
     args, settings = dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")
     assert not args.tf32 and not args.bf16
+    # A GPU without TF32 (T4, V100): the recipe's TF32, or a config's, is plain fp32 there, not an error.
+    monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: False)
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[0].tf32 is False
+    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="tf32")[0].tf32 is False
 
     assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True) == {"bf16": False, "fp16": False, "tf32": True}
     assert precision_settings(RECIPE_PRECISION["seed"], "cpu", False) == {"bf16": False, "fp16": False}

@@ -58,16 +58,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 RECIPE_PRECISION = {"seed": "tf32", "default": "auto"}
 
 
-def precision_settings(precision: str, device_type: str, bf16_supported: bool) -> dict:
+def precision_settings(precision: str, device_type: str, bf16_supported: bool, tf32_supported: bool = True) -> dict:
     """The DPOConfig switches for `train.precision` on a device.
 
     `bf16`: autocast to bfloat16 with fp32 master weights and optimizer state (HF Trainer's `bf16`);
-    `tf32`: fp32 storage with TF32 matrix multiplies (CUDA only; plain fp32 elsewhere); `auto`: bf16
-    on a CUDA GPU that supports it, fp32 elsewhere (on CPU bf16 autocast is slower, not faster).
+    `tf32`: fp32 storage with TF32 matrix multiplies (CUDA GPUs that have them, Ampere and later;
+    plain fp32 elsewhere, e.g. on a T4 or V100); `auto`: bf16 on a CUDA GPU that supports it, fp32
+    elsewhere (on CPU bf16 autocast is slower, not faster).
     """
     if precision == "auto":
         precision = "bf16" if device_type == "cuda" and bf16_supported else "fp32"
     settings = {"bf16": precision == "bf16", "fp16": False}
     if device_type == "cuda":
-        settings["tf32"] = precision == "tf32"
+        settings["tf32"] = precision == "tf32" and tf32_supported
     return settings

@@ -120,8 +120,11 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     `positions`: the policy's position limit; a longer `max_length` is lowered to it."""
     from trl import DPOConfig
 
+    from transformers import training_args
+
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    arithmetic = precision_settings(precision or RECIPE_PRECISION[recipe], device.type, bf16_supported)
+    tf32_supported = device.type == "cuda" and training_args.is_torch_tf32_available()  # TrainingArguments' own check
+    arithmetic = precision_settings(precision or RECIPE_PRECISION[recipe], device.type, bf16_supported, tf32_supported)
     settings = {**RECIPES[recipe], **arithmetic, **overrides}
     own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
     compile_step = own.get("compile_step", "eager")
