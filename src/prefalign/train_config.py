@@ -92,9 +92,9 @@ class TrainConfig(Section):
     precision: Literal[PRECISIONS] | None = Field(
         None,
         description="Training arithmetic: `fp32`; `bf16` (autocast with fp32 master weights); `tf32` (fp32 with "
-        "TF32 matrix multiplies, CUDA only); `auto` (bf16 on CUDA GPUs that support it, fp32 elsewhere). Empty: "
-        "the recipe's (`seed`: tf32, i.e. TF32 on CUDA and fp32 elsewhere; the original ran in fp32, which `fp32` "
-        "restores; `default`: auto). Lower precision stayed within fp32's seed-to-seed differences in reward, "
+        "TF32 matrix multiplies on CUDA GPUs that have them, Ampere and later; fp32 elsewhere); `auto` (bf16 on "
+        "CUDA GPUs that support it, fp32 elsewhere). Empty: the recipe's (`seed`: tf32; the original ran in fp32, "
+        "which `fp32` restores; `default`: auto). Lower precision stayed within fp32's seed-to-seed differences in reward, "
         "diversity and KL (benchmarks/RESULTS.md, \"Training precision\"); on an H100 a `seed` step took 17.7-19.1 ms "
         "in TF32, 28-31 ms in fp32. `train.dpo.bf16` / `tf32` override it.",
     )
