@@ -204,3 +204,11 @@ def test_builtin_model_names_are_checked_when_the_config_loads():
     with pytest.raises(ConfigError, match=r"unknown built-in model 'prefalign:dmeo'; available: prefalign:tiny"):
         load_config("tiny", ["reward.model=prefalign:dmeo"])
     assert load_config("tiny", ["reward.model=prefalign:demo-minilm"]).reward.model == "prefalign:demo-minilm"
+
+
+def test_a_numeric_positive_label_is_the_label_s_name():
+    """A classifier whose labels are `1`..`5` (stars): `positive_label: 5` in YAML is an int, meant as the name."""
+    cfg = load_config("tiny", ["reward.positive_label=5"])
+    assert cfg.reward.positive_label == "5"
+    with pytest.raises(ConfigError, match="positive_label"):
+        load_config("tiny", ["reward.positive_label=true"])  # a boolean is no label name

@@ -80,6 +80,12 @@ class RewardConfig(Section):
     def _a_builtin_or_other(cls, v: str) -> str:
         return builtin_checked(v, "reward")
 
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _a_number_is_a_name(cls, v):
+        # A label named `5` (star ratings) reads as an int from YAML; the name is its text.
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
 
 class PromptConfig(Section):
     corpus: str = Field(
