@@ -213,16 +213,7 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(ref, revision, "policy")
-    model, loading = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision,
-                                     dtype=dtype or torch.float32, output_loading_info=True)  # fmt: skip
-    untrained_head = untrained_head_weights(model, loading["missing_keys"])
-    if untrained_head:
-        raise ModelLoadError(
-            f"policy.model {ref!r} is not a trained causal LM: its checkpoint has no weights for "
-            f"{', '.join(untrained_head[:3])}{', ...' if len(untrained_head) > 3 else ''}, so transformers would "
-            "generate with a randomly initialised LM head (e.g. a base model saved without its head). Point "
-            "policy.model at a checkpoint saved from a ...ForCausalLM / ...LMHeadModel."
-        )
+    model = _load_trained(AutoModelForCausalLM, ref, "policy", revision, dtype)
     if max_length is not None:
         check_context(model, max_length, ref)
     if device.type == "cuda":
@@ -279,21 +270,38 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(ref, revision, "reward")
-    model, loading = from_pretrained(AutoModelForSequenceClassification, resolve(ref, "reward"), "reward", revision,
-                                     dtype=dtype or torch.float32, output_loading_info=True)  # fmt: skip
-    untrained_head = untrained_head_weights(model, loading["missing_keys"])
-    if untrained_head:
-        raise ModelLoadError(
-            f"reward.model {ref!r} is not a trained sequence classifier: its checkpoint has no weights for "
-            f"{', '.join(untrained_head[:3])}{', ...' if len(untrained_head) > 3 else ''}, so transformers would "
-            "score texts with a randomly initialised head (e.g. a base or causal LM checkpoint). Point reward.model "
-            "at a fine-tuned classifier such as lvwerra/distilbert-imdb."
-        )
+    model = _load_trained(AutoModelForSequenceClassification, ref, "reward", revision, dtype)
     if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do
         tok.pad_token = tok.eos_token or tok.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     return model.to(device).eval(), tok
+
+
+# Per role: what its checkpoint must be, what a missing head would make transformers do, what to use.
+_TRAINED_HEADS = {
+    "policy": ("a trained causal LM", "generate with a randomly initialised LM head (e.g. a base model saved "
+               "without its head)", "a checkpoint saved from a ...ForCausalLM / ...LMHeadModel"),
+    "reward": ("a trained sequence classifier", "score texts with a randomly initialised head (e.g. a base or "
+               "causal LM checkpoint)", "a fine-tuned classifier such as lvwerra/distilbert-imdb"),
+}  # fmt: skip
+
+
+def _load_trained(loader, ref: str, role: str, revision: str | None, dtype: torch.dtype | None):
+    """`loader.from_pretrained` of the role's model; refused (ModelLoadError) when its checkpoint lacks
+    the task head's weights, which transformers would otherwise initialise at random."""
+    model, loading = from_pretrained(loader, resolve(ref, role), role, revision, dtype=dtype or torch.float32,
+                                     output_loading_info=True)  # fmt: skip
+    untrained_head = untrained_head_weights(model, loading["missing_keys"])
+    if untrained_head:
+        what, consequence, instead = _TRAINED_HEADS[role]
+        key = f"{role}.model"
+        raise ModelLoadError(
+            f"{key} {ref!r} is not {what}: its checkpoint has no weights for {', '.join(untrained_head[:3])}"
+            f"{', ...' if len(untrained_head) > 3 else ''}, so transformers would {consequence}. Point {key} at "
+            f"{instead}."
+        )
+    return model
 
 
 def untrained_head_weights(model, missing_keys) -> list[str]:
