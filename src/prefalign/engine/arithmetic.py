@@ -29,9 +29,7 @@ def arithmetic_in_force(autocast_dtype: torch.dtype | None) -> tuple:
 
     The switches are read through the `fp32_precision` attributes, which never raise; torch's
     legacy `allow_tf32` flags raise once the two APIs have been mixed."""
-    backends = torch.backends
-    switches = tuple(getattr(where, "fp32_precision", None)
-                     for where in (backends, backends.cuda.matmul, backends.cudnn))  # fmt: skip
+    switches = tuple(getattr(where, "fp32_precision", None) for where in _switch_places())
     if all(s is None for s in switches):  # a torch before the fp32_precision API
         switches = (torch.get_float32_matmul_precision(),)
     return (str(autocast_dtype), *switches)
@@ -55,14 +53,18 @@ def forget_compiled_code_made_under_other_arithmetic(autocast_dtype: torch.dtype
 def fp32_switches_restored():
     """Put torch's `fp32_precision` switches (TF32 or IEEE fp32; HF's TrainingArguments set them)
     back as they were on entry, the process-wide one first, then the matmul and cuDNN ones."""
-    backends = torch.backends
-    places = [where for where in (backends, backends.cuda.matmul, backends.cudnn) if hasattr(where, "fp32_precision")]
+    places = [where for where in _switch_places() if hasattr(where, "fp32_precision")]
     saved = [where.fp32_precision for where in places]
     try:
         yield
     finally:
         for where, value in zip(places, saved, strict=True):
             where.fp32_precision = value
+
+
+def _switch_places() -> tuple:
+    """Where torch keeps its `fp32_precision` switches: process-wide, matrix multiplies, cuDNN."""
+    return (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn)
 
 
 def _describe(state: tuple) -> str:

@@ -326,7 +326,7 @@ def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer,
     start = time.time()
     prompt_ids = [ids for ids, _ in prompts] if prompts is not None else None
     chunks = generate(policy, policy_tokenizer, n, sampling, seed, desc=desc, prompts=prompt_ids, reference=reference)
-    phases = dict.fromkeys(PHASES[:2] + (PHASES[2:3] if reference is not None else ()) + PHASES[3:], 0.0)
+    phases = dict.fromkeys((phase for phase in PHASES if phase != "kl" or reference is not None), 0.0)
     with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for chunk in chunks:
             for phase, seconds in chunk["seconds"].items():
