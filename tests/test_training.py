@@ -25,13 +25,13 @@ def test_seed_recipe_is_the_originals():
 def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
     from prefalign.recipes import precision_settings
 
-    assert precision_settings("auto", "cpu", False) == {"bf16": False, "fp16": False}
-    assert precision_settings("auto", "cuda", True) == {"bf16": True, "fp16": False, "tf32": False}
-    assert precision_settings("auto", "cuda", False) == {"bf16": False, "fp16": False, "tf32": False}
-    assert precision_settings("fp32", "cuda", True) == {"bf16": False, "fp16": False, "tf32": False}
-    assert precision_settings("tf32", "cuda", True) == {"bf16": False, "fp16": False, "tf32": True}
-    assert precision_settings("tf32", "cpu", False) == {"bf16": False, "fp16": False}
-    assert precision_settings("tf32", "cuda", False, tf32_supported=False) == {"bf16": False, "fp16": False, "tf32": False}
+    assert precision_settings("auto", "cpu", False, False) == {"bf16": False, "fp16": False}
+    assert precision_settings("auto", "cuda", True, True) == {"bf16": True, "fp16": False, "tf32": False}
+    assert precision_settings("auto", "cuda", False, True) == {"bf16": False, "fp16": False, "tf32": False}
+    assert precision_settings("fp32", "cuda", True, True) == {"bf16": False, "fp16": False, "tf32": False}
+    assert precision_settings("tf32", "cuda", True, True) == {"bf16": False, "fp16": False, "tf32": True}
+    assert precision_settings("tf32", "cpu", False, False) == {"bf16": False, "fp16": False}
+    assert precision_settings("tf32", "cuda", False, False) == {"bf16": False, "fp16": False, "tf32": False}
 
 
 def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
@@ -56,9 +56,9 @@ def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
     assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[0].tf32 is False
     assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="tf32")[0].tf32 is False
 
-    assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True) == {"bf16": False, "fp16": False, "tf32": True}
-    assert precision_settings(RECIPE_PRECISION["seed"], "cpu", False) == {"bf16": False, "fp16": False}
-    assert precision_settings(RECIPE_PRECISION["default"], "cuda", True)["bf16"] is True
+    assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True, True) == {"bf16": False, "fp16": False, "tf32": True}
+    assert precision_settings(RECIPE_PRECISION["seed"], "cpu", False, False) == {"bf16": False, "fp16": False}
+    assert precision_settings(RECIPE_PRECISION["default"], "cuda", True, True)["bf16"] is True
 
 
 def test_bf16_precision_reaches_the_trainer_and_the_override_wins():

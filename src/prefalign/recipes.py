@@ -58,7 +58,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 RECIPE_PRECISION = {"seed": "tf32", "default": "auto"}
 
 
-def precision_settings(precision: str, device_type: str, bf16_supported: bool, tf32_supported: bool = True) -> dict:
+def precision_settings(precision: str, device_type: str, bf16_supported: bool, tf32_supported: bool) -> dict:
     """The DPOConfig switches for `train.precision` on a device.
 
     `bf16`: autocast to bfloat16 with fp32 master weights and optimizer state (HF Trainer's `bf16`);

@@ -118,9 +118,8 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch.
     `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none).
     `positions`: the policy's position limit; a longer `max_length` is lowered to it."""
-    from trl import DPOConfig
-
     from transformers import training_args
+    from trl import DPOConfig
 
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
     tf32_supported = device.type == "cuda" and training_args.is_torch_tf32_available()  # TrainingArguments' own check
