@@ -161,18 +161,24 @@ def load_labelled_texts(
     if source == "rotten_tomatoes":
         _no_split(source, split)
         return _rotten_tomatoes(positive)
-    path = Path(source).expanduser()
-    suffix = _format_suffix(path)
+    path = _local_path(source)
+    if path is None:
+        from prefalign.models.hub import load_hub_corpus  # hub.py reads labels with this module's helpers
+
+        return load_hub_corpus(source, split, text_column, label_column, positive)
     if path.is_dir():
         return _acl_imdb(path, split, positive)
-    if path.is_file() or suffix:
+    if path.is_file() or _format_suffix(path):
         _no_split(source, split)
         return _table_file(path, text_column, label_column, positive)
-    if looks_like_path(source):
-        raise CorpusError(f"corpus {source!r}: no such file or directory")
-    from prefalign.models.hub import load_hub_corpus  # hub.py reads labels with this module's helpers
+    raise CorpusError(f"corpus {source!r}: no such file or directory")
 
-    return load_hub_corpus(source, split, text_column, label_column, positive)
+
+def _local_path(source: str) -> Path | None:
+    """`source` as a local file or folder (existing or not), or None for a hub dataset id: a path is
+    one that exists, has a table file's suffix or looks like a path (looks_like_path)."""
+    path = Path(source).expanduser()
+    return path if path.exists() or _format_suffix(path) or looks_like_path(source) else None
 
 
 def corpus_identity(source: str) -> str | None:
@@ -180,8 +186,8 @@ def corpus_identity(source: str) -> str | None:
     or an aclImdb folder's review folders' (files added or removed; their files are not listed, so a
     plan stays quick); None for a hub dataset or the built-in one. Raises CorpusPathError for a local
     path that does not exist, so a run refuses it before any work."""
-    path = Path(source).expanduser()
-    if source == "rotten_tomatoes" or not (path.exists() or _format_suffix(path) or looks_like_path(source)):
+    path = _local_path(source) if source != "rotten_tomatoes" else None
+    if path is None:
         return None
     if not path.exists():
         raise CorpusPathError(f"corpus {source!r}: no such file or directory")
