@@ -96,21 +96,24 @@ def excess_p_value(values: dict, seeds: list[int], other: str, metric: str, perm
     excess at least that large if the precision made no difference, i.e. if the labels of the two
     runs of each seed were exchanged at random (a paired permutation test with `permutations` random
     deals; pairing by seed keeps it valid where runs of one seed resemble each other, as on CPU)."""
+    n = len(seeds)
+
+    def excesses(low: np.ndarray, fp32: np.ndarray) -> np.ndarray:  # (deals, n) each -> (deals,)
+        distance = np.abs(low[:, :, None] - fp32[:, None, :]).mean((1, 2))  # _distance
+        spread = np.abs(fp32[:, :, None] - fp32[:, None, :]).sum((1, 2)) / (n * (n - 1))  # _spread (diagonal: zeros)
+        return distance - spread
+
     rng = np.random.default_rng(seed)
-    n, observed, shuffled = len(seeds), [], 0.0
-    n_models = len({model for model, _ in values})
+    observed, shuffled = [], []  # per model: the excess, and the excess of every deal
     for (_, m), v in values.items():
         if m != metric:
             continue
         low, fp32 = (np.array([v[f"{name}-seed{s}"] for s in seeds]) for name in (other, "fp32"))
-        observed.append(_distance(list(low), list(fp32)) - _spread(list(fp32)))
+        observed.append(float(excesses(low[None], fp32[None])[0]))
         swap = rng.random((permutations, n)) < 0.5  # per deal and seed: the two runs' labels exchanged
-        low, fp32 = np.where(swap, fp32, low), np.where(swap, low, fp32)  # (permutations, n) each
-        distance = np.abs(low[:, :, None] - fp32[:, None, :]).mean((1, 2))
-        spread = np.abs(fp32[:, :, None] - fp32[:, None, :]).sum((1, 2)) / (n * (n - 1))  # diagonal: zeros
-        shuffled = shuffled + (distance - spread) / n_models  # a mean over the models, per deal
-    excess = statistics.mean(observed)
-    return excess, float((1 + np.sum(shuffled >= excess - 1e-9)) / (1 + permutations))
+        shuffled.append(excesses(np.where(swap, fp32, low), np.where(swap, low, fp32)))
+    excess, deals = statistics.mean(observed), np.mean(shuffled, axis=0)  # means over the models
+    return excess, float((1 + np.sum(deals >= excess - 1e-9)) / (1 + permutations))
 
 
 def report(values: dict, seeds: list[int], others: list[str], replicate: bool, level: float = 0.05) -> str:

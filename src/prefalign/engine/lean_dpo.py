@@ -246,6 +246,7 @@ class LeanDPOTrainer(DPOTrainer):
     # them) or "cudagraphs" (CUDA graphs of the eager kernels, nothing generated; benchmarks compare).
     compile_backend = "inductor"
     _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
+    _four_d_mask = None  # whether the policy takes causal_padding_mask's 4-D mask (four_d_mask_works, on the first step)
     compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
     lr_on_device = False  # the compiled update's learning rates on the parameters' device, not the CPU (benchmarks compare)
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
@@ -277,7 +278,7 @@ class LeanDPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]  # (2*batch, seq), chosen rows first
         shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
         seq_len = shift_mask.size(1)
-        if getattr(self, "_four_d_mask", None) is None:
+        if self._four_d_mask is None:
             self._four_d_mask = four_d_mask_works(self.accelerator.unwrap_model(model))
         four_d_mask = self._four_d_mask
 
