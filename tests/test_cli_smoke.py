@@ -167,6 +167,10 @@ def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_di
     assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
     proc = cli("sample", "tiny", "--set", f"run_dir={root}", "--set", "sampling.prompts={corpus: ./no-such.csv}", check=False)
     assert proc.returncode == 2 and "sampling.prompts.corpus" in proc.stderr and "./no-such.csv" in proc.stderr
+    (tmp_path / "reviews.docx").write_text("x")
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", f"sampling.prompts={{corpus: {tmp_path / 'reviews.docx'}}}",
+               check=False)  # fmt: skip
+    assert proc.returncode == 2 and "sampling.prompts.corpus" in proc.stderr and "'.docx'" in proc.stderr
     assert not root.exists()
 
 

@@ -103,9 +103,21 @@ def test_missing_file_and_unsupported_type(tmp_path):
         load_labelled_texts(str(tmp_path / "absent.csv"))
     with pytest.raises(CorpusError, match="no such file or directory"):
         load_labelled_texts(str(tmp_path / "absent_dir"))
-    (tmp_path / "data.txt").write_text("hello")
-    with pytest.raises(CorpusError, match="unsupported file type"):
-        load_labelled_texts(str(tmp_path / "data.txt"))
+    (tmp_path / "data.docx").write_text("hello")
+    with pytest.raises(CorpusError, match=r"unsupported file type '\.docx'.*\.txt \(one text per line\)"):
+        load_labelled_texts(str(tmp_path / "data.docx"))
+
+
+@pytest.mark.parametrize("name", ["lines.txt", "lines.txt.gz"])
+def test_a_text_file_is_one_unlabelled_text_per_line(tmp_path, name):
+    """Quotes, commas, tabs, `#` and CRLF ends are part of a line's text; blank lines are skipped."""
+    import gzip
+
+    raw = 'A "quoted" film, with commas\n\n   \n# not a comment\nTab\there\r\nline<br />break\n'.encode()
+    (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    texts, labels = load_labelled_texts(str(tmp_path / name))
+    assert texts == ['A "quoted" film, with commas', "# not a comment", "Tab\there", "line break"]
+    assert labels == [-1, -1, -1, -1]
 
 
 def test_files_have_no_splits(tmp_path):
@@ -287,5 +299,8 @@ def test_a_local_corpus_identity_changes_with_its_files_and_a_hub_id_has_none(tm
     folder = tmp_path / "acl" / "train" / "pos"
     os.utime(folder, ns=(folder.stat().st_atime_ns, folder.stat().st_mtime_ns + 10**9))  # coarse clocks
     assert corpus_identity(str(tmp_path / "acl")) != before
-    with pytest.raises(CorpusPathError):
+    with pytest.raises(CorpusPathError, match="no such file"):
         corpus_identity(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "notes.docx").write_text("hello")
+    with pytest.raises(CorpusPathError, match="unsupported file type '.docx'"):
+        corpus_identity(str(tmp_path / "notes.docx"))

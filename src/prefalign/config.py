@@ -89,8 +89,8 @@ class RewardConfig(Section):
 
 class PromptConfig(Section):
     corpus: str = Field(
-        ..., description="Where prompts come from: `rotten_tomatoes` (offline), a CSV/TSV/JSONL/Parquet file, an "
-        "aclImdb folder or a hub dataset id (as `prefalign build-demo --corpus`).",
+        ..., description="Where prompts come from: `rotten_tomatoes` (offline), a CSV/TSV/JSONL/Parquet file, a "
+        "`.txt` file (one text per line), an aclImdb folder or a hub dataset id (as `prefalign build-demo --corpus`).",
     )
     split: str | None = Field(None, description="Split of an aclImdb folder or hub dataset (default `train`).")
     text_column: str = Field("text", description="Text column of a file or hub dataset.")

