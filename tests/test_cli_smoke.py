@@ -171,6 +171,9 @@ def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_di
     proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", f"sampling.prompts={{corpus: {tmp_path / 'reviews.docx'}}}",
                check=False)  # fmt: skip
     assert proc.returncode == 2 and "sampling.prompts.corpus" in proc.stderr and "'.docx'" in proc.stderr
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", f"reward.model={tiny_dir / 'reward'}",
+               "--set", "reward.positive_label=pos", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "'pos' is not a label" in proc.stderr and "Traceback" not in proc.stderr
     assert not root.exists()
 
 
@@ -287,8 +290,8 @@ def test_a_one_output_classifier_is_refused_unless_its_logit_is_declared_the_rew
     one.save_pretrained(tmp_path / "one"), AutoTokenizer.from_pretrained(tiny_dir / "reward").save_pretrained(tmp_path / "one")
     base = ["sample", "tiny", "--set", f"reward.model={tmp_path / 'one'}", "--set", "reward.positive_label=LABEL_0"]
     proc = cli(*base, "--set", f"run_dir={tmp_path / 'refused'}", check=False)
-    assert proc.returncode == 1 and "single output" in proc.stderr and "reward.single_logit" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "single output" in proc.stderr and "reward.single_logit" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "refused").exists()  # found while planning
     cli(*base, "--set", f"run_dir={tmp_path / 'run'}", "--set", "reward.single_logit=true")
     samples = pd.read_parquet(tmp_path / "run" / "samples.parquet")
     assert ((samples.reward > 0) == samples.is_positive).all() and samples.reward.std() > 0

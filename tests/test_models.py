@@ -94,3 +94,36 @@ def test_a_policy_checkpoint_without_its_lm_head_is_refused(tiny_dir, tmp_path):
     assert load_policy(str(tmp_path / "lm"), None, torch.device("cpu"))[0].config.model_type == "llama"
     with pytest.raises(ModelLoadError, match=r"not a trained causal LM.*lm_head\.weight"):
         load_policy(str(tmp_path / "base"), None, torch.device("cpu"))
+
+
+def test_what_a_local_models_own_files_refuse_is_found_before_loading_it(tiny_dir, tmp_path):
+    """check_saved_model reads the directory's listing and config.json only (the planning step runs it)."""
+    import json
+    import shutil
+
+    from prefalign.models.loading import ModelPathError, check_saved_model
+
+    policy, reward = tmp_path / "policy", tmp_path / "reward"
+    shutil.copytree(tiny_dir / "policy", policy)
+    shutil.copytree(tiny_dir / "reward", reward)
+    check_saved_model(str(policy), "policy", max_length=64)
+    check_saved_model(str(reward), "reward", positive_label="positive")  # the case-insensitive match
+    check_saved_model("lvwerra/gpt2-imdb", "policy", max_length=10**6)  # a hub id: checked once loaded
+    with pytest.raises(ModelPathError, match=r"has 128 positions, but sampling.max_length is 128.*at most 127"):
+        check_saved_model(str(policy), "policy", max_length=128)
+    with pytest.raises(ModelPathError, match=r"'NOPE' is not a label.*0: 'NEGATIVE', 1: 'POSITIVE'"):
+        check_saved_model(str(reward), "reward", positive_label="NOPE")
+    with pytest.raises(ModelPathError, match="single_logit is set but reward.model has 2 outputs"):
+        check_saved_model(str(reward), "reward", positive_label="POSITIVE", single_logit=True)
+    config = json.loads((reward / "config.json").read_text())
+    (reward / "config.json").write_text(json.dumps({**config, "id2label": {"0": "score"}, "label2id": {"score": 0}}))
+    with pytest.raises(ModelPathError, match="single output"):
+        check_saved_model(str(reward), "reward", positive_label="POSITIVE")
+    check_saved_model(str(reward), "reward", positive_label="POSITIVE", single_logit=True)
+    (reward / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelPathError, match="config.json is not a JSON object"):
+        check_saved_model(str(reward), "reward", positive_label="POSITIVE")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (policy / name).unlink(missing_ok=True)
+    with pytest.raises(ModelPathError, match=r"policy.model: .* has no tokenizer files.*save_pretrained"):
+        check_saved_model(str(policy), "policy", max_length=64)

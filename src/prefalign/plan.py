@@ -31,9 +31,13 @@ class PlanError(ValueError):
 
 def sources(cfg: Config) -> tuple[Original, RewardModel]:
     """The configured policy and reward model with their identities (for a local directory this
-    reads its file listing: the one thing `plan` needs from the disk)."""
-    from prefalign.models.loading import identity
+    reads its file listing and config.json: check_saved_model refuses, before any work, what its files
+    already rule out)."""
+    from prefalign.models.loading import check_saved_model, identity
 
+    check_saved_model(cfg.policy.model, "policy", max_length=cfg.sampling.max_length)
+    check_saved_model(cfg.reward.model, "reward", positive_label=cfg.reward.positive_label,
+                      single_logit=cfg.reward.single_logit)  # fmt: skip
     return (Original(cfg.policy.model, cfg.policy.revision, identity(cfg.policy.model, cfg.policy.revision)),
             RewardModel(cfg.reward.model, cfg.reward.revision, cfg.reward.positive_label,
                         identity(cfg.reward.model, cfg.reward.revision, "reward"), cfg.reward.single_logit))  # fmt: skip

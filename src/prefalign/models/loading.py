@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -24,7 +25,8 @@ class ModelLoadError(Exception):
 
 
 class ModelPathError(ModelLoadError):
-    """A model reference that is a local path with no directory behind it; found before any work (exit 2)."""
+    """A model reference that is a local path with no model directory behind it, or a local model whose own
+    files already refuse the run's config (check_saved_model); found before any work (exit 2)."""
 
 
 def local_path(ref: str) -> Path | None:
@@ -49,6 +51,37 @@ def _checked_local(ref: str, role: str) -> str:
         raise ModelPathError(f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
                              f"`{key}` at a directory holding config.json and the weights (save_pretrained's output).")  # fmt: skip
     return str(path)
+
+
+# Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")  # fmt: skip
+
+
+def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
+                      single_logit: bool = False) -> None:  # fmt: skip
+    """Before any work, what a local model directory's own files already refuse: no tokenizer saved
+    beside the weights, a policy with fewer positions than `max_length` needs (check_context), a
+    classifier without the class `positive_label` (reward_index). Raised as ModelPathError (exit 2).
+    Reads config.json only; hub and built-in models are checked when they are loaded."""
+    path = None if ref.startswith("prefalign:") else local_path(ref)
+    if path is None or not (path / "config.json").is_file():
+        return
+    key = f"{role}.model"
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelPathError(f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
+                             "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`.")  # fmt: skip
+    try:
+        config = SimpleNamespace(**json.loads((path / "config.json").read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as e:
+        raise ModelPathError(f"{key}: {ref!r}: config.json is not a JSON object ({e})") from None
+    try:
+        if role == "policy" and max_length is not None:
+            check_context(config, max_length, ref)
+        elif role == "reward":
+            reward_index(config, positive_label, single_logit)
+    except ModelLoadError as e:
+        raise ModelPathError(str(e)) from None
 
 
 def resolve(ref: str, role: str) -> str:
@@ -215,7 +248,7 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
     tok = load_tokenizer(ref, revision, "policy")
     model = _load_trained(AutoModelForCausalLM, ref, "policy", revision, dtype)
     if max_length is not None:
-        check_context(model, max_length, ref)
+        check_context(model.config, max_length, ref)
     if device.type == "cuda":
         pad_output_vocabulary(model)
     return model.to(device).eval(), tok
@@ -255,9 +288,8 @@ def pad_output_vocabulary(model, multiple: int = 64):
     return model
 
 
-def check_context(model, max_length: int, ref: str) -> None:
-    """Fail early when sampled texts (plus the EOS TRL appends in training) do not fit the policy."""
-    cfg = model.config
+def check_context(cfg, max_length: int, ref: str) -> None:
+    """Fail early when sampled texts (plus the EOS TRL appends in training) do not fit the policy (its config)."""
     limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     if limit is not None and limit <= max_length:
         raise ModelLoadError(
