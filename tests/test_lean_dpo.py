@@ -334,3 +334,16 @@ def test_the_4d_mask_is_used_only_where_the_architecture_takes_it(tiny_dir, tmp_
     torch.testing.assert_close(lean_loss, stock_loss)
     for name in stock_grads:
         torch.testing.assert_close(lean_grads[name], stock_grads[name], rtol=1e-4, atol=1e-7)
+
+
+def test_the_4d_mask_is_checked_once_and_only_where_it_would_be_used(tiny_dir, tmp_path, monkeypatch):
+    """On CPU the eager step keeps the 2-D mask (sync_free "gpu"), so the architecture check is not run."""
+    import prefalign.engine.lean_dpo as lean_dpo
+
+    checks = []
+    monkeypatch.setattr(lean_dpo, "four_d_mask_works", lambda model: checks.append(model) or True)
+    trainer, batch = _trainer(tiny_dir, tmp_path, ["sigmoid"])
+    for sync_free, expected in (("gpu", 0), ("always", 1), ("always", 1)):
+        monkeypatch.setattr(LeanDPOTrainer, "sync_free", sync_free)
+        LeanDPOTrainer._compute_loss(trainer, trainer.model, batch, False)
+        assert len(checks) == expected

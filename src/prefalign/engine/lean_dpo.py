@@ -246,7 +246,7 @@ class LeanDPOTrainer(DPOTrainer):
     # them) or "cudagraphs" (CUDA graphs of the eager kernels, nothing generated; benchmarks compare).
     compile_backend = "inductor"
     _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
-    _four_d_mask = None  # whether the policy takes causal_padding_mask's 4-D mask (four_d_mask_works, on the first step)
+    _four_d_mask = None  # whether the policy takes the 4-D mask (four_d_mask_works; checked where it would be used)
     compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
     lr_on_device = False  # the compiled update's learning rates on the parameters' device, not the CPU (benchmarks compare)
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
@@ -278,9 +278,12 @@ class LeanDPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]  # (2*batch, seq), chosen rows first
         shift_mask = completion_mask[..., 1:]  # (2*batch, seq-1): the tokens that are predicted
         seq_len = shift_mask.size(1)
-        if self._four_d_mask is None:
+        compiled, whole = self.compiled_loss(inputs["input_ids"].shape[0])
+        on_gpu = inputs["input_ids"].device.type == "cuda"
+        sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
+        if self._four_d_mask is None and (compiled is not None or sync_free):  # only where a 4-D mask would be used
             self._four_d_mask = four_d_mask_works(self.accelerator.unwrap_model(model))
-        four_d_mask = self._four_d_mask
+        four_d_mask = bool(self._four_d_mask)
 
         def reference_logps() -> tuple[torch.Tensor, torch.Tensor]:  # (batch,) each, chosen and rejected
             if self.precompute_ref_logps:
@@ -288,7 +291,6 @@ class LeanDPOTrainer(DPOTrainer):
             return self.compute_ref_log_probs(self.ref_model, inputs)
 
         metrics = self._metrics[mode]
-        compiled, whole = self.compiled_loss(inputs["input_ids"].shape[0])
         if compiled is not None:
             if self.compile_step == "graphs":
                 torch.compiler.cudagraph_mark_step_begin()  # a new training step: the last one's buffers are free
@@ -310,8 +312,6 @@ class LeanDPOTrainer(DPOTrainer):
                 self.compile_step, compiled = "eager", None
         if compiled is None:
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-            on_gpu = inputs["input_ids"].device.type == "cuda"
-            sync_free = self.sync_free == "always" or (self.sync_free == "gpu" and on_gpu)
             if sync_free and four_d_mask:
                 model_kwargs["attention_mask"] = causal_padding_mask(model_kwargs["attention_mask"])
             every_position = trl_head_positions(lambda device, trl_choice: False)  # no boolean gather, no sync
