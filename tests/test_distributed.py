@@ -9,6 +9,7 @@ same 8 pairs).
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -151,3 +152,80 @@ def test_lora_target_modules_the_model_lacks_are_named_with_those_it_has(tiny_po
         lora_config({**settings, "target_modules": ["q_proj"]}, tiny_policy[0], "tiny")
     config = lora_config({**settings, "target_modules": ["c_attn"]}, tiny_policy[0], "tiny")
     assert config.r == 4 and config.fan_in_fan_out  # GPT-2's Conv1D layers store their weights transposed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie counts as ended)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.exists(f"/proc/{pid}")
+
+
+def _wait_until(condition, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
+def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
+    """exit_with_parent: a grandchild outlives its SIGKILLed parent by about one poll, not for good."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "grandchild.pid"
+    grandchild = ("import time; from prefalign.distributed import exit_with_parent; exit_with_parent(0.1); "
+                  "time.sleep(60)")  # fmt: skip
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, pathlib, time; "
+                               f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+                               f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(60)"])  # fmt: skip
+    try:
+        assert _wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30)
+        time.sleep(1.0)  # the grandchild has imported prefalign and is watching
+        grandchild_pid = int(pid_file.read_text())
+        assert _alive(grandchild_pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert _wait_until(lambda: not _alive(grandchild_pid), 10)
+    finally:
+        parent.kill()
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
+def test_a_killed_side_by_side_run_leaves_no_training_worker_behind(tiny_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        run = subprocess.Popen([sys.executable, "-m", "prefalign.cli", "run", "tiny", "--set", f"run_dir={tmp_path / 'run'}",
+                                "--set", "train.side_by_side=2", "--set", "train.dpo.num_train_epochs=20"],
+                               stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        assert _wait_until(lambda: "step 20/" in log.read_text() or run.poll() is not None, 300), log.read_text()[-2000:]
+        assert run.poll() is None, log.read_text()[-2000:]
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(run.pid), "-f", "spawn_main"], capture_output=True,
+                                                  text=True).stdout.split()]  # fmt: skip
+        assert len(workers) == 2
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        assert _wait_until(lambda: not any(_alive(w) for w in workers), 10)
+    finally:
+        run.kill()

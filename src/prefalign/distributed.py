@@ -52,6 +52,27 @@ def single_process_environment() -> None:
             del os.environ[name]
 
 
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """End this process soon after the process that started it has died (a run killed with SIGKILL, a
+    launcher that crashed): a daemon thread polls the parent's pid, which changes when a process is
+    orphaned. Without it, a killed run's training workers and launched processes went on training,
+    holding their GPU, and a rerun could train the same models beside them. Exits with code 1;
+    outputs are written atomically, so a half-done one is never read (the rerun clears it)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+    if parent <= 1:  # already orphaned, or started by init: nothing to watch
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="prefalign-exit-with-parent", daemon=True).start()
+
+
 def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
     """Rows [start, stop) of shard `index` of `count` over n rows: the first n % count shards get one more."""
     base, extra = divmod(n, count)
@@ -123,9 +144,10 @@ class Ranks:
 def join(device_type: str) -> Ranks:
     """This process's `Ranks`: a single process unless a launcher started several, which then join
     one process group (accelerate's PartialState; `cpu` when the run's device is the CPU, without
-    which each CPU process would think it is alone)."""
+    which each CPU process would think it is alone). A launched process ends if its launcher dies."""
     if launched_processes() == 1:
         return Ranks()
+    exit_with_parent()
     from accelerate import PartialState
 
     state = PartialState(cpu=device_type == "cpu", timeout=WAIT_TIMEOUT)

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from prefalign.distributed import single_process_environment
+from prefalign.distributed import exit_with_parent, single_process_environment
 from prefalign.items import Item
 from prefalign.services import Services, process_tag
 from prefalign.trackers import Tracking
@@ -74,7 +74,9 @@ def visible_gpus(index: int | None, visible: str | None) -> str | None:
 
 
 def start_worker(gpu: int | None) -> None:
-    """A training worker's start, before torch touches CUDA: no launcher variables, and only its GPU visible."""
+    """A training worker's start, before torch touches CUDA: no launcher variables, only its GPU
+    visible, and an end of its own if the run's process dies (exit_with_parent)."""
+    exit_with_parent()
     single_process_environment()
     shown = visible_gpus(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if shown is not None:
