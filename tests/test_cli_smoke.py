@@ -244,6 +244,28 @@ def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(ti
     assert all((root / "models" / name / "train.json").exists() for name in MODELS[:2])
 
 
+@pytest.mark.parametrize("processes", [["--set", "train.side_by_side=2"], ["--num-processes", "2"]],
+                         ids=["side-by-side", "two-processes"])  # fmt: skip
+def test_ctrl_c_of_several_processes_says_it_once_and_leaves_none_running(tiny_dir, tmp_path, processes):
+    log = tmp_path / "run.log"
+    args = ["run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "train.dpo.num_train_epochs=20", *processes]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=terminal_sigint)  # fmt: skip
+    deadline = time.time() + 300
+    while "step 20/" not in log.read_text() and time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    assert proc.wait(timeout=60) == 130
+    time.sleep(1.5)
+    text = log.read_text()
+    assert text.count("prefalign: interrupted; finished outputs are kept") == 1, text[-2000:]
+    assert "Traceback" not in text and "leaked semaphore" not in text
+    group = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert all(state.startswith("Z") for state in group), group  # nothing of the run runs (ended, maybe unreaped)
+
+
 def test_debug_shows_the_traceback_behind_a_user_error(tmp_path, monkeypatch, cli):
     bad = ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "policy.model=/nonexistent/model"]
     proc = cli("--debug", *bad, check=False)

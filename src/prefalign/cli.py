@@ -90,6 +90,11 @@ def _quiet_libraries() -> None:
 
     # transformers 5 deprecation notices about arguments TRL itself passes; nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # multiprocessing's resource tracker (a process of its own, reading PYTHONWARNINGS) counts "leaked
+    # semaphores" after Ctrl-C ends the training workers: their pool's queues, freed with the tracker.
+    quiet_tracker = "ignore:resource_tracker:UserWarning"
+    if quiet_tracker not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet_tracker]))
     import datasets
     import transformers
 
@@ -267,7 +272,8 @@ def _main(argv: list[str] | None) -> int:
         else:
             run(cfg, until="report" if args.command == "run" else args.command, update=args.update)
     except KeyboardInterrupt:
-        print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # said once, by the first of a launcher's processes
+            print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:
         code = next((code for kind, code in exit_codes if isinstance(e, kind)), None)
