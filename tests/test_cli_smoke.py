@@ -244,9 +244,12 @@ def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(ti
     assert all((root / "models" / name / "train.json").exists() for name in MODELS[:2])
 
 
-@pytest.mark.parametrize("processes", [["--set", "train.side_by_side=2"], ["--num-processes", "2"]],
-                         ids=["side-by-side", "two-processes"])  # fmt: skip
-def test_ctrl_c_of_several_processes_says_it_once_and_leaves_none_running(tiny_dir, tmp_path, processes):
+@pytest.mark.parametrize("processes,stop", [(["--set", "train.side_by_side=2"], "ctrl-c"), (["--num-processes", "2"], "ctrl-c"),
+                                            (["--set", "train.side_by_side=2"], "kill"), (["--num-processes", "2"], "kill")],
+                         ids=["side-by-side-ctrl-c", "two-processes-ctrl-c", "side-by-side-kill", "two-processes-kill"])  # fmt: skip
+def test_stopping_several_processes_says_so_once_and_leaves_none_running(tiny_dir, tmp_path, processes, stop):
+    """Ctrl-C (SIGINT to the terminal's process group): exit 130. `kill PID` (SIGTERM to the run's
+    process alone, as schedulers send at a time limit): exit 143, its workers ending with it."""
     log = tmp_path / "run.log"
     args = ["run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "train.dpo.num_train_epochs=20", *processes]
     with open(log, "w") as out:
@@ -256,11 +259,15 @@ def test_ctrl_c_of_several_processes_says_it_once_and_leaves_none_running(tiny_d
     while "step 20/" not in log.read_text() and time.time() < deadline:
         assert proc.poll() is None, log.read_text()[-2000:]
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-    assert proc.wait(timeout=60) == 130
+    if stop == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == (130 if stop == "ctrl-c" else 143)
     time.sleep(1.5)
     text = log.read_text()
-    assert text.count("prefalign: interrupted; finished outputs are kept") == 1, text[-2000:]
+    said = "prefalign: interrupted; " if stop == "ctrl-c" else "prefalign: terminated (SIGTERM); "
+    assert text.count(said + "finished outputs are kept, rerun the same command to resume") == 1, text[-2000:]
     assert "Traceback" not in text and "leaked semaphore" not in text
     group = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert all(state.startswith("Z") for state in group), group  # nothing of the run runs (ended, maybe unreaped)

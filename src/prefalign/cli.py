@@ -156,6 +156,27 @@ def said(e: Exception, code: int, debug: bool) -> int:
     return code
 
 
+RESUME = "finished outputs are kept, rerun the same command to resume"
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, a scheduler's time limit or preemption) ends the process at once, as it would
+    by default, but with the line that says how to resume: exit 143. Training workers end with it
+    (distributed.exit_with_parent); an output it was writing stays a temporary file the rerun clears."""
+    import signal
+
+    def stop(signum, frame) -> None:
+        try:
+            sys.stdout.flush()
+            if os.environ.get("RANK", "0") == "0":  # said once, by the first of a launcher's processes
+                print(f"prefalign: terminated (SIGTERM); {RESUME}", file=sys.stderr, flush=True)
+        except (OSError, RuntimeError):  # a write the signal interrupted: exit without the line
+            pass
+        os._exit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def debug_asked(flag: bool) -> bool:
     """Whether tracebacks were asked for: `--debug`, or PREFALIGN_DEBUG set to anything but 0."""
     return flag or os.environ.get("PREFALIGN_DEBUG", "") not in ("", "0")
@@ -241,6 +262,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
 
     _quiet_libraries()
+    _stop_on_sigterm()
     from prefalign.distributed import PeerFailed
     from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.engine.pair_rules import PairError
@@ -273,7 +295,7 @@ def _main(argv: list[str] | None) -> int:
             run(cfg, until="report" if args.command == "run" else args.command, update=args.update)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # said once, by the first of a launcher's processes
-            print("prefalign: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
+            print(f"prefalign: interrupted; {RESUME}", file=sys.stderr)
         return 130
     except Exception as e:
         code = next((code for kind, code in exit_codes if isinstance(e, kind)), None)

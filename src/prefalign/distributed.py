@@ -52,7 +52,7 @@ def single_process_environment() -> None:
             del os.environ[name]
 
 
-def exit_with_parent(poll_seconds: float = 1.0) -> None:
+def exit_with_parent(poll_seconds: float = 0.25) -> None:
     """End this process soon after the process that started it has died (a run killed with SIGKILL, a
     launcher that crashed): a daemon thread polls the parent's pid, which changes when a process is
     orphaned. Without it, a killed run's training workers and launched processes went on training,
@@ -207,8 +207,8 @@ def relaunch(prefalign_args: list[str], processes: int) -> int:
             print(f"prefalign: process {rank} of {processes} failed (exit code {failure.exitcode}); the run stopped",
                   file=sys.stderr)  # fmt: skip
         return failure.exitcode if failure.exitcode > 0 else 1
-    except SignalException as e:
-        return 130 if e.sigval == signal.SIGINT else 1
+    except SignalException as e:  # the launcher was stopped (it stops the processes): 128 + the signal's number
+        return 130 if e.sigval == signal.SIGINT else 128 + int(e.sigval)
     except KeyboardInterrupt:
         return 130
     return 0
