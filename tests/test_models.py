@@ -101,7 +101,8 @@ def test_what_a_local_models_own_files_refuse_is_found_before_loading_it(tiny_di
     import json
     import shutil
 
-    from prefalign.models.loading import ModelPathError, check_saved_model
+    from prefalign.models.loading import ModelPathError
+    from prefalign.models.saved import check_saved_model
 
     policy, reward = tmp_path / "policy", tmp_path / "reward"
     shutil.copytree(tiny_dir / "policy", policy)
@@ -127,3 +128,38 @@ def test_what_a_local_models_own_files_refuse_is_found_before_loading_it(tiny_di
         (policy / name).unlink(missing_ok=True)
     with pytest.raises(ModelPathError, match=r"policy.model: .* has no tokenizer files.*save_pretrained"):
         check_saved_model(str(policy), "policy", max_length=64)
+
+
+def test_a_model_of_the_wrong_kind_is_named_as_such_before_and_while_loading(tiny_dir, tmp_path):
+    """A seq2seq model or a classifier as the policy, a causal LM as the reward: refused while planning
+    by what config.json says, and (a hub model, checked only once loaded) in one line, not transformers'
+    list of every class it has."""
+    import json
+    import shutil
+
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from prefalign.models.loading import ModelPathError, load_policy
+    from prefalign.models.saved import check_saved_model
+
+    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+                                        decoder_start_token_id=0)).save_pretrained(tmp_path / "t5")  # fmt: skip
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_dir / "policy" / name, tmp_path / "t5" / name)
+    with pytest.raises(ModelPathError, match=r"policy.model: .* is a 't5' model \(T5ForConditionalGeneration\).*no causal LM"):
+        check_saved_model(str(tmp_path / "t5"), "policy", max_length=32)
+    with pytest.raises(ModelPathError, match=r"is a 'distilbert' model \(DistilBertForSequenceClassification\)"):
+        check_saved_model(str(tiny_dir / "reward"), "policy", max_length=32)
+    with pytest.raises(ModelPathError, match=r"reward.model: .* was saved as GPT2LMHeadModel, not as a sequence classifier"):
+        check_saved_model(str(tiny_dir / "policy"), "reward", positive_label="POSITIVE")
+    with pytest.raises(ModelLoadError, match=r"cannot load local directory .*: a 't5' model is not a causal LM") as caught:
+        load_policy(str(tmp_path / "t5"), None, torch.device("cpu"))
+    assert "GPT2Config" not in str(caught.value)
+    # A classifier's config.json without id2label has transformers' two default classes.
+    shutil.copytree(tiny_dir / "reward", tmp_path / "reward")
+    config = json.loads((tmp_path / "reward" / "config.json").read_text())
+    (tmp_path / "reward" / "config.json").write_text(json.dumps({k: v for k, v in config.items()
+                                                                 if k not in ("id2label", "label2id")}))  # fmt: skip
+    check_saved_model(str(tmp_path / "reward"), "reward", positive_label="LABEL_1")
+    with pytest.raises(ModelPathError, match=r"0: 'LABEL_0', 1: 'LABEL_1'"):
+        check_saved_model(str(tmp_path / "reward"), "reward", positive_label="POSITIVE")

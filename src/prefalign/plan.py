@@ -33,7 +33,8 @@ def sources(cfg: Config) -> tuple[Original, RewardModel]:
     """The configured policy and reward model with their identities (for a local directory this
     reads its file listing and config.json: check_saved_model refuses, before any work, what its files
     already rule out)."""
-    from prefalign.models.loading import check_saved_model, identity
+    from prefalign.models.loading import identity
+    from prefalign.models.saved import check_saved_model
 
     check_saved_model(cfg.policy.model, "policy", max_length=cfg.sampling.max_length)
     check_saved_model(cfg.reward.model, "reward", positive_label=cfg.reward.positive_label,

@@ -14,8 +14,8 @@ import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -51,37 +51,6 @@ def _checked_local(ref: str, role: str) -> str:
         raise ModelPathError(f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
                              f"`{key}` at a directory holding config.json and the weights (save_pretrained's output).")  # fmt: skip
     return str(path)
-
-
-# Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
-                   "tokenizer.model", "sentencepiece.bpe.model")  # fmt: skip
-
-
-def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
-                      single_logit: bool = False) -> None:  # fmt: skip
-    """Before any work, what a local model directory's own files already refuse: no tokenizer saved
-    beside the weights, a policy with fewer positions than `max_length` needs (check_context), a
-    classifier without the class `positive_label` (reward_index). Raised as ModelPathError (exit 2).
-    Reads config.json only; hub and built-in models are checked when they are loaded."""
-    path = None if ref.startswith("prefalign:") else local_path(ref)
-    if path is None or not (path / "config.json").is_file():
-        return
-    key = f"{role}.model"
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelPathError(f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
-                             "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`.")  # fmt: skip
-    try:
-        config = SimpleNamespace(**json.loads((path / "config.json").read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as e:
-        raise ModelPathError(f"{key}: {ref!r}: config.json is not a JSON object ({e})") from None
-    try:
-        if role == "policy" and max_length is not None:
-            check_context(config, max_length, ref)
-        elif role == "reward":
-            reward_index(config, positive_label, single_logit)
-    except ModelLoadError as e:
-        raise ModelPathError(str(e)) from None
 
 
 def resolve(ref: str, role: str) -> str:
@@ -180,6 +149,10 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
             return (fuse_activations(loaded[0]), *loaded[1:])
         return fuse_activations(loaded) if isinstance(loaded, torch.nn.Module) else loaded
     except (OSError, ValueError) as e:
+        if str(e).startswith("Unrecognized configuration class"):  # transformers lists every class it has
+            model_type = re.search(r"\.configuration_(\w+)\.", str(e))
+            e = ValueError(f"a {model_type[1]!r} model is not a {MODEL_KINDS[role]}" if model_type
+                           else str(e).split("\n")[0])  # fmt: skip
         if is_local:
             raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {e}") from None
         import huggingface_hub.constants as hub
@@ -311,7 +284,10 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
 
 
 # Per role: what its checkpoint must be, what a missing head would make transformers do, what to use.
-_TRAINED_HEADS = {
+# What each role's model is, and (TRAINED_HEADS) what its checkpoint must hold.
+MODEL_KINDS = {"policy": "causal LM (AutoModelForCausalLM)",
+               "reward": "sequence classifier (AutoModelForSequenceClassification)"}  # fmt: skip
+TRAINED_HEADS = {
     "policy": ("a trained causal LM", "generate with a randomly initialised LM head (e.g. a base model saved "
                "without its head)", "a checkpoint saved from a ...ForCausalLM / ...LMHeadModel"),
     "reward": ("a trained sequence classifier", "score texts with a randomly initialised head (e.g. a base or "
@@ -326,7 +302,7 @@ def _load_trained(loader, ref: str, role: str, revision: str | None, dtype: torc
                                      output_loading_info=True)  # fmt: skip
     untrained_head = untrained_head_weights(model, loading["missing_keys"])
     if untrained_head:
-        what, consequence, instead = _TRAINED_HEADS[role]
+        what, consequence, instead = TRAINED_HEADS[role]
         key = f"{role}.model"
         raise ModelLoadError(
             f"{key} {ref!r} is not {what}: its checkpoint has no weights for {', '.join(untrained_head[:3])}"

@@ -1,0 +1,70 @@
+"""What a local model directory's own files rule out, read before any model is loaded: the planning
+step's check of `policy.model` and `reward.model` (exit 2 before any work, not 1 during it).
+
+Reads the file listing and config.json only; hub ids and built-in models are checked when loaded
+(loading.py), with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from prefalign.models.loading import (MODEL_KINDS, TRAINED_HEADS, ModelLoadError, ModelPathError, check_context,
+                                      local_path, reward_index)  # fmt: skip
+
+# Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")  # fmt: skip
+
+
+def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
+                      single_logit: bool = False) -> None:  # fmt: skip
+    """Before any work, what a local model directory's own files already refuse: no tokenizer saved
+    beside the weights, a policy with fewer positions than `max_length` needs (check_context), a
+    classifier without the class `positive_label` (reward_index). Raised as ModelPathError (exit 2).
+    Reads config.json only; hub and built-in models are checked when they are loaded."""
+    path = None if ref.startswith("prefalign:") else local_path(ref)
+    if path is None or not (path / "config.json").is_file():
+        return
+    key = f"{role}.model"
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelPathError(f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
+                             "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`.")  # fmt: skip
+    try:
+        saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = SimpleNamespace(**saved)
+    except (ValueError, TypeError) as e:
+        raise ModelPathError(f"{key}: {ref!r}: config.json is not a JSON object ({e})") from None
+    wrong_kind = _wrong_kind(saved, role)
+    if wrong_kind:
+        raise ModelPathError(f"{key}: {ref!r} {wrong_kind}")
+    if not getattr(config, "id2label", None):  # transformers' default: num_labels (2) classes LABEL_i
+        config.id2label = {i: f"LABEL_{i}" for i in range(getattr(config, "num_labels", None) or 2)}
+    try:
+        if role == "policy" and max_length is not None:
+            check_context(config, max_length, ref)
+        elif role == "reward":
+            reward_index(config, positive_label, single_logit)
+    except ModelLoadError as e:
+        raise ModelPathError(str(e)) from None
+
+
+def _wrong_kind(saved: dict, role: str) -> str | None:
+    """Why a saved config.json (a dict) is not a model of the kind `role` needs, or None: its
+    `model_type` has no class of that kind in transformers (a seq2seq T5 as the policy), or the classes it
+    was saved from are all of the other kind (a classifier as the policy, a causal LM as the reward)."""
+    from transformers.models.auto import modeling_auto
+
+    causal_lm, classifier = (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                             modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)  # fmt: skip
+
+    needed, other = (causal_lm, classifier) if role == "policy" else (classifier, causal_lm)
+    kind, instead = MODEL_KINDS[role], TRAINED_HEADS[role][2]
+    model_type, classes = saved.get("model_type"), saved.get("architectures") or []
+    saved_as = f" ({', '.join(map(str, classes))})" if classes else ""
+    if isinstance(model_type, str) and model_type not in needed:
+        return f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; point it at {instead}"
+    if classes and all(c in set(other.values()) for c in classes):
+        return f"was saved as {', '.join(map(str, classes))}, not as a {kind}; point it at {instead}"
+    return None
