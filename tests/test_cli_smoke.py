@@ -249,7 +249,8 @@ def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(ti
                          ids=["side-by-side-ctrl-c", "two-processes-ctrl-c", "side-by-side-kill", "two-processes-kill"])  # fmt: skip
 def test_stopping_several_processes_says_so_once_and_leaves_none_running(tiny_dir, tmp_path, processes, stop):
     """Ctrl-C (SIGINT to the terminal's process group): exit 130. `kill PID` (SIGTERM to the run's
-    process alone, as schedulers send at a time limit): exit 143, its workers ending with it."""
+    process alone, as schedulers send at a time limit): exit 143, its workers ending with it
+    (distributed.exit_with_parent: they get no signal), as after a SIGKILL."""
     log = tmp_path / "run.log"
     args = ["run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "train.dpo.num_train_epochs=20", *processes]
     with open(log, "w") as out:

@@ -204,28 +204,3 @@ def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
         parent.kill()
         if pid_file.exists() and _alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
-def test_a_killed_side_by_side_run_leaves_no_training_worker_behind(tiny_dir, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    log = tmp_path / "run.log"
-    with open(log, "w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "prefalign.cli", "run", "tiny", "--set", f"run_dir={tmp_path / 'run'}",
-                                "--set", "train.side_by_side=2", "--set", "train.dpo.num_train_epochs=20"],
-                               stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        assert _wait_until(lambda: "step 20/" in log.read_text() or run.poll() is not None, 300), log.read_text()[-2000:]
-        assert run.poll() is None, log.read_text()[-2000:]
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(run.pid), "-f", "spawn_main"], capture_output=True,
-                                                  text=True).stdout.split()]  # fmt: skip
-        assert len(workers) == 2
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait()
-        assert _wait_until(lambda: not any(_alive(w) for w in workers), 10)
-    finally:
-        run.kill()
