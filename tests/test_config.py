@@ -96,6 +96,19 @@ def test_non_mapping_yaml_is_rejected(tmp_path):
         load_config(write(tmp_path, "- a\n- b\n"))
 
 
+def test_a_key_given_twice_is_refused_with_both_lines_not_silently_overwritten(tmp_path):
+    text = "train:\n  betas: [0.5]\nsampling:\n  num_samples: 100\ntrain:\n  losses: [hinge]\n"
+    with pytest.raises(ConfigError, match=r"key 'train' a second time \(first on line 1\)(.|\n)*line 5"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"key 'learning_rate' a second time"):
+        load_config(write(tmp_path, "train:\n  dpo:\n    learning_rate: 1.0e-5\n    learning_rate: 1.0e-3\n"))
+    with pytest.raises(ConfigError, match=r"--set train.dpo: (.|\n)*key 'a' a second time"):
+        load_config(write(tmp_path, ""), ["train.dpo={a: 1, a: 2}"])
+    # A YAML merge key (`<<: *anchor`) may still be overridden by a key given beside it.
+    cfg = load_config(write(tmp_path, "train:\n  <<: {betas: [0.5], seed: 1}\n  betas: [0.2]\n"))
+    assert cfg.train.betas == [0.2] and cfg.train.seed == 1
+
+
 def test_presets_are_found_by_name():
     cfg = load_config("tiny")
     assert cfg.name == "tiny" and cfg.policy.model == "prefalign:tiny"

@@ -23,7 +23,25 @@ from prefalign.config import Config
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`)."""
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`), and refuses a key
+    given twice in one mapping (PyYAML keeps the last silently: a second `train:` section would drop
+    the first one's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be given again
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"found the key {key!r} a second time (first on line {seen[key] + 1}); "
+                        "give each key once (merge the two)", key_node.start_mark)  # fmt: skip
+                if isinstance(key, typing.Hashable):
+                    seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
