@@ -18,6 +18,7 @@ CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -159,11 +160,14 @@ def said(e: Exception, code: int, debug: bool) -> int:
 RESUME = "finished outputs are kept, rerun the same command to resume"
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (`kill`, a scheduler's time limit or preemption) ends the process at once, as it would
-    by default, but with the line that says how to resume: exit 143. Training workers end with it
-    (distributed.exit_with_parent); an output it was writing stays a temporary file the rerun clears."""
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """While inside, SIGTERM (`kill`, a scheduler's time limit or preemption) ends the process at once,
+    as it would by default, but with the line that says how to resume: exit 143. Training workers end
+    with it (distributed.exit_with_parent); an output it was writing stays a temporary file the rerun
+    clears. Only in the main thread (the one Python delivers signals to); the old handler is put back."""
     import signal
+    import threading
 
     def stop(signum, frame) -> None:
         try:
@@ -174,7 +178,14 @@ def _stop_on_sigterm() -> None:
             pass
         os._exit(128 + signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def debug_asked(flag: bool) -> bool:
@@ -262,7 +273,6 @@ def _main(argv: list[str] | None) -> int:
         return 2
 
     _quiet_libraries()
-    _stop_on_sigterm()
     from prefalign.distributed import PeerFailed
     from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.engine.pair_rules import PairError
@@ -292,7 +302,8 @@ def _main(argv: list[str] | None) -> int:
             again = ["--debug"] * args.debug + [args.command, args.config] + ["--update"] * args.update
             return relaunch(again + [x for o in args.overrides for x in ("--set", o)], processes)
         else:
-            run(cfg, until="report" if args.command == "run" else args.command, update=args.update)
+            with stop_on_sigterm():
+                run(cfg, until="report" if args.command == "run" else args.command, update=args.update)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # said once, by the first of a launcher's processes
             print(f"prefalign: interrupted; {RESUME}", file=sys.stderr)

@@ -53,11 +53,11 @@ def single_process_environment() -> None:
 
 
 def exit_with_parent(poll_seconds: float = 0.25) -> None:
-    """End this process soon after the process that started it has died (a run killed with SIGKILL, a
-    launcher that crashed): a daemon thread polls the parent's pid, which changes when a process is
-    orphaned. Without it, a killed run's training workers and launched processes went on training,
-    holding their GPU, and a rerun could train the same models beside them. Exits with code 1;
-    outputs are written atomically, so a half-done one is never read (the rerun clears it)."""
+    """End this process soon after the process that started it has died (a run killed with SIGKILL or
+    SIGTERM, a launcher that crashed), so that no training worker or launched process of a killed run
+    goes on holding its GPU, or trains a model beside the rerun that trains it again. A daemon thread
+    polls the parent's pid, which changes when a process is orphaned. Exits with code 1; outputs are
+    written atomically, so a half-done one is never read (the rerun clears it)."""
     import threading
     import time
 
