@@ -274,6 +274,13 @@ def test_stopping_several_processes_says_so_once_and_leaves_none_running(tiny_di
     assert all(state.startswith("Z") for state in group), group  # nothing of the run runs (ended, maybe unreaped)
 
 
+def test_a_run_in_this_process_leaves_its_sigterm_handler_as_it_was(tiny_dir, tmp_path, cli):
+    """prefalign's SIGTERM handler (exit 143 with the resume line) is the run command's only."""
+    before = signal.getsignal(signal.SIGTERM)
+    cli("pairs", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "pairs.strategies=[random]")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_debug_shows_the_traceback_behind_a_user_error(tmp_path, monkeypatch, cli):
     bad = ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "policy.model=/nonexistent/model"]
     proc = cli("--debug", *bad, check=False)

@@ -208,7 +208,9 @@ def write_report(item: Report, services: Services) -> None:
           "is the share of texts the classifier labels positive"
           + ("; KL is KL(policy || original) in nats per text (and per generated token), estimated on the run's "
              "own top-k / top-p samples from both models' full log-probs (biased; see metrics.kl_estimate)" if kl else "")
-          + (f". Cells: mean (std across {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples)." if repeats == 1 else
+          + ((f". Cells: one evaluation run of {cfg.evaluate.samples} samples (no std: set evaluate.runs above 1 for one)."
+              if cfg.evaluate.runs == 1 else
+              f". Cells: mean (std across {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples).") if repeats == 1 else
              f". Every model was trained with {repeats} training seeds; cells: mean over the seeds (std across the "
              f"seeds), each seed's value the mean of {cfg.evaluate.runs} runs of {cfg.evaluate.samples} samples; the "
              "std across runs is in summary.csv (`*_run_sd`), each seed's numbers in results.csv."), "",
