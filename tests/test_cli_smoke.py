@@ -344,6 +344,8 @@ def test_corpus_problems_are_messages_not_tracebacks(tiny_dir, tmp_path, cli):
     (tmp_path / "few.csv").write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20)))
     proc = cli("build-demo", "tiny", "--corpus", str(tmp_path / "few.csv"), check=False)
     assert proc.returncode == 1 and "at least 200" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("build-demo", "tiny", "--corpus", str(tmp_path / "few.csv"), "--subset", "sst2", check=False)
+    assert proc.returncode == 1 and "has no subsets" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_full_disk_is_a_message_naming_the_file(tiny_dir, tmp_path, monkeypatch, capsys):

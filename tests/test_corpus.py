@@ -238,21 +238,19 @@ def test_a_non_utf8_byte_names_its_line_and_an_empty_file_says_so(tmp_path):
 
 
 def test_prompts_from_empty_or_too_short_texts_say_how_many_were_usable(tmp_path):
-    from types import SimpleNamespace
-
     from transformers import AutoTokenizer
 
+    from prefalign.config import PromptConfig
     from prefalign.engine.prompts import corpus_prompts
     from prefalign.models.builtin import SPECS, build
 
     tokenizer = AutoTokenizer.from_pretrained(build(SPECS["tiny"], log=lambda m: None) / "policy")
     (tmp_path / "blank.csv").write_text("text\n\"\"\n\" \"\n")
-    cfg = SimpleNamespace(corpus=str(tmp_path / "blank.csv"), split=None, text_column="text", per_prompt=2,
-                          min_tokens=2, max_tokens=4)  # fmt: skip
+    cfg = PromptConfig(corpus=str(tmp_path / "blank.csv"), per_prompt=2, min_tokens=2, max_tokens=4)
     with pytest.raises(CorpusError, match="no text to cut prompts from"):
         corpus_prompts(cfg, tokenizer, 4, 0)
     (tmp_path / "short.csv").write_text("text\nGood.\nBad.\n")
-    cfg.corpus, cfg.min_tokens, cfg.max_tokens = str(tmp_path / "short.csv"), 50, 60
+    cfg = PromptConfig(corpus=str(tmp_path / "short.csv"), per_prompt=2, min_tokens=50, max_tokens=60)
     with pytest.raises(CorpusError, match=r"none of its 2 texts has sampling.prompts.min_tokens = 50"):
         corpus_prompts(cfg, tokenizer, 4, 0)
 
@@ -304,3 +302,40 @@ def test_a_local_corpus_identity_changes_with_its_files_and_a_hub_id_has_none(tm
     (tmp_path / "notes.docx").write_text("hello")
     with pytest.raises(CorpusPathError, match="unsupported file type '.docx'"):
         corpus_identity(str(tmp_path / "notes.docx"))
+
+
+def test_a_hub_dataset_subset_is_passed_to_datasets_and_refused_for_local_files(monkeypatch, tmp_path):
+    """`sampling.prompts.subset` / `build-demo --subset`: the configuration of a hub dataset with
+    several (nyu-mll/glue's sst2). The hub is replaced here by a stand-in for `datasets.load_dataset`."""
+    import datasets
+
+    import prefalign.models.hub as hub
+
+    calls = []
+
+    def load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return datasets.Dataset.from_dict({"sentence": ["a fine film", "a dull film", ""], "label": [1, 0, 1]})
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "_offline_requested", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert load_labelled_texts("nyu-mll/glue", subset="sst2", split="validation") == (["a fine film", "a dull film"], [1, 0])
+    assert calls == [("nyu-mll/glue", "sst2", "validation")]
+    from prefalign.models.corpus import load_texts
+
+    assert load_texts("stanfordnlp/sst2") == ["a fine film", "a dull film"] and calls[-1] == ("stanfordnlp/sst2", None, "train")
+    (tmp_path / "r.csv").write_text("text,label\nfine,1\n")
+    for local in (str(tmp_path / "r.csv"), "rotten_tomatoes"):
+        with pytest.raises(CorpusError, match="has no subsets"):
+            load_labelled_texts(local, subset="sst2")
+
+
+def test_a_prompt_subset_counts_in_the_sample_keys_only_when_given():
+    from prefalign.config import Config
+    from prefalign.items import sampler_settings
+
+    plain = Config.model_validate({"sampling": {"prompts": {"corpus": "nyu-mll/glue"}}}).sampling
+    with_subset = Config.model_validate({"sampling": {"prompts": {"corpus": "nyu-mll/glue", "subset": "sst2"}}}).sampling
+    assert "subset" not in sampler_settings(plain)["prompts"]  # the keys of runs made before the field existed
+    assert sampler_settings(with_subset)["prompts"]["subset"] == "sst2"

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(<dir>/policy) and reward.model (<dir>/reward)")  # fmt: skip
     p.add_argument("--text-column", default="text", help="the corpus file's text column (default: text)")
     p.add_argument("--label-column", default="label", help="the corpus file's label column (default: label)")
+    p.add_argument("--subset", default=None, help="the subset (configuration) of a hub dataset that has several, "
+                                                   "e.g. sst2 of nyu-mll/glue")
     p.add_argument("--positive", default=None, metavar="VALUE",
                    help="the label value meaning positive, when labels are not 1/0, pos/neg, positive/negative, ... "
                         "(every other labelled value is then negative)")  # fmt: skip
@@ -250,7 +252,8 @@ def _main(argv: list[str] | None) -> int:
                 import dataclasses
 
                 spec = dataclasses.replace(spec, corpus=args.corpus, text_column=args.text_column,
-                                           label_column=args.label_column, positive=args.positive)  # fmt: skip
+                                           label_column=args.label_column, positive=args.positive,
+                                           subset=args.subset)  # fmt: skip
             from prefalign.models.corpus import CorpusError
 
             try:

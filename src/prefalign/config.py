@@ -93,6 +93,8 @@ class PromptConfig(Section):
         "`.txt` file (one text per line), an aclImdb folder or a hub dataset id (as `prefalign build-demo --corpus`).",
     )
     split: str | None = Field(None, description="Split of an aclImdb folder or hub dataset (default `train`).")
+    subset: str | None = Field(None, description="Subset (configuration) of a hub dataset that has several, e.g. "
+                               "`sst2` of `nyu-mll/glue` (`datasets.load_dataset`'s `name`).")
     text_column: str = Field("text", description="Text column of a file or hub dataset.")
     min_tokens: int = Field(2, ge=1, description="Shortest prompt, in policy tokens.")
     max_tokens: int = Field(8, ge=1, description="Longest prompt, in policy tokens (each prompt's length is uniform in between).")

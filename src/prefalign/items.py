@@ -58,6 +58,8 @@ def sampler_settings(sampling: SamplingConfig) -> dict:
         raise CorpusPathError(f"sampling.prompts.corpus: {e}") from None
     if identity is not None:
         settings["prompts"]["corpus_identity"] = identity
+    if settings["prompts"] is not None and settings["prompts"].get("subset") is None:
+        del settings["prompts"]["subset"]  # empty, it leaves the keys of runs made before it existed
     return settings
 
 

