@@ -12,6 +12,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 from helpers import MODELS, STRATEGIES, prefalign
 
 pytestmark = pytest.mark.slow
@@ -457,3 +458,11 @@ def test_repeats_report_the_mean_and_std_across_training_seeds(tiny_run, tmp_pat
         loss, beta = m.split("-")[1], 0.1
         assert f"| {loss} {beta:g} (default) | {seeds.mean():.3f} ({np.std(seeds, ddof=1):.3f}) |" in report
     assert not any(name.endswith("-seed1") for name in summary.index)  # one row per model group
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_device_the_machine_lacks_exits_2_before_any_work(tmp_path, cli, device):
+    proc = cli("sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", f"device={device}", check=False)
+    assert proc.returncode == 2 and f"device: {device} was asked for" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

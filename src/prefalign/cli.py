@@ -280,7 +280,7 @@ def _main(argv: list[str] | None) -> int:
     from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.engine.pair_rules import PairError
     from prefalign.models.corpus import CorpusError, CorpusPathError
-    from prefalign.models.loading import ModelLoadError, ModelPathError
+    from prefalign.models.loading import DeviceError, ModelLoadError, ModelPathError
     from prefalign.plan import PlanError
     from prefalign.runner import (OtherConfigsOutputs, RunDirError, RunLocked, check_parallel, check_replacements,
                                   plan_table, run)  # fmt: skip
@@ -289,7 +289,7 @@ def _main(argv: list[str] | None) -> int:
     # The user errors and their exit codes: 2 for bad input found before any work, 1 during it
     # (in this order: a ModelPathError is a ModelLoadError found while planning, a CorpusPathError a CorpusError).
     exit_codes = ((PlanError, 2), (RunDirError, 2), (OtherConfigsOutputs, 2), (ModelPathError, 2), (CorpusPathError, 2),
-                  (ModelLoadError, 1), (PairError, 1), (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1),
+                  (DeviceError, 2), (ModelLoadError, 1), (PairError, 1), (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1),
                   (CorpusError, 1), (PeerFailed, 1))  # fmt: skip
     try:
         if args.command == "plan":

@@ -24,6 +24,10 @@ class ModelLoadError(Exception):
     """A model that cannot be loaded; the CLI prints the message and exits 1."""
 
 
+class DeviceError(Exception):
+    """The config's `device` is not on this machine; found before any work (exit 2)."""
+
+
 class ModelPathError(ModelLoadError):
     """A model reference that is a local path with no model directory behind it, or a local model whose own
     files already refuse the run's config (check_saved_model); found before any work (exit 2)."""
@@ -105,11 +109,15 @@ def use_attention_kernels(device: torch.device) -> None:
 
 def pick_device(name: str) -> torch.device:
     """The torch device for a config's `device` (`auto`: CUDA, else MPS, else CPU), set up for use."""
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if name == "auto":
-        mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     elif name == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device: cuda was asked for but torch sees no CUDA GPU")
+        raise DeviceError("device: cuda was asked for but torch sees no CUDA GPU here; set `device: auto` or `cpu` "
+                          "(or install a CUDA build of torch)")  # fmt: skip
+    elif name == "mps" and not mps:
+        raise DeviceError("device: mps was asked for but torch has no MPS (Apple GPU) device here; set `device: auto` "
+                          "or `cpu`")  # fmt: skip
     device = torch.device(name)
     use_attention_kernels(device)
     return device
