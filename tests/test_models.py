@@ -163,3 +163,20 @@ def test_a_model_of_the_wrong_kind_is_named_as_such_before_and_while_loading(tin
     check_saved_model(str(tmp_path / "reward"), "reward", positive_label="LABEL_1")
     with pytest.raises(ModelPathError, match=r"0: 'LABEL_0', 1: 'LABEL_1'"):
         check_saved_model(str(tmp_path / "reward"), "reward", positive_label="POSITIVE")
+
+
+def test_a_policy_tokenizer_without_eos_is_refused_by_name(tiny_dir, tmp_path):
+    """Texts could not end, and TRL appends EOS in training (it was a TypeError deep in decoding)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from prefalign.models.loading import load_tokenizer
+
+    shutil.copytree(tiny_dir / "policy", tmp_path / "policy")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "policy")
+    tok.eos_token = None
+    tok.save_pretrained(tmp_path / "policy")
+    with pytest.raises(ModelLoadError, match=r"policy.model .* its tokenizer has no EOS token"):
+        load_tokenizer(str(tmp_path / "policy"), None, "policy")
+    assert load_tokenizer(str(tiny_dir / "policy"), None, "policy").eos_token_id is not None

@@ -200,10 +200,12 @@ def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
 
     tok = from_pretrained(AutoTokenizer, resolve(ref, role), role, revision)
     if role == "policy":
+        if tok.eos_token_id is None:
+            raise ModelLoadError(f"policy.model {ref!r}: its tokenizer has no EOS token, so a sampled text could not "
+                                 "end, and DPO training appends one to every text. Save the tokenizer with one "
+                                 "(`tokenizer.eos_token = ...`, then `save_pretrained`).")  # fmt: skip
         if tok.bos_token_id is None:
             # Unconditional sampling needs a start token; GPT-2-style tokenizers use EOS for it.
-            if tok.eos_token_id is None:
-                raise ModelLoadError(f"policy tokenizer {ref!r} has neither a BOS nor an EOS token to start from")
             tok.bos_token = tok.eos_token
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
