@@ -180,3 +180,25 @@ def test_a_policy_tokenizer_without_eos_is_refused_by_name(tiny_dir, tmp_path):
     with pytest.raises(ModelLoadError, match=r"policy.model .* its tokenizer has no EOS token"):
         load_tokenizer(str(tmp_path / "policy"), None, "policy")
     assert load_tokenizer(str(tiny_dir / "policy"), None, "policy").eos_token_id is not None
+
+
+def test_a_classifier_tokenizer_without_a_pad_token_pads_with_another_and_scores_the_same(tiny_dir, tmp_path):
+    """Padding is masked, so any token serves; before, a tokenizer with no pad, EOS or UNK token failed."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from prefalign.engine.scoring import score_texts
+    from prefalign.models.loading import load_classifier
+
+    shutil.copytree(tiny_dir / "reward", tmp_path / "reward")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "reward")
+    tok.pad_token = tok.unk_token = tok.eos_token = None
+    tok.save_pretrained(tmp_path / "reward")
+    texts = ["A fine film.", "A long, slow and very dull story about nothing at all, really.", "Bad."]
+    scores = []
+    for directory in (tiny_dir / "reward", tmp_path / "reward"):
+        model, tokenizer = load_classifier(str(directory), None, torch.device("cpu"))
+        assert tokenizer.pad_token_id is not None
+        scores.append(score_texts(texts, model, tokenizer, 1, 8)["reward"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)

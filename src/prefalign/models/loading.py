@@ -287,16 +287,16 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     tok = load_tokenizer(ref, revision, "reward")
     model = _load_trained(AutoModelForSequenceClassification, ref, "reward", revision, dtype)
     if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do
-        tok.pad_token = tok.eos_token or tok.unk_token
+        tok.pad_token = tok.eos_token or tok.unk_token or tok.sep_token or tok.convert_ids_to_tokens(0)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     return model.to(device).eval(), tok
 
 
-# Per role: what its checkpoint must be, what a missing head would make transformers do, what to use.
-# What each role's model is, and (TRAINED_HEADS) what its checkpoint must hold.
+# What each role's model is.
 MODEL_KINDS = {"policy": "causal LM (AutoModelForCausalLM)",
                "reward": "sequence classifier (AutoModelForSequenceClassification)"}  # fmt: skip
+# Per role: what its checkpoint must be, what a missing head would make transformers do, what to use.
 TRAINED_HEADS = {
     "policy": ("a trained causal LM", "generate with a randomly initialised LM head (e.g. a base model saved "
                "without its head)", "a checkpoint saved from a ...ForCausalLM / ...LMHeadModel"),
