@@ -308,7 +308,8 @@ def _table_file(path: Path, text_column: str, label_column: str, positive) -> tu
 
 
 def _unsupported(path: Path) -> str:
-    return f"corpus {str(path)!r}: unsupported file type {''.join(path.suffixes) or '(no suffix)'!r}; use {SUPPORTED_FILES}"
+    suffix = "".join(path.suffixes) or "(no suffix)"
+    return f"corpus {str(path)!r}: unsupported file type {suffix!r}; use {SUPPORTED_FILES}"
 
 
 def not_utf8(path: Path) -> str | None:

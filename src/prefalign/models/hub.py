@@ -72,9 +72,10 @@ def load_hub_corpus(name: str, split: str | None, text_column: str, label_column
                    "(.csv/.jsonl/.parquet with text and label columns, or an aclImdb folder) or the offline "
                    "'rotten_tomatoes' corpus")  # fmt: skip
         else:
-            msg = (f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r}"
-                   + (f", subset {subset!r})" if subset else "; a dataset with several subsets needs one named: "
-                      "`sampling.prompts.subset` or `build-demo --subset`)"))
+            msg = f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r}" + (
+                f", subset {subset!r})" if subset else ")")
+            if not subset and "config" in str(e).lower():  # datasets: "Config name is missing ..."
+                msg += "; a dataset with several subsets needs one named: `sampling.prompts.subset` or `--subset`"
         raise CorpusError(f"{msg}.\n  Cause: {cause}") from None
     finally:
         hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved

@@ -21,9 +21,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
                       single_logit: bool = False) -> None:  # fmt: skip
     """Before any work, what a local model directory's own files already refuse: no tokenizer saved
-    beside the weights, a policy with fewer positions than `max_length` needs (check_context), a
-    classifier without the class `positive_label` (reward_index). Raised as ModelPathError (exit 2).
-    Reads config.json only; hub and built-in models are checked when they are loaded."""
+    beside the weights, a model of another kind than the role needs (_wrong_kind), a policy with fewer
+    positions than `max_length` needs (check_context), a classifier without the class
+    `positive_label` (reward_index). Raised as ModelPathError (exit 2). Reads the listing and
+    config.json only; hub and built-in models are checked when they are loaded."""
     path = None if ref.startswith("prefalign:") else local_path(ref)
     if path is None or not (path / "config.json").is_file():
         return
@@ -64,7 +65,8 @@ def _wrong_kind(saved: dict, role: str) -> str | None:
     model_type, classes = saved.get("model_type"), saved.get("architectures") or []
     saved_as = f" ({', '.join(map(str, classes))})" if classes else ""
     if isinstance(model_type, str) and model_type not in needed:
-        return f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; point it at {instead}"
+        return (f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; "
+                f"point it at {instead}")
     if classes and all(c in set(other.values()) for c in classes):
         return f"was saved as {', '.join(map(str, classes))}, not as a {kind}; point it at {instead}"
     return None
