@@ -109,6 +109,19 @@ def test_a_key_given_twice_is_refused_with_both_lines_not_silently_overwritten(t
     assert cfg.train.betas == [0.2] and cfg.train.seed == 1
 
 
+def test_one_value_where_a_list_is_expected_is_a_list_of_one(tmp_path):
+    cfg = load_config(write(tmp_path, "pairs:\n  strategies: margin\ntrain:\n  losses: {types: [hinge, sft], weights: [1, 0.1]}\n"),
+                      ["train.betas=0.5", "train.extra={strategy: random, loss: ipo, beta: 0.3}", "train.lora={target_modules: all-linear}",
+                       "evaluate.reward_thresholds=1"])  # fmt: skip
+    assert cfg.pairs.strategies == ["margin"] and cfg.train.betas == [0.5] and cfg.evaluate.reward_thresholds == [1.0]
+    assert cfg.train.losses[0].types == ["hinge", "sft"] and [e.beta for e in cfg.train.extra] == [0.3]
+    assert cfg.train.lora.target_modules == "all-linear"  # a field that takes one value keeps it
+    with pytest.raises(ConfigError, match="`pairs.interval`"):  # a pair is not a list of any length
+        load_config(write(tmp_path, ""), ["pairs.interval=1"])
+    with pytest.raises(ConfigError, match=r"`train.betas.0`: Input should be a valid number"):  # still checked
+        load_config(write(tmp_path, ""), ["train.betas=fast"])
+
+
 def test_presets_are_found_by_name():
     cfg = load_config("tiny")
     assert cfg.name == "tiny" and cfg.policy.model == "prefalign:tiny"
@@ -127,7 +140,7 @@ def test_cli_exits_2_naming_the_key(tmp_path, capsys):
 
 def test_cli_set_error_exits_2(tmp_path, capsys):
     assert main(["train", write(tmp_path, ""), "--set", "train.betas=oops"]) == 2
-    assert "`train.betas`" in capsys.readouterr().err
+    assert "`train.betas.0`: Input should be a valid number" in capsys.readouterr().err  # as a list of one
 
 
 def test_every_field_has_help_and_a_default():
