@@ -110,9 +110,9 @@ def test_a_key_given_twice_is_refused_with_both_lines_not_silently_overwritten(t
 
 
 def test_one_value_where_a_list_is_expected_is_a_list_of_one(tmp_path):
-    cfg = load_config(write(tmp_path, "pairs:\n  strategies: margin\ntrain:\n  losses: {types: [hinge, sft], weights: [1, 0.1]}\n"),
-                      ["train.betas=0.5", "train.extra={strategy: random, loss: ipo, beta: 0.3}", "train.lora={target_modules: all-linear}",
-                       "evaluate.reward_thresholds=1"])  # fmt: skip
+    text = "pairs:\n  strategies: margin\ntrain:\n  losses: {types: [hinge, sft], weights: [1, 0.1]}\n"
+    cfg = load_config(write(tmp_path, text), ["train.betas=0.5", "train.extra={strategy: random, loss: ipo, beta: 0.3}",
+                                              "train.lora={target_modules: all-linear}", "evaluate.reward_thresholds=1"])
     assert cfg.pairs.strategies == ["margin"] and cfg.train.betas == [0.5] and cfg.evaluate.reward_thresholds == [1.0]
     assert cfg.train.losses[0].types == ["hinge", "sft"] and [e.beta for e in cfg.train.extra] == [0.3]
     assert cfg.train.lora.target_modules == "all-linear"  # a field that takes one value keeps it
