@@ -427,6 +427,11 @@ def test_compare_puts_two_runs_in_one_table_and_plot(tiny_run, tmp_path, cli):
         assert f"| {run}/original |" in text and all(f"| {run}/{m} |" in text for m in MODELS)
     page = (out / "compare.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == 2 and "<script" not in page
+    assert "not on one scale" not in text  # one classifier: rewards compare across the runs
+    config = (second / "config.yaml").read_text()
+    (second / "config.yaml").write_text(config.replace("positive_label: POSITIVE", "positive_label: NEGATIVE"))
+    cli("compare", str(first), str(second), "--out", str(out))
+    assert "not on one scale" in (out / "compare.md").read_text()
     proc = cli("compare", str(first), str(tmp_path / "none"), "--out", str(out), check=False)
     assert proc.returncode == 2 and "none has no results.csv" in proc.stderr and "Traceback" not in proc.stderr
 

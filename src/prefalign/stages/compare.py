@@ -57,11 +57,16 @@ def compare(run_dirs: list[Path], out: Path) -> Path:
     kl = all("kl_seq" in results.columns for _, results, _ in runs)
     summary = across_seeds(summarize(pd.concat([results for _, results, _ in runs], ignore_index=True)))
     md = [f"# prefalign comparison of {len(runs)} runs", "", "| run | classifier | evaluation |", "|---|---|---|"]
+    classifiers = set()
     for name, results, config in runs:
         reward, evaluate = config.get("reward", {}), config.get("evaluate", {})
+        classifiers.add(tuple(str(reward.get(k)) for k in ("model", "revision", "positive_label", "single_logit")))
+        count = evaluate.get("runs", results["run"].nunique() if "run" in results else "?")
         md.append(f"| {name} | `{reward.get('model', '?')}` ({reward.get('positive_label', '?')}) | "
-                  f"{evaluate.get('runs', results['run'].nunique() if 'run' in results else '?')} runs x "
-                  f"{evaluate.get('samples', '?')} samples |")  # fmt: skip
+                  f"{count} run{'' if count == 1 else 's'} x {evaluate.get('samples', '?')} samples |")  # fmt: skip
+    if len(classifiers) > 1:
+        md += ["", "**The runs score with different classifiers (or classes), so their rewards and positive rates are "
+               "not on one scale**: compare those within a run; diversity and KL compare across runs."]  # fmt: skip
     md += ["", "Cells: mean (std across evaluation runs; for a model trained with several training seeds, the mean "
            "over the seeds and the std across them).", "", table(summary, lambda r: r.model), "", "## Frontier", ""]
     plots = [("diversity", "diversity (unigram entropy, nats)", False)]
