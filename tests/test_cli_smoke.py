@@ -471,3 +471,12 @@ def test_a_device_the_machine_lacks_exits_2_before_any_work(tmp_path, cli, devic
     proc = cli("sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", f"device={device}", check=False)
     assert proc.returncode == 2 and f"device: {device} was asked for" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_cache_that_cannot_be_created_is_a_message(tmp_path, monkeypatch, cli):
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path / "a-file"))  # a file where the cache folder would go
+    for args in (["build-demo", "tiny"], ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}"]):
+        proc = cli(*args, check=False)
+        assert proc.returncode == 1 and "model cache" in proc.stderr and "PREFALIGN_CACHE" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -255,10 +255,11 @@ def _main(argv: list[str] | None) -> int:
                                            label_column=args.label_column, positive=args.positive,
                                            subset=args.subset)  # fmt: skip
             from prefalign.models.corpus import CorpusError
+            from prefalign.models.loading import ModelLoadError
 
             try:
                 print(build(spec))
-            except CorpusError as e:
+            except (CorpusError, ModelLoadError) as e:
                 return said(e, 1, debug)
             return 0
         cfg = load_config(args.config, args.overrides)

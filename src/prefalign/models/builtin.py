@@ -350,6 +350,13 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     target = (root or cache_dir()) / "models" / spec.key()
     if (target / INFO_FILE).is_file():
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from prefalign.models.loading import ModelLoadError
+
+        raise ModelLoadError(f"prefalign's model cache {target.parent} cannot be created ({e.strerror}); set "
+                             "PREFALIGN_CACHE to a directory you can write") from None  # fmt: skip
     t0 = time.time()
     log(f"building prefalign:{spec.name} models into {target}")
     texts, labels = load_corpus(spec)
