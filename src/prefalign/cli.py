@@ -117,6 +117,14 @@ WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
                 errno.EROFS: "the file system is read-only"}  # fmt: skip
 
 
+def _rust_errno(e: BaseException) -> int | None:
+    """The errno a Rust I/O error names in its message (`... (os error 28)`), or None."""
+    import re
+
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    return int(found[1]) if found else None
+
+
 def write_problem(e: BaseException) -> str | None:
     """A message for an output that could not be written (disk full, no permission), else None."""
     if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
@@ -124,6 +132,8 @@ def write_problem(e: BaseException) -> str | None:
         why = WRITE_ERRORS[e.errno]
     elif type(e).__name__ == "SafetensorError" and ("StorageFull" in str(e) or "code: 28" in str(e)):
         what, why = "cannot save a model's weights", WRITE_ERRORS[errno.ENOSPC]
+    elif type(e).__name__ == "SafetensorError" and _rust_errno(e) in WRITE_ERRORS:  # "... (os error 28)"
+        what, why = "cannot save a model's weights", WRITE_ERRORS[_rust_errno(e)]
     else:
         return None
     needed = getattr(e, "bytes_needed", None)
