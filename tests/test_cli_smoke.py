@@ -486,3 +486,20 @@ def test_a_model_cache_that_cannot_be_created_is_a_message(tmp_path, monkeypatch
         proc = cli(*args, check=False)
         assert proc.returncode == 1 and "model cache" in proc.stderr and "PREFALIGN_CACHE" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_while_building_the_demo_models_exits_130_with_a_line(tmp_path):
+    log = tmp_path / "build.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", "build-demo", "tiny"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=terminal_sigint,
+                                env={**os.environ, "PREFALIGN_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    deadline = time.time() + 120
+    while "building prefalign:tiny" not in log.read_text() and time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    text = log.read_text()
+    assert "prefalign: interrupted;" in text and "Traceback" not in text
+    assert not list((tmp_path / "cache" / "models").glob("tiny-*/info.json"))  # no half-built model set in use

@@ -211,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (`prefalign plan demo | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # outside a run's own handler: while starting, or building the demo models
+        if os.environ.get("RANK", "0") == "0":
+            print(f"prefalign: interrupted; {RESUME}", file=sys.stderr)
+        return 130
     except Exception:
         import traceback
 
