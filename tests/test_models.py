@@ -202,3 +202,18 @@ def test_a_classifier_tokenizer_without_a_pad_token_pads_with_another_and_scores
         assert tokenizer.pad_token_id is not None
         scores.append(score_texts(texts, model, tokenizer, 1, 8)["reward"])
     assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_a_model_directory_without_weights_is_named_while_planning_and_loading(tiny_dir, tmp_path):
+    """E.g. a run's model whose weights were deleted to save disk: the message says how to train it again."""
+    import shutil
+
+    from prefalign.models.loading import ModelPathError
+    from prefalign.models.saved import check_saved_model
+
+    shutil.copytree(tiny_dir / "policy", tmp_path / "policy")
+    (tmp_path / "policy" / "model.safetensors").unlink()
+    with pytest.raises(ModelPathError, match=r"policy.model: .* holds no weights .* delete the directory and rerun"):
+        check_saved_model(str(tmp_path / "policy"), "policy", max_length=32)
+    with pytest.raises(ModelLoadError, match=r"policy model: .* holds no weights"):
+        load_policy(str(tmp_path / "policy"), None, torch.device("cpu"))

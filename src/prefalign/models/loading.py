@@ -146,11 +146,27 @@ def _go_offline_if_hub_unreachable() -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+# Files of which a saved model has at least one (one file, or the index of a sharded checkpoint).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+
+
+def no_weights(path: Path) -> str | None:
+    """Why a local model directory cannot give weights (none of WEIGHT_FILES, and no PEFT adapter, which
+    transformers loads on top of its base model), or None."""
+    if any((path / name).is_file() for name in (*WEIGHT_FILES, "adapter_config.json")):
+        return None
+    return (f"{path} holds no weights ({' / '.join(WEIGHT_FILES[::2])}). If it is a model of a prefalign run whose "
+            "weights were deleted, delete the directory and rerun: the run trains it again")  # fmt: skip
+
+
 def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs):
     """`loader.from_pretrained(ref)` that fails fast offline and explains what to do in a ModelLoadError."""
     is_local = Path(ref).is_dir()
     if not is_local:
         _go_offline_if_hub_unreachable()
+    elif "Tokenizer" not in loader.__name__ and no_weights(Path(ref)):
+        raise ModelLoadError(f"{role} model: {no_weights(Path(ref))}")
     try:
         loaded = loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
         if isinstance(loaded, tuple):  # (model, loading info): output_loading_info=True

@@ -11,7 +11,7 @@ import json
 from types import SimpleNamespace
 
 from prefalign.models.loading import (MODEL_KINDS, TRAINED_HEADS, ModelLoadError, ModelPathError, check_context,
-                                      local_path, reward_index)  # fmt: skip
+                                      local_path, no_weights, reward_index)  # fmt: skip
 
 # Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
@@ -20,8 +20,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
                       single_logit: bool = False) -> None:  # fmt: skip
-    """Before any work, what a local model directory's own files already refuse: no tokenizer saved
-    beside the weights, a model of another kind than the role needs (_wrong_kind), a policy with fewer
+    """Before any work, what a local model directory's own files already refuse: no weights, no
+    tokenizer saved beside them, a model of another kind than the role needs (_wrong_kind), a policy with fewer
     positions than `max_length` needs (check_context), a classifier without the class
     `positive_label` (reward_index). Raised as ModelPathError (exit 2). Reads the listing and
     config.json only; hub and built-in models are checked when they are loaded."""
@@ -29,6 +29,8 @@ def check_saved_model(ref: str, role: str, max_length: int | None = None, positi
     if path is None or not (path / "config.json").is_file():
         return
     key = f"{role}.model"
+    if no_weights(path):
+        raise ModelPathError(f"{key}: {no_weights(path)}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelPathError(f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
                              "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`.")  # fmt: skip
