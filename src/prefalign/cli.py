@@ -130,10 +130,9 @@ def write_problem(e: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
         what = f"cannot write {e.filename}" if e.filename else "cannot write an output"
         why = WRITE_ERRORS[e.errno]
-    elif type(e).__name__ == "SafetensorError" and ("StorageFull" in str(e) or "code: 28" in str(e)):
-        what, why = "cannot save a model's weights", WRITE_ERRORS[errno.ENOSPC]
-    elif type(e).__name__ == "SafetensorError" and _rust_errno(e) in WRITE_ERRORS:  # "... (os error 28)"
-        what, why = "cannot save a model's weights", WRITE_ERRORS[_rust_errno(e)]
+    elif type(e).__name__ == "SafetensorError" and ("StorageFull" in str(e) or "code: 28" in str(e)
+                                                    or _rust_errno(e) in WRITE_ERRORS):  # "... (os error 28)"
+        what, why = "cannot save a model's weights", WRITE_ERRORS[_rust_errno(e) or errno.ENOSPC]
     else:
         return None
     needed = getattr(e, "bytes_needed", None)
@@ -172,6 +171,11 @@ def said(e: Exception, code: int, debug: bool) -> int:
 RESUME = "finished outputs are kept, rerun the same command to resume"
 
 
+def first_process() -> bool:
+    """Whether this is the only process, or the first of a launcher's: the one that says a run stopped."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def stop_on_sigterm():
     """While inside, SIGTERM (`kill`, a scheduler's time limit or preemption) ends the process at once,
@@ -184,7 +188,7 @@ def stop_on_sigterm():
     def stop(signum, frame) -> None:
         try:
             sys.stdout.flush()
-            if os.environ.get("RANK", "0") == "0":  # said once, by the first of a launcher's processes
+            if first_process():
                 print(f"prefalign: terminated (SIGTERM); {RESUME}", file=sys.stderr, flush=True)
         except (OSError, RuntimeError):  # a write the signal interrupted: exit without the line
             pass
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:  # outside a run's own handler: while starting, or building the demo models
-        if os.environ.get("RANK", "0") == "0":
+        if first_process():
             print(f"prefalign: interrupted; {RESUME}", file=sys.stderr)
         return 130
     except Exception:
@@ -304,8 +308,8 @@ def _main(argv: list[str] | None) -> int:
     # The user errors and their exit codes: 2 for bad input found before any work, 1 during it
     # (in this order: a ModelPathError is a ModelLoadError found while planning, a CorpusPathError a CorpusError).
     exit_codes = ((PlanError, 2), (RunDirError, 2), (OtherConfigsOutputs, 2), (ModelPathError, 2), (CorpusPathError, 2),
-                  (DeviceError, 2), (ModelLoadError, 1), (PairError, 1), (RunLocked, 1), (EvaluationMissing, 1), (TrainingDiverged, 1),
-                  (CorpusError, 1), (PeerFailed, 1))  # fmt: skip
+                  (DeviceError, 2), (ModelLoadError, 1), (PairError, 1), (RunLocked, 1), (EvaluationMissing, 1),
+                  (TrainingDiverged, 1), (CorpusError, 1), (PeerFailed, 1))  # fmt: skip
     try:
         if args.command == "plan":
             print(plan_table(cfg))
@@ -323,7 +327,7 @@ def _main(argv: list[str] | None) -> int:
             with stop_on_sigterm():
                 run(cfg, until="report" if args.command == "run" else args.command, update=args.update)
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # said once, by the first of a launcher's processes
+        if first_process():
             print(f"prefalign: interrupted; {RESUME}", file=sys.stderr)
         return 130
     except Exception as e:

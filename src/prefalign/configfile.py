@@ -34,13 +34,14 @@ class _Loader(yaml.SafeLoader):
                 if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be given again
                     continue
                 key = self.construct_object(key_node, deep=True)
-                if isinstance(key, typing.Hashable) and key in seen:
+                if not isinstance(key, typing.Hashable):  # PyYAML's own construction refuses it
+                    continue
+                if key in seen:
                     raise yaml.constructor.ConstructorError(
                         "while reading a mapping", node.start_mark,
                         f"found the key {key!r} a second time (first on line {seen[key] + 1}); "
                         "give each key once (merge the two)", key_node.start_mark)  # fmt: skip
-                if isinstance(key, typing.Hashable):
-                    seen[key] = key_node.start_mark.line
+                seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
 

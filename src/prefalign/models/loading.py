@@ -165,8 +165,10 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
     is_local = Path(ref).is_dir()
     if not is_local:
         _go_offline_if_hub_unreachable()
-    elif "Tokenizer" not in loader.__name__ and no_weights(Path(ref)):
-        raise ModelLoadError(f"{role} model: {no_weights(Path(ref))}")
+    elif "Tokenizer" not in loader.__name__:  # a model: its weights must be there
+        missing = no_weights(Path(ref))
+        if missing:
+            raise ModelLoadError(f"{role} model: {missing}")
     try:
         loaded = loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
         if isinstance(loaded, tuple):  # (model, loading info): output_loading_info=True

@@ -29,8 +29,9 @@ def check_saved_model(ref: str, role: str, max_length: int | None = None, positi
     if path is None or not (path / "config.json").is_file():
         return
     key = f"{role}.model"
-    if no_weights(path):
-        raise ModelPathError(f"{key}: {no_weights(path)}")
+    missing = no_weights(path)
+    if missing:
+        raise ModelPathError(f"{key}: {missing}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelPathError(f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
                              "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`.")  # fmt: skip
