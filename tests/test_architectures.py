@@ -56,4 +56,7 @@ def test_other_architectures_run_every_stage(tiny_dir, tmp_path, cli, policy, cl
     model_dir = run_dir / "models" / "random-sigmoid-beta0.1-default"
     assert (model_dir / "model.safetensors").exists()
     assert json.loads((model_dir / "train.json").read_text())["step_compiled_as"] == ("fused" if compiled else "eager")
+    # Training's own config settings (cache off, TRL's pad id; Llama has none) are not saved with the model.
+    original, saved = (json.loads((d / "config.json").read_text()) for d in (policy_dir, model_dir))
+    assert {k: saved.get(k) for k in ("use_cache", "pad_token_id")} == {k: original.get(k) for k in ("use_cache", "pad_token_id")}
     assert (run_dir / "report.md").exists()

@@ -57,6 +57,10 @@ def test_every_method_is_trained_and_evaluated(methods_run):
     assert set(pd.read_parquet(round_2 / "pairs.parquet").chosen) <= set(pd.read_parquet(round_2 / "samples.parquet").text)
     rloo = json.loads((root / "models" / "rloo-kl0.1" / "train.json").read_text())
     assert rloo["method"] == "rloo" and rloo["kl_coef"] == 0.1
+    # The trained models' configs keep the original's (no pad id, cache on), not the Trainers' settings.
+    for m in ("rloo-kl0.1", MODELS[3]):
+        config = json.loads((root / "models" / m / "config.json").read_text())
+        assert config["use_cache"] is True and config.get("pad_token_id") is None
 
 
 def test_prompts_reach_samples_pairs_and_evaluation(methods_run):

@@ -218,6 +218,23 @@ def lora_config(lora: dict, model, policy_ref: str):
                       fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")  # fmt: skip
 
 
+def config_as_loaded(model) -> dict:
+    """The config values that TRL and the Trainer set for training and a saved model should not
+    keep: `use_cache` (off while training) and the pad token id (TRL writes the tokenizer's, often
+    EOS, where the checkpoint had none). Pass the result to restore_config before saving."""
+    return {"use_cache": model.config.use_cache, "pad_token_id": model.config.get_text_config().pad_token_id}
+
+
+def restore_config(model, loaded: dict) -> None:
+    """Put config_as_loaded's values back on `model` (a PEFT model: its base model). A saved
+    `pad_token_id` would give Llama-style models an embedding whose pad row (EOS) no later training
+    updates (an iterative round starts from this model) and make compiled decoding compile again
+    for this model; `use_cache` off would make every forward of a user's drop the KV cache."""
+    config = getattr(model, "get_base_model", lambda: model)().config
+    config.use_cache = loaded["use_cache"]
+    config.get_text_config().pad_token_id = loaded["pad_token_id"]
+
+
 def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
     """Write a trained model's directory atomically: weights (merged, for LoRA, with the adapters
     in adapter/), tokenizer, and train.json last."""
@@ -290,6 +307,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tokenizer = load_tokenizer(policy_ref, revision, "policy")
     # Training weights stay fp32 whatever the device; bf16 autocast is `precision`'s choice (TRL's `bf16`).
     model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
+    loaded = config_as_loaded(model)
     peft_config = lora_config(lora, model, policy_ref) if lora else None
     if reference is None and lora:
         ref_model = None  # TRL scores the reference with the adapters disabled
@@ -387,6 +405,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
             if len(set(digests)) > 1:
                 raise RuntimeError(f"the processes training {Path(out_dir).name} together ended with different "
                                    f"weights ({info['weights_digests']}); nothing was saved")  # fmt: skip
+        restore_config(trained, loaded)
         if sharded:
             save_gathered(trainer, tokenizer, info, Path(out_dir), ranks)
         elif ranks.main:

@@ -193,7 +193,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     from trl import RLOOTrainer
 
     from prefalign.models.loading import bos_prompt, from_pretrained, load_tokenizer, resolve
-    from prefalign.stages.train_dpo import completion_tokens_only
+    from prefalign.stages.train_dpo import completion_tokens_only, config_as_loaded, restore_config
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
@@ -204,6 +204,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         tokenizer = load_tokenizer(policy_ref, revision, "policy")
         path = resolve(policy_ref, "policy")
         model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
+        loaded = config_as_loaded(model)
         cfg = model.config
         limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         if limit is not None and 1 + args.max_completion_length > limit:
@@ -238,6 +239,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
             "final_kl": kls[-1] if kls else None, "metrics": result.metrics, "world_size": 1, **(launch or {}),
             "log_history": history,
         }  # fmt: skip
+        restore_config(trainer.model, loaded)
         with atomic_path(Path(out_dir)) as tmp:
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
