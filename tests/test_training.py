@@ -241,7 +241,7 @@ def test_exo_pair_without_label_smoothing_is_a_config_error():
 
 
 def test_only_complete_checkpoints_are_resumed_from(tmp_path):
-    from prefalign.stages.train_dpo import last_complete_checkpoint
+    from prefalign.stages.trained_model import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path) is None
     for step, complete in ((5, True), (10, True), (15, False)):

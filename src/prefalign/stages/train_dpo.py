@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -42,7 +40,9 @@ from prefalign.engine.arithmetic import fp32_switches_restored
 from prefalign.items import DpoModel
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
-from prefalign.store import atomic_path, scratch_beside
+from prefalign.stages.trained_model import (checkpoint_dir, checkpoint_path, config_as_loaded, last_complete_checkpoint,
+                                           restore_config, save_gathered, save_trained)  # fmt: skip
+from prefalign.store import scratch_beside
 from prefalign.trackers import Tracking, reporting
 
 
@@ -165,37 +165,6 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     return DPOConfig(**settings), {**settings, **own}
 
 
-def checkpoint_path(out_dir: Path) -> Path:
-    """Where `out_dir`'s training checkpoints go: `.<name>.checkpoints/` beside it."""
-    return out_dir.parent / f".{out_dir.name}.checkpoints"
-
-
-def checkpoint_dir(out_dir: Path, key: str) -> Path:
-    """checkpoint_path(out_dir), created, and emptied when the checkpoints there were made for
-    another key (another config)."""
-    path = checkpoint_path(out_dir)
-    marker = path / "key.txt"
-    if path.exists() and (not marker.exists() or marker.read_text() != key):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
-    return path
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-N` in `folder` that was written to the end (the Trainer writes its
-    trainer_state.json last); a partial one, from a kill in the middle of saving, is removed."""
-    complete = []
-    for path in folder.glob("checkpoint-*"):
-        if not path.name.split("-")[-1].isdigit():
-            continue
-        if (path / "trainer_state.json").exists():
-            complete.append((int(path.name.split("-")[-1]), path))
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-    return str(max(complete)[1]) if complete else None
-
-
 def lora_config(lora: dict, model, policy_ref: str):
     """peft's LoraConfig for train.lora's settings, checked against the model's module names."""
     from peft import LoraConfig
@@ -216,53 +185,6 @@ def lora_config(lora: dict, model, policy_ref: str):
     fan_in_fan_out = any("Conv1D" in classes for classes in adapted.values())
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
                       fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")  # fmt: skip
-
-
-def config_as_loaded(model) -> dict:
-    """The config values that TRL and the Trainer set for training and a saved model should not
-    keep: `use_cache` (off while training) and the pad token id (TRL writes the tokenizer's, often
-    EOS, where the checkpoint had none). Pass the result to restore_config before saving."""
-    return {"use_cache": model.config.use_cache, "pad_token_id": model.config.get_text_config().pad_token_id}
-
-
-def restore_config(model, loaded: dict) -> None:
-    """Put config_as_loaded's values back on `model` (a PEFT model: its base model). A saved
-    `pad_token_id` would give Llama-style models an embedding whose pad row (EOS) no later training
-    updates (an iterative round starts from this model) and make compiled decoding compile again
-    for this model; `use_cache` off would make every forward of a user's drop the KV cache."""
-    config = getattr(model, "get_base_model", lambda: model)().config
-    config.use_cache = loaded["use_cache"]
-    config.get_text_config().pad_token_id = loaded["pad_token_id"]
-
-
-def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
-    """Write a trained model's directory atomically: weights (merged, for LoRA, with the adapters
-    in adapter/), tokenizer, and train.json last."""
-    try:
-        with atomic_path(out_dir) as tmp:
-            if lora:
-                model.save_pretrained(tmp / "adapter", safe_serialization=True)
-                model = model.merge_and_unload()
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
-    except Exception as e:  # a full disk's message says how much room the model takes
-        with contextlib.suppress(AttributeError, TypeError):
-            e.bytes_needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        raise
-
-
-def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -> None:
-    """save_trained for weights sharded over the processes (FSDP, DeepSpeed ZeRO-3): every process
-    takes part in gathering them (the Trainer's save_model), the main process writes the directory."""
-    staging = scratch_beside(out_dir, "gathered")
-    trainer.save_model(str(staging))
-    if ranks.main:
-        tokenizer.save_pretrained(staging)
-        (staging / "train.json").write_text(json.dumps(info, indent=2, default=str))
-        with atomic_path(out_dir) as tmp:
-            os.replace(staging, tmp)
-    ranks.wait()
 
 
 def train_dpo(item: DpoModel, services: Services) -> None:

@@ -193,7 +193,8 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     from trl import RLOOTrainer
 
     from prefalign.models.loading import bos_prompt, from_pretrained, load_tokenizer, resolve
-    from prefalign.stages.train_dpo import completion_tokens_only, config_as_loaded, restore_config
+    from prefalign.stages.train_dpo import completion_tokens_only
+    from prefalign.stages.trained_model import config_as_loaded, restore_config
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
