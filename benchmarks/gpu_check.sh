@@ -50,13 +50,14 @@ gpu_state() { command -v nvidia-smi > /dev/null || return 0; nvidia-smi --query-
   $py -c "import triton; print('triton', triton.__version__)"; command -v gcc cc; nproc; echo "commit ${COMMIT:-?}"; } 2>&1 | tee "$out/machine.txt"
 # 1. Training step of the seed recipe, each variant in a fresh process (bench_engine.py steps): the
 #    lean trainer's compiled step with CUDA graphs in TF32 (the path to <= 10 ms: fp32 is bound by the
-#    GPU's fp32 matrix multiplies at ~28-31 ms on an H100, 2026-11-27), the same with the optimizer's
-#    update left eager (`-eageropt`) and with the compiled update's learning rates on the GPU
-#    (`-devlr`: inductor copies a CPU scalar to the GPU with a blocking copy, a suspect for the one host
-#    sync a step). lean-fp32-graphs, stock-fp32 (a9ca438's path: 56-59 ms on an H100) and
-#    lean-bf16-graphs are variants too.
+#    GPU's fp32 matrix multiplies at ~28-31 ms on an H100, 2026-11-27), the same in bf16 autocast (TF32's
+#    profile of 2026-11-26 had the GPU busy 10.4 ms a step, so <= 10 ms may need bf16's matrix
+#    multiplies; bf16 is within fp32's seed noise on CPU, 8 seeds) and with the compiled update's
+#    learning rates on the GPU (`-devlr`: inductor copies a CPU scalar to the GPU with a blocking copy,
+#    a suspect for the one host sync a step). lean-fp32-graphs, stock-fp32 (a9ca438's path: 56-59 ms
+#    on an H100) and `-eageropt` (the optimizer's update left eager) are variants too.
 part steps "${STEPS_LIMIT:-150}" $py benchmarks/bench_engine.py steps --models $models --device $device "${steps[@]}" \
-  --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-tf32-graphs-eageropt,lean-tf32-graphs-devlr}"
+  --variants "${STEP_VARIANTS:-lean-tf32-graphs,lean-bf16-graphs,lean-tf32-graphs-devlr}"
 # The pipeline parts below use the compiled step unless it failed above.
 compiled=(); grep -Eq "^lean-(fp32|tf32)-graphs .*ms/step" "$out/steps.txt" 2>/dev/null || compiled=(--set train.dpo.compile_step=eager)
 # 2. Sample + score: the original loop against the engine, same models, same GPU: fp32 eager, bf16
