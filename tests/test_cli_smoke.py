@@ -440,6 +440,9 @@ def test_compare_puts_two_runs_in_one_table_and_plot(tiny_run, tmp_path, cli):
     assert "not on one scale" in (out / "compare.md").read_text()
     proc = cli("compare", str(first), str(tmp_path / "none"), "--out", str(out), check=False)
     assert proc.returncode == 2 and "none has no results.csv" in proc.stderr and "Traceback" not in proc.stderr
+    (second / "config.yaml").write_text("reward: [unclosed")  # a run's config edited by hand into broken YAML
+    proc = cli("compare", str(first), str(second), "--out", str(out), check=False)
+    assert proc.returncode == 2 and "config.yaml cannot be read as YAML" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_repeats_report_the_mean_and_std_across_training_seeds(tiny_run, tmp_path, cli):

@@ -39,7 +39,13 @@ def read_run(root: Path) -> tuple[str, pd.DataFrame, dict]:
     if missing:
         raise CompareError(f"{results_file} lacks the columns {sorted(missing)}: it is not a prefalign results.csv")
     config_file = root / "config.yaml"
-    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    try:
+        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CompareError(f"{config_file} cannot be read as YAML ({str(e).splitlines()[0]}): it is the run's "
+                           "config as prefalign wrote it; restore or delete it") from None  # fmt: skip
+    if not isinstance(config, dict):
+        raise CompareError(f"{config_file} is not a mapping of config sections: restore or delete it")
     name = root.resolve().name
     for column in ("model", "group"):
         if column in results.columns:  # the group: repeats of one model over training seeds
