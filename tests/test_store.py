@@ -49,3 +49,14 @@ def test_remove_stale_clears_dead_writers_and_keeps_live_ones(tmp_path):
     keep.write_text("{}")
     remove_stale(tmp_path, alive=lambda pid: pid == os.getpid())
     assert not dead.exists() and not folder.exists() and live.exists() and keep.exists()
+
+
+def test_damaged_metadata_counts_as_not_done(tmp_path):
+    from prefalign.store import is_done
+
+    meta = tmp_path / "samples.meta.json"
+    for damaged in (b"\xff\xfe\x00garbage", b"[1, 2]", b'{"key": ', b""):
+        meta.write_bytes(damaged)
+        assert read_json(meta) is None and not is_done(meta, "k")
+    write_json(meta, {"key": "k"})
+    assert is_done(meta, "k")

@@ -28,11 +28,13 @@ def key_of(*parts: Any) -> str:
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON object at `path`, or None when it is missing or unreadable."""
+    """The JSON object at `path`, or None when it is missing, unreadable or not an object (a file
+    damaged by hand or by a disk: the output it describes then counts as not done)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        obj = json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def is_done(meta_path: Path, key: str) -> bool:
