@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -506,3 +507,26 @@ def test_ctrl_c_while_building_the_demo_models_exits_130_with_a_line(tmp_path):
     text = log.read_text()
     assert "prefalign: interrupted;" in text and "Traceback" not in text
     assert not list((tmp_path / "cache" / "models").glob("tiny-*/info.json"))  # no half-built model set in use
+
+
+def test_a_damaged_output_is_named_and_made_again_once_deleted(tiny_run, tmp_path, cli):
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    samples = root / "samples.parquet"
+    samples.write_bytes(samples.read_bytes()[:100])  # damaged after it was written (disk, hand)
+    shutil.rmtree(root / "pairs")  # so that the pair rules read the samples again
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", check=False)
+    assert proc.returncode == 1 and f"{samples} cannot be read" in proc.stderr and "Traceback" not in proc.stderr
+    models = {p: p.stat().st_mtime_ns for p in (root / "models").rglob("model.safetensors")}
+    samples.unlink()  # as the message says
+    cli("run", "tiny", "--set", f"run_dir={root}")
+    assert pd.read_parquet(samples).equals(pd.read_parquet(tiny_run[0] / "samples.parquet"))
+    assert {p: p.stat().st_mtime_ns for p in (root / "models").rglob("model.safetensors")} == models
+    # An evaluation run whose texts are gone is made again, as its metrics would be.
+    run_file = root / "eval" / "original" / "run-01.parquet"
+    run_file.unlink()
+    assert re.search(r"evaluate\s+1/2\s.*eval/original ", cli("plan", "tiny", "--set", f"run_dir={root}").stdout)
+    cli("run", "tiny", "--set", f"run_dir={root}")
+    assert pd.read_parquet(run_file).equals(pd.read_parquet(tiny_run[0] / "eval" / "original" / "run-01.parquet"))

@@ -304,12 +304,13 @@ def _main(argv: list[str] | None) -> int:
     from prefalign.runner import (OtherConfigsOutputs, RunDirError, RunLocked, check_parallel, check_replacements,
                                   plan_table, run)  # fmt: skip
     from prefalign.stages.evaluate import EvaluationMissing
+    from prefalign.store import DamagedOutput
 
     # The user errors and their exit codes: 2 for bad input found before any work, 1 during it
     # (in this order: a ModelPathError is a ModelLoadError found while planning, a CorpusPathError a CorpusError).
     exit_codes = ((PlanError, 2), (RunDirError, 2), (OtherConfigsOutputs, 2), (ModelPathError, 2), (CorpusPathError, 2),
                   (DeviceError, 2), (ModelLoadError, 1), (PairError, 1), (RunLocked, 1), (EvaluationMissing, 1),
-                  (TrainingDiverged, 1), (CorpusError, 1), (PeerFailed, 1))  # fmt: skip
+                  (TrainingDiverged, 1), (CorpusError, 1), (PeerFailed, 1), (DamagedOutput, 1))  # fmt: skip
     try:
         if args.command == "plan":
             print(plan_table(cfg))

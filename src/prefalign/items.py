@@ -22,7 +22,7 @@ from typing import Any, Union
 
 from prefalign.config import Config, SamplingConfig
 from prefalign.train_config import LossMix, loss_label
-from prefalign.store import key_of
+from prefalign.store import is_done, key_of
 
 # The columns that describe a model in results.csv, before `run` and the metrics.
 # `group`: the model's name without its training-seed suffix (what repeats of one model share).
@@ -345,6 +345,11 @@ class Evaluation:
 
     def markers(self) -> list[tuple[Path, str]]:
         return [(self.run_path(k, ".json"), self.run_key(k)) for k in range(self.runs)]
+
+    def run_done(self, k: int) -> bool:
+        """Whether run k's metrics hold its key and its texts are on disk (deleting a run's parquet
+        file, e.g. a damaged one, makes the run again)."""
+        return is_done(self.run_path(k, ".json"), self.run_key(k)) and self.run_path(k, ".parquet").exists()
 
 
 @dataclass(frozen=True)

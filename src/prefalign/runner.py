@@ -71,6 +71,8 @@ class RunDirError(Exception):
 
 def is_current(item: Item) -> bool:
     """Whether every output of `item` is on disk with the item's key."""
+    if isinstance(item, Evaluation):  # its outputs are runs, each with its own key
+        return all(item.run_done(k) for k in range(item.runs))
     return all(is_done(meta, key) for meta, key in item.markers()) and item.path.exists()
 
 
@@ -342,7 +344,7 @@ def plan_table(cfg: Config) -> str:
         output = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
         state = "done" if current else "todo"
         if not current and isinstance(item, Evaluation):  # evaluations resume run by run: how many are done
-            state = f"{sum(is_done(meta, key) for meta, key in item.markers())}/{item.runs}"
+            state = f"{sum(item.run_done(k) for k in range(item.runs))}/{item.runs}"
         lines.append(f"{stage_of(item):<9} {state:<5} {item.key} {type(item).__name__:<14} "
                      f"{str(output):<52} {describe(item)}")  # fmt: skip
     return "\n".join(lines)

@@ -93,6 +93,24 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str))
 
 
+class DamagedOutput(RuntimeError):
+    """An output of the run that is on disk (its metadata says so) but cannot be read: damaged, or
+    removed by hand, since it was written."""
+
+
+def read_parquet(path: Path, columns: list[str] | None = None):
+    """pandas.read_parquet of an output of the run; DamagedOutput, naming the file, when it cannot
+    be read. Deleting the file makes the next run write it again (the item is then not current)."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError; a missing file an OSError
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedOutput(f"{path} cannot be read ({reason}); delete it and rerun the same command: prefalign "
+                            "makes it again (and whatever was made from it stays as it is)") from None  # fmt: skip
+
+
 def write_parquet(df, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)

@@ -29,7 +29,7 @@ from prefalign.models.loading import load_policy
 from prefalign.items import Evaluation, Original
 from prefalign.services import Services, release_memory
 from prefalign.stages.sample import sample_in_shards
-from prefalign.store import is_done, read_json, write_json
+from prefalign.store import read_json, write_json
 
 # The fields of run-<k>.json that describe the run; every other field is a metric.
 RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "phase_seconds", "world_size")
@@ -55,7 +55,7 @@ def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
 
 def evaluate(item: Evaluation, services: Services) -> None:
     """Every run of one `Evaluation` item whose key is not already on disk."""
-    todo = [k for k in range(item.runs) if not is_done(item.run_path(k, ".json"), item.run_key(k))]
+    todo = [k for k in range(item.runs) if not item.run_done(k)]
     if not todo:
         return
     services.log(f"evaluate {item.model.name}: {item.runs} runs x {item.samples} samples")

@@ -19,13 +19,13 @@ from prefalign.engine.pair_rules import pairs_frame
 from prefalign.models.loading import bos_prompt
 from prefalign.items import Pairs
 from prefalign.services import Services
-from prefalign.store import write_json, write_parquet
+from prefalign.store import read_parquet, write_json, write_parquet
 
 
 @functools.lru_cache(maxsize=1)
 def _read_samples(path: str, key: str) -> pd.DataFrame:
     """The samples file, read once for all the pair rules that draw from it (`key` ties it to its content)."""
-    return pd.read_parquet(path)
+    return read_parquet(path)
 
 
 def make_pairs(item: Pairs, services: Services) -> None:

@@ -33,7 +33,7 @@ from prefalign.stages.model_card import model_card
 from prefalign.stages.report_html import render
 from prefalign.stages.report_plots import (DPO_CURVES, RLOO_CURVES, curve_limits, plot_frontier, plot_rewards,
                                           plot_training, reward_span)  # fmt: skip
-from prefalign.store import atomic_path, read_json, write_json, write_text
+from prefalign.store import atomic_path, read_json, read_parquet, write_json, write_text
 
 
 # Above this share of texts with undecodable bytes (metrics.broken_share) a model's diversity is
@@ -180,7 +180,7 @@ def strategy_table(summary: pd.DataFrame, strategy: str) -> str:
 def run_rewards(evaluation) -> np.ndarray:
     """Every reward of every run of one evaluation."""
     runs = [evaluation.run_path(k, ".parquet") for k in range(evaluation.runs)]
-    return np.concatenate([pd.read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in runs])
+    return np.concatenate([read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in runs])
 
 
 def write_report(item: Report, services: Services) -> None:
@@ -311,7 +311,7 @@ def write_report(item: Report, services: Services) -> None:
 
     md += ["", "## Example texts (evaluation run 0: highest, median and lowest reward)", ""]
     for name in summary.model:
-        df = pd.read_parquet(evaluation_of[name].run_path(0, ".parquet")).sort_values("reward", kind="stable")
+        df = read_parquet(evaluation_of[name].run_path(0, ".parquet")).sort_values("reward", kind="stable")
         df["full"] = (df["prompt"] + df["text"]) if "prompt" in df.columns else df["text"]
         picks = df.iloc[[len(df) - 1, len(df) // 2, 0]] if len(df) else df
         md += [f"**{name}**", ""] + [f"- ({r:+.2f}) {t.strip()!r}" for r, t in zip(picks.reward, picks.full)] + [""]

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
@@ -42,7 +41,7 @@ from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision
 from prefalign.services import Services, release_memory
 from prefalign.stages.trained_model import (checkpoint_dir, checkpoint_path, config_as_loaded, last_complete_checkpoint,
                                            restore_config, save_gathered, save_trained)  # fmt: skip
-from prefalign.store import scratch_beside
+from prefalign.store import read_parquet, scratch_beside
 from prefalign.trackers import Tracking, reporting
 
 
@@ -243,7 +242,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     if ref_model is not None:
         ref_model.requires_grad_(False)
 
-    pairs = pd.read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
+    pairs = read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
     resume = None
     if checkpoint_steps:
         scratch = str(checkpoint_path(Path(out_dir)))
