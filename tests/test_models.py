@@ -213,7 +213,18 @@ def test_a_model_directory_without_weights_is_named_while_planning_and_loading(t
 
     shutil.copytree(tiny_dir / "policy", tmp_path / "policy")
     (tmp_path / "policy" / "model.safetensors").unlink()
-    with pytest.raises(ModelPathError, match=r"policy.model: .* holds no weights .* delete the directory and rerun"):
+    with pytest.raises(ModelPathError, match=r"policy.model: .* holds no weights .* delete its directory and rerun"):
         check_saved_model(str(tmp_path / "policy"), "policy", max_length=32)
     with pytest.raises(ModelLoadError, match=r"policy model: .* holds no weights"):
+        load_policy(str(tmp_path / "policy"), None, torch.device("cpu"))
+
+
+def test_a_damaged_weights_file_is_named(tiny_dir, tmp_path):
+    """A weights file cut short (a full disk while copying, a damaged disk) is named with what to do."""
+    import shutil
+
+    shutil.copytree(tiny_dir / "policy", tmp_path / "policy")
+    weights = tmp_path / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=r"policy model: the weights in .* cannot be read .* damaged or incomplete"):
         load_policy(str(tmp_path / "policy"), None, torch.device("cpu"))

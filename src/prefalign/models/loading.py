@@ -151,13 +151,16 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")  # fmt: skip
 
 
+# What to do about a local model directory that cannot be loaded, when a run trained it.
+RETRAIN = ". If it is a model of a prefalign run, delete its directory and rerun: the run trains it again"
+
+
 def no_weights(path: Path) -> str | None:
     """Why a local model directory cannot give weights (none of WEIGHT_FILES, and no PEFT adapter, which
     transformers loads on top of its base model), or None."""
     if any((path / name).is_file() for name in (*WEIGHT_FILES, "adapter_config.json")):
         return None
-    return (f"{path} holds no weights ({' / '.join(WEIGHT_FILES[::2])}). If it is a model of a prefalign run whose "
-            "weights were deleted, delete the directory and rerun: the run trains it again")  # fmt: skip
+    return f"{path} holds no weights ({' / '.join(WEIGHT_FILES[::2])}){RETRAIN}"
 
 
 def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs):
@@ -180,7 +183,7 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
             e = ValueError(f"a {model_type[1]!r} model is not a {MODEL_KINDS[role]}" if model_type
                            else str(e).split("\n")[0])  # fmt: skip
         if is_local:
-            raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {e}") from None
+            raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {str(e).rstrip('.')}{RETRAIN}") from None
         import huggingface_hub.constants as hub
 
         why = (
@@ -194,6 +197,11 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
             f"{'policy' if role == 'policy' else 'reward'}.model=DIR`), or use the offline demo models.\n"
             f"  Cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from None
+    except Exception as e:  # a damaged weights file: safetensors' own error type (not an OSError)
+        if type(e).__name__ != "SafetensorError" or not is_local:
+            raise
+        raise ModelLoadError(f"{role} model: the weights in {ref} cannot be read ({e}): the file is damaged or "
+                             f"incomplete{RETRAIN}") from None  # fmt: skip
 
 
 def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
