@@ -223,6 +223,11 @@ def test_a_failed_run_leaves_the_provenance_of_the_last_good_one(tiny_run, tmp_p
     assert proc.returncode == 1 and "cannot build any pair" in proc.stderr
     assert ((root / "config.yaml").read_text(), (root / "models.json").read_text()) == before
     assert yaml.safe_load(before[0])["pairs"]["threshold"] == 0.0  # what results.csv was made with
+    # Its config.yaml damaged (not UTF-8): still refused, without claiming which keys differ.
+    (root / "config.yaml").write_bytes(b"\xff\xfe")
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", check=False)
+    assert proc.returncode == 2 and "config.yaml is missing or unreadable" in proc.stderr and "there," not in proc.stderr
+    assert "Traceback" not in proc.stderr and outputs(root) == files
 
 
 def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(tiny_dir, tmp_path, cli):

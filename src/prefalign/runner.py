@@ -93,7 +93,7 @@ def provenance_is_current(cfg: Config) -> bool:
     """Whether config.yaml and models.json already say what `write_provenance(cfg)` would write."""
     root = cfg.run_path
     config_file = root / "config.yaml"
-    if not config_file.is_file() or config_file.read_text() != yaml.safe_dump(cfg.model_dump(), sort_keys=False):
+    if not config_file.is_file() or config_file.read_bytes() != yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode():
         return False
     return read_json(root / "models.json") == json.loads(json.dumps(model_info(cfg), default=str))
 
@@ -124,14 +124,18 @@ def check_replacements(cfg: Config, items: list[Item]) -> None:
     replaced = replaced_outputs(cfg, items)
     if not replaced:
         return
-    stored = yaml.safe_load((cfg.run_path / "config.yaml").read_text()) if (cfg.run_path / "config.yaml").is_file() else {}
-    ours, theirs = _flat(json.loads(json.dumps(cfg.model_dump(), default=str))), _flat(stored or {})
+    try:  # the config the outputs were made with, as the last run wrote it (unreadable: nothing to compare)
+        stored = yaml.safe_load((cfg.run_path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        stored = None
+    ours, theirs = _flat(json.loads(json.dumps(cfg.model_dump(), default=str))), _flat(stored if isinstance(stored, dict) else {})
     differ = [f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)" for k in sorted(set(ours) | set(theirs))
               if ours.get(k) != theirs.get(k) and k != "run_dir"]  # fmt: skip
     names = ", ".join(item.name for item in replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
     raise OtherConfigsOutputs(
         f"run_dir {str(cfg.run_path)!r} holds outputs of another config that this run would replace ({names}); "
-        + (f"keys that differ: {'; '.join(differ[:8])}. " if differ else
+        + ("its config.yaml is missing or unreadable, so which keys differ is not known. " if not isinstance(stored, dict) else
+           f"keys that differ: {'; '.join(differ[:8])}. " if differ else
            "no config key differs, so a local model directory or prompt corpus it reads has changed since. ")
         + "Set run_dir to another directory to keep both, or rerun with --update to bring this directory to the new "
         "config (only the outputs that depend on the changed keys are redone; those listed are lost)"
