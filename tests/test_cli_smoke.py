@@ -449,6 +449,8 @@ def test_compare_puts_two_runs_in_one_table_and_plot(tiny_run, tmp_path, cli):
     (second / "config.yaml").write_text("reward: [unclosed")  # a run's config edited by hand into broken YAML
     proc = cli("compare", str(first), str(second), "--out", str(out), check=False)
     assert proc.returncode == 2 and "config.yaml cannot be read as YAML" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("compare", str(first), "--out", str(first / "results.csv"), check=False)  # a file as --out
+    assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_repeats_report_the_mean_and_std_across_training_seeds(tiny_run, tmp_path, cli):

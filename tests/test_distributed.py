@@ -121,6 +121,9 @@ def test_num_processes_refuses_what_cannot_be_started(tiny_dir, tmp_path, monkey
     assert main(["run", "tiny", "--set", "train.parallel=data", "--set", "train.dpo.per_device_train_batch_size=5",
                  "--num-processes", "2", "--set", f"run_dir={tmp_path / 'run'}"]) == 2  # fmt: skip
     assert "divisible by 2" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    # On the CPU, more processes than cores (a typo: 99 python processes loading torch) is refused at once.
+    assert main(["run", "tiny", "--num-processes", "999", "--set", "device=cpu", "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert "give at most" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_lora_changes_only_adapters_and_the_merged_model_evaluates(tiny_dir, tmp_path):

@@ -150,12 +150,17 @@ def launch_problem(processes: int, device: str) -> str | None:
         return "give 1 or more"
     if launched_processes() > 1:
         return "this process is already one of several a launcher started; drop --num-processes"
+    gpus = 0
     if device in ("auto", "cuda"):
         import torch
 
         gpus = torch.cuda.device_count()
         if gpus and processes > gpus:
             return f"there are {gpus} GPUs here, one per process; give at most {gpus} (or set device: cpu)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if (device == "cpu" or (device == "auto" and not gpus)) and processes > cores:
+        return (f"the run is on the CPU, which has {cores} cores here: more processes than cores only slow each other "
+                f"down (each loads the models); give at most {cores}")  # fmt: skip
     return None
 
 
@@ -254,6 +259,11 @@ def _main(argv: list[str] | None) -> int:
                 print(compare([Path(d) for d in args.run_dirs], Path(args.out)))
             except CompareError as e:
                 return said(e, 2, debug)
+            except OSError as e:  # --out on a full disk, or where it cannot be written
+                if write_problem(e) is None or debug:
+                    raise
+                print(f"prefalign: {write_problem(e)}", file=sys.stderr)
+                return 1
             return 0
         if args.command == "presets":
             print("\n".join(preset_names()))

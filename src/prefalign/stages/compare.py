@@ -55,6 +55,8 @@ def read_run(root: Path) -> tuple[str, pd.DataFrame, dict]:
 
 def compare(run_dirs: list[Path], out: Path) -> Path:
     """Write compare.md, compare.html and the plots for `run_dirs` into `out`; returns compare.md's path."""
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"--out {out} is a file, not a directory: give a directory (it is made if missing)")
     runs = [read_run(Path(d)) for d in run_dirs]
     names = [name for name, _, _ in runs]
     if len(set(names)) < len(names):
