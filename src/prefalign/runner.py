@@ -125,7 +125,7 @@ def check_replacements(cfg: Config, items: list[Item]) -> None:
     if not replaced:
         return
     try:  # the config the outputs were made with, as the last run wrote it (unreadable: nothing to compare)
-        stored = yaml.safe_load((cfg.run_path / "config.yaml").read_text())
+        stored = yaml.safe_load((cfg.run_path / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         stored = None
     ours, theirs = _flat(json.loads(json.dumps(cfg.model_dump(), default=str))), _flat(stored if isinstance(stored, dict) else {})

@@ -31,7 +31,7 @@ def read_json(path: Path) -> dict | None:
     """The JSON object at `path`, or None when it is missing, unreadable or not an object (a file
     damaged by hand or by a disk: the output it describes then counts as not done)."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return obj if isinstance(obj, dict) else None

@@ -40,7 +40,7 @@ def read_run(root: Path) -> tuple[str, pd.DataFrame, dict]:
         raise CompareError(f"{results_file} lacks the columns {sorted(missing)}: it is not a prefalign results.csv")
     config_file = root / "config.yaml"
     try:
-        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+        config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.is_file() else {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CompareError(f"{config_file} cannot be read as YAML ({str(e).splitlines()[0]}): it is the run's "
                            "config as prefalign wrote it; restore or delete it") from None  # fmt: skip

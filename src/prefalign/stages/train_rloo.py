@@ -244,7 +244,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         with atomic_path(Path(out_dir)) as tmp:
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         shown = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         log(f"  trained in {seconds:.1f}s, mean reward {shown(info['first_reward'])} -> {shown(info['final_reward'])}")
         return info

@@ -77,7 +77,7 @@ def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> Non
                 model = model.merge_and_unload()
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str))
+            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
     except Exception as e:  # a full disk's message says how much room the model takes
         with contextlib.suppress(AttributeError, TypeError):
             e.bytes_needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -91,7 +91,7 @@ def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -
     trainer.save_model(str(staging))
     if ranks.main:
         tokenizer.save_pretrained(staging)
-        (staging / "train.json").write_text(json.dumps(info, indent=2, default=str))
+        (staging / "train.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         with atomic_path(out_dir) as tmp:
             os.replace(staging, tmp)
     ranks.wait()
