@@ -267,3 +267,19 @@ def test_pairs_longer_than_the_policy_positions_are_truncated(tiny_dir, tmp_path
                          "sigmoid", 0.1, {"num_train_epochs": 1}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
         assert info["settings"]["max_length"] == positions
         assert (tmp_path / recipe / "model.safetensors").exists()
+
+
+def test_a_saved_model_keeps_its_config_as_loaded_not_the_trainers_settings():
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, PretrainedConfig
+
+    from prefalign.stages.trained_model import config_as_loaded, restore_config
+
+    # A GPT-2 config has both settings; a bare one (a custom model's) has neither, and must not gain them.
+    for config, expected in ((GPT2Config(), {"use_cache": True, "pad_token_id": None}), (PretrainedConfig(), {})):
+        model = SimpleNamespace(config=config)
+        loaded = config_as_loaded(model)
+        config.use_cache, config.pad_token_id = False, 0  # what the Trainer and TRL set for training
+        restore_config(model, loaded)
+        assert {k: v for k, v in config.to_dict().items() if k in ("use_cache", "pad_token_id")} == expected

@@ -50,21 +50,32 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return str(max(complete)[1]) if complete else None
 
 
+_ABSENT = object()  # a config that had no such attribute: restore_config removes it again
+
+
+def _training_settings(model) -> tuple[tuple[object, str], ...]:
+    """(config object, attribute) of each setting TRL and the Trainer change for training."""
+    config = getattr(model, "get_base_model", lambda: model)().config  # a PEFT model: its base model's
+    return (config, "use_cache"), (config.get_text_config(), "pad_token_id")
+
+
 def config_as_loaded(model) -> dict:
     """The config values that TRL and the Trainer set for training and a saved model should not
     keep: `use_cache` (off while training) and the pad token id (TRL writes the tokenizer's, often
     EOS, where the checkpoint had none). Pass the result to restore_config before saving."""
-    return {"use_cache": model.config.use_cache, "pad_token_id": model.config.get_text_config().pad_token_id}
+    return {name: vars(obj).get(name, _ABSENT) for obj, name in _training_settings(model)}
 
 
 def restore_config(model, loaded: dict) -> None:
-    """Put config_as_loaded's values back on `model` (a PEFT model: its base model). A saved
-    `pad_token_id` would give Llama-style models an embedding whose pad row (EOS) no later training
-    updates (an iterative round starts from this model) and make compiled decoding compile again
-    for this model; `use_cache` off would make every forward of a user's drop the KV cache."""
-    config = getattr(model, "get_base_model", lambda: model)().config
-    config.use_cache = loaded["use_cache"]
-    config.get_text_config().pad_token_id = loaded["pad_token_id"]
+    """Put config_as_loaded's values back on `model`. A saved `pad_token_id` would give Llama-style
+    models an embedding whose pad row (EOS) no later training updates (an iterative round starts
+    from this model) and make compiled decoding compile again for this model; `use_cache` off would
+    make every forward of a user's drop the KV cache."""
+    for obj, name in _training_settings(model):
+        if loaded[name] is _ABSENT:
+            vars(obj).pop(name, None)
+        else:
+            setattr(obj, name, loaded[name])
 
 
 def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
