@@ -152,6 +152,13 @@ def test_a_model_of_the_wrong_kind_is_named_as_such_before_and_while_loading(tin
         check_saved_model(str(tiny_dir / "reward"), "policy", max_length=32)
     with pytest.raises(ModelPathError, match=r"reward.model: .* was saved as GPT2LMHeadModel, not as a sequence classifier"):
         check_saved_model(str(tiny_dir / "policy"), "reward", positive_label="POSITIVE")
+    # A custom-code model (its classes named in auto_map, code shipped with the checkpoint) is named as such.
+    shutil.copytree(tiny_dir / "policy", tmp_path / "custom")
+    config = json.loads((tmp_path / "custom" / "config.json").read_text())
+    config.update(model_type="mycustom", auto_map={"AutoModelForCausalLM": "modeling_my.MyCustomForCausalLM"})
+    (tmp_path / "custom" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelPathError, match=r"is a 'mycustom' model .* whose code comes with the checkpoint"):
+        check_saved_model(str(tmp_path / "custom"), "policy", max_length=32)
     with pytest.raises(ModelLoadError, match=r"cannot load local directory .*: a 't5' model is not a causal LM") as caught:
         load_policy(str(tmp_path / "t5"), None, torch.device("cpu"))
     assert "GPT2Config" not in str(caught.value)

@@ -68,6 +68,10 @@ def _wrong_kind(saved: dict, role: str) -> str | None:
     model_type, classes = saved.get("model_type"), saved.get("architectures") or []
     saved_as = f" ({', '.join(map(str, classes))})" if classes else ""
     if isinstance(model_type, str) and model_type not in needed:
+        if saved.get("auto_map"):  # its classes are code shipped with the checkpoint (trust_remote_code)
+            return (f"is a {model_type!r} model{saved_as} whose code comes with the checkpoint (its config's auto_map); "
+                    f"prefalign loads the architectures transformers has built in and runs no checkpoint's own code: "
+                    f"point it at {instead} of one of those")  # fmt: skip
         return (f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; "
                 f"point it at {instead}")
     if classes and all(c in set(other.values()) for c in classes):
