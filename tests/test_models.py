@@ -235,3 +235,17 @@ def test_a_damaged_weights_file_is_named(tiny_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match=r"policy model: the weights in .* cannot be read .* damaged or incomplete"):
         load_policy(str(tmp_path / "policy"), None, torch.device("cpu"))
+
+
+def test_a_hub_model_that_needs_its_own_code_is_named_as_such(monkeypatch):
+    from prefalign.models import loading
+
+    class NeedsCode:  # what transformers raises for a hub checkpoint with custom modelling code
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise ValueError("The repository org/custom contains custom code which must be executed to correctly load "
+                             "the model. Please pass the argument `trust_remote_code=True` to allow custom code to be run.")
+
+    monkeypatch.setattr(loading, "_go_offline_if_hub_unreachable", lambda: None)
+    with pytest.raises(ModelLoadError, match=r"policy model 'org/custom' needs code of its own .* runs no checkpoint's"):
+        loading.from_pretrained(NeedsCode, "org/custom", "policy", None)

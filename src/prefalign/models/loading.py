@@ -182,6 +182,10 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
             model_type = re.search(r"\.configuration_(\w+)\.", str(e))
             e = ValueError(f"a {model_type[1]!r} model is not a {MODEL_KINDS[role]}" if model_type
                            else str(e).split("\n")[0])  # fmt: skip
+        if "trust_remote_code" in str(e):  # a checkpoint with its own modelling code
+            raise ModelLoadError(f"{role} model {ref!r} needs code of its own (transformers' trust_remote_code), and "
+                                 "prefalign runs no checkpoint's own code: use a model of an architecture transformers "
+                                 "has built in") from None  # fmt: skip
         if is_local:
             raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {str(e).rstrip('.')}{RETRAIN}") from None
         import huggingface_hub.constants as hub
