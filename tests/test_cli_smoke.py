@@ -537,3 +537,22 @@ def test_a_damaged_output_is_named_and_made_again_once_deleted(tiny_run, tmp_pat
     assert re.search(r"evaluate\s+1/2\s.*eval/original ", cli("plan", "tiny", "--set", f"run_dir={root}").stdout)
     cli("run", "tiny", "--set", f"run_dir={root}")
     assert pd.read_parquet(run_file).equals(pd.read_parquet(tiny_run[0] / "eval" / "original" / "run-01.parquet"))
+
+
+@pytest.mark.parametrize("failure", ["cpu", "cuda"])
+def test_running_out_of_memory_is_one_line_naming_the_batch_sizes(tiny_dir, tmp_path, cli, monkeypatch, failure):
+    from prefalign import runner
+    from prefalign.items import Pairs
+
+    def out_of_memory(item, services):
+        if failure == "cpu":
+            torch.empty(10**14)  # ~400 TB: the CPU allocator refuses it at once
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+                                     "79.19 GiB of which 1.06 GiB is free.")  # fmt: skip
+
+    monkeypatch.setitem(runner.STAGES, Pairs, out_of_memory)
+    proc = cli("run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "ran out of memory" in proc.stderr and "sampling.batch_size" in proc.stderr
+    assert ("can't allocate memory" if failure == "cpu" else "CUDA out of memory") in proc.stderr
+    assert (tmp_path / "run" / "samples.parquet").exists()  # the stage before it is kept for the rerun

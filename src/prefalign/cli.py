@@ -142,6 +142,22 @@ def write_problem(e: BaseException) -> str | None:
             "kept, and a half-written one is never read (outputs are written under a temporary name, then renamed)")
 
 
+# What torch, numpy and Python say when an allocation fails (GPU, MPS, CPU).
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "Cannot allocate memory")
+
+
+def memory_problem(e: BaseException) -> str | None:
+    """A message for a run that ran out of memory (the settings ask for more than the machine has), else None."""
+    if not (isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in OUT_OF_MEMORY))):
+        return None
+    said = next((line for line in str(e).splitlines() if any(s in line for s in OUT_OF_MEMORY)), type(e).__name__)
+    return (f"ran out of memory ({said.strip()[:200]}). Ask for less at once: `sampling.batch_size` (sampling and "
+            "evaluation; empty sizes it from free memory), `reward.batch_size` (the classifier's batches), "
+            "`train.dpo.per_device_train_batch_size` with `train.dpo.gradient_accumulation_steps` to keep the "
+            "recipe's batch, fewer `train.side_by_side` workers (each holds its own models), or `train.lora`; "
+            f"{RESUME}")  # fmt: skip
+
+
 def launch_problem(processes: int, device: str) -> str | None:
     """Why `--num-processes` cannot start that many processes here, or None."""
     from prefalign.distributed import launched_processes
@@ -346,7 +362,7 @@ def _main(argv: list[str] | None) -> int:
         if code is not None:
             message = f"invalid config: {e}" if isinstance(e, PlanError) else str(e)
         else:
-            message, code = write_problem(e), 1
+            message, code = write_problem(e) or memory_problem(e), 1
         if message is None or debug:
             raise  # a bug (or --debug): the traceback is for the report
         print(f"prefalign: {message}", file=sys.stderr)
