@@ -150,7 +150,7 @@ def test_a_padded_lm_head_samples_the_same_texts_and_log_probs(tiny_policy):
     import copy
 
     from prefalign.engine.decoding import completion_logprobs
-    from prefalign.models.loading import pad_output_vocabulary
+    from prefalign.models.speedups import pad_output_vocabulary
 
     policy, tok = tiny_policy
     vocab = policy.config.vocab_size

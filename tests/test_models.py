@@ -84,8 +84,11 @@ def test_a_policy_checkpoint_without_its_lm_head_is_refused(tiny_dir, tmp_path):
     """A base model saved without its (untied) LM head would generate from a random head: refused."""
     from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
 
+    import json
+
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    vocab = json.loads((tiny_dir / "policy" / "config.json").read_text())["vocab_size"]  # the tokenizer's below
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=64)).save_pretrained(tmp_path / "lm")  # fmt: skip
     AutoModel.from_pretrained(tmp_path / "lm").save_pretrained(tmp_path / "base")  # the same without lm_head
     for name in ("lm", "base"):
@@ -249,3 +252,24 @@ def test_a_hub_model_that_needs_its_own_code_is_named_as_such(monkeypatch):
     monkeypatch.setattr(loading, "_go_offline_if_hub_unreachable", lambda: None)
     with pytest.raises(ModelLoadError, match=r"policy model 'org/custom' needs code of its own .* runs no checkpoint's"):
         loading.from_pretrained(NeedsCode, "org/custom", "policy", None)
+
+
+def test_a_tokenizer_from_another_model_is_refused_when_loading(tiny_dir, tmp_path):
+    """A tokenizer whose ids run past the model's embedding (saved from another model) would let sampling
+    run and fail training or scoring with an IndexError; it is named at load time instead."""
+    import json
+    import shutil
+
+    from prefalign.models.loading import load_classifier
+
+    rows = json.loads((tiny_dir / "policy" / "config.json").read_text())["vocab_size"]
+    for role, load in (("policy", lambda d: load_policy(d, None, torch.device("cpu"))),
+                       ("reward", lambda d: load_classifier(d, None, torch.device("cpu")))):  # fmt: skip
+        shutil.copytree(tiny_dir / role, tmp_path / role)
+        # The same tokenizer with a larger vocabulary than the model has rows, as another model's would have.
+        spec = json.loads((tiny_dir / role / "tokenizer.json").read_text())
+        spec["model"]["vocab"].update({f"zz{i}": rows + 100 + i for i in range(100)})
+        (tmp_path / role / "tokenizer.json").write_text(json.dumps(spec))
+        with pytest.raises(ModelLoadError, match=rf"{role} model .* token ids up to \d+, but the model embeds only {rows}"):
+            load(str(tmp_path / role))
+        load(str(tiny_dir / role))  # its own tokenizer: fine

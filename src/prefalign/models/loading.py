@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from prefalign.models.speedups import fuse_activations, pad_output_vocabulary
+
 
 class ModelLoadError(Exception):
     """A model that cannot be loaded; the CLI prints the message and exits 1."""
@@ -208,23 +210,6 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
                              f"incomplete{RETRAIN}") from None  # fmt: skip
 
 
-def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap GPT-2's tanh-approximate GELU, written as ~8 elementwise tensor ops (`gelu_new`, `gelu_fast`),
-    for torch's one-kernel version of the same formula (transformers' `GELUTanh`).
-
-    On a GPU every elementwise op is a kernel launch and a trip through memory, in each layer of every
-    forward and backward. The outputs agree to float rounding; the weights and the saved config are
-    unchanged. Returns the model.
-    """
-    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
-
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) in (NewGELUActivation, FastGELUActivation):
-                setattr(module, name, GELUTanh())
-    return model
-
-
 def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
     from transformers import AutoTokenizer
 
@@ -260,6 +245,7 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
 
     tok = load_tokenizer(ref, revision, "policy")
     model = _load_trained(AutoModelForCausalLM, ref, "policy", revision, dtype)
+    check_vocabulary(model, tok, ref, "policy")
     if max_length is not None:
         check_context(model.config, max_length, ref)
     if device.type == "cuda":
@@ -267,38 +253,20 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
     return model.to(device).eval(), tok
 
 
-class _PaddedHead(torch.nn.Module):
-    """An LM head whose weight has zero rows appended up to `padded` outputs; the extra logits are cut off
-    (the logits are a view, `vocab` wide, of a `padded`-wide tensor)."""
-
-    def __init__(self, head: torch.nn.Linear, padded: int):
-        super().__init__()
-        vocab, hidden = head.weight.shape
-        self.vocab = vocab
-        self.weight = torch.nn.Parameter(torch.cat([head.weight.detach(), head.weight.new_zeros(padded - vocab, hidden)]),
-                                         requires_grad=False)  # fmt: skip
-        bias = None if head.bias is None else torch.cat([head.bias.detach(), head.bias.new_zeros(padded - vocab)])
-        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden, self.weight, self.bias)[..., : self.vocab]
-
-
-def pad_output_vocabulary(model, multiple: int = 64):
-    """Give an inference model's LM head a multiple of `multiple` outputs (zero rows added, their logits
-    cut off again), so its matrix product is aligned for the GPU's fast kernels; returns the model.
-
-    GPT-2's 50,257 outputs are not a multiple of 8: on an H200 the head's product in decoding ran on
-    a slow fallback kernel (benchmarks/RESULTS.md, profile). Only for models that are not trained:
-    the padded weight is a copy, no longer tied to the input embeddings. Heads that are not a plain
-    linear layer, and vocabularies already aligned, are left alone.
-    """
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.weight.shape[0] % multiple == 0:
-        return model
-    vocab = head.weight.shape[0]
-    model.set_output_embeddings(_PaddedHead(head, -(-vocab // multiple) * multiple))
-    return model
+def check_vocabulary(model, tokenizer, ref: str, role: str) -> None:
+    """Fail early when the tokenizer gives ids the model has no embedding for (a tokenizer saved from
+    another model): sampling could still run, and training or scoring would fail with an IndexError.
+    Added tokens beyond the embedding that the pipeline never feeds (not pad, EOS or BOS) are allowed."""
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):  # a model that does not expose its embedding: nothing to check
+        return
+    special = [i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None]
+    largest = max([tokenizer.vocab_size - 1, *special])
+    if largest >= rows:
+        raise ModelLoadError(f"{role} model {ref!r}: its tokenizer gives token ids up to {largest}, but the model embeds "
+                             f"only {rows} tokens: the tokenizer belongs to another model. Save the model's own "
+                             "tokenizer beside its weights")  # fmt: skip
 
 
 def check_context(cfg, max_length: int, ref: str) -> None:
@@ -318,6 +286,7 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     model = _load_trained(AutoModelForSequenceClassification, ref, "reward", revision, dtype)
     if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do
         tok.pad_token = tok.eos_token or tok.unk_token or tok.sep_token or tok.convert_ids_to_tokens(0)
+    check_vocabulary(model, tok, ref, "reward")
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     return model.to(device).eval(), tok

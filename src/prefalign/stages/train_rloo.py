@@ -192,7 +192,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     from transformers import AutoModelForCausalLM
     from trl import RLOOTrainer
 
-    from prefalign.models.loading import bos_prompt, from_pretrained, load_tokenizer, resolve
+    from prefalign.models.loading import bos_prompt, check_vocabulary, from_pretrained, load_tokenizer, resolve
     from prefalign.stages.train_dpo import completion_tokens_only
     from prefalign.stages.trained_model import config_as_loaded, restore_config
 
@@ -205,6 +205,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         tokenizer = load_tokenizer(policy_ref, revision, "policy")
         path = resolve(policy_ref, "policy")
         model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
+        check_vocabulary(model, tokenizer, policy_ref, "policy")
         loaded = config_as_loaded(model)
         cfg = model.config
         limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
