@@ -276,9 +276,10 @@ def _main(argv: list[str] | None) -> int:
             except CompareError as e:
                 return said(e, 2, debug)
             except OSError as e:  # --out on a full disk, or where it cannot be written
-                if write_problem(e) is None or debug:
+                message = write_problem(e)
+                if message is None or debug:
                     raise
-                print(f"prefalign: {write_problem(e)}", file=sys.stderr)
+                print(f"prefalign: {message}", file=sys.stderr)
                 return 1
             return 0
         if args.command == "presets":

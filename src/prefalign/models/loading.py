@@ -253,6 +253,17 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
     return model.to(device).eval(), tok
 
 
+def load_policy_to_train(ref: str, revision: str | None):
+    """(the causal LM in fp32 on the CPU, as training starts from it, its tokenizer): weights stay fp32
+    whatever the device (bf16 autocast is the training precision's choice); checked like load_policy's."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(ref, revision, "policy")
+    model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=torch.float32)
+    check_vocabulary(model, tokenizer, ref, "policy")
+    return model, tokenizer
+
+
 def check_vocabulary(model, tokenizer, ref: str, role: str) -> None:
     """Fail early when the tokenizer gives ids the model has no embedding for (a tokenizer saved from
     another model): sampling could still run, and training or scoring would fail with an IndexError.

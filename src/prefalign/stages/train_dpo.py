@@ -222,13 +222,9 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     from transformers import AutoModelForCausalLM
 
     from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged, fixed_pad_length
-    from prefalign.models.loading import check_vocabulary, from_pretrained, load_tokenizer, resolve
+    from prefalign.models.loading import from_pretrained, load_policy_to_train, resolve
 
-    path = resolve(policy_ref, "policy")
-    tokenizer = load_tokenizer(policy_ref, revision, "policy")
-    # Training weights stay fp32 whatever the device; bf16 autocast is `precision`'s choice (TRL's `bf16`).
-    model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
-    check_vocabulary(model, tokenizer, policy_ref, "policy")
+    model, tokenizer = load_policy_to_train(policy_ref, revision)
     loaded = config_as_loaded(model)
     peft_config = lora_config(lora, model, policy_ref) if lora else None
     if reference is None and lora:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -42,7 +41,6 @@ from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.engine.scoring import score_texts
 from prefalign.items import RlooModel
 from prefalign.services import Services, release_memory
-from prefalign.store import atomic_path
 from prefalign.trackers import Tracking, reporting
 
 REWARD_NAME = "classifier"  # TRL logs the reward as `rewards/<__name__>/mean`
@@ -189,12 +187,11 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
                    overrides={}, device=torch.device("cpu"), seed=0)
     """
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import RLOOTrainer
 
-    from prefalign.models.loading import bos_prompt, check_vocabulary, from_pretrained, load_tokenizer, resolve
+    from prefalign.models.loading import bos_prompt, load_policy_to_train
     from prefalign.stages.train_dpo import completion_tokens_only
-    from prefalign.stages.trained_model import config_as_loaded, restore_config
+    from prefalign.stages.trained_model import config_as_loaded, restore_config, save_trained
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
@@ -202,10 +199,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name))
         args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling, tracker_fields)
         reward = ClassifierReward(classifier, classifier_tokenizer, positive_label, single_logit=single_logit)
-        tokenizer = load_tokenizer(policy_ref, revision, "policy")
-        path = resolve(policy_ref, "policy")
-        model = from_pretrained(AutoModelForCausalLM, path, "policy", revision, dtype=torch.float32)
-        check_vocabulary(model, tokenizer, policy_ref, "policy")
+        model, tokenizer = load_policy_to_train(policy_ref, revision)
         loaded = config_as_loaded(model)
         cfg = model.config
         limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
@@ -242,10 +236,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
             "log_history": history,
         }  # fmt: skip
         restore_config(trainer.model, loaded)
-        with atomic_path(Path(out_dir)) as tmp:
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        save_trained(trainer.model, tokenizer, info, Path(out_dir), lora=False)
         shown = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         log(f"  trained in {seconds:.1f}s, mean reward {shown(info['first_reward'])} -> {shown(info['final_reward'])}")
         return info
