@@ -282,3 +282,26 @@ def test_pairs_frame_without_a_prompt_column_uses_the_given_prompt():
     df = pairs_frame(samples, "<s>", strategy="best_worst", count=1, group_size=4)
     assert df.prompt.tolist() == ["<s>"]
     assert (df.chosen[0], df.rejected[0]) == ("d", "a")
+
+
+# --- the planning bound ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", PAIR_RULES)
+@pytest.mark.parametrize("n,per_prompt", [(9, None), (10, 4), (12, 3), (7, 2)])
+def test_most_distinct_pairs_is_what_distinct_rewards_give(strategy, n, per_prompt):
+    """With every reward different (and a rule setting that lets every couple through) the bound is
+    exactly what build_pairs can draw: `most` pairs build, `most + 1` are refused."""
+    from prefalign.engine.pair_rules import most_distinct_pairs
+
+    rewards = np.random.default_rng(n).permutation(n).astype(float)
+    groups = None if per_prompt is None else np.arange(n) // per_prompt
+    wide = dict(margin=0.0, threshold=n / 2, interval=(-1.0, n), bins=1, q=0.5, group_size=3)
+    most = most_distinct_pairs(n, strategy, group_size=3, per_prompt=per_prompt)
+    assert most > 0
+    if strategy in ("random", "bradley_terry", "best_worst", "margin"):  # rules that let every couple through here
+        assert len(build_pairs(rewards, strategy, most, groups=groups, **wide)) == most
+    with pytest.raises(PairError):
+        build_pairs(rewards, strategy, most + 1, groups=groups, **wide)
+    with pytest.raises(PairError, match="must be >= 0"):
+        build_pairs(rewards, strategy, 1, groups=groups, **{**wide, "margin": -1.0})

@@ -286,3 +286,20 @@ def test_a_local_prompt_corpus_that_does_not_exist_is_refused_while_planning(tmp
     with pytest.raises(CorpusPathError, match="sampling.prompts.corpus"):
         items_of(f"sampling.prompts={{corpus: {tmp_path / 'missing.csv'}}}")
     items_of("sampling.prompts={corpus: imdb}")  # a hub dataset id is not looked up while planning
+
+
+@pytest.mark.parametrize("overrides,too_many,fits,words", [
+    (("sampling.num_samples=10",), "pairs.count=46", "pairs.count=45", "at most 45 distinct pairs"),
+    (("sampling.num_samples=10", "pairs.strategies=[best_worst]"), "pairs.count=4", "pairs.count=3",
+     "blocks of pairs.group_size=4: at most 3"),
+    (("sampling.prompts.corpus=rotten_tomatoes", "pairs.count=2"), "sampling.prompts.per_prompt=1",
+     "sampling.prompts.per_prompt=2", "raise sampling.prompts.per_prompt"),
+    (("iterative.rounds=2", "iterative.samples=20", "sampling.num_samples=1000"), "pairs.count=191", "pairs.count=190",
+     "iterative.samples=20"),
+])
+def test_more_pairs_than_the_samples_allow_are_refused_while_planning(overrides, too_many, fits, words):
+    from prefalign.plan import PlanError
+
+    with pytest.raises(PlanError, match=words):
+        items_of(*overrides, too_many)
+    assert items_of(*overrides, fits)

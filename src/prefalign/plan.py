@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefalign.config import Config
+from prefalign.engine.pair_rules import most_distinct_pairs
 from prefalign.items import (DpoModel, Evaluation, Item, IterativeRound, Original, Pairs, Policy, Report, RewardModel,
                              RlooModel, Samples, dpo_name, seed_suffix)  # fmt: skip
 
@@ -23,7 +24,8 @@ STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 
 
 class PlanError(ValueError):
-    """A config whose items cannot all be made (two different items with one output path)."""
+    """A config whose items cannot all be made (two different items with one output path, more pairs
+    than the samples allow)."""
 
 
 # ---- the plan ----------------------------------------------------------------------------------
@@ -104,6 +106,9 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
                                   root / "eval" / model.name))
                    for model in [original, *{m.key: m for m in trained}.values()]]  # fmt: skip
     add(Report(tuple(evaluations), tuple(chains), cfg, root / "report.md"))
+    for item in items.values():
+        if isinstance(item, Pairs):
+            check_pair_count(item, "sampling.num_samples" if item.samples is main else "iterative.samples")
     by_path: dict[Path, Item] = {}
     for item in items.values():
         other = by_path.setdefault(item.path, item)
@@ -113,6 +118,21 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort
     # keeps every item after its inputs, since an item's stage is never earlier than theirs.
     return sorted(items.values(), key=lambda item: STAGE_NAMES.index(stage_of(item)))
+
+
+def check_pair_count(pairs: Pairs, samples_key: str) -> None:
+    """Refuse, before sampling, a `pairs.count` that no rewards could give from the samples planned."""
+    prompts = pairs.samples.sampling.prompts
+    per_prompt = prompts.per_prompt if prompts else None
+    n = pairs.samples.count
+    most = most_distinct_pairs(n, pairs.strategy, pairs.rule.get("group_size", 4), per_prompt)
+    if pairs.count > most:
+        groups = f" in prompts of sampling.prompts.per_prompt={per_prompt}" if per_prompt else (
+            f" in blocks of pairs.group_size={pairs.rule['group_size']}" if pairs.strategy == "best_worst" else "")
+        raise PlanError(f"pairs.count {pairs.count} is more than the `{pairs.strategy}` rule can draw from {samples_key}="
+                        f"{n} samples{groups}: at most {most} distinct pairs; "
+                        + ("pairs are formed within a prompt: raise sampling.prompts.per_prompt" if most == 0 and per_prompt
+                           else "lower pairs.count or sample more"))
 
 
 def stage_of(item: Item) -> str:

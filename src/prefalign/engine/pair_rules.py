@@ -42,6 +42,18 @@ class PairError(ValueError):
     """The samples cannot give the pairs asked for (or the rule's settings are impossible)."""
 
 
+def most_distinct_pairs(n: int, strategy: str, group_size: int = 4, per_prompt: int | None = None) -> int:
+    """The most distinct pairs `strategy` can draw from `n` samples whatever their rewards (every
+    reward different): one per group of 2+ samples for `best_worst`, else every couple within a
+    group. Groups: prompts of `per_prompt` samples (the last one shorter), else all samples, or
+    blocks of `group_size` for `best_worst`. The plan checks `pairs.count` against it before sampling."""
+    size = max(1, per_prompt or (group_size if strategy == "best_worst" else n))
+    sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    if strategy == "best_worst":
+        return sum(1 for g in sizes if g >= 2)
+    return sum(g * (g - 1) // 2 for g in sizes)
+
+
 def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, threshold: float = 0.5, seed: int = 0, *,
                 groups=None, group_size: int = 4, interval: tuple[float, float] = (0.0, 2.5), bins: int = 10,
                 margin_floor: float = 0.0, q: float = 0.25) -> pd.DataFrame:  # fmt: skip
@@ -58,6 +70,8 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         raise ValueError(f"unknown pair strategy {strategy!r}")
     if n < 2:
         raise PairError(f"{strategy}: need at least 2 samples, got {n}")
+    if min(margin, margin_floor) < 0:  # a negative gap would let a sample pair with itself or a lower one
+        raise PairError(f"{strategy}: margin and margin_floor must be >= 0, got {margin} and {margin_floor}")
     group_of = _group_codes(groups, n)
     rng = np.random.default_rng(seed)
     if strategy == "best_worst":
