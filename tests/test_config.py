@@ -238,3 +238,54 @@ def test_a_numeric_positive_label_is_the_label_s_name():
     assert cfg.reward.positive_label == "5"
     with pytest.raises(ConfigError, match="positive_label"):
         load_config("tiny", ["reward.positive_label=true"])  # a boolean is no label name
+
+
+@pytest.mark.parametrize("dpo,needle", [
+    ("{per_device_train_batch_size: 0}", "`per_device_train_batch_size` must be >= 1, not 0"),
+    ("{gradient_accumulation_steps: 0}", "`gradient_accumulation_steps` must be >= 1"),
+    ("{learning_rate: -1}", "`learning_rate` must be >= 0"),
+    ("{num_train_epochs: 0}", "`num_train_epochs` must be > 0"),
+    ("{max_steps: 0}", "`max_steps` must be > 0, or -1"),
+    ("{warmup_steps: -5}", "`warmup_steps` must be >= 0"),
+    ("{logging_steps: 0}", "`logging_steps` must be > 0"),
+    ("{lr_scheduler_type: cosin}", "'cosin' is not one of linear, cosine.*did you mean 'cosine'"),
+    ("{optim: rmsprp}", "did you mean 'rmsprop'"),
+    ("{eval_strategy: steps}", "no evaluation set"),
+    ("{load_best_model_at_end: true}", "no evaluation set"),
+    ("{push_to_hub: true}", "hf upload"),
+    ("{torch_compile: true}", "compile_step"),
+])
+def test_trainer_values_that_failed_mid_run_are_refused_with_the_field(dpo, needle):
+    """Each of these passed the type check and failed after sampling with a traceback from the
+    DataLoader, torch's optimizer, transformers or the hub client."""
+    for key in ("train.dpo", "iterative.dpo", "online.rloo"):
+        owned = key == "online.rloo" and "max_steps" in dpo  # RLOO's steps are online.steps
+        with pytest.raises(ConfigError, match="is set by prefalign" if owned else needle):
+            load_config("tiny", [f"{key}={dpo}"])
+
+
+def test_trainer_values_within_bounds_and_machine_specific_ones_plan_anywhere():
+    fine = ("{lr_scheduler_type: cosine, optim: adamw_torch_fused, bf16: true, tf32: true, max_steps: -1, "
+            "eval_strategy: 'no', torch_compile: false, warmup_steps: 0.1, logging_steps: 0.5, deepspeed: ds.json}")
+    assert load_config("tiny", [f"train.dpo={fine}"]).train.dpo["optim"] == "adamw_torch_fused"
+
+
+def test_a_papers_loss_name_points_to_its_name_here():
+    with pytest.raises(ConfigError, match="unknown loss 'DPO' \\(did you mean 'sigmoid'\\?\\)"):
+        load_config("tiny", ["train.losses=[DPO]"])
+    with pytest.raises(ConfigError, match="did you mean 'slic'"):
+        load_config("tiny", ["train.losses=[SLiC-HF]"])
+
+
+def test_a_setting_whose_package_is_missing_is_one_line_but_our_import_bugs_stay_tracebacks():
+    from transformers.utils.versions import require_version
+
+    from prefalign.cli import package_problem
+
+    with pytest.raises(ImportError) as missing:
+        require_version("no-such-package-prefalign>=1.0", "pip install no-such-package-prefalign")
+    assert "no-such-package-prefalign" in package_problem(missing.value)
+    assert package_problem(ImportError("You have set `use_liger_kernel` to `True` but liger-kernel >= 0.3.0 is not "
+                                       "available. Please install it with `pip install liger-kernel`"))  # fmt: skip
+    assert package_problem(ImportError("cannot import name 'load_polcy' from 'prefalign.models'")) is None
+    assert package_problem(ValueError("pip install x")) is None

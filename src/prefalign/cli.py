@@ -158,6 +158,15 @@ def memory_problem(e: BaseException) -> str | None:
             f"{RESUME}")  # fmt: skip
 
 
+def package_problem(e: BaseException) -> str | None:
+    """A message for a setting whose optional package is not installed (`use_liger_kernel`,
+    `deepspeed`, ...: the library says so, naming it), else None."""
+    said = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not isinstance(e, ImportError) or not ("pip install" in said or "distribution was not found" in said):
+        return None
+    return f"a package the settings need is not installed: {said[:300]}. Install it or drop the setting; {RESUME}"
+
+
 def launch_problem(processes: int, device: str) -> str | None:
     """Why `--num-processes` cannot start that many processes here, or None."""
     from prefalign.distributed import launched_processes
@@ -363,7 +372,7 @@ def _main(argv: list[str] | None) -> int:
         if code is not None:
             message = f"invalid config: {e}" if isinstance(e, PlanError) else str(e)
         else:
-            message, code = write_problem(e) or memory_problem(e), 1
+            message, code = write_problem(e) or memory_problem(e) or package_problem(e), 1
         if message is None or debug:
             raise  # a bug (or --debug): the traceback is for the report
         print(f"prefalign: {message}", file=sys.stderr)

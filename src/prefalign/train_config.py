@@ -107,7 +107,9 @@ class TrainConfig(Section):
     dpo: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra `trl.DPOConfig` fields, applied on top of the recipe (e.g. "
-        "`{learning_rate: 1e-5, num_train_epochs: 1}`). Names are checked against DPOConfig. Also accepts "
+        "`{learning_rate: 1e-5, num_train_epochs: 1}`). Names, types, choices (`optim`, `lr_scheduler_type`, ...) "
+        "and the usual bounds are checked before any work; `torch_compile`, `push_to_hub` and evaluation during "
+        "training are refused (see their messages). Also accepts "
         + "; ".join(f"`{k}` ({v})" for k, v in OWN_SETTINGS.items())
         + ".",
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import typing
 from typing import Any
 
@@ -21,10 +22,42 @@ TRL_LOSSES = (
 )  # fmt: skip
 
 
+# What the papers call a loss -> its name here (TRL names DPO's loss after its sigmoid).
+LOSS_NAMES_IN_PAPERS = {"dpo": "sigmoid", "slic-hf": "slic", "slic_hf": "slic"}
+
+# Bounds of common numeric fields that the config classes leave to the trainer, where a wrong value
+# failed mid-run with a traceback (a DataLoader's batch_size=0, a ZeroDivisionError, torch's
+# "Invalid learning rate"); one place for their check and their message.
+FIELD_BOUNDS = {
+    "per_device_train_batch_size": (lambda x: x >= 1, ">= 1"),
+    "per_device_eval_batch_size": (lambda x: x >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda x: x >= 1, ">= 1"),
+    "num_train_epochs": (lambda x: x > 0, "> 0"),
+    "learning_rate": (lambda x: x >= 0, ">= 0"),
+    "weight_decay": (lambda x: x >= 0, ">= 0"),
+    "max_grad_norm": (lambda x: x >= 0, ">= 0 (0: no clipping)"),
+    "max_steps": (lambda x: x == -1 or x > 0, "> 0, or -1 (then num_train_epochs decides)"),
+    "warmup_steps": (lambda x: x >= 0, ">= 0"),
+    "logging_steps": (lambda x: x > 0, "> 0"),
+    "max_length": (lambda x: x is None or x >= 2, ">= 2 tokens"),
+    "num_generations": (lambda x: x is None or x >= 2, ">= 2 (RLOO's baseline needs two completions per prompt)"),
+}
+# Trainer fields prefalign cannot honour, with the values it can, and what to do instead.
+NO_EVAL_SET = "training has no evaluation set (the evaluate stage measures every model)"
+UNSUPPORTED_FIELDS = {
+    "torch_compile": ((False,), "prefalign compiles the training step itself: set `compile_step` (fused, graphs, auto)"),
+    "push_to_hub": ((False,), "models are saved in the run directory; upload one with `hf upload REPO RUN_DIR/models/MODEL`"),
+    "eval_strategy": (("no",), NO_EVAL_SET),
+    "do_eval": ((False,), NO_EVAL_SET),
+    "load_best_model_at_end": ((False,), NO_EVAL_SET),
+}
+
+
 def check_loss(entry):
     """A `train.losses` entry: a TRL loss name or `slic` (a mix is checked by LossMix)."""
     if isinstance(entry, str) and entry not in TRL_LOSSES + ("slic",):
-        hint = difflib.get_close_matches(entry, TRL_LOSSES + ("slic",), n=1)
+        hint = [LOSS_NAMES_IN_PAPERS[entry.lower()]] if entry.lower() in LOSS_NAMES_IN_PAPERS else \
+            difflib.get_close_matches(entry, TRL_LOSSES + ("slic",), n=1)  # fmt: skip
         raise ValueError(f"unknown loss {entry!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; TRL 1.16 supports {', '.join(TRL_LOSSES)}, plus `slic`")  # fmt: skip
     return entry
@@ -59,6 +92,8 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
             raise ValueError(f"`{key}` is set by prefalign (use train.report_to)")
         if key in owned:
             raise ValueError(f"`{key}` is set by prefalign (use {owner})")
+        if key in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[key][0]:
+            raise ValueError(f"`{key}: {value}` is not supported: {UNSUPPORTED_FIELDS[key][1]}")
         if key not in names:
             hint = difflib.get_close_matches(key, names | set(own), n=1)
             raise ValueError(f"`{key}` is not a {config_cls.__name__} field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
@@ -71,4 +106,19 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
             checked[key] = adapter.validate_python(value)
         except ValidationError as e:
             raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
+        bound = FIELD_BOUNDS.get(key)
+        if bound and isinstance(checked[key], (int, float, type(None))) and not bound[0](checked[key]):
+            raise ValueError(f"`{key}` must be {bound[1]}, not {value!r}")
+        choices = _enum_choices(hints[key])
+        if choices and isinstance(checked[key], str) and checked[key] not in choices:
+            hint = difflib.get_close_matches(checked[key], choices, n=1)
+            raise ValueError(f"`{key}`: {value!r} is not one of {', '.join(choices)}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))  # fmt: skip
     return checked
+
+
+def _enum_choices(annotation) -> list[str]:
+    """The values of an Enum in a field's annotation (`SchedulerType | str`: the names transformers
+    accepts, checked only when the trainer is built), else []."""
+    kinds = [a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type) and issubclass(a, enum.Enum)]
+    return [str(member.value) for kind in kinds for member in kind]
