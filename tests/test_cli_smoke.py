@@ -62,6 +62,7 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000
         assert f"plots/training-{s}.png" in report and (root / "plots" / f"training-{s}.png").stat().st_size > 5000
     assert "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
+    assert "overrides `learning_rate: 0.001`, `logging_steps: 5`\n- prompts: BOS token only" in report  # as written
     original_share = results[results.model == "original"].broken_share.mean()
     assert " mean length | broken texts |" in report and f"| {100 * original_share:.1f}% |" in report
     assert "Pareto-optimal" in report and (root / "plots" / "frontier-reward-vs-kl.png").stat().st_size > 5000

@@ -183,6 +183,14 @@ def run_rewards(evaluation) -> np.ndarray:
     return np.concatenate([read_parquet(f, columns=["reward"])["reward"].to_numpy() for f in runs])
 
 
+def settings_text(settings: dict) -> str:
+    """Config settings as the YAML a user writes: `logging_steps: 5` (validation stores 5.0); empty ones left out."""
+    def value(v):
+        return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else v
+
+    return ", ".join(f"`{k}: {value(v)}`" for k, v in settings.items() if v is not None)
+
+
 def write_report(item: Report, services: Services) -> None:
     """The `report` stage: results.csv, report.md and the plots, then report.meta.json."""
     results = results_table(item)
@@ -219,8 +227,8 @@ def write_report(item: Report, services: Services) -> None:
           + (f" (held-out perplexity {models['policy']['perplexity']:.1f})" if "perplexity" in models.get("policy", {}) else ""),
           f"- reward model: `{models.get('reward_model', {}).get('ref', cfg.reward.model)}`"
           + (f" (held-out accuracy {models['reward_model']['accuracy']:.3f})" if "accuracy" in models.get("reward_model", {}) else ""),
-          f"- training recipe: `{cfg.train.recipe}`" + (f", overrides {cfg.train.dpo}" if cfg.train.dpo else ""),
-          f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump()}",
+          f"- training recipe: `{cfg.train.recipe}`" + (f", overrides {settings_text(cfg.train.dpo)}" if cfg.train.dpo else ""),
+          f"- prompts: {'BOS token only' if cfg.sampling.prompts is None else settings_text(cfg.sampling.prompts.model_dump())}",
           f"- pair samples: {samples_meta.get('samples', '?')} texts, mean reward {samples_meta.get('reward_mean', float('nan')):.3f}",
           ""]  # fmt: skip
     # Reward distributions by model group: the repeats of a model pooled.
