@@ -302,6 +302,12 @@ def test_a_local_corpus_identity_changes_with_its_files_and_a_hub_id_has_none(tm
     (tmp_path / "notes.docx").write_text("hello")
     with pytest.raises(CorpusPathError, match="unsupported file type '.docx'"):
         corpus_identity(str(tmp_path / "notes.docx"))
+    (tmp_path / "prompts.txt").write_bytes(b"")
+    with pytest.raises(CorpusPathError, match="is empty"):
+        corpus_identity(str(tmp_path / "prompts.txt"))
+    (tmp_path / "reviews").mkdir()
+    with pytest.raises(CorpusPathError, match="aclImdb layout"):
+        corpus_identity(str(tmp_path / "reviews"))
 
 
 def test_a_hub_dataset_subset_is_passed_to_datasets_and_refused_for_local_files(monkeypatch, tmp_path):

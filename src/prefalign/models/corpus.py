@@ -196,7 +196,8 @@ def corpus_identity(source: str) -> str | None:
     """What changes when a local corpus changes (for stage keys): a file's size and modification time,
     or an aclImdb folder's review folders' (files added or removed; their files are not listed, so a
     plan stays quick); None for a hub dataset or the built-in one. Raises CorpusPathError for a local
-    path that does not exist, so a run refuses it before any work."""
+    path that does not exist, an empty file or a folder without the aclImdb layout, so a run refuses
+    it before any work."""
     path = _local_path(source) if source != "rotten_tomatoes" else None
     if path is None:
         return None
@@ -206,7 +207,11 @@ def corpus_identity(source: str) -> str | None:
     if path.is_file() and _format_suffix(path) is None:
         raise CorpusPathError(_unsupported(path))
     if path.is_file():
+        if path.stat().st_size == 0:
+            raise CorpusPathError(f"corpus {source!r} is empty (0 bytes)")
         return f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    if not any((path / part).is_dir() for part in ("train", "test")):
+        raise CorpusPathError(ACL_LAYOUT.format(root=str(path)))
     folders = sorted({f"{top}/{label}" for parts in ACL_PARTS.values() for top, label in parts})
     return f"folder:{key_of([(f, (path / f).stat().st_mtime_ns) for f in folders if (path / f).is_dir()])}"
 
@@ -361,16 +366,15 @@ def _pick_columns(columns: list[str], text_column: str, label_column: str | None
 # aclImdb folders (Maas et al. 2011): one review per .txt file, the label is the folder name
 
 
+ACL_LAYOUT = ("corpus {root!r}: a directory must have the aclImdb layout (train/pos, train/neg, test/pos, test/neg "
+              "with one .txt review each)")
 ACL_PARTS = {"train": [("train", "pos"), ("train", "neg")], "test": [("test", "pos"), ("test", "neg")],
              "unsup": [("train", "unsup")]}  # fmt: skip
 
 
 def _acl_imdb(root: Path, split: str | None, positive) -> tuple[list[str], list[int]]:
     if not any((root / part).is_dir() for part in ("train", "test")):
-        raise CorpusError(
-            f"corpus {str(root)!r}: a directory must have the aclImdb layout (train/pos, train/neg, test/pos, "
-            "test/neg with one .txt review each)"
-        )
+        raise CorpusError(ACL_LAYOUT.format(root=str(root)))
     names = ["train", "test", "unsup"] if split == "all" else (split or "train").split("+")
     unknown = [n for n in names if n not in ACL_PARTS]
     if unknown:
