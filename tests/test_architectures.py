@@ -60,3 +60,53 @@ def test_other_architectures_run_every_stage(tiny_dir, tmp_path, cli, policy, cl
     original, saved = (json.loads((d / "config.json").read_text()) for d in (policy_dir, model_dir))
     assert {k: saved.get(k) for k in ("use_cache", "pad_token_id")} == {k: original.get(k) for k in ("use_cache", "pad_token_id")}
     assert (run_dir / "report.md").exists()
+
+
+CUSTOM_CODE = {
+    "policy": ("GPT2Config", "GPT2LMHeadModel", "AutoModelForCausalLM"),
+    "reward": ("DistilBertConfig", "DistilBertForSequenceClassification", "AutoModelForSequenceClassification"),
+}
+
+
+def _with_own_code(source, root, role: str):
+    """A copy of the tiny `role` model whose classes are code shipped in its directory (config.json's
+    auto_map), as a hub checkpoint that needs `trust_remote_code`: subclasses of the built-in ones."""
+    import shutil
+
+    config_class, model_class, auto_class = CUSTOM_CODE[role]
+    target = root / f"own-code-{role}"
+    shutil.copytree(source, target)
+    model_type = f"prefalign_test_{role}"
+    (target / "configuration_own.py").write_text(
+        f"from transformers import {config_class}\n\n\nclass OwnConfig({config_class}):\n"
+        f"    model_type = {model_type!r}\n")  # fmt: skip
+    (target / "modeling_own.py").write_text(
+        f"from transformers import {model_class}\n\nfrom .configuration_own import OwnConfig\n\n\n"
+        f"class OwnModel({model_class}):\n    config_class = OwnConfig\n")  # fmt: skip
+    config = json.loads((target / "config.json").read_text())
+    config.update(model_type=model_type, architectures=["OwnModel"],
+                  auto_map={"AutoConfig": "configuration_own.OwnConfig", auto_class: "modeling_own.OwnModel"})
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_checkpoints_with_their_own_code_run_only_when_trusted(tiny_dir, tmp_path, cli):
+    policy_dir, classifier_dir = (_with_own_code(tiny_dir / role, tmp_path, role) for role in ("policy", "reward"))
+    run_dir = tmp_path / "run"
+    settings = ["--set", f"run_dir={run_dir}", "--set", f"policy.model={policy_dir}", "--set",
+                f"reward.model={classifier_dir}", "--set", "pairs.strategies=[random]", "--set",
+                "train.losses=[sigmoid]", "--set", "evaluate.runs=1", "--set", "evaluate.samples=64"]  # fmt: skip
+    refused = cli("run", "tiny", *settings, check=False)
+    assert refused.returncode == 2 and "policy.trust_remote_code: true" in refused.stderr and not run_dir.exists()
+    refused = cli("run", "tiny", *settings, "--set", "policy.trust_remote_code=true", check=False)
+    assert refused.returncode == 2 and "reward.trust_remote_code: true" in refused.stderr and not run_dir.exists()
+
+    cli("run", "tiny", *settings, "--set", "policy.trust_remote_code=true", "--set", "reward.trust_remote_code=true")
+    results = pd.read_csv(run_dir / "results.csv")
+    assert set(results.model) == {"original", "random-sigmoid-beta0.1-default"}
+    assert results.kl_seq.iloc[-1] > 0 and results.diversity.gt(0).all()
+    model_dir = run_dir / "models" / "random-sigmoid-beta0.1-default"
+    # The trained model carries the code it needs, and its card says how to load it.
+    assert (model_dir / "modeling_own.py").exists()
+    assert "auto_map" in json.loads((model_dir / "config.json").read_text())
+    assert 'from_pretrained("path/to/this/directory", trust_remote_code=True)' in (model_dir / "README.md").read_text()

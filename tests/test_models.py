@@ -160,8 +160,11 @@ def test_a_model_of_the_wrong_kind_is_named_as_such_before_and_while_loading(tin
     config = json.loads((tmp_path / "custom" / "config.json").read_text())
     config.update(model_type="mycustom", auto_map={"AutoModelForCausalLM": "modeling_my.MyCustomForCausalLM"})
     (tmp_path / "custom" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelPathError, match=r"is a 'mycustom' model .* whose code comes with the checkpoint"):
+    with pytest.raises(ModelPathError, match=r"'mycustom' model .* code of its own .*`policy.trust_remote_code: true`"):
         check_saved_model(str(tmp_path / "custom"), "policy", max_length=32)
+    check_saved_model(str(tmp_path / "custom"), "policy", max_length=32, trust_remote_code=True)  # trusted: loads
+    with pytest.raises(ModelPathError, match=r"own code has no AutoModelForSequenceClassification"):
+        check_saved_model(str(tmp_path / "custom"), "reward", positive_label="POSITIVE", trust_remote_code=True)
     with pytest.raises(ModelLoadError, match=r"cannot load local directory .*: a 't5' model is not a causal LM") as caught:
         load_policy(str(tmp_path / "t5"), None, torch.device("cpu"))
     assert "GPT2Config" not in str(caught.value)
@@ -243,15 +246,20 @@ def test_a_damaged_weights_file_is_named(tiny_dir, tmp_path):
 def test_a_hub_model_that_needs_its_own_code_is_named_as_such(monkeypatch):
     from prefalign.models import loading
 
+    asked = []
+
     class NeedsCode:  # what transformers raises for a hub checkpoint with custom modelling code
         @staticmethod
         def from_pretrained(*args, **kwargs):
+            asked.append(kwargs["trust_remote_code"])  # always given: transformers would otherwise ask on a terminal
             raise ValueError("The repository org/custom contains custom code which must be executed to correctly load "
                              "the model. Please pass the argument `trust_remote_code=True` to allow custom code to be run.")
 
     monkeypatch.setattr(loading, "_go_offline_if_hub_unreachable", lambda: None)
-    with pytest.raises(ModelLoadError, match=r"policy model 'org/custom' needs code of its own .* runs no checkpoint's"):
+    with pytest.raises(ModelLoadError, match=r"policy model 'org/custom' runs modelling code of its own .* set "
+                                             r"`policy.trust_remote_code: true`"):  # fmt: skip
         loading.from_pretrained(NeedsCode, "org/custom", "policy", None)
+    assert asked == [False]
 
 
 def test_a_tokenizer_from_another_model_is_refused_when_loading(tiny_dir, tmp_path):

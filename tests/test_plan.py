@@ -161,7 +161,8 @@ def test_more_evaluation_runs_keep_the_runs_already_done():
 
 
 @pytest.mark.parametrize("override", ["reward.batch_size=7", "run_dir=/elsewhere", "pairs.group_size=8",
-                                      "online.steps=5", "iterative.samples=99"])  # fmt: skip
+                                      "online.steps=5", "iterative.samples=99", "policy.trust_remote_code=true",
+                                      "reward.trust_remote_code=true"])  # fmt: skip
 def test_settings_nothing_in_the_plan_reads_change_no_key(override):
     assert changed_keys(override) == set()
 

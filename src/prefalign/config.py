@@ -20,6 +20,13 @@ from prefalign.train_config import ExtraPoint, LossMix, TrainConfig
 from prefalign.trainer_fields import check_loss, dpo_fields, trainer_fields
 
 
+def own_code_field(what: str):
+    """`policy.trust_remote_code` / `reward.trust_remote_code`."""
+    return Field(False, description="Run the modelling code a checkpoint ships with (its config's `auto_map`: "
+                 f"transformers' `trust_remote_code`), for {what}. Only for checkpoints whose code you have read or "
+                 "trust: it runs with your permissions. Off: such a checkpoint is refused while planning.")
+
+
 class PolicyConfig(Section):
     model: str = Field(
         "lvwerra/gpt2-imdb",
@@ -27,6 +34,7 @@ class PolicyConfig(Section):
         "`save_pretrained`, or a model prefalign builds itself (`prefalign:tiny`).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`.")
+    trust_remote_code: bool = own_code_field("the policy, its tokenizer and every model trained from it")
 
     @field_validator("model")
     @classmethod
@@ -74,6 +82,7 @@ class RewardConfig(Section):
         "probability: its sigmoid; `positive_label` is then not used). Without it a one-output classifier is "
         "refused: a positive rate needs two classes.",
     )
+    trust_remote_code: bool = own_code_field("the classifier and its tokenizer")
 
     @field_validator("model")
     @classmethod

@@ -83,6 +83,7 @@ class Original:
     ref: str
     revision: str | None
     identity: str  # models.loading.identity(ref, revision): changes when the weights behind `ref` change
+    trust_remote_code: bool = False  # policy.trust_remote_code; not in the key (the same model either way)
 
     name = "original"
     stage = None  # nothing to do: it exists already
@@ -104,6 +105,7 @@ class RewardModel:
     positive_label: str
     identity: str
     single_logit: bool = False  # reward.single_logit: a one-output classifier's logit is the reward
+    trust_remote_code: bool = False  # reward.trust_remote_code; not in the key
 
     @property
     def key(self) -> str:
@@ -234,6 +236,14 @@ class RlooModel:
 
 
 Policy = Union[Original, DpoModel, IterativeRound, RlooModel]
+
+
+def trusts_code(policy: Policy) -> bool:
+    """Whether loading `policy` may run its checkpoint's own code: the original's setting, for it and
+    every model trained from it (their directories carry its code, saved with the weights)."""
+    if isinstance(policy, Original):
+        return policy.trust_remote_code
+    return (policy.reference if isinstance(policy, DpoModel) else policy.start).trust_remote_code
 # The models a run trains (each with a directory of its own); an IterativeRound is a DpoModel.
 TRAINED = (DpoModel, RlooModel)
 

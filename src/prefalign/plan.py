@@ -38,12 +38,13 @@ def sources(cfg: Config) -> tuple[Original, RewardModel]:
     from prefalign.models.loading import identity
     from prefalign.models.saved import check_saved_model
 
-    check_saved_model(cfg.policy.model, "policy", max_length=cfg.sampling.max_length)
-    check_saved_model(cfg.reward.model, "reward", positive_label=cfg.reward.positive_label,
-                      single_logit=cfg.reward.single_logit)  # fmt: skip
-    return (Original(cfg.policy.model, cfg.policy.revision, identity(cfg.policy.model, cfg.policy.revision)),
-            RewardModel(cfg.reward.model, cfg.reward.revision, cfg.reward.positive_label,
-                        identity(cfg.reward.model, cfg.reward.revision, "reward"), cfg.reward.single_logit))  # fmt: skip
+    p, r = cfg.policy, cfg.reward
+    check_saved_model(p.model, "policy", max_length=cfg.sampling.max_length, trust_remote_code=p.trust_remote_code)
+    check_saved_model(r.model, "reward", positive_label=r.positive_label, single_logit=r.single_logit,
+                      trust_remote_code=r.trust_remote_code)  # fmt: skip
+    return (Original(p.model, p.revision, identity(p.model, p.revision), p.trust_remote_code),
+            RewardModel(r.model, r.revision, r.positive_label, identity(r.model, r.revision, "reward"), r.single_logit,
+                        r.trust_remote_code))  # fmt: skip
 
 
 def plan(cfg: Config, original: Original | None = None, reward: RewardModel | None = None) -> list[Item]:

@@ -90,7 +90,7 @@ class Services:
             from prefalign.models.loading import load_classifier, reward_index
 
             r = self.reward
-            model, tokenizer = load_classifier(r.ref, r.revision, self.device, self.dtype)
+            model, tokenizer = load_classifier(r.ref, r.revision, self.device, self.dtype, r.trust_remote_code)
             index = reward_index(model.config, r.positive_label, r.single_logit)
             self._loaded["classifier"] = Classifier(model, tokenizer, index, r.positive_label)
         return self._loaded["classifier"]
@@ -100,7 +100,9 @@ class Services:
         if "reference" not in self._loaded:
             from prefalign.models.loading import load_policy
 
-            self._loaded["reference"] = load_policy(self.original.ref, self.original.revision, self.device, self.dtype)[0]
+            o = self.original
+            self._loaded["reference"] = load_policy(o.ref, o.revision, self.device, self.dtype,
+                                                    trust_remote_code=o.trust_remote_code)[0]  # fmt: skip
         return self._loaded["reference"]
 
     def policy_tokenizer(self, ref: str, revision: str | None):
@@ -108,7 +110,7 @@ class Services:
         if key not in self._loaded:
             from prefalign.models.loading import load_tokenizer
 
-            self._loaded[key] = load_tokenizer(ref, revision, "policy")
+            self._loaded[key] = load_tokenizer(ref, revision, "policy", self.original.trust_remote_code)
         return self._loaded[key]
 
 

@@ -165,8 +165,9 @@ def no_weights(path: Path) -> str | None:
     return f"{path} holds no weights ({' / '.join(WEIGHT_FILES[::2])}){RETRAIN}"
 
 
-def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs):
-    """`loader.from_pretrained(ref)` that fails fast offline and explains what to do in a ModelLoadError."""
+def from_pretrained(loader, ref: str, role: str, revision: str | None, trust_remote_code: bool = False, **kwargs):
+    """`loader.from_pretrained(ref)` that fails fast offline and explains what to do in a ModelLoadError.
+    `trust_remote_code` (the role's config key) is always passed, so transformers never asks on a terminal."""
     is_local = Path(ref).is_dir()
     if not is_local:
         _go_offline_if_hub_unreachable()
@@ -175,7 +176,8 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
         if missing:
             raise ModelLoadError(f"{role} model: {missing}")
     try:
-        loaded = loader.from_pretrained(ref, revision=None if is_local else revision, **kwargs)
+        loaded = loader.from_pretrained(ref, revision=None if is_local else revision,
+                                        trust_remote_code=trust_remote_code, **kwargs)  # fmt: skip
         if isinstance(loaded, tuple):  # (model, loading info): output_loading_info=True
             return (fuse_activations(loaded[0]), *loaded[1:])
         return fuse_activations(loaded) if isinstance(loaded, torch.nn.Module) else loaded
@@ -185,9 +187,7 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
             e = ValueError(f"a {model_type[1]!r} model is not a {MODEL_KINDS[role]}" if model_type
                            else str(e).split("\n")[0])  # fmt: skip
         if "trust_remote_code" in str(e):  # a checkpoint with its own modelling code
-            raise ModelLoadError(f"{role} model {ref!r} needs code of its own (transformers' trust_remote_code), and "
-                                 "prefalign runs no checkpoint's own code: use a model of an architecture transformers "
-                                 "has built in") from None  # fmt: skip
+            raise ModelLoadError(f"{role} model {ref!r} {OWN_CODE.format(key=role)}") from None
         if is_local:
             raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {str(e).rstrip('.')}{RETRAIN}") from None
         import huggingface_hub.constants as hub
@@ -210,10 +210,10 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, **kwargs)
                              f"incomplete{RETRAIN}") from None  # fmt: skip
 
 
-def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy"):
+def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy", trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = from_pretrained(AutoTokenizer, resolve(ref, role), role, revision)
+    tok = from_pretrained(AutoTokenizer, resolve(ref, role), role, revision, trust_remote_code)
     if role == "policy":
         if tok.eos_token_id is None:
             raise ModelLoadError(f"policy.model {ref!r}: its tokenizer has no EOS token, so a sampled text could not "
@@ -238,13 +238,13 @@ def bos_prompt(tokenizer) -> str:
 
 
 def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
-                max_length: int | None = None):
+                max_length: int | None = None, trust_remote_code: bool = False):
     """The causal LM in eval mode on `device`, for inference (sampling, log-probs), and its tokenizer
     (BOS and pad always set). On a GPU its LM head is padded (pad_output_vocabulary)."""
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(ref, revision, "policy")
-    model = _load_trained(AutoModelForCausalLM, ref, "policy", revision, dtype)
+    tok = load_tokenizer(ref, revision, "policy", trust_remote_code)
+    model = _load_trained(AutoModelForCausalLM, ref, "policy", revision, dtype, trust_remote_code)
     check_vocabulary(model, tok, ref, "policy")
     if max_length is not None:
         check_context(model.config, max_length, ref)
@@ -253,13 +253,14 @@ def load_policy(ref: str, revision: str | None, device: torch.device, dtype: tor
     return model.to(device).eval(), tok
 
 
-def load_policy_to_train(ref: str, revision: str | None):
+def load_policy_to_train(ref: str, revision: str | None, trust_remote_code: bool = False):
     """(the causal LM in fp32 on the CPU, as training starts from it, its tokenizer): weights stay fp32
     whatever the device (bf16 autocast is the training precision's choice); checked like load_policy's."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(ref, revision, "policy")
-    model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, dtype=torch.float32)
+    tokenizer = load_tokenizer(ref, revision, "policy", trust_remote_code)
+    model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, trust_remote_code,
+                            dtype=torch.float32)  # fmt: skip
     check_vocabulary(model, tokenizer, ref, "policy")
     return model, tokenizer
 
@@ -290,11 +291,12 @@ def check_context(cfg, max_length: int, ref: str) -> None:
         )
 
 
-def load_classifier(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None):
+def load_classifier(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
+                    trust_remote_code: bool = False):  # fmt: skip
     from transformers import AutoModelForSequenceClassification
 
-    tok = load_tokenizer(ref, revision, "reward")
-    model = _load_trained(AutoModelForSequenceClassification, ref, "reward", revision, dtype)
+    tok = load_tokenizer(ref, revision, "reward", trust_remote_code)
+    model = _load_trained(AutoModelForSequenceClassification, ref, "reward", revision, dtype, trust_remote_code)
     if tok.pad_token_id is None:  # e.g. a GPT-2-based classifier: padding is masked, any id will do
         tok.pad_token = tok.eos_token or tok.unk_token or tok.sep_token or tok.convert_ids_to_tokens(0)
     check_vocabulary(model, tok, ref, "reward")
@@ -303,9 +305,15 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
     return model.to(device).eval(), tok
 
 
-# What each role's model is.
-MODEL_KINDS = {"policy": "causal LM (AutoModelForCausalLM)",
-               "reward": "sequence classifier (AutoModelForSequenceClassification)"}  # fmt: skip
+# A checkpoint whose classes are code shipped with it, loaded without `{key}.trust_remote_code`.
+OWN_CODE = ("runs modelling code of its own (its config's auto_map: transformers' trust_remote_code), which prefalign "
+            "does not run unless told to: set `{key}.trust_remote_code: true` if you have read that code and trust it, "
+            "or use a model of an architecture transformers has built in")
+
+# What each role's model is, and its Auto class.
+AUTO_CLASSES = {"policy": "AutoModelForCausalLM", "reward": "AutoModelForSequenceClassification"}
+MODEL_KINDS = {"policy": f"causal LM ({AUTO_CLASSES['policy']})",
+               "reward": f"sequence classifier ({AUTO_CLASSES['reward']})"}  # fmt: skip
 # Per role: what its checkpoint must be, what a missing head would make transformers do, what to use.
 TRAINED_HEADS = {
     "policy": ("a trained causal LM", "generate with a randomly initialised LM head (e.g. a base model saved "
@@ -315,11 +323,12 @@ TRAINED_HEADS = {
 }  # fmt: skip
 
 
-def _load_trained(loader, ref: str, role: str, revision: str | None, dtype: torch.dtype | None):
+def _load_trained(loader, ref: str, role: str, revision: str | None, dtype: torch.dtype | None,
+                  trust_remote_code: bool = False):  # fmt: skip
     """`loader.from_pretrained` of the role's model; refused (ModelLoadError) when its checkpoint lacks
     the task head's weights, which transformers would otherwise initialise at random."""
-    model, loading = from_pretrained(loader, resolve(ref, role), role, revision, dtype=dtype or torch.float32,
-                                     output_loading_info=True)  # fmt: skip
+    model, loading = from_pretrained(loader, resolve(ref, role), role, revision, trust_remote_code,
+                                     dtype=dtype or torch.float32, output_loading_info=True)  # fmt: skip
     untrained_head = untrained_head_weights(model, loading["missing_keys"])
     if untrained_head:
         what, consequence, instead = TRAINED_HEADS[role]

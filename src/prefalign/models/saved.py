@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from prefalign.models.loading import (MODEL_KINDS, TRAINED_HEADS, ModelLoadError, ModelPathError, check_context,
-                                      local_path, no_weights, reward_index)  # fmt: skip
+from prefalign.models.loading import (AUTO_CLASSES, MODEL_KINDS, OWN_CODE, TRAINED_HEADS, ModelLoadError,
+                                      ModelPathError, check_context, local_path, no_weights, reward_index)  # fmt: skip
 
 # Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
@@ -19,7 +19,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 
 def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
-                      single_logit: bool = False) -> None:  # fmt: skip
+                      single_logit: bool = False, trust_remote_code: bool = False) -> None:  # fmt: skip
     """Before any work, what a local model directory's own files already refuse: no weights, no
     tokenizer saved beside them, a model of another kind than the role needs (_wrong_kind), a policy with fewer
     positions than `max_length` needs (check_context), a classifier without the class
@@ -40,7 +40,7 @@ def check_saved_model(ref: str, role: str, max_length: int | None = None, positi
         config = SimpleNamespace(**saved)
     except (ValueError, TypeError) as e:
         raise ModelPathError(f"{key}: {ref!r}: config.json is not a JSON object ({e})") from None
-    wrong_kind = _wrong_kind(saved, role)
+    wrong_kind = _wrong_kind(saved, role, trust_remote_code)
     if wrong_kind:
         raise ModelPathError(f"{key}: {ref!r} {wrong_kind}")
     if not getattr(config, "id2label", None):  # transformers' default: num_labels (2) classes LABEL_i
@@ -54,10 +54,11 @@ def check_saved_model(ref: str, role: str, max_length: int | None = None, positi
         raise ModelPathError(str(e)) from None
 
 
-def _wrong_kind(saved: dict, role: str) -> str | None:
+def _wrong_kind(saved: dict, role: str, trust_remote_code: bool = False) -> str | None:
     """Why a saved config.json (a dict) is not a model of the kind `role` needs, or None: its
     `model_type` has no class of that kind in transformers (a seq2seq T5 as the policy), or the classes it
-    was saved from are all of the other kind (a classifier as the policy, a causal LM as the reward)."""
+    was saved from are all of the other kind (a classifier as the policy, a causal LM as the reward). A
+    type of the checkpoint's own code (auto_map) needs `trust_remote_code` and the role's Auto class there."""
     from transformers.models.auto import modeling_auto
 
     causal_lm, classifier = (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -68,10 +69,15 @@ def _wrong_kind(saved: dict, role: str) -> str | None:
     model_type, classes = saved.get("model_type"), saved.get("architectures") or []
     saved_as = f" ({', '.join(map(str, classes))})" if classes else ""
     if isinstance(model_type, str) and model_type not in needed:
-        if saved.get("auto_map"):  # its classes are code shipped with the checkpoint (trust_remote_code)
-            return (f"is a {model_type!r} model{saved_as} whose code comes with the checkpoint (its config's auto_map); "
-                    f"prefalign loads the architectures transformers has built in and runs no checkpoint's own code: "
-                    f"point it at {instead} of one of those")  # fmt: skip
+        auto_map = saved.get("auto_map")
+        if isinstance(auto_map, dict) and auto_map:  # its classes are code shipped with the checkpoint
+            if not trust_remote_code:
+                return f"is a {model_type!r} model{saved_as} that {OWN_CODE.format(key=role)}"
+            auto_class = AUTO_CLASSES[role]
+            if auto_class in auto_map:
+                return None
+            return (f"is a {model_type!r} model{saved_as} whose own code has no {auto_class} (its auto_map: "
+                    f"{', '.join(auto_map)}); point it at {instead}")  # fmt: skip
         return (f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; "
                 f"point it at {instead}")
     if classes and all(c in set(other.values()) for c in classes):

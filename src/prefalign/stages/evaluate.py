@@ -26,7 +26,7 @@ from prefalign.engine.metrics import (broken_share, distinct_n, kl_estimate, pol
                                       token_entropy)  # fmt: skip
 from prefalign.engine.scoring import tokenizer_threads
 from prefalign.models.loading import load_policy
-from prefalign.items import Evaluation, Original
+from prefalign.items import Evaluation, Original, trusts_code
 from prefalign.services import Services, release_memory
 from prefalign.stages.sample import sample_in_shards
 from prefalign.store import read_json, write_json
@@ -62,7 +62,7 @@ def evaluate(item: Evaluation, services: Services) -> None:
     # KL against the original; for the original itself it is 0 by definition, with no second model.
     reference = services.reference_policy() if item.kl and not isinstance(item.model, Original) else None
     policy, policy_tokenizer = load_policy(item.model.ref, item.model.revision, services.device, services.dtype,
-                                           item.sampling.max_length)  # fmt: skip
+                                           item.sampling.max_length, trusts_code(item.model))  # fmt: skip
     for k in todo:
         seed = item.seed + k
         df = sample_in_shards(policy, policy_tokenizer, services, item.samples, item.sampling, seed,

@@ -43,6 +43,8 @@ def model_card(model, row: dict, cfg) -> str:
         data = (f"{info.get('pairs', '?')} chosen/rejected pairs by the `{model.pairs.strategy}` rule"
                 + (f" ({rule})" if rule else "") + f", from {model.pairs.samples.count} scored samples")  # fmt: skip
         tags = ["dpo", model.loss_label]
+    # A policy with code of its own (policy.trust_remote_code) saves that code beside its weights.
+    own_code = ", trust_remote_code=True" if cfg.policy.trust_remote_code else ""
     start = getattr(model, "start", None)
     base = cfg.policy.model if start is None or start.name == "original" else f"{start.name} (this run's models/)"
     lines = [
@@ -65,8 +67,8 @@ def model_card(model, row: dict, cfg) -> str:
         "| metric | value |", "|---|---|",
         *[f"| {label} | {_mean_sd(row, column)} |" for column, label in CARD_METRICS if column in row],
         "", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-        'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory")',
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")', "```", "",
+        f'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory"{own_code})',
+        f'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory"{own_code})', "```", "",
     ]  # fmt: skip
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from prefalign.distributed import shard_seed
 from prefalign.engine.decode_step import decode_step_mode
 from prefalign.engine.decoding import sample_and_score
 from prefalign.models.loading import load_policy
-from prefalign.items import Samples
+from prefalign.items import Samples, trusts_code
 from prefalign.services import Services
 from prefalign.store import atomic_path, scratch_beside, write_json
 
@@ -73,7 +73,7 @@ def sample(item: Samples, services: Services) -> None:
     sampling = item.sampling
     services.log(f"{item.name}: {item.count} texts from {item.policy.ref} on {services.device}")
     policy, policy_tokenizer = load_policy(item.policy.ref, item.policy.revision, services.device, services.dtype,
-                                           sampling.max_length)  # fmt: skip
+                                           sampling.max_length, trusts_code(item.policy))  # fmt: skip
     mode = decode_step_mode(sampling, policy) if sampling.engine == "fast" else "eager"
     if mode != "eager":
         services.log(f"  decode step compiled (sampling.compile_step: {mode}); the first two batch sizes of the process "

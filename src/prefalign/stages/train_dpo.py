@@ -36,7 +36,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.distributed import Ranks, weights_digest
 from prefalign.engine.arithmetic import fp32_switches_restored
-from prefalign.items import DpoModel
+from prefalign.items import DpoModel, trusts_code
 from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.services import Services, release_memory
 from prefalign.stages.trained_model import (checkpoint_dir, checkpoint_path, config_as_loaded, last_complete_checkpoint,
@@ -195,7 +195,8 @@ def train_dpo(item: DpoModel, services: Services) -> None:
               reference=None if start is reference else (reference.ref, reference.revision),
               slic_sft_weight=item.slic_sft_weight, precision=item.precision,
               checkpoint_steps=item.checkpoint_steps, lora=item.lora, ranks=services.ranks,
-              launch=services.launch, tracking=services.tracking, name=item.name)  # fmt: skip
+              launch=services.launch, tracking=services.tracking, name=item.name,
+              trust_remote_code=trusts_code(item))  # fmt: skip
     release_memory()
 
 
@@ -204,7 +205,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
               reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
               precision: str | None = None, callbacks: list | None = None,
               checkpoint_steps: int | None = None, lora: dict | None = None, ranks: Ranks = Ranks(),
-              launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None) -> dict:  # fmt: skip
+              launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None,
+              trust_remote_code: bool = False) -> dict:  # fmt: skip
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
@@ -224,7 +226,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged, fixed_pad_length
     from prefalign.models.loading import from_pretrained, load_policy_to_train, resolve
 
-    model, tokenizer = load_policy_to_train(policy_ref, revision)
+    model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
     loaded = config_as_loaded(model)
     peft_config = lora_config(lora, model, policy_ref) if lora else None
     if reference is None and lora:
@@ -235,7 +237,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     else:
         reference_ref, reference_revision = reference
         ref_model = from_pretrained(AutoModelForCausalLM, resolve(reference_ref, "policy"), "policy",
-                                    reference_revision, dtype=torch.float32).eval()  # fmt: skip
+                                    reference_revision, trust_remote_code, dtype=torch.float32).eval()  # fmt: skip
     if ref_model is not None:
         ref_model.requires_grad_(False)
 

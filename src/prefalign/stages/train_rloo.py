@@ -166,14 +166,15 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
                item.path, kl_coef=item.kl_coef, steps=item.steps, overrides=item.overrides, device=services.device,
                seed=item.seed, key=item.key, log=services.log, sampling=item.sampling,
                single_logit=item.reward.single_logit, launch=services.launch, tracking=services.tracking,
-               name=item.name)  # fmt: skip
+               name=item.name, trust_remote_code=item.start.trust_remote_code)  # fmt: skip
     release_memory()
 
 
 def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tokenizer, positive_label: str,
                out_dir: Path, *, kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int,
                key: str = "", log=print, sampling=None, single_logit: bool = False,
-               launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None) -> dict:  # fmt: skip
+               launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None,
+               trust_remote_code: bool = False) -> dict:  # fmt: skip
     """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
@@ -199,7 +200,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name))
         args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling, tracker_fields)
         reward = ClassifierReward(classifier, classifier_tokenizer, positive_label, single_logit=single_logit)
-        model, tokenizer = load_policy_to_train(policy_ref, revision)
+        model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
         loaded = config_as_loaded(model)
         cfg = model.config
         limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
