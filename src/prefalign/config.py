@@ -135,9 +135,9 @@ class SamplingConfig(Section):
     )
     engine: Literal["fast", "hf"] = Field(
         "fast",
-        description="`fast`: prefalign's KV-cache decode loop (finished sequences leave the batch, top-k "
-        "before top-p); `hf`: transformers' `generate`. Same sampling distribution; use `hf` for "
-        "architectures whose cache the fast loop cannot shrink.",
+        description="`fast`: prefalign's KV-cache decode loop (finished sequences leave the batch, or write EOS "
+        "until all have finished where the cache cannot drop rows, as a state-space model's; top-k before top-p); "
+        "`hf`: transformers' `generate`. Same sampling distribution.",
     )
     compile_step: Literal["auto", "eager", "fused", "graphs"] = Field(
         "auto",

@@ -97,8 +97,8 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
     """(tokens (rows, max_length - prompt length), their log-prob sums or None): each row of `prompt`
     (equal lengths) continued with the KV cache, rows dropped as they hit EOS.
 
-    Rows that have written EOS are dropped from the batch, so later steps only pay for sequences
-    still being written. Finding them is a host sync, which on a GPU stalls the queue of kernels: there
+    Rows that have written EOS are dropped from the batch (where the cache's layers can drop rows), so
+    later steps only pay for sequences still being written. Finding them is a host sync, which on a GPU stalls the queue of kernels: there
     they are dropped every `drop_every` steps (default: 1 on CPU, `_DROP_EVERY` elsewhere), and in
     between a finished row keeps writing EOS. `with_logp`: also each completion's log-probability
     under the model's full distribution (token_logp), summed up to and including its first EOS.
@@ -111,6 +111,9 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
     finished = torch.zeros(size, dtype=torch.bool, device=device)  # per batch row: EOS written
     logp = torch.zeros(size, device=device) if with_logp else None  # per row of `tokens`
     cache = decode_cache(model, sampling.max_length)
+    # State-space and linear-attention layers (Mamba, ...) cannot drop rows: there finished rows stay
+    # and write EOS until every row has finished, as in the compiled step.
+    rows_leave = all(hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", [cache]))
     step_input = prompt
     parameters = inspect.signature(model.forward).parameters
     # transformers 5 renamed `past_key_values` to `cache`; accept models on either side of the rename.
@@ -128,7 +131,7 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
             keep = (~finished).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            if keep.numel() < len(alive):
+            if keep.numel() < len(alive) and rows_leave:
                 alive, nxt, finished = alive[keep], nxt[keep], finished[keep]
                 cache.batch_select_indices(keep)
         step_input = nxt[:, None]
