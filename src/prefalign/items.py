@@ -236,6 +236,8 @@ class RlooModel:
 
 
 Policy = Union[Original, DpoModel, IterativeRound, RlooModel]
+# The models a run trains (each with a directory of its own); an IterativeRound is a DpoModel.
+TRAINED = (DpoModel, RlooModel)
 
 
 def trusts_code(policy: Policy) -> bool:
@@ -244,8 +246,6 @@ def trusts_code(policy: Policy) -> bool:
     if isinstance(policy, Original):
         return policy.trust_remote_code
     return (policy.reference if isinstance(policy, DpoModel) else policy.start).trust_remote_code
-# The models a run trains (each with a directory of its own); an IterativeRound is a DpoModel.
-TRAINED = (DpoModel, RlooModel)
 
 
 class _MetaBeside:

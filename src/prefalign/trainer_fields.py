@@ -39,8 +39,8 @@ FIELD_BOUNDS = {
     "max_steps": (lambda x: x == -1 or x > 0, "> 0, or -1 (then num_train_epochs decides)"),
     "warmup_steps": (lambda x: x >= 0, ">= 0"),
     "logging_steps": (lambda x: x > 0, "> 0"),
-    "max_length": (lambda x: x is None or x >= 2, ">= 2 tokens"),
-    "num_generations": (lambda x: x is None or x >= 2, ">= 2 (RLOO's baseline needs two completions per prompt)"),
+    "max_length": (lambda x: x >= 2, ">= 2 tokens"),
+    "num_generations": (lambda x: x >= 2, ">= 2 (RLOO's baseline needs two completions per prompt)"),
 }
 # Trainer fields prefalign cannot honour, with the values it can, and what to do instead.
 NO_EVAL_SET = "training has no evaluation set (the evaluate stage measures every model)"
@@ -107,7 +107,7 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
         except ValidationError as e:
             raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
         bound = FIELD_BOUNDS.get(key)
-        if bound and isinstance(checked[key], (int, float, type(None))) and not bound[0](checked[key]):
+        if bound and isinstance(checked[key], (int, float)) and not bound[0](checked[key]):  # None: the default
             raise ValueError(f"`{key}` must be {bound[1]}, not {value!r}")
         choices = _enum_choices(hints[key])
         if choices and isinstance(checked[key], str) and checked[key] not in choices:
