@@ -268,6 +268,9 @@ def test_trainer_values_within_bounds_and_machine_specific_ones_plan_anywhere():
     fine = ("{lr_scheduler_type: cosine, optim: adamw_torch_fused, bf16: true, tf32: true, max_steps: -1, "
             "eval_strategy: 'no', torch_compile: false, warmup_steps: 0.1, logging_steps: 0.5, deepspeed: ds.json}")
     assert load_config("tiny", [f"train.dpo={fine}"]).train.dpo["optim"] == "adamw_torch_fused"
+    # YAML reads an unquoted `no` as false; for a field whose choices include "no" it is that choice.
+    assert load_config("tiny", ["train.dpo={eval_strategy: no, save_strategy: no}"]).train.dpo == \
+        {"eval_strategy": "no", "save_strategy": "no"}  # fmt: skip
 
 
 def test_a_papers_loss_name_points_to_its_name_here():

@@ -92,6 +92,8 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
             raise ValueError(f"`{key}` is set by prefalign (use train.report_to)")
         if key in owned:
             raise ValueError(f"`{key}` is set by prefalign (use {owner})")
+        if value is False and key in names and "no" in _enum_choices(hints[key]):
+            value = "no"  # YAML reads an unquoted `no` as false: `eval_strategy: no` means the choice "no"
         if key in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[key][0]:
             raise ValueError(f"`{key}: {value}` is not supported: {UNSUPPORTED_FIELDS[key][1]}")
         if key not in names:
