@@ -157,6 +157,30 @@ def test_lora_target_modules_the_model_lacks_are_named_with_those_it_has(tiny_po
     assert config.r == 4 and config.fan_in_fan_out  # GPT-2's Conv1D layers store their weights transposed
 
 
+def test_lora_on_an_architecture_peft_has_no_defaults_for_adapts_the_layers_peft_accepts(tiny_policy):
+    """Mamba and Phi-3 have no peft default target modules (peft raised "Please specify
+    `target_modules`" mid-run), and peft refuses a Mamba's `out_proj` (also in `all-linear`)."""
+    from peft import get_peft_model
+    from transformers import MambaConfig, MambaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    from prefalign.models.loading import ModelLoadError
+    from prefalign.stages.train_dpo import lora_config
+
+    settings, said = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}, []
+    mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4))
+    phi3 = Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, pad_token_id=0))  # fmt: skip
+    cases = [(mamba, None, {"in_proj", "x_proj", "dt_proj"}), (mamba, "all-linear", {"in_proj", "x_proj", "dt_proj"}),
+             (phi3, None, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}), (phi3, "all-linear", "all-linear")]
+    for model, targets, expected in cases:  # the output head (lm_head) is never adapted
+        config = lora_config({**settings, "target_modules": targets}, model, "local", log=said.append)
+        assert (config.target_modules if isinstance(expected, str) else set(config.target_modules)) == expected
+        get_peft_model(model, config).unload()  # peft accepts them
+    assert "peft has no default target modules for 'mamba'" in said[0]
+    with pytest.raises(ModelLoadError, match=r"peft cannot adapt \['out_proj'\] on 'mamba' models"):
+        lora_config({**settings, "target_modules": ["out_proj"]}, mamba, "local")
+
+
 def _alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie counts as ended)."""
     import os

@@ -70,7 +70,9 @@ class LoraSettings(Section):
     target_modules: list[str] | str | None = Field(
         None,
         description="Module names to adapt (e.g. `[c_attn, c_proj]` for GPT-2, `[q_proj, v_proj]` for Llama), or "
-        "`all-linear`. Empty: peft's default for the architecture.",
+        "`all-linear`. Empty: peft's default for the architecture, or its linear layers but the output head where "
+        "peft has none (Phi-3, Mamba, Jamba, ...); layers peft refuses on the architecture (a Mamba's `out_proj`) are "
+        "left out of `all-linear`.",
     )
 
 

@@ -164,13 +164,44 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     return DPOConfig(**settings), {**settings, **own}
 
 
-def lora_config(lora: dict, model, policy_ref: str):
-    """peft's LoraConfig for train.lora's settings, checked against the model's module names."""
+def linear_layers(model) -> tuple[list[str], list[str]]:
+    """(the names (last part) of the model's linear layers but its output head, those of them peft
+    agrees to adapt on this architecture: a Mamba's `out_proj` it refuses)."""
     from peft import LoraConfig
+    from peft.tuners import tuners_utils
+
+    head = model.get_output_embeddings()
+    is_linear = lambda m: isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"  # noqa: E731 (GPT-2's Conv1D)
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if module is not head and is_linear(module)})  # fmt: skip
+    refuses = getattr(tuners_utils, "_check_lora_target_modules_mamba", None)  # peft's own check, where it has one
+    accepted = []
+    for name in names:
+        try:
+            if refuses is not None:
+                refuses(LoraConfig(target_modules=[name]), model, name)
+            accepted.append(name)
+        except ValueError:
+            pass
+    return names, accepted
+
+
+def lora_config(lora: dict, model, policy_ref: str, log=print):
+    """peft's LoraConfig for train.lora's settings, checked against the model's module names. Without
+    `target_modules`, peft's default for the architecture, or its linear layers where peft has none;
+    `all-linear` leaves out the layers peft refuses on the architecture."""
+    from peft import LoraConfig
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
     from prefalign.models.loading import ModelLoadError
 
-    targets = lora["target_modules"]
+    targets, model_type = lora["target_modules"], getattr(model.config, "model_type", None)
+    linear, accepted = linear_layers(model)
+    if (targets is None and model_type not in PEFT_DEFAULTS) or (targets == "all-linear" and accepted != linear):
+        why = "peft has no default target modules for" if targets is None else "peft refuses some linear layers of"
+        targets = accepted
+        log(f"  LoRA: {why} {model_type!r} models; adapting its linear layers {targets} (train.lora.target_modules "
+            "chooses others)")  # fmt: skip
     wanted = [targets] if isinstance(targets, str) else targets  # None: peft's default for the architecture
     modules: dict[str, set[str]] = {}  # module name (its last part) -> the classes of the modules so named
     for name, module in model.named_modules():
@@ -179,6 +210,10 @@ def lora_config(lora: dict, model, policy_ref: str):
     if missing:
         raise ModelLoadError(f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
                              f"{sorted(n for n in modules if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
+    refused = [t for t in wanted or [] if t in linear and t not in accepted]
+    if refused:
+        raise ModelLoadError(f"train.lora.target_modules: peft cannot adapt {refused} on {model_type!r} models; name "
+                             f"others of its linear layers ({', '.join(accepted)}) or use all-linear")  # fmt: skip
     # GPT-2's layers are Conv1D, whose weight is stored transposed; peft must be told (it warns, then does so).
     adapted = modules if wanted in (None, ["all-linear"]) else {n: modules[n] for n in wanted if n in modules}
     fan_in_fan_out = any("Conv1D" in classes for classes in adapted.values())
@@ -228,7 +263,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
 
     model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
     loaded = config_as_loaded(model)
-    peft_config = lora_config(lora, model, policy_ref) if lora else None
+    peft_config = lora_config(lora, model, policy_ref, log) if lora else None
     if reference is None and lora:
         ref_model = None  # TRL scores the reference with the adapters disabled
     elif reference is None:
