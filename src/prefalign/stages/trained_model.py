@@ -10,13 +10,12 @@ with `save_pretrained` (safetensors) and keeps the starting model's config as it
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
 
 from prefalign.distributed import Ranks
-from prefalign.store import atomic_path, scratch_beside
+from prefalign.store import atomic_path, scratch_beside, write_json
 
 
 def checkpoint_path(out_dir: Path) -> Path:
@@ -88,7 +87,7 @@ def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> Non
                 model = model.merge_and_unload()
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / "train.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+            write_json(tmp / "train.json", info)
     except Exception as e:  # a full disk's message says how much room the model takes
         with contextlib.suppress(AttributeError, TypeError):
             e.bytes_needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -102,7 +101,7 @@ def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -
     trainer.save_model(str(staging))
     if ranks.main:
         tokenizer.save_pretrained(staging)
-        (staging / "train.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        write_json(staging / "train.json", info)
         with atomic_path(out_dir) as tmp:
             os.replace(staging, tmp)
     ranks.wait()
