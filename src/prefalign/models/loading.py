@@ -281,9 +281,15 @@ def check_vocabulary(model, tokenizer, ref: str, role: str) -> None:
                              "tokenizer beside its weights")  # fmt: skip
 
 
+def positions(cfg) -> int | None:
+    """How many positions a model's config gives it (GPT-2's `n_positions`, others'
+    `max_position_embeddings`), or None where it names no limit (rotary-only or state-space models)."""
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
 def check_context(cfg, max_length: int, ref: str) -> None:
     """Fail early when sampled texts (plus the EOS TRL appends in training) do not fit the policy (its config)."""
-    limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    limit = positions(cfg)
     if limit is not None and limit <= max_length:
         raise ModelLoadError(
             f"policy {ref!r} has {limit} positions, but sampling.max_length is {max_length} and DPO training "

@@ -259,7 +259,7 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     from transformers import AutoModelForCausalLM
 
     from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged, fixed_pad_length
-    from prefalign.models.loading import from_pretrained, load_policy_to_train, resolve
+    from prefalign.models.loading import from_pretrained, load_policy_to_train, positions, resolve
 
     model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
     loaded = config_as_loaded(model)
@@ -291,10 +291,8 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tracker = contextlib.ExitStack()
     tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name, fresh=resume is None))
     tracker.enter_context(fp32_switches_restored())  # the TrainingArguments below set TF32 for the process
-    cfg = model.config
-    positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
-                              checkpoint_steps, ranks.count, tracker_fields, positions)  # fmt: skip
+                              checkpoint_steps, ranks.count, tracker_fields, positions(model.config))  # fmt: skip
     if settings.get("group_by_length"):
         ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))

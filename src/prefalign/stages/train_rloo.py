@@ -190,7 +190,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
     from datasets import Dataset
     from trl import RLOOTrainer
 
-    from prefalign.models.loading import bos_prompt, load_policy_to_train
+    from prefalign.models.loading import bos_prompt, load_policy_to_train, positions
     from prefalign.stages.train_dpo import completion_tokens_only
     from prefalign.stages.trained_model import config_as_loaded, restore_config, save_trained
 
@@ -202,8 +202,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         reward = ClassifierReward(classifier, classifier_tokenizer, positive_label, single_logit=single_logit)
         model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
         loaded = config_as_loaded(model)
-        cfg = model.config
-        limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        limit = positions(model.config)
         if limit is not None and 1 + args.max_completion_length > limit:
             raise ModelLoadError(
                 f"policy {policy_ref!r} has {limit} positions, fewer than BOS + {args.max_completion_length} "
