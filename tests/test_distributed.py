@@ -177,8 +177,9 @@ def test_lora_on_an_architecture_peft_has_no_defaults_for_adapts_the_layers_peft
         assert (config.target_modules if isinstance(expected, str) else set(config.target_modules)) == expected
         get_peft_model(model, config).unload()  # peft accepts them
     assert "peft has no default target modules for 'mamba'" in said[0]
-    with pytest.raises(ModelLoadError, match=r"peft cannot adapt \['out_proj'\] on 'mamba' models"):
-        lora_config({**settings, "target_modules": ["out_proj"]}, mamba, "local")
+    for refused in ("out_proj", "conv1d"):  # a linear layer and a convolution peft refuses on Mamba
+        with pytest.raises(ModelLoadError, match=rf"peft cannot adapt \['{refused}'\] on 'mamba' models"):
+            lora_config({**settings, "target_modules": [refused]}, mamba, "local")
 
 
 def _alive(pid: int) -> bool:

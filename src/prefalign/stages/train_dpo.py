@@ -164,26 +164,29 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
     return DPOConfig(**settings), {**settings, **own}
 
 
-def linear_layers(model) -> tuple[list[str], list[str]]:
-    """(the names (last part) of the model's linear layers but its output head, those of them peft
-    agrees to adapt on this architecture: a Mamba's `out_proj` it refuses)."""
+def peft_refuses(model, name: str) -> bool:
+    """Whether peft refuses to put LoRA on modules called `name` in this architecture (a Mamba's
+    `out_proj` and `conv1d`), by peft's own check where it has one."""
     from peft import LoraConfig
     from peft.tuners import tuners_utils
 
+    check = getattr(tuners_utils, "_check_lora_target_modules_mamba", None)
+    try:
+        if check is not None:
+            check(LoraConfig(target_modules=[name]), model, name)
+    except ValueError:
+        return True
+    return False
+
+
+def linear_layers(model) -> tuple[list[str], list[str]]:
+    """(the names (last part) of the model's linear layers but its output head, those of them peft
+    agrees to adapt on this architecture)."""
     head = model.get_output_embeddings()
     is_linear = lambda m: isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"  # noqa: E731 (GPT-2's Conv1D)
     names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                     if module is not head and is_linear(module)})  # fmt: skip
-    refuses = getattr(tuners_utils, "_check_lora_target_modules_mamba", None)  # peft's own check, where it has one
-    accepted = []
-    for name in names:
-        try:
-            if refuses is not None:
-                refuses(LoraConfig(target_modules=[name]), model, name)
-            accepted.append(name)
-        except ValueError:
-            pass
-    return names, accepted
+    return names, [name for name in names if not peft_refuses(model, name)]
 
 
 def lora_config(lora: dict, model, policy_ref: str, log=print):
@@ -210,7 +213,7 @@ def lora_config(lora: dict, model, policy_ref: str, log=print):
     if missing:
         raise ModelLoadError(f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
                              f"{sorted(n for n in modules if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
-    refused = [t for t in wanted or [] if t in linear and t not in accepted]
+    refused = [t for t in wanted or [] if t != "all-linear" and peft_refuses(model, t)]
     if refused:
         raise ModelLoadError(f"train.lora.target_modules: peft cannot adapt {refused} on {model_type!r} models; name "
                              f"others of its linear layers ({', '.join(accepted)}) or use all-linear")  # fmt: skip
