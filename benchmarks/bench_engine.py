@@ -34,7 +34,8 @@ def load_models(which: str, device: torch.device | None = None):
 
     cpu = device or torch.device("cpu")
     if which in ("demo", "tiny"):
-        from prefalign.models.builtin import SPECS, build
+        from prefalign.models.builtin import build
+        from prefalign.models.specs import SPECS
 
         root = build(SPECS[which])
         policy_dir, reward_dir = str(root / "policy"), str(root / "reward")
@@ -68,12 +69,21 @@ def build_base_sized(root: Path) -> tuple[str, str]:
         assert len(policy_tokenizer) == 50257
         assert policy_tokenizer.convert_tokens_to_ids(" w7") == classifier_tokenizer.convert_tokens_to_ids(" w7")
         torch.manual_seed(0)
-        policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(policy_tokenizer), bos_token_id=policy_tokenizer.bos_token_id,
-                                            eos_token_id=policy_tokenizer.eos_token_id))  # fmt: skip
-        classifier = DistilBertForSequenceClassification(DistilBertConfig(
-            vocab_size=len(classifier_tokenizer), pad_token_id=classifier_tokenizer.pad_token_id,
-            id2label={0: "NEGATIVE", 1: "POSITIVE"},
-            label2id={"NEGATIVE": 0, "POSITIVE": 1}))  # fmt: skip
+        policy = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(policy_tokenizer),
+                bos_token_id=policy_tokenizer.bos_token_id,
+                eos_token_id=policy_tokenizer.eos_token_id,
+            )
+        )
+        classifier = DistilBertForSequenceClassification(
+            DistilBertConfig(
+                vocab_size=len(classifier_tokenizer),
+                pad_token_id=classifier_tokenizer.pad_token_id,
+                id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                label2id={"NEGATIVE": 0, "POSITIVE": 1},
+            )
+        )
         classifier_tokenizer.model_max_length = 512
         policy.save_pretrained(policy_dir), policy_tokenizer.save_pretrained(policy_dir)
         classifier.save_pretrained(reward_dir), classifier_tokenizer.save_pretrained(reward_dir)
@@ -85,8 +95,15 @@ def baseline(policy, policy_tokenizer, classifier, classifier_tokenizer, positiv
     bos = torch.tensor([[policy_tokenizer.bos_token_id]], device=policy.device)
     rewards: list[float] = []
     while len(rewards) < n:
-        out = policy.generate(bos, do_sample=True, max_length=64, top_k=50, top_p=0.85, num_return_sequences=100,
-                              pad_token_id=policy_tokenizer.eos_token_id)  # fmt: skip
+        out = policy.generate(
+            bos,
+            do_sample=True,
+            max_length=64,
+            top_k=50,
+            top_p=0.85,
+            num_return_sequences=100,
+            pad_token_id=policy_tokenizer.eos_token_id,
+        )
         texts = policy_tokenizer.batch_decode(out, skip_special_tokens=True)
         enc = classifier_tokenizer(texts, padding=True, return_tensors="pt").to(classifier.device)
         logits = classifier(**enc).logits  # no no_grad, as in the original
@@ -94,14 +111,25 @@ def baseline(policy, policy_tokenizer, classifier, classifier_tokenizer, positiv
     return rewards[:n]
 
 
-def engine(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int,
-           compile_step: str = "auto") -> None:  # fmt: skip
-    from prefalign.config import SamplingConfig
+def engine(
+    policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int, compile_step: str = "auto"
+) -> None:
+    from prefalign.config.schema import SamplingConfig
     from prefalign.engine.decoding import sample_and_score
 
     with tempfile.TemporaryDirectory() as d:
-        sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, n,
-                         SamplingConfig(compile_step=compile_step), 0, None, Path(d) / "s.parquet")  # fmt: skip
+        sample_and_score(
+            policy,
+            policy_tokenizer,
+            classifier,
+            classifier_tokenizer,
+            positive_index,
+            n,
+            SamplingConfig(compile_step=compile_step),
+            0,
+            None,
+            Path(d) / "s.parquet",
+        )
 
 
 def eager_engine(*args) -> None:
@@ -178,8 +206,21 @@ def bench_steps(args) -> None:
 
         results = {}
         for name in args.variants.split(","):
-            command = [sys.executable, __file__, "steps", "--models", args.models, "--steps", str(args.steps),
-                       "--warm", str(args.warm), "--device", args.device, "--variants", name]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "steps",
+                "--models",
+                args.models,
+                "--steps",
+                str(args.steps),
+                "--warm",
+                str(args.warm),
+                "--device",
+                args.device,
+                "--variants",
+                name,
+            ]
             child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
             line = next((l for l in child.stdout.splitlines() if l.startswith(f"{name} ")), None)
             print(line or f"{name:16s} failed (exit status {child.returncode})", flush=True)
@@ -198,7 +239,7 @@ def bench_steps(args) -> None:
 
     import prefalign.engine.lean_dpo as lean_dpo
     import prefalign.models.loading as loading
-    from prefalign.config import SamplingConfig
+    from prefalign.config.schema import SamplingConfig
     from prefalign.engine.decoding import generate
     from prefalign.stages.train_dpo import train_one
 
@@ -211,20 +252,30 @@ def bench_steps(args) -> None:
     texts = [t for chunk in chunks for t in chunk["text"]]
     del policy
     order = np.random.default_rng(0).permutation(len(texts))
-    pairs = pd.DataFrame({"prompt": policy_tokenizer.bos_token, "chosen": [texts[i] for i in order[:pairs_needed]],
-                          "rejected": [texts[i] for i in order[pairs_needed:]]})  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": policy_tokenizer.bos_token,
+            "chosen": [texts[i] for i in order[:pairs_needed]],
+            "rejected": [texts[i] for i in order[pairs_needed:]],
+        }
+    )
     stock = {"precompute_ref_log_probs": False, "logging_nan_inf_filter": True, "compile_step": "eager"}
     # name: (stock TRL?, precision, the lean trainer's sync_free setting, compile_step)
-    variants = {"stock-fp32": (True, "fp32", "never", "eager"), "lean-fp32": (False, "fp32", "gpu", "eager"),
-                "lean-tf32": (False, "tf32", "gpu", "eager"), "lean-bf16": (False, "bf16", "gpu", "eager"),
-                "lean-tf32-syncs": (False, "tf32", "never", "eager"), "lean-bf16-syncs": (False, "bf16", "never", "eager"),
-                **{f"lean-{p}-{c}": (False, p, "gpu", c) for p in ("fp32", "tf32", "bf16") for c in ("fused", "graphs")},
-                # the compiled step with the optimizer's update left eager (what compiling it saves)
-                **{f"lean-{p}-graphs-eageropt": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
-                # the compiled update with its learning rates on the GPU (no blocking copy of a CPU scalar per step)
-                **{f"lean-{p}-graphs-devlr": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
-                # CUDA graphs of the eager kernels (torch.compile's `cudagraphs` backend): no Triton, no C compiler
-                **{f"lean-{p}-cudagraphs": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")}}  # fmt: skip
+    variants = {
+        "stock-fp32": (True, "fp32", "never", "eager"),
+        "lean-fp32": (False, "fp32", "gpu", "eager"),
+        "lean-tf32": (False, "tf32", "gpu", "eager"),
+        "lean-bf16": (False, "bf16", "gpu", "eager"),
+        "lean-tf32-syncs": (False, "tf32", "never", "eager"),
+        "lean-bf16-syncs": (False, "bf16", "never", "eager"),
+        **{f"lean-{p}-{c}": (False, p, "gpu", c) for p in ("fp32", "tf32", "bf16") for c in ("fused", "graphs")},
+        # the compiled step with the optimizer's update left eager (what compiling it saves)
+        **{f"lean-{p}-graphs-eageropt": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
+        # the compiled update with its learning rates on the GPU (no blocking copy of a CPU scalar per step)
+        **{f"lean-{p}-graphs-devlr": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
+        # CUDA graphs of the eager kernels (torch.compile's `cudagraphs` backend): no Triton, no C compiler
+        **{f"lean-{p}-cudagraphs": (False, p, "gpu", "graphs") for p in ("fp32", "tf32", "bf16")},
+    }
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, train_args, state, control, **kwargs):
@@ -252,18 +303,37 @@ def bench_steps(args) -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             timer = StepTimer()
             try:
-                train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", "seed", "sigmoid", 0.1,
-                          {"max_steps": args.steps, "logging_steps": 50, "compile_step": compile_step,
-                           **(stock if is_stock else {})}, device, 0,
-                          log=lambda m: None, precision=precision, callbacks=[timer])  # fmt: skip
+                train_one(
+                    policy_dir,
+                    None,
+                    Path(d) / "pairs.parquet",
+                    Path(d) / "m",
+                    "seed",
+                    "sigmoid",
+                    0.1,
+                    {
+                        "max_steps": args.steps,
+                        "logging_steps": 50,
+                        "compile_step": compile_step,
+                        **(stock if is_stock else {}),
+                    },
+                    device,
+                    0,
+                    log=lambda m: None,
+                    precision=precision,
+                    callbacks=[timer],
+                )
             finally:
                 lean_dpo.LeanDPOTrainer, loading.fuse_activations, sync_free = saved
                 lean_dpo.LeanDPOTrainer.sync_free = sync_free
             ms = 1000 * (timer.end - timer.start) / (args.steps - args.warm)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             results[name] = ms
-            print(f"{name:16s} {ms:6.1f} ms/step, {8000 / ms:6.0f} pairs/s, peak {peak:.1f} GiB, first step "
-                  f"{timer.first - timer.begin:.1f}s (compilation included)", flush=True)
+            print(
+                f"{name:16s} {ms:6.1f} ms/step, {8000 / ms:6.0f} pairs/s, peak {peak:.1f} GiB, first step "
+                f"{timer.first - timer.begin:.1f}s (compilation included)",
+                flush=True,
+            )
     print(f"\n{machine(device)}\nmodels={args.models} seed recipe, batch 8, steps {args.warm}..{args.steps} timed")
     if "stock-fp32" in results:
         for name, ms in results.items():
@@ -284,7 +354,7 @@ def bench_train(args) -> None:
     import numpy as np
     import pandas as pd
 
-    from prefalign.configfile import load_config
+    from prefalign.config.loader import load_config
     from prefalign.engine.decoding import generate
     from prefalign.stages.train_dpo import train_one
 
@@ -293,17 +363,32 @@ def bench_train(args) -> None:
     chunks = generate(policy, policy_tokenizer, 2 * args.pairs, load_config("demo").sampling, 0)
     texts = [t for chunk in chunks for t in chunk["text"]]
     order = np.random.default_rng(0).permutation(len(texts))
-    pairs = pd.DataFrame({"prompt": policy_tokenizer.bos_token, "chosen": [texts[i] for i in order[: args.pairs]],
-                          "rejected": [texts[i] for i in order[args.pairs :]]})  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": policy_tokenizer.bos_token,
+            "chosen": [texts[i] for i in order[: args.pairs]],
+            "rejected": [texts[i] for i in order[args.pairs :]],
+        }
+    )
     sides = {"seed (stock TRL)": ("seed", {"completion_only_head": False}), "default": ("default", {})}
     times: dict[str, list[float]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
         for rep in range(args.reps):
             for name, (recipe, extra) in sides.items():
-                info = train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", recipe, "sigmoid", 0.1,
-                                 {"num_train_epochs": 1, "warmup_steps": 0, **extra}, torch.device("cpu"), 0,
-                                 log=lambda m: None)  # fmt: skip
+                info = train_one(
+                    policy_dir,
+                    None,
+                    Path(d) / "pairs.parquet",
+                    Path(d) / "m",
+                    recipe,
+                    "sigmoid",
+                    0.1,
+                    {"num_train_epochs": 1, "warmup_steps": 0, **extra},
+                    torch.device("cpu"),
+                    0,
+                    log=lambda m: None,
+                )
                 times[name].append(info["train_seconds"])
                 print(f"rep {rep} {name}: {times[name][-1]:.1f}s ({args.pairs / times[name][-1]:.1f} pairs/s)")
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -333,7 +418,11 @@ def bench_optimizer(args) -> None:
         optimizer = torch.optim.RMSprop(model.parameters(), lr=5e-3)
         if name == "compiled":
             compile_optimizer_step(optimizer)
-        sides[name] = (model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=50, num_training_steps=10_000))
+        sides[name] = (
+            model,
+            optimizer,
+            get_scheduler("linear", optimizer, num_warmup_steps=50, num_training_steps=10_000),
+        )
     times: dict[str, list[float]] = {name: [] for name in sides}
     for step in range(args.steps):
         grads = [torch.randn_like(p) * 1e-3 for p in models[0].parameters()]
@@ -349,15 +438,19 @@ def bench_optimizer(args) -> None:
             scheduler.step()
     for name, seconds in times.items():
         print(f"{name:9s} {1000 * statistics.median(seconds):7.2f} ms per update (median of {len(seconds)})")
-    print(f"eager / compiled: {statistics.median(times['eager']) / statistics.median(times['compiled']):.2f}x; "
-          f"largest weight difference {max(float((a - b).detach().abs().max()) for a, b in zip(*(m.parameters() for m in models))):.2e}")
+    print(
+        f"eager / compiled: {statistics.median(times['eager']) / statistics.median(times['compiled']):.2f}x; "
+        f"largest weight difference {max(float((a - b).detach().abs().max()) for a, b in zip(*(m.parameters() for m in models))):.2e}"
+    )
     print(machine(device))
 
 
 def machine(device: torch.device | None = None) -> str:
     card = f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores{card}, torch {torch.__version__}, "
-            f"threads {torch.get_num_threads()}")  # fmt: skip
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores{card}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
 
 
 def main() -> None:
@@ -374,8 +467,11 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=20)
     p.add_argument("--device", default="auto")
     p.add_argument("--variants", default="stock-fp32,lean-fp32,lean-tf32,lean-bf16")
-    p.add_argument("--in-process", action="store_true",
-                   help="time every variant in this process (default: each in a fresh one; see bench_steps)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="time every variant in this process (default: each in a fresh one; see bench_steps)",
+    )
     p = sub.add_parser("optimizer")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warm", type=int, default=5)
@@ -385,9 +481,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    from prefalign.cli import _quiet_libraries
+    from prefalign.pipeline.logs import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     {"sample": bench_sample, "steps": bench_steps, "optimizer": bench_optimizer, "train": bench_train}[args.what](args)
 
 

@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [[ -n ${SMOKE:-} ]]; then
   py=${PYTHON:-.venv/bin/python} device=cpu models=tiny n=200 fraction=0.01 seeds=0,1 jobs=2 preset=tiny batch=64
   steps=(--steps 6 --warm 2) side=2 smaller=(--set sampling.num_samples=1000 --set evaluate.samples=500)
-  base=$($py -c "from prefalign.models.builtin import SPECS, build; print(build(SPECS['tiny']))") || exit 1
+  base=$($py -c "from prefalign.models.builtin import build; from prefalign.models.specs import SPECS; print(build(SPECS['tiny']))") || exit 1
 else
   py=python3 device=cuda models=gpt2-small n=5000 fraction=0.05 seeds=0,1,2,3,4 jobs=11 preset=demo batch=2048
   steps=(--steps 150 --warm 30) side=4 smaller=()

@@ -42,11 +42,32 @@ METRICS = ["reward_mean", "diversity", "kl_seq"]
 STRONG_SEEDS = 5
 
 
-def run_variant(workdir: Path, name: str, precision: str, seed: int, device: str, preset: str = "demo",
-                threads: int | None = None, extra: tuple[str, ...] = ()) -> pd.DataFrame:  # fmt: skip
+def run_variant(
+    workdir: Path,
+    name: str,
+    precision: str,
+    seed: int,
+    device: str,
+    preset: str = "demo",
+    threads: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> pd.DataFrame:
     run_dir = workdir / name
-    args = ["run", preset, "--set", f"run_dir={run_dir}", "--set", f"device={device}", "--set", "pairs.strategies=[random]",
-            "--set", f"train.precision={precision}", "--set", f"train.seed={seed}", *(f"--set={s}" for s in extra)]  # fmt: skip
+    args = [
+        "run",
+        preset,
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        f"device={device}",
+        "--set",
+        "pairs.strategies=[random]",
+        "--set",
+        f"train.precision={precision}",
+        "--set",
+        f"train.seed={seed}",
+        *(f"--set={s}" for s in extra),
+    ]
     start = time.time()
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     subprocess.run([sys.executable, "-m", "prefalign.cli", *args], check=True, stdout=subprocess.DEVNULL, env=env)
@@ -65,7 +86,7 @@ def gaps(values: dict, seeds: list[int], others: list[str], replicate: bool) -> 
     pair of runs (`any seeds`, what the verdict tests: where one seed does not repeat itself, as on
     a GPU, pairing runs by seed means nothing)."""
     rows: dict = {}
-    for (model, metric), v in values.items():
+    for (_model, metric), v in values.items():
         fp32 = [v[f"fp32-seed{s}"] for s in seeds]
         if len(seeds) > 1:
             rows.setdefault(("fp32 seed to seed", metric), []).append(_spread(fp32))
@@ -74,7 +95,8 @@ def gaps(values: dict, seeds: list[int], others: list[str], replicate: bool) -> 
         for other in others:
             low = [v[f"{other}-seed{s}"] for s in seeds]
             rows.setdefault((f"{other} vs fp32, same seed", metric), []).append(
-                statistics.mean(abs(x - y) for x, y in zip(low, fp32)))
+                statistics.mean(abs(x - y) for x, y in zip(low, fp32))
+            )
             rows.setdefault((f"{other} vs fp32, any seeds", metric), []).append(_distance(low, fp32))
     return rows
 
@@ -89,8 +111,9 @@ def _distance(low: list[float], fp32: list[float]) -> float:
     return statistics.mean(abs(x - y) for x in low for y in fp32)
 
 
-def excess_p_value(values: dict, seeds: list[int], other: str, metric: str, permutations: int = 20000,
-                   seed: int = 0) -> tuple[float, float]:  # fmt: skip
+def excess_p_value(
+    values: dict, seeds: list[int], other: str, metric: str, permutations: int = 20000, seed: int = 0
+) -> tuple[float, float]:
     """(excess, p) for one metric. excess: the mean over models of how much farther `other`'s runs lie
     from fp32's (_distance) than fp32's runs lie from each other (_spread). p: the chance of an
     excess at least that large if the precision made no difference, i.e. if the labels of the two
@@ -121,8 +144,11 @@ def report(values: dict, seeds: list[int], others: list[str], replicate: bool, l
     on a metric unless its excess (excess_p_value) is too large to be chance (p < `level`)."""
     rows = gaps(values, seeds, others, replicate)
     n_models = len({model for model, _ in values})
-    lines = [f"mean |difference| over the {n_models} models (seeds {seeds}):",
-             f"| compared | {' | '.join(METRICS)} |", f"|---|{'---|' * len(METRICS)}"]  # fmt: skip
+    lines = [
+        f"mean |difference| over the {n_models} models (seeds {seeds}):",
+        f"| compared | {' | '.join(METRICS)} |",
+        f"|---|{'---|' * len(METRICS)}",
+    ]
     for what in dict.fromkeys(what for what, _ in rows):
         lines.append(f"| {what} | " + " | ".join(f"{statistics.mean(rows[(what, m)]):.3f}" for m in METRICS) + " |")
     for other in others:
@@ -135,8 +161,10 @@ def report(values: dict, seeds: list[int], others: list[str], replicate: bool, l
             shown = f"excess {excess:+.3f}, p = {p:.3f}"
             verdicts.append((p >= level, f"{metric} {'within' if p >= level else 'OUTSIDE'} ({shown})"))
         weak = f"; fewer than {STRONG_SEEDS} seeds, a weak test" if len(seeds) < STRONG_SEEDS else ""
-        lines.append(f"{other}: {'within' if all(ok for ok, _ in verdicts) else 'OUTSIDE'} fp32 seed-to-seed noise "
-                     f"({', '.join(text for _, text in verdicts)}{weak})")  # fmt: skip
+        lines.append(
+            f"{other}: {'within' if all(ok for ok, _ in verdicts) else 'OUTSIDE'} fp32 seed-to-seed noise "
+            f"({', '.join(text for _, text in verdicts)}{weak})"
+        )
     return "\n".join(lines)
 
 
@@ -149,7 +177,8 @@ def read_log(path: Path) -> dict:
         model, _, metric = head.rpartition(" ")
         if metric in METRICS and model and runs:
             values.setdefault((model, metric), {}).update(
-                (name, float(value)) for name, value in (run.rsplit(" ", 1) for run in runs.split(", ")))
+                (name, float(value)) for name, value in (run.rsplit(" ", 1) for run in runs.split(", "))
+            )
     if not values:
         raise SystemExit(f"{path}: no lines 'MODEL METRIC: RUN VALUE, ...' (precision.py's output) found")
     return values
@@ -160,20 +189,31 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precisions", default="bf16", help="comma-separated precisions to compare with fp32")
     parser.add_argument("--jobs", type=int, default=1, help="variants run at once (separate processes)")
-    parser.add_argument("--preset", default="demo", help="the config the variants run (the demo: rewards that mean something)")
+    parser.add_argument(
+        "--preset", default="demo", help="the config the variants run (the demo: rewards that mean something)"
+    )
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "prefalign-precision"))
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds, each run in every precision")
     parser.add_argument("--replicate", action="store_true", help="also train fp32 with the first seed a second time")
-    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (e.g. train.dpo.compile_step=eager)")
-    parser.add_argument("--from-log", type=Path, help="an earlier run's output: analyse its per-run lines, train nothing")
+    parser.add_argument(
+        "--set", action="append", default=[], help="KEY=VALUE for every run (e.g. train.dpo.compile_step=eager)"
+    )
+    parser.add_argument(
+        "--from-log", type=Path, help="an earlier run's output: analyse its per-run lines, train nothing"
+    )
     args = parser.parse_args()
     if args.from_log:
         values = read_log(args.from_log)
         names = set.intersection(*(set(v) for v in values.values()))  # the variants that finished
         others = list(dict.fromkeys(name.split("-seed")[0] for name in sorted(names) if not name.startswith("fp32-")))
         # The seeds every precision finished (a run cut by a time limit may lack some).
-        seeds = sorted(int(name.split("seed")[1]) for name in names if name.startswith("fp32-") and "again" not in name
-                       and all(f"{other}-{name[5:]}" in names for other in others))  # fmt: skip
+        seeds = sorted(
+            int(name.split("seed")[1])
+            for name in names
+            if name.startswith("fp32-")
+            and "again" not in name
+            and all(f"{other}-{name[5:]}" in names for other in others)
+        )
         replicate = f"fp32-seed{seeds[0]}-again" in names if seeds else False
         print(report(values, seeds, others, replicate))
         return
@@ -184,13 +224,20 @@ def main() -> None:
         variants[f"fp32-seed{seeds[0]}-again"] = ("fp32", seeds[0])
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-        futures = {name: pool.submit(run_variant, Path(args.workdir), name, *setting, args.device, args.preset, threads,
-                                     tuple(args.set)) for name, setting in variants.items()}  # fmt: skip
+        futures = {
+            name: pool.submit(
+                run_variant, Path(args.workdir), name, *setting, args.device, args.preset, threads, tuple(args.set)
+            )
+            for name, setting in variants.items()
+        }
         means = {name: future.result() for name, future in futures.items()}
 
     models = list(means[f"fp32-seed{seeds[0]}"].index)
-    values = {(model, metric): {name: float(frame.loc[model, metric]) for name, frame in means.items()}
-              for model in models for metric in METRICS}  # fmt: skip
+    values = {
+        (model, metric): {name: float(frame.loc[model, metric]) for name, frame in means.items()}
+        for model in models
+        for metric in METRICS
+    }
     for (model, metric), v in values.items():
         print(f"{model} {metric}: " + ", ".join(f"{name} {value:.3f}" for name, value in v.items()))
     print(report(values, seeds, others, args.replicate))

@@ -44,15 +44,23 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    variants = [("1 process", 1, None), (f"{args.processes} processes, grid", args.processes, "grid"),
-                (f"{args.processes} processes, data", args.processes, "data")]  # fmt: skip
+    variants = [
+        ("1 process", 1, None),
+        (f"{args.processes} processes, grid", args.processes, "grid"),
+        (f"{args.processes} processes, data", args.processes, "data"),
+    ]
     print("| variant | whole run (s) | sample stage (s) | training per model (s) | evaluation runs, summed (s) |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, processes, parallel in variants:
-            rows = [run(args.preset, Path(tmp) / f"{processes}-{parallel}-{r}", processes, parallel)
-                    for r in range(args.repeats)]  # fmt: skip
-            cells = [" / ".join(f"{row[k]:.1f}" for row in rows) for k in ("total_s", "sample_s", "train_model_s", "eval_runs_s")]
+            rows = [
+                run(args.preset, Path(tmp) / f"{processes}-{parallel}-{r}", processes, parallel)
+                for r in range(args.repeats)
+            ]
+            cells = [
+                " / ".join(f"{row[k]:.1f}" for row in rows)
+                for k in ("total_s", "sample_s", "train_model_s", "eval_runs_s")
+            ]
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -59,7 +59,7 @@ def timed(fn, device) -> float:
 def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
     from transformers import DynamicCache, StaticCache
 
-    from prefalign.config import SamplingConfig
+    from prefalign.config.schema import SamplingConfig
     from prefalign.engine.decode_step import compiled_step
     from prefalign.engine.decoding import _fast_batch, _static_batch
     from prefalign.models.loading import inference_dtype, load_policy
@@ -73,7 +73,11 @@ def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
     def bare_forwards():  # the decode loop's forward passes alone: greedy, no filtering
         cache, step = DynamicCache(config=policy.config), prompt
         for _ in range(sampling.max_length - 1):
-            step = policy(input_ids=step, use_cache=True, past_key_values=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+            step = (
+                policy(input_ids=step, use_cache=True, past_key_values=cache, logits_to_keep=1)
+                .logits[:, -1]
+                .argmax(-1, keepdim=True)
+            )
 
     @torch.inference_mode()
     def engine():
@@ -89,8 +93,10 @@ def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
     steps = sampling.max_length - 1
     for name, fn in loops:
         seconds = timed(fn, device)
-        print(f"{name}: {seconds:.2f}s for {batch} rows x {steps} steps ({1000 * seconds / steps:.1f} ms/step, "
-              f"{batch / seconds:.0f} rows/s), dtype {policy.dtype}")  # fmt: skip
+        print(
+            f"{name}: {seconds:.2f}s for {batch} rows x {steps} steps ({1000 * seconds / steps:.1f} ms/step, "
+            f"{batch / seconds:.0f} rows/s), dtype {policy.dtype}"
+        )
     for name, fn in (("eager decode", engine), ("compiled decode", compiled)):
         with profile(activities=activities(device)) as prof:
             fn()
@@ -103,7 +109,7 @@ def profile_sampling(policy_dir: str, reward_dir: str, n: int, device: torch.dev
     scoring, Parquet: where the time outside the decode loop goes) or, with `evaluation`, as an
     evaluation run does (with the KL's reference model, then the run's metrics; each phase timed):
     its seconds after a warm-up on the same shapes, and its profiler table."""
-    from prefalign.config import SamplingConfig
+    from prefalign.config.schema import SamplingConfig
     from prefalign.engine.decoding import sample_and_score
     from prefalign.models.loading import inference_dtype, load_classifier, load_policy
     from prefalign.stages.evaluate import run_metrics
@@ -113,9 +119,21 @@ def profile_sampling(policy_dir: str, reward_dir: str, n: int, device: torch.dev
     classifier, classifier_tokenizer = load_classifier(reward_dir, None, device, dtype)
     reference = load_policy(policy_dir, None, device, dtype)[0] if evaluation else None  # the original: same weights
     with tempfile.TemporaryDirectory() as d:
+
         def run(with_reference: bool):
-            return sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, 1, n, SamplingConfig(),
-                                    0, None, Path(d) / "s.parquet", reference=reference if with_reference else None)  # fmt: skip
+            return sample_and_score(
+                policy,
+                policy_tokenizer,
+                classifier,
+                classifier_tokenizer,
+                1,
+                n,
+                SamplingConfig(),
+                0,
+                None,
+                Path(d) / "s.parquet",
+                reference=reference if with_reference else None,
+            )
 
         for with_reference in (False, True) if evaluation else (False,):  # warm-up: the timed calls' batch shapes
             run(with_reference)
@@ -126,15 +144,20 @@ def profile_sampling(policy_dir: str, reward_dir: str, n: int, device: torch.dev
             start = time.perf_counter()
             run_metrics(df, policy_tokenizer, (0.0, 0.5))
             metrics = time.perf_counter() - start
-            print(f"\nevaluation run of {n} texts, dtype {dtype}: sample + score {plain:.2f}s, with the KL's log-probs "
-                  f"{with_kl:.2f}s (+{with_kl - plain:.2f}s), run metrics {metrics:.2f}s: "
-                  f"{n / (with_kl + metrics):.0f} texts/s")  # fmt: skip
+            print(
+                f"\nevaluation run of {n} texts, dtype {dtype}: sample + score {plain:.2f}s, with the KL's log-probs "
+                f"{with_kl:.2f}s (+{with_kl - plain:.2f}s), run metrics {metrics:.2f}s: "
+                f"{n / (with_kl + metrics):.0f} texts/s"
+            )
         else:
             print(f"\nsample_and_score: {n} texts in {plain:.2f}s ({n / plain:.0f} texts/s), dtype {dtype}")
         with profile(activities=activities(device)) as prof:
             run(evaluation)
             sync(device)
-    tables(prof, f"evaluation run (sample + score + KL log-probs), {n} texts" if evaluation else f"sample_and_score, {n} texts")
+    tables(
+        prof,
+        f"evaluation run (sample + score + KL log-probs), {n} texts" if evaluation else f"sample_and_score, {n} texts",
+    )
 
 
 def host_operations(prof, steps: int) -> None:
@@ -142,11 +165,16 @@ def host_operations(prof, steps: int) -> None:
     and what called them: each costs host time, and on a GPU each kernel among them a launch."""
     from collections import Counter
 
-    top = [e for e in prof.events() if e.name.startswith("aten::")
-           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
+    top = [
+        e
+        for e in prof.events()
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    ]
     callers = Counter((e.cpu_parent.name.split("/")[-1][:70] if e.cpu_parent else "-") for e in top)
-    print(f"host-dispatched torch operations: {len(top) / steps:.0f} per step; by caller, per step: "
-          + ", ".join(f"{name} {count / steps:.0f}" for name, count in callers.most_common(8)))
+    print(
+        f"host-dispatched torch operations: {len(top) / steps:.0f} per step; by caller, per step: "
+        + ", ".join(f"{name} {count / steps:.0f}" for name, count in callers.most_common(8))
+    )
 
 
 def profile_train(policy_dir: str, precision: str, device: torch.device, compile_step: str = "auto") -> None:
@@ -157,8 +185,10 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
 
     words = [f" w{i}" for i in range(50, 3000)]
     rng = torch.Generator().manual_seed(0)
-    texts = ["".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=rng))
-             for n in torch.randint(20, 63, (800,), generator=rng)]  # fmt: skip
+    texts = [
+        "".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=rng))
+        for n in torch.randint(20, 63, (800,), generator=rng)
+    ]
     pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": texts[:400], "rejected": texts[400:]})
 
     class Profiled(TrainerCallback):
@@ -184,9 +214,18 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
                 # Steps 41-43: where each host sync comes from (torch warns, with our stack, at every sync).
                 self.syncs, self.shown, self.filters = collections.Counter(), warnings.showwarning, warnings.filters[:]
                 warnings.simplefilter("always")
-                warnings.showwarning = lambda message, *a, **k: "synchroniz" in str(message) and self.syncs.update(
-                    ["\n      ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
-                                     for f in traceback.extract_stack()[-10:-2] if not f.filename.endswith("warnings.py"))])
+                warnings.showwarning = lambda message, *a, **k: (
+                    "synchroniz" in str(message)
+                    and self.syncs.update(
+                        [
+                            "\n      ".join(
+                                f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                                for f in traceback.extract_stack()[-10:-2]
+                                if not f.filename.endswith("warnings.py")
+                            )
+                        ]
+                    )
+                )
                 if device.type == "cuda":
                     torch.cuda.set_sync_debug_mode("warn")
             if state.global_step == 43:
@@ -200,16 +239,32 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
     callback = Profiled()
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
-        train_one(policy_dir, None, Path(d) / "pairs.parquet", Path(d) / "m", "seed", "sigmoid", 0.1,
-                  {"max_steps": 45, "logging_steps": 50, "max_length": min(256, context), "compile_step": compile_step},
-                  device, 0, log=lambda m: None, precision=precision, callbacks=[callback])  # fmt: skip
-    print(f"\ntraining steps 20..30 under cProfile: {100 * callback.python_seconds:.1f} ms/step ({precision}); "
-          "the host's Python by cumulative time:")
+        train_one(
+            policy_dir,
+            None,
+            Path(d) / "pairs.parquet",
+            Path(d) / "m",
+            "seed",
+            "sigmoid",
+            0.1,
+            {"max_steps": 45, "logging_steps": 50, "max_length": min(256, context), "compile_step": compile_step},
+            device,
+            0,
+            log=lambda m: None,
+            precision=precision,
+            callbacks=[callback],
+        )
+    print(
+        f"\ntraining steps 20..30 under cProfile: {100 * callback.python_seconds:.1f} ms/step ({precision}); "
+        "the host's Python by cumulative time:"
+    )
     pstats.Stats(callback.python).sort_stats("cumulative").print_stats(40)
     print(f"\ntraining steps 30..40 under the profiler: {100 * callback.seconds:.1f} ms/step ({precision})")
     tables(callback.prof, f"training, lean trainer, {precision}, compile_step {compile_step}")
     host_operations(callback.prof, 10)
-    print(f"\nhost syncs in steps 41-43 (torch.cuda.set_sync_debug_mode), {sum(callback.syncs.values())} in all, by stack:")
+    print(
+        f"\nhost syncs in steps 41-43 (torch.cuda.set_sync_debug_mode), {sum(callback.syncs.values())} in all, by stack:"
+    )
     for stack, count in callback.syncs.most_common(8):
         print(f"  {count} x\n      {stack}")
 
@@ -221,14 +276,15 @@ def main() -> None:
     parser.add_argument("--precision", default="tf32")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "prefalign-bench-base"))
-    parser.add_argument("--parts", default="decode,sample,evaluate,train",
-                        help="which of decode, sample, evaluate, train to profile")
+    parser.add_argument(
+        "--parts", default="decode,sample,evaluate,train", help="which of decode, sample, evaluate, train to profile"
+    )
     parser.add_argument("--compile-step", default="auto", help="train.dpo.compile_step of the train part")
     args = parser.parse_args()
     parts = args.parts.split(",")
-    from prefalign.cli import _quiet_libraries
+    from prefalign.pipeline.logs import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     device = torch.device(args.device)
     policy_dir, reward_dir = build_base_sized(Path(args.models))
     print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")

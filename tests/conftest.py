@@ -28,7 +28,8 @@ def cache_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dir(cache_root):
     """Directory with `policy/` (GPT-2, 2 layers) and `reward/` (DistilBERT, NEGATIVE/POSITIVE)."""
-    from prefalign.models.builtin import SPECS, build
+    from prefalign.models.builtin import build
+    from prefalign.models.specs import SPECS
 
     return build(SPECS["tiny"], cache_root, log=lambda msg: None)
 

@@ -24,6 +24,7 @@ def terminal_sigint() -> None:
     (which starts with SIGINT ignored, and a Python started so never raises KeyboardInterrupt)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
 def test_run_tiny_writes_every_output(tiny_run):
     root, _ = tiny_run
     samples = pd.read_parquet(root / "samples.parquet")
@@ -40,12 +41,37 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
         assert json.loads((d / "train.json").read_text())["pairs"] == 200
     results = pd.read_csv(root / "results.csv")
-    assert list(results.columns[:13]) == ["model", "group", "method", "strategy", "loss", "beta", "recipe", "round",
-                                          "kl_coef", "training_seed", "run", "reward_mean", "reward_std"]  # fmt: skip
+    assert list(results.columns[:13]) == [
+        "model",
+        "group",
+        "method",
+        "strategy",
+        "loss",
+        "beta",
+        "recipe",
+        "round",
+        "kl_coef",
+        "training_seed",
+        "run",
+        "reward_mean",
+        "reward_std",
+    ]
     assert (results.group == results.model).all()  # one training seed: each model is its own group
     assert set(results[results.model != "original"].training_seed) == {0}
-    assert {"diversity", "positive_rate", "distinct_1", "distinct_2", "kl_seq", "kl_token", "share_above_0",
-            "share_above_0.5", "reward_p05", "reward_p95", "mean_tokens", "broken_share"} <= set(results.columns)  # fmt: skip
+    assert {
+        "diversity",
+        "positive_rate",
+        "distinct_1",
+        "distinct_2",
+        "kl_seq",
+        "kl_token",
+        "share_above_0",
+        "share_above_0.5",
+        "reward_p05",
+        "reward_p95",
+        "mean_tokens",
+        "broken_share",
+    } <= set(results.columns)
     assert results.broken_share.between(0, 1).all()
     assert len(results) == (1 + len(MODELS)) * 2
     original = results[results.model == "original"]
@@ -56,12 +82,19 @@ def test_run_tiny_writes_every_output(tiny_run):
     trained_run = json.loads((root / "eval" / MODELS[0] / "run-00.json").read_text())
     assert set(trained_run["phase_seconds"]) == {"decode", "texts", "kl", "score", "write"}
     assert "phase_seconds" not in results.columns
-    assert set(json.loads((root / "samples.meta.json").read_text())["phase_seconds"]) == {"decode", "texts", "score", "write"}
+    assert set(json.loads((root / "samples.meta.json").read_text())["phase_seconds"]) == {
+        "decode",
+        "texts",
+        "score",
+        "write",
+    }
     report = (root / "report.md").read_text()
     for s in STRATEGIES:
         assert f"plots/rewards-{s}.png" in report and (root / "plots" / f"rewards-{s}.png").stat().st_size > 5000
         assert f"plots/training-{s}.png" in report and (root / "plots" / f"training-{s}.png").stat().st_size > 5000
-    assert "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
+    assert (
+        "| original model |" in report and "| sigmoid 0.1 (default) |" in report and "| hinge 0.1 (default) |" in report
+    )
     assert "overrides `learning_rate: 0.001`, `logging_steps: 5`\n- prompts: BOS token only" in report  # as written
     original_share = results[results.model == "original"].broken_share.mean()
     assert " mean length | broken texts |" in report and f"| {100 * original_share:.1f}% |" in report
@@ -98,7 +131,10 @@ def test_second_run_does_no_work(tiny_run, cli):
     assert {p: p.stat().st_mtime_ns for p in provenance} == provenance
     # every item of the plan is current: 1 samples + 3 pair files + the models + their evaluations + the report
     plan = cli("plan", "tiny", "--set", f"run_dir={root}").stdout
-    assert f"{1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} items, {1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} up to date" in plan
+    assert (
+        f"{1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} items, {1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} up to date"
+        in plan
+    )
 
 
 def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
@@ -113,8 +149,12 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
     # only a third evaluation run per model, and the report that reads them
     assert added == {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
     assert "results.csv" in changed
-    assert all(p in ("results.csv", "summary.csv", "report.md", "report.html", "report.meta.json") or p.startswith("plots/")
-               or (p.startswith("models/") and p.endswith("/README.md")) for p in changed), changed  # fmt: skip
+    assert all(
+        p in ("results.csv", "summary.csv", "report.md", "report.html", "report.meta.json")
+        or p.startswith("plots/")
+        or (p.startswith("models/") and p.endswith("/README.md"))
+        for p in changed
+    ), changed
     assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 3
 
 
@@ -150,8 +190,7 @@ def test_single_stage_command_stops_after_that_stage(tiny_dir, tmp_path, cli):
 
 
 def test_impossible_pairs_exit_1_with_the_reason(tiny_dir, tmp_path, cli):
-    proc = cli("pairs", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "pairs.threshold=100",
-                     check=False)  # fmt: skip
+    proc = cli("pairs", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "pairs.threshold=100", check=False)
     assert proc.returncode == 1
     assert "threshold: cannot build any pair" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -168,14 +207,32 @@ def test_a_missing_local_model_path_is_no_such_directory_before_any_work(tiny_di
     (tmp_path / "weights.bin").write_text("x")
     proc = cli("plan", "tiny", "--set", "reward.model=./weights.bin", check=False)
     assert proc.returncode == 2 and "reward.model" in proc.stderr and "is a file" in proc.stderr
-    proc = cli("sample", "tiny", "--set", f"run_dir={root}", "--set", "sampling.prompts={corpus: ./no-such.csv}", check=False)
+    proc = cli(
+        "sample", "tiny", "--set", f"run_dir={root}", "--set", "sampling.prompts={corpus: ./no-such.csv}", check=False
+    )
     assert proc.returncode == 2 and "sampling.prompts.corpus" in proc.stderr and "./no-such.csv" in proc.stderr
     (tmp_path / "reviews.docx").write_text("x")
-    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", f"sampling.prompts={{corpus: {tmp_path / 'reviews.docx'}}}",
-               check=False)  # fmt: skip
+    proc = cli(
+        "run",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        f"sampling.prompts={{corpus: {tmp_path / 'reviews.docx'}}}",
+        check=False,
+    )
     assert proc.returncode == 2 and "sampling.prompts.corpus" in proc.stderr and "'.docx'" in proc.stderr
-    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", f"reward.model={tiny_dir / 'reward'}",
-               "--set", "reward.positive_label=pos", check=False)  # fmt: skip
+    proc = cli(
+        "run",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        f"reward.model={tiny_dir / 'reward'}",
+        "--set",
+        "reward.positive_label=pos",
+        check=False,
+    )
     assert proc.returncode == 2 and "'pos' is not a label" in proc.stderr and "Traceback" not in proc.stderr
     assert not root.exists()
 
@@ -186,10 +243,22 @@ def test_a_training_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weigh
     serial_root, _ = tiny_run
     root = tmp_path / "run"
     cli("pairs", "tiny", "--set", f"run_dir={root}", "--set", "pairs.strategies=[random]")
-    train = ["train", "tiny", "--set", f"run_dir={root}", "--set", "train.checkpoint_steps=5", "--set",
-             "pairs.strategies=[random]"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", *train], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    train = [
+        "train",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "train.checkpoint_steps=5",
+        "--set",
+        "pairs.strategies=[random]",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefalign.cli", *train],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
     deadline = time.time() + 300
     while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
@@ -227,18 +296,33 @@ def test_a_failed_run_leaves_the_provenance_of_the_last_good_one(tiny_run, tmp_p
     # Its config.yaml damaged (not UTF-8): still refused, without claiming which keys differ.
     (root / "config.yaml").write_bytes(b"\xff\xfe")
     proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", check=False)
-    assert proc.returncode == 2 and "config.yaml is missing or unreadable" in proc.stderr and "there," not in proc.stderr
+    assert (
+        proc.returncode == 2 and "config.yaml is missing or unreadable" in proc.stderr and "there," not in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and outputs(root) == files
 
 
 def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(tiny_dir, tmp_path, cli):
     root = tmp_path / "run"
     cli("pairs", "tiny", "--set", f"run_dir={root}", "--set", "pairs.strategies=[random]")
-    train = ["train", "tiny", "--set", f"run_dir={root}", "--set", "train.checkpoint_steps=5", "--set",
-             "pairs.strategies=[random]"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", *train], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=terminal_sigint)  # fmt: skip
+    train = [
+        "train",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "train.checkpoint_steps=5",
+        "--set",
+        "pairs.strategies=[random]",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefalign.cli", *train],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=terminal_sigint,
+    )
     checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
     deadline = time.time() + 300
     while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
@@ -252,9 +336,16 @@ def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(ti
     assert all((root / "models" / name / "train.json").exists() for name in MODELS[:2])
 
 
-@pytest.mark.parametrize("processes,stop", [(["--set", "train.side_by_side=2"], "ctrl-c"), (["--num-processes", "2"], "ctrl-c"),
-                                            (["--set", "train.side_by_side=2"], "kill"), (["--num-processes", "2"], "kill")],
-                         ids=["side-by-side-ctrl-c", "two-processes-ctrl-c", "side-by-side-kill", "two-processes-kill"])  # fmt: skip
+@pytest.mark.parametrize(
+    "processes,stop",
+    [
+        (["--set", "train.side_by_side=2"], "ctrl-c"),
+        (["--num-processes", "2"], "ctrl-c"),
+        (["--set", "train.side_by_side=2"], "kill"),
+        (["--num-processes", "2"], "kill"),
+    ],
+    ids=["side-by-side-ctrl-c", "two-processes-ctrl-c", "side-by-side-kill", "two-processes-kill"],
+)
 def test_stopping_several_processes_says_so_once_and_leaves_none_running(tiny_dir, tmp_path, processes, stop):
     """Ctrl-C (SIGINT to the terminal's process group): exit 130. `kill PID` (SIGTERM to the run's
     process alone, as schedulers send at a time limit): exit 143, its workers ending with it
@@ -262,8 +353,13 @@ def test_stopping_several_processes_says_so_once_and_leaves_none_running(tiny_di
     log = tmp_path / "run.log"
     args = ["run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "train.dpo.num_train_epochs=20", *processes]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=terminal_sigint)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefalign.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=terminal_sigint,
+        )
     deadline = time.time() + 300
     while "step 20/" not in log.read_text() and time.time() < deadline:
         assert proc.poll() is None, log.read_text()[-2000:]
@@ -292,7 +388,7 @@ def test_a_run_in_this_process_leaves_its_sigterm_handler_as_it_was(tiny_dir, tm
 def test_debug_shows_the_traceback_behind_a_user_error(tmp_path, monkeypatch, cli):
     bad = ["sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "policy.model=/nonexistent/model"]
     proc = cli("--debug", *bad, check=False)
-    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ModelPathError" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "ModelPathError" in proc.stderr
     monkeypatch.setenv("PREFALIGN_DEBUG", "1")
     proc = cli(*bad, check=False)
     assert "Traceback" in proc.stderr and "no such directory" in proc.stderr
@@ -304,7 +400,16 @@ def test_models_trained_side_by_side_match_the_serial_run(tiny_run, tmp_path, cl
 
     serial_root, _ = tiny_run
     root = tmp_path / "run"
-    cli("train", "tiny", "--set", f"run_dir={root}", "--set", "train.side_by_side=2", "--set", "pairs.strategies=[margin]")
+    cli(
+        "train",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "train.side_by_side=2",
+        "--set",
+        "pairs.strategies=[margin]",
+    )
     for name in MODELS[2:4]:  # the margin models
         info = json.loads((root / "models" / name / "train.json").read_text())
         assert info["key"] == json.loads((serial_root / "models" / name / "train.json").read_text())["key"]
@@ -332,7 +437,10 @@ def test_a_one_output_classifier_is_refused_unless_its_logit_is_declared_the_rew
     config.num_labels, config.id2label, config.label2id = 1, {0: "LABEL_0"}, {"LABEL_0": 0}
     config.problem_type = "regression"  # a one-output reward head, as reward models have
     one = type(two)(config)
-    one.save_pretrained(tmp_path / "one"), AutoTokenizer.from_pretrained(tiny_dir / "reward").save_pretrained(tmp_path / "one")
+    (
+        one.save_pretrained(tmp_path / "one"),
+        AutoTokenizer.from_pretrained(tiny_dir / "reward").save_pretrained(tmp_path / "one"),
+    )
     base = ["sample", "tiny", "--set", f"reward.model={tmp_path / 'one'}", "--set", "reward.positive_label=LABEL_0"]
     proc = cli(*base, "--set", f"run_dir={tmp_path / 'refused'}", check=False)
     assert proc.returncode == 2 and "single output" in proc.stderr and "reward.single_logit" in proc.stderr
@@ -345,8 +453,15 @@ def test_a_one_output_classifier_is_refused_unless_its_logit_is_declared_the_rew
 
 def test_corpus_problems_are_messages_not_tracebacks(tiny_dir, tmp_path, cli):
     (tmp_path / "latin1.csv").write_bytes("text\nfine\nthe caf\u00e9 scene\n".encode("latin-1"))
-    proc = cli("sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set",
-                     f"sampling.prompts={{corpus: {tmp_path / 'latin1.csv'}}}", check=False)  # fmt: skip
+    proc = cli(
+        "sample",
+        "tiny",
+        "--set",
+        f"run_dir={tmp_path / 'run'}",
+        "--set",
+        f"sampling.prompts={{corpus: {tmp_path / 'latin1.csv'}}}",
+        check=False,
+    )
     assert proc.returncode == 1 and "line 3" in proc.stderr and "UTF-8" in proc.stderr
     assert "Traceback" not in proc.stderr
     (tmp_path / "few.csv").write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20)))
@@ -397,8 +512,17 @@ def test_a_disk_full_while_saving_a_model_says_how_much_room_it_needs(tiny_dir, 
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
     root = tmp_path / "run"
-    proc = cli("train", "tiny", "--set", f"run_dir={root}", "--set", "pairs.strategies=[random]", "--set",
-               "train.losses=[sigmoid]", check=False)  # fmt: skip
+    proc = cli(
+        "train",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "pairs.strategies=[random]",
+        "--set",
+        "train.losses=[sigmoid]",
+        check=False,
+    )
     assert proc.returncode == 1 and "disk is full" in proc.stderr and "Traceback" not in proc.stderr
     assert ("model.safetensors" if raised == "OSError" else "cannot save a model's weights") in proc.stderr
     assert "MiB" in proc.stderr
@@ -409,7 +533,7 @@ def test_a_read_only_run_directory_still_reports_and_more_work_is_a_message(tiny
     import errno
     import shutil
 
-    import prefalign.store as store
+    import prefalign.pipeline.store as store
 
     root = tmp_path / "run"
     shutil.copytree(tiny_run[0], root)
@@ -449,7 +573,9 @@ def test_compare_puts_two_runs_in_one_table_and_plot(tiny_run, tmp_path, cli):
     assert proc.returncode == 2 and "none has no results.csv" in proc.stderr and "Traceback" not in proc.stderr
     (second / "config.yaml").write_text("reward: [unclosed")  # a run's config edited by hand into broken YAML
     proc = cli("compare", str(first), str(second), "--out", str(out), check=False)
-    assert proc.returncode == 2 and "config.yaml cannot be read as YAML" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "config.yaml cannot be read as YAML" in proc.stderr and "Traceback" not in proc.stderr
+    )
     proc = cli("compare", str(first), "--out", str(first / "results.csv"), check=False)  # a file as --out
     assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -462,8 +588,17 @@ def test_repeats_report_the_mean_and_std_across_training_seeds(tiny_run, tmp_pat
     root = tmp_path / "run"
     shutil.copytree(tiny_run[0], root)
     before = {m: (root / "models" / m / "model.safetensors").stat().st_mtime_ns for m in MODELS}
-    cli("run", "tiny", "--set", f"run_dir={root}", "--set", "train.repeats=2", "--set", "pairs.strategies=[random]",
-        "--update")  # fmt: skip
+    cli(
+        "run",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "train.repeats=2",
+        "--set",
+        "pairs.strategies=[random]",
+        "--update",
+    )
     groups = [m for m in MODELS if m.startswith("random-")]
     for m in groups:  # the first seed's models are the tiny run's, kept; the second seed's are new
         assert (root / "models" / m / "model.safetensors").stat().st_mtime_ns == before[m]
@@ -483,7 +618,9 @@ def test_repeats_report_the_mean_and_std_across_training_seeds(tiny_run, tmp_pat
     assert not any(name.endswith("-seed1") for name in summary.index)  # one row per model group
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="needs a machine without a GPU"
+)
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_a_device_the_machine_lacks_exits_2_before_any_work(tmp_path, cli, device):
     proc = cli("sample", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", f"device={device}", check=False)
@@ -503,9 +640,14 @@ def test_a_model_cache_that_cannot_be_created_is_a_message(tmp_path, monkeypatch
 def test_ctrl_c_while_building_the_demo_models_exits_130_with_a_line(tmp_path):
     log = tmp_path / "build.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefalign.cli", "build-demo", "tiny"], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=terminal_sigint,
-                                env={**os.environ, "PREFALIGN_CACHE": str(tmp_path / "cache")})  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefalign.cli", "build-demo", "tiny"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=terminal_sigint,
+            env={**os.environ, "PREFALIGN_CACHE": str(tmp_path / "cache")},
+        )
     deadline = time.time() + 120
     while "building prefalign:tiny" not in log.read_text() and time.time() < deadline:
         assert proc.poll() is None, log.read_text()[-2000:]
@@ -542,14 +684,16 @@ def test_a_damaged_output_is_named_and_made_again_once_deleted(tiny_run, tmp_pat
 
 @pytest.mark.parametrize("failure", ["cpu", "cuda"])
 def test_running_out_of_memory_is_one_line_naming_the_batch_sizes(tiny_dir, tmp_path, cli, monkeypatch, failure):
-    from prefalign import runner
-    from prefalign.items import Pairs
+    from prefalign.pipeline import runner
+    from prefalign.pipeline.items import Pairs
 
     def out_of_memory(item, services):
         if failure == "cpu":
             torch.empty(10**14)  # ~400 TB: the CPU allocator refuses it at once
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
-                                     "79.19 GiB of which 1.06 GiB is free.")  # fmt: skip
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+            "79.19 GiB of which 1.06 GiB is free."
+        )
 
     monkeypatch.setitem(runner.STAGES, Pairs, out_of_memory)
     proc = cli("run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", check=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefalign.config import SamplingConfig
+from prefalign.config.schema import SamplingConfig
 from prefalign.engine import decode_step, decoding
 from prefalign.engine.decode_step import compiled_step
 from prefalign.engine.decoding import _fast_batch, _static_batch, completion_logprobs, generate
@@ -94,8 +94,10 @@ def test_a_decode_step_that_fails_to_compile_falls_back_to_the_eager_loop(tiny_p
 
 def test_compile_step_resolves_per_device_and_model(tiny_policy):
     policy, _ = tiny_policy
-    on_cpu = {mode: decoding.decode_step_mode(SamplingConfig(compile_step=mode), policy)
-              for mode in ("auto", "eager", "fused", "graphs")}  # fmt: skip
+    on_cpu = {
+        mode: decoding.decode_step_mode(SamplingConfig(compile_step=mode), policy)
+        for mode in ("auto", "eager", "fused", "graphs")
+    }
     assert on_cpu == {"auto": "eager", "eager": "eager", "fused": "fused", "graphs": "fused"}
 
     class NotCompilable(torch.nn.Module):  # a model transformers does not mark as compilable

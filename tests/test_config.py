@@ -1,8 +1,8 @@
 import pytest
 
 from prefalign.cli import main
-from prefalign.config import Config
-from prefalign.configfile import ConfigError, describe, load_config
+from prefalign.config.loader import ConfigError, describe, load_config
+from prefalign.config.schema import Config
 
 
 def write(tmp_path, text):
@@ -15,7 +15,12 @@ def test_empty_config_is_the_reference_experiment(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg.name == "exp"
     assert cfg.policy.model == "lvwerra/gpt2-imdb" and cfg.reward.model == "lvwerra/distilbert-imdb"
-    assert (cfg.sampling.num_samples, cfg.sampling.max_length, cfg.sampling.top_k, cfg.sampling.top_p) == (10000, 64, 50, 0.85)
+    assert (cfg.sampling.num_samples, cfg.sampling.max_length, cfg.sampling.top_k, cfg.sampling.top_p) == (
+        10000,
+        64,
+        50,
+        0.85,
+    )
     assert (cfg.pairs.count, cfg.pairs.margin, cfg.pairs.threshold) == (20000, 1.0, 0.5)
     assert (cfg.evaluate.runs, cfg.evaluate.samples) == (10, 5000)
     assert str(cfg.run_path) == "runs/exp"
@@ -111,8 +116,15 @@ def test_a_key_given_twice_is_refused_with_both_lines_not_silently_overwritten(t
 
 def test_one_value_where_a_list_is_expected_is_a_list_of_one(tmp_path):
     text = "pairs:\n  strategies: margin\ntrain:\n  losses: {types: [hinge, sft], weights: [1, 0.1]}\n"
-    cfg = load_config(write(tmp_path, text), ["train.betas=0.5", "train.extra={strategy: random, loss: ipo, beta: 0.3}",
-                                              "train.lora={target_modules: all-linear}", "evaluate.reward_thresholds=1"])
+    cfg = load_config(
+        write(tmp_path, text),
+        [
+            "train.betas=0.5",
+            "train.extra={strategy: random, loss: ipo, beta: 0.3}",
+            "train.lora={target_modules: all-linear}",
+            "evaluate.reward_thresholds=1",
+        ],
+    )
     assert cfg.pairs.strategies == ["margin"] and cfg.train.betas == [0.5] and cfg.evaluate.reward_thresholds == [1.0]
     assert cfg.train.losses[0].types == ["hinge", "sft"] and [e.beta for e in cfg.train.extra] == [0.3]
     assert cfg.train.lora.target_modules == "all-linear"  # a field that takes one value keeps it
@@ -146,7 +158,7 @@ def test_cli_set_error_exits_2(tmp_path, capsys):
 def test_every_field_has_help_and_a_default():
     rows = describe(Config)
     assert len(rows) > 25
-    for key, default, help_text in rows:
+    for key, _default, help_text in rows:
         assert help_text, key
 
 
@@ -173,8 +185,13 @@ def test_prefalign_training_switches_are_accepted_in_train_dpo():
 
 
 def test_loss_entries_and_extra_points_are_validated_with_clear_messages():
-    cfg = load_config("tiny", ["train.losses=[slic, {types: [sigmoid, sft], weights: [1, 0.5]}]",
-                               "train.extra=[{strategy: quantile, loss: ipo, beta: 0.5, recipe: seed}]"])  # fmt: skip
+    cfg = load_config(
+        "tiny",
+        [
+            "train.losses=[slic, {types: [sigmoid, sft], weights: [1, 0.5]}]",
+            "train.extra=[{strategy: quantile, loss: ipo, beta: 0.5, recipe: seed}]",
+        ],
+    )
     assert cfg.train.losses[0] == "slic" and cfg.train.losses[1].label() == "sigmoid+0.5sft"
     with pytest.raises(ConfigError) as e:
         load_config("tiny", ["train.losses=[{types: [sigmod]}]"])
@@ -190,9 +207,13 @@ def test_loss_entries_and_extra_points_are_validated_with_clear_messages():
 
 
 def test_new_sections_reject_impossible_values():
-    for bad, needle in [("pairs.interval=[2, 1]", "low < high"), ("pairs.quantile=0.7", "pairs.quantile"),
-                        ("sampling.prompts={corpus: x, max_tokens: 40}", "no room"),
-                        ("iterative.strategy=nope", "unknown pair strategy"), ("online.steps=0", "online.steps")]:  # fmt: skip
+    for bad, needle in [
+        ("pairs.interval=[2, 1]", "low < high"),
+        ("pairs.quantile=0.7", "pairs.quantile"),
+        ("sampling.prompts={corpus: x, max_tokens: 40}", "no room"),
+        ("iterative.strategy=nope", "unknown pair strategy"),
+        ("online.steps=0", "online.steps"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             load_config("tiny", [bad])
 
@@ -240,21 +261,24 @@ def test_a_numeric_positive_label_is_the_label_s_name():
         load_config("tiny", ["reward.positive_label=true"])  # a boolean is no label name
 
 
-@pytest.mark.parametrize("dpo,needle", [
-    ("{per_device_train_batch_size: 0}", "`per_device_train_batch_size` must be >= 1, not 0"),
-    ("{gradient_accumulation_steps: 0}", "`gradient_accumulation_steps` must be >= 1"),
-    ("{learning_rate: -1}", "`learning_rate` must be >= 0"),
-    ("{num_train_epochs: 0}", "`num_train_epochs` must be > 0"),
-    ("{max_steps: 0}", "`max_steps` must be > 0, or -1"),
-    ("{warmup_steps: -5}", "`warmup_steps` must be >= 0"),
-    ("{logging_steps: 0}", "`logging_steps` must be > 0"),
-    ("{lr_scheduler_type: cosin}", "'cosin' is not one of linear, cosine.*did you mean 'cosine'"),
-    ("{optim: rmsprp}", "did you mean 'rmsprop'"),
-    ("{eval_strategy: steps}", "no evaluation set"),
-    ("{load_best_model_at_end: true}", "no evaluation set"),
-    ("{push_to_hub: true}", "hf upload"),
-    ("{torch_compile: true}", "compile_step"),
-])
+@pytest.mark.parametrize(
+    "dpo,needle",
+    [
+        ("{per_device_train_batch_size: 0}", "`per_device_train_batch_size` must be >= 1, not 0"),
+        ("{gradient_accumulation_steps: 0}", "`gradient_accumulation_steps` must be >= 1"),
+        ("{learning_rate: -1}", "`learning_rate` must be >= 0"),
+        ("{num_train_epochs: 0}", "`num_train_epochs` must be > 0"),
+        ("{max_steps: 0}", "`max_steps` must be > 0, or -1"),
+        ("{warmup_steps: -5}", "`warmup_steps` must be >= 0"),
+        ("{logging_steps: 0}", "`logging_steps` must be > 0"),
+        ("{lr_scheduler_type: cosin}", "'cosin' is not one of linear, cosine.*did you mean 'cosine'"),
+        ("{optim: rmsprp}", "did you mean 'rmsprop'"),
+        ("{eval_strategy: steps}", "no evaluation set"),
+        ("{load_best_model_at_end: true}", "no evaluation set"),
+        ("{push_to_hub: true}", "hf upload"),
+        ("{torch_compile: true}", "compile_step"),
+    ],
+)
 def test_trainer_values_that_failed_mid_run_are_refused_with_the_field(dpo, needle):
     """Each of these passed the type check and failed after sampling with a traceback from the
     DataLoader, torch's optimizer, transformers or the hub client."""
@@ -265,12 +289,16 @@ def test_trainer_values_that_failed_mid_run_are_refused_with_the_field(dpo, need
 
 
 def test_trainer_values_within_bounds_and_machine_specific_ones_plan_anywhere():
-    fine = ("{lr_scheduler_type: cosine, optim: adamw_torch_fused, bf16: true, tf32: true, max_steps: -1, "
-            "eval_strategy: 'no', torch_compile: false, warmup_steps: 0.1, logging_steps: 0.5, deepspeed: ds.json}")
+    fine = (
+        "{lr_scheduler_type: cosine, optim: adamw_torch_fused, bf16: true, tf32: true, max_steps: -1, "
+        "eval_strategy: 'no', torch_compile: false, warmup_steps: 0.1, logging_steps: 0.5, deepspeed: ds.json}"
+    )
     assert load_config("tiny", [f"train.dpo={fine}"]).train.dpo["optim"] == "adamw_torch_fused"
     # YAML reads an unquoted `no` as false; for a field whose choices include "no" it is that choice.
-    assert load_config("tiny", ["train.dpo={eval_strategy: no, save_strategy: no}"]).train.dpo == \
-        {"eval_strategy": "no", "save_strategy": "no"}  # fmt: skip
+    assert load_config("tiny", ["train.dpo={eval_strategy: no, save_strategy: no}"]).train.dpo == {
+        "eval_strategy": "no",
+        "save_strategy": "no",
+    }
 
 
 def test_a_papers_loss_name_points_to_its_name_here():
@@ -283,12 +311,16 @@ def test_a_papers_loss_name_points_to_its_name_here():
 def test_a_setting_whose_package_is_missing_is_one_line_but_our_import_bugs_stay_tracebacks():
     from transformers.utils.versions import require_version
 
-    from prefalign.cli import package_problem
+    from prefalign.errors import package_problem
 
     with pytest.raises(ImportError) as missing:
         require_version("no-such-package-prefalign>=1.0", "pip install no-such-package-prefalign")
     assert "no-such-package-prefalign" in package_problem(missing.value)
-    assert package_problem(ImportError("You have set `use_liger_kernel` to `True` but liger-kernel >= 0.3.0 is not "
-                                       "available. Please install it with `pip install liger-kernel`"))  # fmt: skip
+    assert package_problem(
+        ImportError(
+            "You have set `use_liger_kernel` to `True` but liger-kernel >= 0.3.0 is not "
+            "available. Please install it with `pip install liger-kernel`"
+        )
+    )
     assert package_problem(ImportError("cannot import name 'load_polcy' from 'prefalign.models'")) is None
     assert package_problem(ValueError("pip install x")) is None

@@ -5,13 +5,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefalign.cli import main
-from prefalign.configfile import describe
+from prefalign.config.loader import describe
 
 KEYS = [key for key, _, _ in describe()] + ["train.nonsense", "sampling", "pairs.count.extra", "run_dir", "name"]
-SCALARS = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-                    st.text(max_size=12), st.just("null"), st.just("~"))  # fmt: skip
-VALUES = st.one_of(SCALARS.map(str), st.lists(SCALARS, max_size=3).map(lambda xs: "[" + ",".join(map(str, xs)) + "]"),
-                   st.just("{a: 1}"), st.just("{types: [sigmoid], weights: [1, 2]}"), st.just("[slic, {types: []}]"))  # fmt: skip
+SCALARS = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=12),
+    st.just("null"),
+    st.just("~"),
+)
+VALUES = st.one_of(
+    SCALARS.map(str),
+    st.lists(SCALARS, max_size=3).map(lambda xs: "[" + ",".join(map(str, xs)) + "]"),
+    st.just("{a: 1}"),
+    st.just("{types: [sigmoid], weights: [1, 2]}"),
+    st.just("[slic, {types: []}]"),
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

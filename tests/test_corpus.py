@@ -1,4 +1,4 @@
-"""prefalign.models.corpus: every input form, label vocabulary, errors, and the offline Rotten Tomatoes data."""
+"""prefalign.data.corpus: every input form, label vocabulary, errors, and the offline Rotten Tomatoes data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from prefalign.models.corpus import CorpusError, corpus_stats, load_labelled_texts
+from prefalign.data.corpus import CorpusError, corpus_stats, load_labelled_texts
 
 ROWS = [
     ("A warm, funny and wise film.", 1),
@@ -64,10 +64,12 @@ def test_parquet_nullable_labels_are_unlabelled(tmp_path):
 
 @pytest.mark.parametrize(
     ("columns", "expected"),
-    [({"review": TEXTS, "sentiment": ["positive" if y else "negative" for y in LABELS]}, "review/sentiment"),
-     ({"sentence": TEXTS, "label": LABELS}, "sentence/label"),
-     ({"text": TEXTS, "category": ["fresh" if y else "rotten" for y in LABELS]}, "text/category")],
-)  # fmt: skip
+    [
+        ({"review": TEXTS, "sentiment": ["positive" if y else "negative" for y in LABELS]}, "review/sentiment"),
+        ({"sentence": TEXTS, "label": LABELS}, "sentence/label"),
+        ({"text": TEXTS, "category": ["fresh" if y else "rotten" for y in LABELS]}, "text/category"),
+    ],
+)
 def test_alternative_column_names_are_found(tmp_path, columns, expected):
     path = tmp_path / "alt.csv"
     pd.DataFrame(columns).to_csv(path, index=False)
@@ -198,8 +200,15 @@ def test_hub_id_offline_fails_fast(monkeypatch):
 
 def test_hub_id_unreachable_fails_fast(monkeypatch):
     # Whatever the network here, point the hub at a port nothing listens on: no 25 s of retries.
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
-                "ALL_PROXY", "all_proxy"):  # fmt: skip
+    for var in (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     t0 = time.time()
@@ -211,13 +220,20 @@ def test_hub_id_unreachable_fails_fast(monkeypatch):
 def test_corpus_stats_values():
     stats = corpus_stats(["abcd", "ab", "abcdef", "x"], [1, 0, 1, -1])
     assert stats == {
-        "texts": 4, "positive": 2, "positive_mean_chars": 5.0, "negative": 1, "negative_mean_chars": 2.0,
-        "unlabelled": 1, "unlabelled_mean_chars": 1.0, "mean_chars": 3.2, "positive_share": 0.6667,
-    }  # fmt: skip
+        "texts": 4,
+        "positive": 2,
+        "positive_mean_chars": 5.0,
+        "negative": 1,
+        "negative_mean_chars": 2.0,
+        "unlabelled": 1,
+        "unlabelled_mean_chars": 1.0,
+        "mean_chars": 3.2,
+        "positive_share": 0.6667,
+    }
 
 
 def test_prompts_read_texts_only_whatever_the_labels(tmp_path):
-    from prefalign.models.corpus import load_texts
+    from prefalign.data.corpus import load_texts
 
     pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "texts.csv", index=False)
     assert load_texts(str(tmp_path / "texts.csv")) == TEXTS
@@ -240,12 +256,13 @@ def test_a_non_utf8_byte_names_its_line_and_an_empty_file_says_so(tmp_path):
 def test_prompts_from_empty_or_too_short_texts_say_how_many_were_usable(tmp_path):
     from transformers import AutoTokenizer
 
-    from prefalign.config import PromptConfig
+    from prefalign.config.schema import PromptConfig
     from prefalign.engine.prompts import corpus_prompts
-    from prefalign.models.builtin import SPECS, build
+    from prefalign.models.builtin import build
+    from prefalign.models.specs import SPECS
 
     tokenizer = AutoTokenizer.from_pretrained(build(SPECS["tiny"], log=lambda m: None) / "policy")
-    (tmp_path / "blank.csv").write_text("text\n\"\"\n\" \"\n")
+    (tmp_path / "blank.csv").write_text('text\n""\n" "\n')
     cfg = PromptConfig(corpus=str(tmp_path / "blank.csv"), per_prompt=2, min_tokens=2, max_tokens=4)
     with pytest.raises(CorpusError, match="no text to cut prompts from"):
         corpus_prompts(cfg, tokenizer, 4, 0)
@@ -258,10 +275,13 @@ def test_prompts_from_empty_or_too_short_texts_say_how_many_were_usable(tmp_path
 def test_building_models_on_too_small_a_corpus_says_how_many_texts_it_needs(tmp_path):
     import dataclasses
 
-    from prefalign.models.builtin import SPECS, build
+    from prefalign.models.builtin import build
+    from prefalign.models.specs import SPECS
 
     path = tmp_path / "few.csv"
-    pd.DataFrame({"text": [f"film {i}" for i in range(60)], "label": [i % 2 for i in range(60)]}).to_csv(path, index=False)
+    pd.DataFrame({"text": [f"film {i}" for i in range(60)], "label": [i % 2 for i in range(60)]}).to_csv(
+        path, index=False
+    )
     spec = dataclasses.replace(SPECS["tiny"], corpus=str(path))
     with pytest.raises(CorpusError, match=r"60 usable texts \(30 positive, 30 negative\).*at least 200"):
         build(spec, tmp_path / "cache", log=lambda m: None)
@@ -270,14 +290,18 @@ def test_building_models_on_too_small_a_corpus_says_how_many_texts_it_needs(tmp_
 def test_build_specs_read_any_columns_and_positive_value_without_changing_default_keys(tmp_path):
     import dataclasses
 
-    from prefalign.models.builtin import SPECS, load_corpus
+    from prefalign.models.builtin import load_corpus
+    from prefalign.models.specs import SPECS
 
     path = tmp_path / "stars.csv"
-    pd.DataFrame({"review": TEXTS, "stars": ["5 stars", "1 star", "5 stars", "2 stars", "5 stars"]}).to_csv(path, index=False)
+    pd.DataFrame({"review": TEXTS, "stars": ["5 stars", "1 star", "5 stars", "2 stars", "5 stars"]}).to_csv(
+        path, index=False
+    )
     with pytest.raises(CorpusError, match=r"unknown label value '5 stars'.*--positive VALUE"):
         load_corpus(dataclasses.replace(SPECS["tiny"], corpus=str(path), text_column="review", label_column="stars"))
-    spec = dataclasses.replace(SPECS["tiny"], corpus=str(path), text_column="review", label_column="stars",
-                               positive="5 stars")  # fmt: skip
+    spec = dataclasses.replace(
+        SPECS["tiny"], corpus=str(path), text_column="review", label_column="stars", positive="5 stars"
+    )
     assert load_corpus(spec) == (TEXTS, [1, 0, 1, 0, 1])
     assert spec.key() != dataclasses.replace(spec, positive=None).key()
     # the defaults leave the cache keys of already-built models as they were
@@ -287,7 +311,7 @@ def test_build_specs_read_any_columns_and_positive_value_without_changing_defaul
 def test_a_local_corpus_identity_changes_with_its_files_and_a_hub_id_has_none(tmp_path):
     import os
 
-    from prefalign.models.corpus import CorpusPathError, corpus_identity
+    from prefalign.data.corpus import CorpusPathError, corpus_identity
 
     assert corpus_identity("imdb") is None and corpus_identity("rotten_tomatoes") is None
     (tmp_path / "acl" / "train" / "pos").mkdir(parents=True)
@@ -315,7 +339,7 @@ def test_a_hub_dataset_subset_is_passed_to_datasets_and_refused_for_local_files(
     several (nyu-mll/glue's sst2). The hub is replaced here by a stand-in for `datasets.load_dataset`."""
     import datasets
 
-    import prefalign.models.hub as hub
+    import prefalign.data.hub as hub
 
     calls = []
 
@@ -324,13 +348,20 @@ def test_a_hub_dataset_subset_is_passed_to_datasets_and_refused_for_local_files(
         return datasets.Dataset.from_dict({"sentence": ["a fine film", "a dull film", ""], "label": [1, 0, 1]})
 
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
-    monkeypatch.setattr(hub, "_offline_requested", lambda: False)
+    monkeypatch.setattr(hub, "offline_requested", lambda: False)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    assert load_labelled_texts("nyu-mll/glue", subset="sst2", split="validation") == (["a fine film", "a dull film"], [1, 0])
+    assert load_labelled_texts("nyu-mll/glue", subset="sst2", split="validation") == (
+        ["a fine film", "a dull film"],
+        [1, 0],
+    )
     assert calls == [("nyu-mll/glue", "sst2", "validation")]
-    from prefalign.models.corpus import load_texts
+    from prefalign.data.corpus import load_texts
 
-    assert load_texts("stanfordnlp/sst2") == ["a fine film", "a dull film"] and calls[-1] == ("stanfordnlp/sst2", None, "train")
+    assert load_texts("stanfordnlp/sst2") == ["a fine film", "a dull film"] and calls[-1] == (
+        "stanfordnlp/sst2",
+        None,
+        "train",
+    )
     (tmp_path / "r.csv").write_text("text,label\nfine,1\n")
     for local in (str(tmp_path / "r.csv"), "rotten_tomatoes"):
         with pytest.raises(CorpusError, match="has no subsets"):
@@ -338,10 +369,12 @@ def test_a_hub_dataset_subset_is_passed_to_datasets_and_refused_for_local_files(
 
 
 def test_a_prompt_subset_counts_in_the_sample_keys_only_when_given():
-    from prefalign.config import Config
-    from prefalign.items import sampler_settings
+    from prefalign.config.schema import Config
+    from prefalign.pipeline.items import sampler_settings
 
     plain = Config.model_validate({"sampling": {"prompts": {"corpus": "nyu-mll/glue"}}}).sampling
-    with_subset = Config.model_validate({"sampling": {"prompts": {"corpus": "nyu-mll/glue", "subset": "sst2"}}}).sampling
+    with_subset = Config.model_validate(
+        {"sampling": {"prompts": {"corpus": "nyu-mll/glue", "subset": "sst2"}}}
+    ).sampling
     assert "subset" not in sampler_settings(plain)["prompts"]  # the keys of runs made before the field existed
     assert sampler_settings(with_subset)["prompts"]["subset"] == "sst2"

@@ -12,8 +12,20 @@ import torch
 from prefalign.models import builtin as B
 
 # Small enough for seconds on 2 cores: a 320-token vocabulary (the byte alphabet is 256 + 6 specials).
-SMALL = dict(vocab_size=320, lm_layers=1, lm_dim=32, lm_heads=2, lm_epochs=1, lm_positions=80, clf_layers=1,
-             clf_dim=32, clf_heads=2, clf_epochs=1, max_text_tokens=48, held_out=40)  # fmt: skip
+SMALL = dict(
+    vocab_size=320,
+    lm_layers=1,
+    lm_dim=32,
+    lm_heads=2,
+    lm_epochs=1,
+    lm_positions=80,
+    clf_layers=1,
+    clf_dim=32,
+    clf_heads=2,
+    clf_epochs=1,
+    max_text_tokens=48,
+    held_out=40,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +99,9 @@ def test_policy_and_classifier_run_on_the_built_models(built):
     policy = AutoModelForCausalLM.from_pretrained(out / "policy").eval()
     assert ptok.bos_token == ptok.eos_token == B.BOS
     bos = torch.tensor([[ptok.bos_token_id]])
-    ids = policy.generate(bos, attention_mask=torch.ones_like(bos), do_sample=False, max_length=20,
-                          pad_token_id=ptok.eos_token_id)  # fmt: skip
+    ids = policy.generate(
+        bos, attention_mask=torch.ones_like(bos), do_sample=False, max_length=20, pad_token_id=ptok.eos_token_id
+    )
     assert ids.shape[1] > 1
     ctok = AutoTokenizer.from_pretrained(out / "reward")
     clf = AutoModelForSequenceClassification.from_pretrained(out / "reward").eval()
@@ -129,8 +142,14 @@ def test_a_classifier_fine_tuned_from_a_pretrained_encoder(corpus_csv, tmp_path)
     """BuildSpec.clf_base: the classifier starts from an encoder's weights and keeps its tokenizer
     (here a tiny BERT saved locally, standing in for all-MiniLM-L6-v2); policy=False builds it alone."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
-    from transformers import BertTokenizerFast
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        BertTokenizerFast,
+    )
 
     from prefalign.models.loading import ModelLoadError, resolve
 
@@ -141,8 +160,16 @@ def test_a_classifier_fine_tuned_from_a_pretrained_encoder(corpus_csv, tmp_path)
     wordpiece.save_model(str(base))
     BertTokenizerFast(vocab_file=str(base / "vocab.txt")).save_pretrained(base)
     torch.manual_seed(0)
-    encoder = BertModel(BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))  # fmt: skip
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=wordpiece.get_vocab_size(),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     encoder.save_pretrained(base)
 
     spec = spec_for(corpus_csv, clf_base=str(base), policy=False, clf_lr=1e-3)

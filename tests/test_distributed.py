@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from helpers import MODELS, prefalign
 
-from prefalign.distributed import shard_bounds, shard_seed
-from prefalign.runner import independent_models, parallel_mode
+from prefalign.pipeline.distributed import shard_bounds, shard_seed
+from prefalign.pipeline.runner import independent_models, parallel_mode
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +44,15 @@ def test_shard_seeds_are_the_run_seed_alone_and_distinct_in_several():
 
 
 def test_grid_models_form_one_batch_and_rounds_stand_alone(tiny_dir):
-    from prefalign.configfile import load_config
-    from prefalign.items import DpoModel, IterativeRound
-    from prefalign.plan import plan
+    from prefalign.config.loader import load_config
+    from prefalign.pipeline.items import DpoModel, IterativeRound
+    from prefalign.pipeline.plan import plan
 
-    items = plan(load_config("tiny", ["iterative.rounds=3", "iterative.losses=[sigmoid]", "iterative.betas=[0.1]",
-                                      "run_dir=/tmp/unused"]))  # fmt: skip
+    items = plan(
+        load_config(
+            "tiny", ["iterative.rounds=3", "iterative.losses=[sigmoid]", "iterative.betas=[0.1]", "run_dir=/tmp/unused"]
+        )
+    )
     first = next(i for i, item in enumerate(items) if isinstance(item, DpoModel))
     batch = independent_models(items, first)
     assert len(batch) == len(MODELS) and all(type(m) is DpoModel for m in batch)
@@ -61,8 +64,9 @@ def test_grid_models_form_one_batch_and_rounds_stand_alone(tiny_dir):
 
 def test_two_processes_in_grid_mode_make_every_output_once(tiny_dir, tmp_path):
     root = tmp_path / "grid"
-    prefalign("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.strategies=[random,margin]",
-              "--num-processes", "2")  # fmt: skip
+    prefalign(
+        "run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.strategies=[random,margin]", "--num-processes", "2"
+    )
     samples = pd.read_parquet(root / "samples.parquet")
     assert len(samples) == 400 and json.loads((root / "samples.meta.json").read_text())["world_size"] == 2
     # The two shards come from different seeds: rows 0-199 and 200-399 are not the same draws.
@@ -85,8 +89,17 @@ def test_two_processes_in_grid_mode_make_every_output_once(tiny_dir, tmp_path):
     # A second launch with the same seed samples the same texts; one of its processes then fails
     # (no pair can pass the threshold): the run stops with that process's message, not a hang.
     again = tmp_path / "again"
-    proc = prefalign("pairs", "tiny", "--set", f"run_dir={again}", "--set", "pairs.threshold=100",
-                     "--num-processes", "2", check=False)  # fmt: skip
+    proc = prefalign(
+        "pairs",
+        "tiny",
+        "--set",
+        f"run_dir={again}",
+        "--set",
+        "pairs.threshold=100",
+        "--num-processes",
+        "2",
+        check=False,
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(again / "samples.parquet"), samples)
     assert proc.returncode == 1
     assert "threshold: cannot build any pair" in proc.stderr and "Traceback" not in proc.stderr
@@ -100,8 +113,18 @@ def test_two_processes_in_data_mode_train_each_model_together(tiny_run, tmp_path
     (root / "pairs").mkdir(parents=True)
     for name in ("samples.parquet", "samples.meta.json", "pairs/margin.parquet", "pairs/margin.meta.json"):
         shutil.copy(serial / name, root / name)  # the one-process run's pairs: the same data to train on
-    prefalign("train", "tiny", "--set", f"run_dir={root}", "--set", "train.parallel=data", "--set",
-              "pairs.strategies=[margin]", "--num-processes", "2")  # fmt: skip
+    prefalign(
+        "train",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "train.parallel=data",
+        "--set",
+        "pairs.strategies=[margin]",
+        "--num-processes",
+        "2",
+    )
     for name in [m for m in MODELS if m.startswith("margin")]:
         info = json.loads((root / "models" / name / "train.json").read_text())
         assert (info["world_size"], info["parallel"]) == (2, "data")
@@ -118,11 +141,29 @@ def test_num_processes_refuses_what_cannot_be_started(tiny_dir, tmp_path, monkey
     assert main(["run", "tiny", "--num-processes", "2"]) == 2
     assert "already one of several" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
-    assert main(["run", "tiny", "--set", "train.parallel=data", "--set", "train.dpo.per_device_train_batch_size=5",
-                 "--num-processes", "2", "--set", f"run_dir={tmp_path / 'run'}"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                "tiny",
+                "--set",
+                "train.parallel=data",
+                "--set",
+                "train.dpo.per_device_train_batch_size=5",
+                "--num-processes",
+                "2",
+                "--set",
+                f"run_dir={tmp_path / 'run'}",
+            ]
+        )
+        == 2
+    )
     assert "divisible by 2" in capsys.readouterr().err and not (tmp_path / "run").exists()
     # On the CPU, more processes than cores (a typo: 99 python processes loading torch) is refused at once.
-    assert main(["run", "tiny", "--num-processes", "999", "--set", "device=cpu", "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert (
+        main(["run", "tiny", "--num-processes", "999", "--set", "device=cpu", "--set", f"run_dir={tmp_path / 'run'}"])
+        == 2
+    )
     assert "give at most" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
@@ -131,9 +172,20 @@ def test_lora_changes_only_adapters_and_the_merged_model_evaluates(tiny_dir, tmp
     from transformers import AutoModelForCausalLM
 
     root = tmp_path / "lora"
-    prefalign("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.strategies=[margin]", "--set",
-              "train.losses=[sigmoid]", "--set", "train.lora={r: 4, alpha: 8, target_modules: [c_attn]}",
-              "--set", "evaluate.runs=1")  # fmt: skip
+    prefalign(
+        "run",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        "pairs.strategies=[margin]",
+        "--set",
+        "train.losses=[sigmoid]",
+        "--set",
+        "train.lora={r: 4, alpha: 8, target_modules: [c_attn]}",
+        "--set",
+        "evaluate.runs=1",
+    )
     model_dir = root / "models" / "margin-sigmoid-beta0.1-default"
     adapter = load_file(model_dir / "adapter" / "adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)
@@ -168,10 +220,22 @@ def test_lora_on_an_architecture_peft_has_no_defaults_for_adapts_the_layers_peft
 
     settings, said = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}, []
     mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4))
-    phi3 = Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, pad_token_id=0))  # fmt: skip
-    cases = [(mamba, None, {"in_proj", "x_proj", "dt_proj"}), (mamba, "all-linear", {"in_proj", "x_proj", "dt_proj"}),
-             (phi3, None, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}), (phi3, "all-linear", "all-linear")]
+    phi3 = Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            pad_token_id=0,
+        )
+    )
+    cases = [
+        (mamba, None, {"in_proj", "x_proj", "dt_proj"}),
+        (mamba, "all-linear", {"in_proj", "x_proj", "dt_proj"}),
+        (phi3, None, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
+        (phi3, "all-linear", "all-linear"),
+    ]
     for model, targets, expected in cases:  # the output head (lm_head) is never adapted
         config = lora_config({**settings, "target_modules": targets}, model, "local", log=said.append)
         assert (config.target_modules if isinstance(expected, str) else set(config.target_modules)) == expected
@@ -215,11 +279,19 @@ def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
     import sys
 
     pid_file = tmp_path / "grandchild.pid"
-    grandchild = ("import time; from prefalign.distributed import exit_with_parent; exit_with_parent(0.1); "
-                  "time.sleep(60)")  # fmt: skip
-    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, pathlib, time; "
-                               f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
-                               f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(60)"])  # fmt: skip
+    grandchild = (
+        "import time; from prefalign.pipeline.distributed import exit_with_parent; exit_with_parent(0.1); "
+        "time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, pathlib, time; "
+            f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+            f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(60)",
+        ]
+    )
     try:
         assert _wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30)
         time.sleep(1.0)  # the grandchild has imported prefalign and is watching

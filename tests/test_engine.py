@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefalign.config import SamplingConfig
+from prefalign.config.schema import SamplingConfig
 from prefalign.engine.decoding import generate, sample_and_score
 from prefalign.engine.scoring import score_texts
 
@@ -125,8 +125,9 @@ def test_decoding_that_drops_finished_rows_late_writes_only_eos_after_the_first(
 
 def test_preallocated_decode_cache_gives_the_same_texts_as_transformers_own(tiny_policy, monkeypatch):
     """The in-place cache must not change a single sampled token (row dropping included)."""
-    import prefalign.engine.decoding as decoding
     from transformers import DynamicCache
+
+    import prefalign.engine.decoding as decoding
 
     policy, tok = tiny_policy
     body = torch.randint(10, policy.config.vocab_size, (64, 4), generator=torch.Generator().manual_seed(1))
@@ -135,12 +136,18 @@ def test_preallocated_decode_cache_gives_the_same_texts_as_transformers_own(tiny
     assert type(decoding.decode_cache(policy, 24).layers[0]).__name__ == "DynamicLayer"  # the CPU default
     preallocated = decoding.decode_cache
     runs = []
-    for cache_of in (lambda model, capacity: preallocated(model, capacity, preallocate=True),
-                     lambda model, capacity: DynamicCache(config=model.config)):  # fmt: skip
+    for cache_of in (
+        lambda model, capacity: preallocated(model, capacity, preallocate=True),
+        lambda model, capacity: DynamicCache(config=model.config),
+    ):
         monkeypatch.setattr(decoding, "decode_cache", cache_of)
         for every in (1, 4):
             torch.manual_seed(0)
-            runs.append(decoding._fast_batch(policy, prompt, tok.eos_token_id, SamplingConfig(max_length=24), drop_every=every)[0])
+            runs.append(
+                decoding._fast_batch(policy, prompt, tok.eos_token_id, SamplingConfig(max_length=24), drop_every=every)[
+                    0
+                ]
+            )
     assert (runs[0] == tok.eos_token_id).any()  # some rows stop early, so rows are dropped mid-way
     assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[3])
 
@@ -164,8 +171,10 @@ def test_a_padded_lm_head_samples_the_same_texts_and_log_probs(tiny_policy):
     torch.testing.assert_close(padded_logits, plain_logits)
     assert texts_of(padded, tok, 40, seed=3) == texts_of(policy, tok, 40, seed=3)
     prompt = torch.full((4, 1), tok.bos_token_id)
-    for model_logps in zip(completion_logprobs(policy, prompt, ids, tok.eos_token_id),
-                           completion_logprobs(padded, prompt, ids, tok.eos_token_id)):  # fmt: skip
+    for model_logps in zip(
+        completion_logprobs(policy, prompt, ids, tok.eos_token_id),
+        completion_logprobs(padded, prompt, ids, tok.eos_token_id),
+    ):
         torch.testing.assert_close(*model_logps)
     assert pad_output_vocabulary(padded, multiple) is padded  # already aligned: left as it is
 
@@ -205,14 +214,17 @@ def test_classifier_batches_fill_a_token_budget_on_a_gpu_and_128_rows_on_cpu():
 def test_a_state_space_policy_keeps_finished_rows_and_their_log_probs_stay_exact(tiny_policy):
     """Mamba's cache holds per-row states that cannot drop rows: the fast loop keeps finished rows
     (writing EOS) instead, and the log-probs it sums from decoding match a forward pass (KL to itself 0)."""
-    from transformers import MambaConfig, MambaForCausalLM
-
     import copy
+
+    from transformers import MambaConfig, MambaForCausalLM
 
     _, tok = tiny_policy
     torch.manual_seed(0)
-    mamba = MambaForCausalLM(MambaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, state_size=8,
-                                         bos_token_id=tok.bos_token_id)).eval()  # fmt: skip
+    mamba = MambaForCausalLM(
+        MambaConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, state_size=8, bos_token_id=tok.bos_token_id
+        )
+    ).eval()
     # As EOS, a token the random model draws ~10% of the time after BOS: rows end at different steps.
     with torch.no_grad():
         first = mamba(torch.tensor([[tok.bos_token_id]])).logits[0, -1].softmax(-1)
@@ -225,5 +237,6 @@ def test_a_state_space_policy_keeps_finished_rows_and_their_log_probs_stay_exact
     logp, logp_ref = (np.concatenate([c[k] for c in chunks]) for k in ("logp", "logp_ref"))
     assert np.allclose(logp, logp_ref, atol=1e-4)
     greedy = dict(max_length=24, batch_size=8, top_k=1)
-    assert texts_of(mamba, tok, 8, 0, SamplingConfig(engine="fast", **greedy)) == \
-        texts_of(mamba, tok, 8, 0, SamplingConfig(engine="hf", **greedy))  # fmt: skip
+    assert texts_of(mamba, tok, 8, 0, SamplingConfig(engine="fast", **greedy)) == texts_of(
+        mamba, tok, 8, 0, SamplingConfig(engine="hf", **greedy)
+    )

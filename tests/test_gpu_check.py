@@ -11,8 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_part_of_the_gpu_check_runs(tiny_dir, tmp_path):
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable, "COMMIT": "test"}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outputs = {name: (tmp_path / f"{name}.txt").read_text() for name in ("steps", "gpu", "precision", "profile")}
     for name, text in outputs.items():

@@ -18,13 +18,27 @@ def _trainer(tiny_dir, tmp_path, loss_types, loss_weights=None, precompute=False
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "policy")
     model = AutoModelForCausalLM.from_pretrained(policy_dir or tiny_dir / "policy", dtype=torch.float32)
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(8)],
-                          "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(8)]})  # fmt: skip
-    args = DPOConfig(output_dir=str(tmp_path), loss_type=loss_types, loss_weights=loss_weights, beta=0.5, use_cpu=True,
-                     per_device_train_batch_size=4, precompute_ref_log_probs=precompute, report_to="none")  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": "<|endoftext|>",
+            "chosen": [TEXTS[i % 4] for i in range(8)],
+            "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(8)],
+        }
+    )
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        loss_type=loss_types,
+        loss_weights=loss_weights,
+        beta=0.5,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        precompute_ref_log_probs=precompute,
+        report_to="none",
+    )
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    trainer = LeanDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_pandas(pairs),
-                             processing_class=tokenizer)  # fmt: skip
+    trainer = LeanDPOTrainer(
+        model=model, ref_model=ref, args=args, train_dataset=Dataset.from_pandas(pairs), processing_class=tokenizer
+    )
     # Move the policy away from the reference, so log-ratios (and every loss term) are non-trivial.
     with torch.no_grad():
         for p in model.parameters():
@@ -45,12 +59,18 @@ def _loss_grads_metrics(trainer, compute, batch) -> tuple:
 
 @pytest.mark.parametrize(
     "loss_types,loss_weights,precompute,sync_free",
-    [(["sigmoid"], None, False, "never"), (["hinge"], None, True, "never"), (["ipo"], None, False, "always"),
-     (["hinge", "sft"], [1.0, 0.1], False, "never"), (["hinge", "sft"], [1.0, 0.1], False, "always"),
-     (["sigmoid", "ipo"], [0.7, 0.3], True, "always")],
-)  # fmt: skip
-def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_types, loss_weights, precompute,
-                                                    sync_free, monkeypatch):  # fmt: skip
+    [
+        (["sigmoid"], None, False, "never"),
+        (["hinge"], None, True, "never"),
+        (["ipo"], None, False, "always"),
+        (["hinge", "sft"], [1.0, 0.1], False, "never"),
+        (["hinge", "sft"], [1.0, 0.1], False, "always"),
+        (["sigmoid", "ipo"], [0.7, 0.3], True, "always"),
+    ],
+)
+def test_lean_loss_gradients_and_metrics_equal_trls(
+    tiny_dir, tmp_path, loss_types, loss_weights, precompute, sync_free, monkeypatch
+):
     """Also with the GPU's sync-free forward (4-D mask, every-position LM head), run here on CPU."""
     from trl import DPOTrainer
 
@@ -58,7 +78,10 @@ def test_lean_loss_gradients_and_metrics_equal_trls(tiny_dir, tmp_path, loss_typ
     trainer, batch = _trainer(tiny_dir, tmp_path, loss_types, loss_weights, precompute)
     assert trainer.lean()
     assert batch["attention_mask"].min() == 0  # the batch is padded: the masks matter
-    results = [_loss_grads_metrics(trainer, compute, batch) for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss)]
+    results = [
+        _loss_grads_metrics(trainer, compute, batch)
+        for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss)
+    ]
     (stock_loss, stock_grads, stock_metrics), (lean_loss, lean_grads, lean_metrics) = results
     assert stock_loss.item() != 0
     torch.testing.assert_close(lean_loss, stock_loss)
@@ -87,8 +110,13 @@ def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(t
     """Count the tensor-to-Python conversions of a 12-step run: TRL's loss alone makes ~17 per step."""
     from prefalign.stages.train_dpo import train_one
 
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(96)],
-                          "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(96)]})  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": "<|endoftext|>",
+            "chosen": [TEXTS[i % 4] for i in range(96)],
+            "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(96)],
+        }
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     calls = {"n": 0}
     for method in ("item", "tolist", "__bool__", "__float__", "__int__"):
@@ -103,9 +131,19 @@ def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(t
 
     def run(overrides):
         calls["n"] = 0
-        info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "m", "seed", "sigmoid",
-                         0.1, {"max_steps": steps, "logging_steps": logging_steps, **overrides}, torch.device("cpu"), 0,
-                         log=lambda m: None)  # fmt: skip
+        info = train_one(
+            str(tiny_dir / "policy"),
+            None,
+            tmp_path / "pairs.parquet",
+            tmp_path / "m",
+            "seed",
+            "sigmoid",
+            0.1,
+            {"max_steps": steps, "logging_steps": logging_steps, **overrides},
+            torch.device("cpu"),
+            0,
+            log=lambda m: None,
+        )
         assert sum("loss" in h for h in info["log_history"]) == steps // logging_steps
         return calls["n"]
 
@@ -118,13 +156,30 @@ def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir,
     from prefalign.engine.lean_dpo import TrainingDiverged
     from prefalign.stages.train_dpo import train_one
 
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [TEXTS[i % 4] for i in range(64)],
-                          "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(64)]})  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": "<|endoftext|>",
+            "chosen": [TEXTS[i % 4] for i in range(64)],
+            "rejected": [TEXTS[(i + 1) % 4] + " no" for i in range(64)],
+        }
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
-    with pytest.raises(TrainingDiverged, match=r"training my-model diverged: the training loss is (nan|inf) at step \d"):
-        train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "my-model", "seed", "sigmoid",
-                  0.1, {"learning_rate": 1e30, "warmup_steps": 0, "max_steps": 6, "logging_steps": 1},
-                  torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+    with pytest.raises(
+        TrainingDiverged, match=r"training my-model diverged: the training loss is (nan|inf) at step \d"
+    ):
+        train_one(
+            str(tiny_dir / "policy"),
+            None,
+            tmp_path / "pairs.parquet",
+            tmp_path / "my-model",
+            "seed",
+            "sigmoid",
+            0.1,
+            {"learning_rate": 1e30, "warmup_steps": 0, "max_steps": 6, "logging_steps": 1},
+            torch.device("cpu"),
+            0,
+            log=lambda m: None,
+        )
     assert not (tmp_path / "my-model").exists()
 
 
@@ -158,7 +213,9 @@ def test_the_compiled_step_computes_trls_loss_gradients_and_metrics(tiny_dir, tm
     assert trainer.compiled_loss(batch["input_ids"].shape[0] - 2) == (None, False)
 
 
-def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_eager_one(tiny_dir, tmp_path, monkeypatch):
+def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_eager_one(
+    tiny_dir, tmp_path, monkeypatch
+):
     """train_one with `compile_step: fused` (this CPU's compiled path): one batch shape for the whole
     run, the same logged losses and final weights as the eager path; an odd last batch runs eagerly."""
     from prefalign.engine import arithmetic
@@ -167,8 +224,9 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
 
     chosen = [TEXTS[i % 4] for i in range(27)]
     chosen[20] = "Not bad at all, a good cast and a fine score, though the ending drags on and on."  # one long pair
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": chosen,
-                          "rejected": [TEXTS[(i + 2) % 4] + " no" for i in range(27)]})  # fmt: skip
+    pairs = pd.DataFrame(
+        {"prompt": "<|endoftext|>", "chosen": chosen, "rejected": [TEXTS[(i + 2) % 4] + " no" for i in range(27)]}
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     shapes = []
     original = NumpyPreferenceCollator.torch_call  # the lean trainer's collator
@@ -184,9 +242,19 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
     runs = {}
     for mode in ("eager", "fused"):
         shapes.clear()
-        info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / mode, "seed", "sigmoid",
-                         0.1, {"num_train_epochs": 1, "logging_steps": 1, "compile_step": mode, "learning_rate": 1e-3},
-                         torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+        info = train_one(
+            str(tiny_dir / "policy"),
+            None,
+            tmp_path / "pairs.parquet",
+            tmp_path / mode,
+            "seed",
+            "sigmoid",
+            0.1,
+            {"num_train_epochs": 1, "logging_steps": 1, "compile_step": mode, "learning_rate": 1e-3},
+            torch.device("cpu"),
+            0,
+            log=lambda m: None,
+        )
         assert info["settings"]["compile_step"] == mode
         runs[mode] = ([h["loss"] for h in info["log_history"] if "loss" in h], list(shapes))
     assert arithmetic._compiled_under == arithmetic.arithmetic_in_force(None)
@@ -228,7 +296,7 @@ def test_the_compiled_optimizer_step_updates_the_weights_as_the_eager_one_and_co
     torch._dynamo.reset()
     counters.clear()
     graphs = []
-    for step in range(8):
+    for _step in range(8):
         grads = [torch.randn_like(p) for p in eager_model.parameters()]
         for model, optimizer, scheduler in zip((eager_model, compiled_model), (eager, compiled), schedulers):
             for p, g in zip(model.parameters(), grads):
@@ -304,8 +372,9 @@ def test_the_flop_count_is_transformers_with_the_parameters_counted_once(tiny_di
     assert expected > 0
     counted = []
     original = type(trainer.model).num_parameters
-    monkeypatch.setattr(type(trainer.model), "num_parameters",
-                        lambda self, *a, **k: counted.append(1) or original(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        type(trainer.model), "num_parameters", lambda self, *a, **k: counted.append(1) or original(self, *a, **k)
+    )
     assert [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
     assert len(counted) == 1
 
@@ -321,15 +390,29 @@ def test_the_4d_mask_is_used_only_where_the_architecture_takes_it(tiny_dir, tmp_
     gpt2 = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", attn_implementation="sdpa").train()
     assert four_d_mask_works(gpt2) and gpt2.training  # and the check leaves the training mode as it was
     torch.manual_seed(0)
-    OPTForCausalLM(OPTConfig(vocab_size=gpt2.config.vocab_size, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
-                             num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64,
-                             bos_token_id=0, eos_token_id=0, pad_token_id=0)).save_pretrained(tmp_path / "opt")  # fmt: skip
+    OPTForCausalLM(
+        OPTConfig(
+            vocab_size=gpt2.config.vocab_size,
+            hidden_size=16,
+            ffn_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            word_embed_proj_dim=16,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    ).save_pretrained(tmp_path / "opt")
     opt = AutoModelForCausalLM.from_pretrained(tmp_path / "opt", attn_implementation="sdpa")
     assert not four_d_mask_works(opt)
 
     monkeypatch.setattr(LeanDPOTrainer, "sync_free", "always")
     trainer, batch = _trainer(tiny_dir, tmp_path, ["sigmoid"], policy_dir=tmp_path / "opt")
-    results = [_loss_grads_metrics(trainer, compute, batch) for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss)]
+    results = [
+        _loss_grads_metrics(trainer, compute, batch)
+        for compute in (DPOTrainer._compute_loss, LeanDPOTrainer._compute_loss)
+    ]
     (stock_loss, stock_grads, _), (lean_loss, lean_grads, _) = results
     torch.testing.assert_close(lean_loss, stock_loss)
     for name in stock_grads:

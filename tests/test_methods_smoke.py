@@ -7,14 +7,18 @@ import json
 
 import pandas as pd
 import pytest
-
 from test_cli_smoke import outputs, prefalign
 
 pytestmark = pytest.mark.slow
 
 # The iterative chain's round 1 is the quantile-sigmoid-0.1 grid model (same pairs, start and loss).
-MODELS = ["best_worst-slic-beta0.1-default", "stratified-ipo-beta0.5-default", "quantile-sigmoid-beta0.1-default",
-          "iter-quantile-sigmoid-beta0.1-default-r2", "rloo-kl0.1"]  # fmt: skip
+MODELS = [
+    "best_worst-slic-beta0.1-default",
+    "stratified-ipo-beta0.5-default",
+    "quantile-sigmoid-beta0.1-default",
+    "iter-quantile-sigmoid-beta0.1-default-r2",
+    "rloo-kl0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +29,40 @@ def methods_run(tiny_dir, tmp_path_factory):
     texts, labels = synthetic_corpus(200, seed=5)
     pd.DataFrame({"text": texts, "label": labels}).to_csv(base / "corpus.csv", index=False)
     root = base / "run"
-    args = ["run", "tiny", "--set", f"run_dir={root}",
-            "--set", f"sampling.prompts={{corpus: {base / 'corpus.csv'}, min_tokens: 2, max_tokens: 4, per_prompt: 4}}",
-            "--set", "pairs.strategies=[best_worst]", "--set", "pairs.count=40",
-            "--set", "pairs.interval=[-4.5, 4.5]", "--set", "pairs.bins=2",
-            "--set", "train.losses=[slic]",
-            "--set", "train.extra=[{strategy: stratified, loss: ipo, beta: 0.5}, {strategy: quantile, loss: sigmoid, beta: 0.1}]",
-            "--set", "iterative.rounds=2", "--set", "iterative.samples=200", "--set", "iterative.strategy=quantile",
-            "--set", "online.kl_coefs=[0.1]", "--set", "online.steps=4",
-            "--set", "evaluate.samples=100", "--set", "train.report_to=[tensorboard]"]  # fmt: skip
+    args = [
+        "run",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        f"sampling.prompts={{corpus: {base / 'corpus.csv'}, min_tokens: 2, max_tokens: 4, per_prompt: 4}}",
+        "--set",
+        "pairs.strategies=[best_worst]",
+        "--set",
+        "pairs.count=40",
+        "--set",
+        "pairs.interval=[-4.5, 4.5]",
+        "--set",
+        "pairs.bins=2",
+        "--set",
+        "train.losses=[slic]",
+        "--set",
+        "train.extra=[{strategy: stratified, loss: ipo, beta: 0.5}, {strategy: quantile, loss: sigmoid, beta: 0.1}]",
+        "--set",
+        "iterative.rounds=2",
+        "--set",
+        "iterative.samples=200",
+        "--set",
+        "iterative.strategy=quantile",
+        "--set",
+        "online.kl_coefs=[0.1]",
+        "--set",
+        "online.steps=4",
+        "--set",
+        "evaluate.samples=100",
+        "--set",
+        "train.report_to=[tensorboard]",
+    ]
     return root, prefalign(*args), args
 
 
@@ -54,7 +83,9 @@ def test_every_method_is_trained_and_evaluated(methods_run):
     round_2 = root / "iterative" / "iter-quantile-sigmoid-beta0.1-default" / "round-2"
     assert (round_2 / "samples.parquet").exists() and (round_2 / "pairs.parquet").exists()
     # round 2's pairs come from round 1's own samples, not the original's
-    assert set(pd.read_parquet(round_2 / "pairs.parquet").chosen) <= set(pd.read_parquet(round_2 / "samples.parquet").text)
+    assert set(pd.read_parquet(round_2 / "pairs.parquet").chosen) <= set(
+        pd.read_parquet(round_2 / "samples.parquet").text
+    )
     rloo = json.loads((root / "models" / "rloo-kl0.1" / "train.json").read_text())
     assert rloo["method"] == "rloo" and rloo["kl_coef"] == 0.1
     # The trained models' configs keep the original's (no pad id, cache on), not the Trainers' settings.

@@ -59,7 +59,6 @@ def test_distinct_n_counts_over_all_texts_without_crossing_them():
     assert distinct_n([[1, 2, 3]], 3) == 1.0
 
 
-
 def _counted_by_hand(texts, n, pad_id=None):
     """token_entropy and distinct_n written out with Python counters: what the numpy versions must equal."""
     from collections import Counter
@@ -71,8 +70,11 @@ def _counted_by_hand(texts, n, pad_id=None):
     return entropy, len(set(grams)) / len(grams) if grams else 0.0
 
 
-@given(st.lists(st.lists(st.integers(0, 60_000), max_size=12), max_size=8), st.integers(1, 4),
-       st.one_of(st.none(), st.integers(0, 3)))  # fmt: skip
+@given(
+    st.lists(st.lists(st.integers(0, 60_000), max_size=12), max_size=8),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.integers(0, 3)),
+)
 @settings(max_examples=300, deadline=None)
 def test_entropy_and_distinct_n_equal_plain_counting(texts, n, pad_id):
     from prefalign.engine.metrics import distinct_n
@@ -82,6 +84,7 @@ def test_entropy_and_distinct_n_equal_plain_counting(texts, n, pad_id):
     assert token_entropy(texts, pad_id) == pytest.approx(entropy, abs=1e-12)
     assert distinct_n(texts, n) == pytest.approx(distinct, abs=1e-12)
     assert distinct_n(iter(texts), n) == pytest.approx(distinct, abs=1e-12)  # any iterable of texts
+
 
 def test_reward_profile_shares_and_percentiles():
     import numpy as np

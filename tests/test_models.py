@@ -82,18 +82,28 @@ def test_a_checkpoint_without_a_trained_classification_head_is_refused(tiny_dir)
 
 def test_a_policy_checkpoint_without_its_lm_head_is_refused(tiny_dir, tmp_path):
     """A base model saved without its (untied) LM head would generate from a random head: refused."""
-    from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
-
     import json
+
+    from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     vocab = json.loads((tiny_dir / "policy" / "config.json").read_text())["vocab_size"]  # the tokenizer's below
-    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=64)).save_pretrained(tmp_path / "lm")  # fmt: skip
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(tmp_path / "lm")
     AutoModel.from_pretrained(tmp_path / "lm").save_pretrained(tmp_path / "base")  # the same without lm_head
     for name in ("lm", "base"):
         (tmp_path / name / "tokenizer.json").write_text((tiny_dir / "policy" / "tokenizer.json").read_text())
-        (tmp_path / name / "tokenizer_config.json").write_text((tiny_dir / "policy" / "tokenizer_config.json").read_text())
+        (tmp_path / name / "tokenizer_config.json").write_text(
+            (tiny_dir / "policy" / "tokenizer_config.json").read_text()
+        )
     assert load_policy(str(tmp_path / "lm"), None, torch.device("cpu"))[0].config.model_type == "llama"
     with pytest.raises(ModelLoadError, match=r"not a trained causal LM.*lm_head\.weight"):
         load_policy(str(tmp_path / "base"), None, torch.device("cpu"))
@@ -145,15 +155,20 @@ def test_a_model_of_the_wrong_kind_is_named_as_such_before_and_while_loading(tin
     from prefalign.models.loading import ModelPathError, load_policy
     from prefalign.models.saved import check_saved_model
 
-    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
-                                        decoder_start_token_id=0)).save_pretrained(tmp_path / "t5")  # fmt: skip
+    T5ForConditionalGeneration(
+        T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, decoder_start_token_id=0)
+    ).save_pretrained(tmp_path / "t5")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_dir / "policy" / name, tmp_path / "t5" / name)
-    with pytest.raises(ModelPathError, match=r"policy.model: .* is a 't5' model \(T5ForConditionalGeneration\).*no causal LM"):
+    with pytest.raises(
+        ModelPathError, match=r"policy.model: .* is a 't5' model \(T5ForConditionalGeneration\).*no causal LM"
+    ):
         check_saved_model(str(tmp_path / "t5"), "policy", max_length=32)
     with pytest.raises(ModelPathError, match=r"is a 'distilbert' model \(DistilBertForSequenceClassification\)"):
         check_saved_model(str(tiny_dir / "reward"), "policy", max_length=32)
-    with pytest.raises(ModelPathError, match=r"reward.model: .* was saved as GPT2LMHeadModel, not as a sequence classifier"):
+    with pytest.raises(
+        ModelPathError, match=r"reward.model: .* was saved as GPT2LMHeadModel, not as a sequence classifier"
+    ):
         check_saved_model(str(tiny_dir / "policy"), "reward", positive_label="POSITIVE")
     # A custom-code model (its classes named in auto_map, code shipped with the checkpoint) is named as such.
     shutil.copytree(tiny_dir / "policy", tmp_path / "custom")
@@ -165,14 +180,17 @@ def test_a_model_of_the_wrong_kind_is_named_as_such_before_and_while_loading(tin
     check_saved_model(str(tmp_path / "custom"), "policy", max_length=32, trust_remote_code=True)  # trusted: loads
     with pytest.raises(ModelPathError, match=r"own code has no AutoModelForSequenceClassification"):
         check_saved_model(str(tmp_path / "custom"), "reward", positive_label="POSITIVE", trust_remote_code=True)
-    with pytest.raises(ModelLoadError, match=r"cannot load local directory .*: a 't5' model is not a causal LM") as caught:
+    with pytest.raises(
+        ModelLoadError, match=r"cannot load local directory .*: a 't5' model is not a causal LM"
+    ) as caught:
         load_policy(str(tmp_path / "t5"), None, torch.device("cpu"))
     assert "GPT2Config" not in str(caught.value)
     # A classifier's config.json without id2label has transformers' two default classes.
     shutil.copytree(tiny_dir / "reward", tmp_path / "reward")
     config = json.loads((tmp_path / "reward" / "config.json").read_text())
-    (tmp_path / "reward" / "config.json").write_text(json.dumps({k: v for k, v in config.items()
-                                                                 if k not in ("id2label", "label2id")}))  # fmt: skip
+    (tmp_path / "reward" / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k not in ("id2label", "label2id")})
+    )
     check_saved_model(str(tmp_path / "reward"), "reward", positive_label="LABEL_1")
     with pytest.raises(ModelPathError, match=r"0: 'LABEL_0', 1: 'LABEL_1'"):
         check_saved_model(str(tmp_path / "reward"), "reward", positive_label="POSITIVE")
@@ -239,7 +257,9 @@ def test_a_damaged_weights_file_is_named(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir / "policy", tmp_path / "policy")
     weights = tmp_path / "policy" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ModelLoadError, match=r"policy model: the weights in .* cannot be read .* damaged or incomplete"):
+    with pytest.raises(
+        ModelLoadError, match=r"policy model: the weights in .* cannot be read .* damaged or incomplete"
+    ):
         load_policy(str(tmp_path / "policy"), None, torch.device("cpu"))
 
 
@@ -252,12 +272,17 @@ def test_a_hub_model_that_needs_its_own_code_is_named_as_such(monkeypatch):
         @staticmethod
         def from_pretrained(*args, **kwargs):
             asked.append(kwargs["trust_remote_code"])  # always given: transformers would otherwise ask on a terminal
-            raise ValueError("The repository org/custom contains custom code which must be executed to correctly load "
-                             "the model. Please pass the argument `trust_remote_code=True` to allow custom code to be run.")
+            raise ValueError(
+                "The repository org/custom contains custom code which must be executed to correctly load "
+                "the model. Please pass the argument `trust_remote_code=True` to allow custom code to be run."
+            )
 
     monkeypatch.setattr(loading, "_go_offline_if_hub_unreachable", lambda: None)
-    with pytest.raises(ModelLoadError, match=r"policy model 'org/custom' runs modelling code of its own .* set "
-                                             r"`policy.trust_remote_code: true`"):  # fmt: skip
+    with pytest.raises(
+        ModelLoadError,
+        match=r"policy model 'org/custom' runs modelling code of its own .* set "
+        r"`policy.trust_remote_code: true`",
+    ):
         loading.from_pretrained(NeedsCode, "org/custom", "policy", None)
     assert asked == [False]
 
@@ -271,13 +296,17 @@ def test_a_tokenizer_from_another_model_is_refused_when_loading(tiny_dir, tmp_pa
     from prefalign.models.loading import load_classifier
 
     rows = json.loads((tiny_dir / "policy" / "config.json").read_text())["vocab_size"]
-    for role, load in (("policy", lambda d: load_policy(d, None, torch.device("cpu"))),
-                       ("reward", lambda d: load_classifier(d, None, torch.device("cpu")))):  # fmt: skip
+    for role, load in (
+        ("policy", lambda d: load_policy(d, None, torch.device("cpu"))),
+        ("reward", lambda d: load_classifier(d, None, torch.device("cpu"))),
+    ):
         shutil.copytree(tiny_dir / role, tmp_path / role)
         # The same tokenizer with a larger vocabulary than the model has rows, as another model's would have.
         spec = json.loads((tiny_dir / role / "tokenizer.json").read_text())
         spec["model"]["vocab"].update({f"zz{i}": rows + 100 + i for i in range(100)})
         (tmp_path / role / "tokenizer.json").write_text(json.dumps(spec))
-        with pytest.raises(ModelLoadError, match=rf"{role} model .* token ids up to \d+, but the model embeds only {rows}"):
+        with pytest.raises(
+            ModelLoadError, match=rf"{role} model .* token ids up to \d+, but the model embeds only {rows}"
+        ):
             load(str(tmp_path / role))
         load(str(tiny_dir / role))  # its own tokenizer: fine

@@ -15,8 +15,15 @@ def _classifier(ctok, id2label):
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = DistilBertConfig(vocab_size=len(ctok), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
-                           id2label=id2label, label2id={v: k for k, v in id2label.items()})  # fmt: skip
+    cfg = DistilBertConfig(
+        vocab_size=len(ctok),
+        dim=32,
+        n_layers=1,
+        n_heads=2,
+        hidden_dim=64,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
     return DistilBertForSequenceClassification(cfg).eval()
 
 
@@ -38,8 +45,19 @@ def test_reward_is_the_logit_of_the_class_named_positive(tiny_classifier, id2lab
 def test_overriding_an_owned_field_is_refused(tiny_classifier, tmp_path, name):
     clf, ctok = tiny_classifier
     with pytest.raises(ValueError, match=name):
-        train_rloo("unused", None, clf, ctok, "POSITIVE", tmp_path / "m", kl_coef=0.1, steps=1, overrides={name: 1},
-                   device=CPU, seed=0)  # fmt: skip
+        train_rloo(
+            "unused",
+            None,
+            clf,
+            ctok,
+            "POSITIVE",
+            tmp_path / "m",
+            kl_coef=0.1,
+            steps=1,
+            overrides={name: 1},
+            device=CPU,
+            seed=0,
+        )
     with pytest.raises(ValueError, match="not_a_field"):
         rloo_args(0.1, 1, {"not_a_field": 1}, CPU, 0, str(tmp_path))
     assert not (tmp_path / "m").exists()
@@ -58,8 +76,21 @@ def test_rloo_changes_the_weights_and_saves_safetensors(tiny_dir, tiny_classifie
     clf, ctok = tiny_classifier
     out, lines = tmp_path / "model", []
     overrides = dict(learning_rate=1e-3, logging_steps=1, per_device_train_batch_size=8, max_completion_length=16)
-    info = train_rloo(str(tiny_dir / "policy"), None, clf, ctok, "POSITIVE", out, kl_coef=0.05, steps=3,
-                      overrides=overrides, device=CPU, seed=0, key="k", log=lines.append)  # fmt: skip
+    info = train_rloo(
+        str(tiny_dir / "policy"),
+        None,
+        clf,
+        ctok,
+        "POSITIVE",
+        out,
+        kl_coef=0.05,
+        steps=3,
+        overrides=overrides,
+        device=CPU,
+        seed=0,
+        key="k",
+        log=lines.append,
+    )
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     saved = json.loads((out / "train.json").read_text())
     assert (saved["key"], saved["method"], saved["kl_coef"], saved["steps"]) == ("k", "rloo", 0.05, 3)

@@ -111,8 +111,9 @@ def test_stratified_margin_floor_keeps_rejected_that_much_lower():
     p = build_pairs(r, "stratified", count=100, margin_floor=1.0, seed=0)
     assert (p.chosen_reward - p.rejected_reward > 1.0).all()
     # Only 2.0 has a partner more than 1.5 below it.
-    assert pair_set(build_pairs([0.0, 1.0, 2.0], "stratified", count=1, interval=(0.5, 2.5), bins=1,
-                                margin_floor=1.5)) == {(2, 0)}  # fmt: skip
+    assert pair_set(
+        build_pairs([0.0, 1.0, 2.0], "stratified", count=1, interval=(0.5, 2.5), bins=1, margin_floor=1.5)
+    ) == {(2, 0)}
     with pytest.raises(PairError, match="holds 2 samples allowing 1 distinct pairs, needs 2"):
         build_pairs([0.0, 1.0, 2.0], "stratified", count=2, interval=(0.5, 2.5), bins=1, margin_floor=1.5)
 
@@ -127,8 +128,10 @@ def test_stratified_empty_bin_names_the_bin_and_what_to_change():
 def test_stratified_chosen_is_uniform_within_a_bin_not_weighted_by_partners():
     # Rewards 0..9, one bin over [0.5, 9.5]: chosen k has k partners. Uniform chosen gives each 1/9;
     # a pair-uniform draw would give 1.0 only 1/45.
-    hits = sum(build_pairs(np.arange(10.0), "stratified", count=1, interval=(0.5, 9.5), bins=1, seed=s)
-               .chosen_index[0] == 1 for s in range(400))  # fmt: skip
+    hits = sum(
+        build_pairs(np.arange(10.0), "stratified", count=1, interval=(0.5, 9.5), bins=1, seed=s).chosen_index[0] == 1
+        for s in range(400)
+    )
     assert 25 <= hits <= 70
 
 
@@ -194,7 +197,10 @@ def test_bradley_terry_labels_random_couples_as_a_rater_would():
     couples = lambda p: {frozenset(c) for c in zip(p.chosen_index.tolist(), p.rejected_index.tolist())}  # noqa: E731
     rated, plain = build_pairs(r, "bradley_terry", count=6000, seed=4), build_pairs(r, "random", count=6000, seed=4)
     assert couples(rated) == couples(plain)
-    high, low = rated[["chosen_reward", "rejected_reward"]].max(axis=1), rated[["chosen_reward", "rejected_reward"]].min(axis=1)
+    high, low = (
+        rated[["chosen_reward", "rejected_reward"]].max(axis=1),
+        rated[["chosen_reward", "rejected_reward"]].min(axis=1),
+    )
     for gap in (1.0, 2.0, 3.0):
         pairs = rated[(high - low) == gap]
         flipped = (pairs.chosen_reward < pairs.rejected_reward).mean()
@@ -264,11 +270,23 @@ def test_groups_must_match_the_samples():
 @pytest.mark.parametrize("strategy", ["random", "best_worst"])
 def test_pairs_frame_with_a_prompt_column_pairs_within_prompts(strategy):
     rng = np.random.default_rng(11)
-    samples = pd.DataFrame({"text": [f"t{i}" for i in range(120)], "reward": rng.normal(0.5, 1.5, 120),
-                            "prompt": [f"P{i % 15}" for i in range(120)]})  # fmt: skip
+    samples = pd.DataFrame(
+        {
+            "text": [f"t{i}" for i in range(120)],
+            "reward": rng.normal(0.5, 1.5, 120),
+            "prompt": [f"P{i % 15}" for i in range(120)],
+        }
+    )
     df = pairs_frame(samples, "<|endoftext|>", strategy=strategy, count=15, group_size=8, seed=0)
-    assert list(df.columns) == ["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward",
-                                "chosen_index", "rejected_index"]  # fmt: skip
+    assert list(df.columns) == [
+        "prompt",
+        "chosen",
+        "rejected",
+        "chosen_reward",
+        "rejected_reward",
+        "chosen_index",
+        "rejected_index",
+    ]
     prompts = samples.prompt.to_numpy()
     assert (prompts[df.chosen_index] == prompts[df.rejected_index]).all()
     assert (df.prompt == "<|endoftext|>" + prompts[df.chosen_index]).all()

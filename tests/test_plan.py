@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from prefalign.configfile import load_config
-from prefalign.items import (
-    DpoModel, Evaluation, IterativeRound, Original, Pairs, Report, RewardModel, RlooModel, Samples,
-)  # fmt: skip
-from prefalign.plan import STAGE_NAMES, plan, stage_of
-from prefalign.runner import STAGES, select
+from prefalign.config.loader import load_config
+from prefalign.pipeline.items import (
+    DpoModel,
+    Evaluation,
+    IterativeRound,
+    Original,
+    Pairs,
+    Report,
+    RewardModel,
+    RlooModel,
+    Samples,
+)
+from prefalign.pipeline.plan import STAGE_NAMES, plan, stage_of
+from prefalign.pipeline.runner import STAGES, select
 
 ORIGINAL = Original("gpt2-imdb", None, "hub:gpt2-imdb@main")
 REWARD = RewardModel("distilbert-imdb", None, "POSITIVE", "hub:distilbert-imdb@main")
@@ -56,15 +64,19 @@ def test_items_come_after_their_inputs_and_stages_in_order():
 
 
 def test_paths_and_keys_are_unique():
-    items = items_of("iterative.rounds=3", "iterative.losses=[sigmoid, hinge]", "online.kl_coefs=[0.1, 0.2]",
-                     "train.extra=[{strategy: quantile, loss: ipo, beta: 0.5}]")  # fmt: skip
+    items = items_of(
+        "iterative.rounds=3",
+        "iterative.losses=[sigmoid, hinge]",
+        "online.kl_coefs=[0.1, 0.2]",
+        "train.extra=[{strategy: quantile, loss: ipo, beta: 0.5}]",
+    )
     paths = [item.path for item in items]
     assert len(set(paths)) == len(paths)
     assert len(set(keys(items).values())) == len(items)
 
 
 def test_two_models_with_one_directory_are_refused():
-    from prefalign.plan import PlanError
+    from prefalign.pipeline.plan import PlanError
 
     with pytest.raises(PlanError, match="random-sigmoid-beta0.1-seed"):
         items_of("train.extra=[{strategy: random, loss: {types: [hinge], name: sigmoid}, beta: 0.1}]")
@@ -97,23 +109,28 @@ def test_iterative_dpo_settings_change_the_chain_only():
     base = "iterative.rounds=3", "iterative.strategy=margin", "iterative.recipe=default", "train.dpo.num_train_epochs=2"
     items = items_of(*base, "iterative.dpo.learning_rate=2.5e-5")
     chain = [i for i in items if isinstance(i, DpoModel) and i.recipe == "default"]
-    assert [m.name for m in chain] == ["margin-sigmoid-beta0.1-default", "iter-margin-sigmoid-beta0.1-default-r2",
-                                       "iter-margin-sigmoid-beta0.1-default-r3"]  # fmt: skip
+    assert [m.name for m in chain] == [
+        "margin-sigmoid-beta0.1-default",
+        "iter-margin-sigmoid-beta0.1-default-r2",
+        "iter-margin-sigmoid-beta0.1-default-r3",
+    ]
     # the chain's settings go on top of train.dpo; the grid keeps train.dpo alone
     assert all(m.overrides == {"num_train_epochs": 2, "learning_rate": 2.5e-5} for m in chain)
     assert all(i.overrides == {"num_train_epochs": 2} for i in items if type(i) is DpoModel and i.recipe == "seed")
     before, after = keys(items_of(*base)), keys(items)
     changed = {name for name in before if before[name] != after[name]}
     assert "DpoModel random-sigmoid-beta0.1-seed" in before and "Samples samples" in before
-    assert changed and all("margin-sigmoid-beta0.1-default" in n or n.startswith(("Evaluation", "Report"))
-                           for n in changed), changed  # fmt: skip
+    assert changed and all(
+        "margin-sigmoid-beta0.1-default" in n or n.startswith(("Evaluation", "Report")) for n in changed
+    ), changed
 
 
 def test_a_beta_schedule_grows_beta_round_by_round():
     items = items_of("iterative.rounds=4", "iterative.strategy=margin", "iterative.beta_growth=1.5")
     rounds = [i for i in items if type(i) is IterativeRound]
-    assert [(m.name, m.beta) for m in rounds] == [(f"iter-margin-sigmoid-beta0.1-seed-growth1.5-r{r}", b)
-                                                  for r, b in ((2, 0.15), (3, 0.225), (4, 0.3375))]  # fmt: skip
+    assert [(m.name, m.beta) for m in rounds] == [
+        (f"iter-margin-sigmoid-beta0.1-seed-growth1.5-r{r}", b) for r, b in ((2, 0.15), (3, 0.225), (4, 0.3375))
+    ]
     assert rounds[0].start.name == "margin-sigmoid-beta0.1-seed" and rounds[0].start.beta == 0.1  # round 1: the grid's
     assert [m.row()["beta"] for m in rounds] == [0.15, 0.225, 0.3375]  # the beta column of results.csv
 
@@ -130,16 +147,20 @@ def test_stage_commands_select_items_without_later_inputs():
 def test_a_new_beta_adds_models_and_changes_no_existing_key():
     before, after = keys(items_of()), keys(items_of("train.betas=[0.1, 1.0, 0.5]"))
     added = set(after) - set(before)
-    assert {n for n in added if n.startswith("DpoModel")} == {f"DpoModel {s}-{loss}-beta0.5-seed" for s in
-                                                             ("random", "margin", "threshold") for loss in ("sigmoid", "hinge")}  # fmt: skip
+    assert {n for n in added if n.startswith("DpoModel")} == {
+        f"DpoModel {s}-{loss}-beta0.5-seed" for s in ("random", "margin", "threshold") for loss in ("sigmoid", "hinge")
+    }
     assert {name for name in before if before[name] != after[name]} == {"Report report"}
 
 
 def test_a_pair_rule_setting_changes_only_that_rule_and_what_follows():
     changed = changed_keys("pairs.margin=1.5")
     margin_models = {f"{s}-{b}-seed" for s in ("margin-sigmoid", "margin-hinge") for b in ("beta0.1", "beta1")}
-    assert changed == ({"Pairs pairs margin", "Report report"} | {f"DpoModel {m}" for m in margin_models}
-                       | {f"Evaluation evaluate {m}" for m in margin_models})  # fmt: skip
+    assert changed == (
+        {"Pairs pairs margin", "Report report"}
+        | {f"DpoModel {m}" for m in margin_models}
+        | {f"Evaluation evaluate {m}" for m in margin_models}
+    )
 
 
 def test_a_training_setting_keeps_samples_and_pairs():
@@ -160,9 +181,18 @@ def test_more_evaluation_runs_keep_the_runs_already_done():
             assert [old.run_key(k) for k in range(3)] == [new.run_key(k) for k in range(3)]
 
 
-@pytest.mark.parametrize("override", ["reward.batch_size=7", "run_dir=/elsewhere", "pairs.group_size=8",
-                                      "online.steps=5", "iterative.samples=99", "policy.trust_remote_code=true",
-                                      "reward.trust_remote_code=true"])  # fmt: skip
+@pytest.mark.parametrize(
+    "override",
+    [
+        "reward.batch_size=7",
+        "run_dir=/elsewhere",
+        "pairs.group_size=8",
+        "online.steps=5",
+        "iterative.samples=99",
+        "policy.trust_remote_code=true",
+        "reward.trust_remote_code=true",
+    ],
+)
 def test_settings_nothing_in_the_plan_reads_change_no_key(override):
     assert changed_keys(override) == set()
 
@@ -212,7 +242,7 @@ def test_a_run_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys):
 
 
 def test_side_by_side_models_spread_over_gpus_only_when_the_device_names_none():
-    from prefalign.side_by_side import worker_devices
+    from prefalign.pipeline.side_by_side import worker_devices
 
     assert worker_devices("cuda", None, 5, 2) == [0, 1, 0, 1, 0]  # device: auto / cuda on a 2-GPU machine
     assert worker_devices("cuda", 1, 3, 2) == [1, 1, 1]  # device: cuda:1 stays there
@@ -221,7 +251,7 @@ def test_side_by_side_models_spread_over_gpus_only_when_the_device_names_none():
 
 
 def test_a_gpu_worker_sees_only_its_gpu_counted_among_the_visible_ones():
-    from prefalign.side_by_side import visible_gpus
+    from prefalign.pipeline.side_by_side import visible_gpus
 
     assert visible_gpus(1, None) == "1"  # every GPU visible: GPU 1 is physical GPU 1
     assert visible_gpus(1, "4,6") == "6"  # CUDA_VISIBLE_DEVICES=4,6: this process's GPU 1 is physical GPU 6
@@ -254,7 +284,7 @@ def test_repeats_train_every_model_once_per_training_seed():
 
 
 def test_every_shipped_preset_validates_and_plans():
-    from prefalign.configfile import preset_names
+    from prefalign.config.loader import preset_names
 
     assert {"tiny", "demo", "frontier", "imdb", "aligned", "headroom"} <= set(preset_names())
     for name in preset_names():
@@ -282,24 +312,39 @@ def test_editing_a_local_prompt_corpus_redoes_what_was_sampled_from_it(tmp_path)
 
 
 def test_a_local_prompt_corpus_that_does_not_exist_is_refused_while_planning(tmp_path):
-    from prefalign.models.corpus import CorpusPathError
+    from prefalign.data.corpus import CorpusPathError
 
     with pytest.raises(CorpusPathError, match="sampling.prompts.corpus"):
         items_of(f"sampling.prompts={{corpus: {tmp_path / 'missing.csv'}}}")
     items_of("sampling.prompts={corpus: imdb}")  # a hub dataset id is not looked up while planning
 
 
-@pytest.mark.parametrize("overrides,too_many,fits,words", [
-    (("sampling.num_samples=10",), "pairs.count=46", "pairs.count=45", "at most 45 distinct pairs"),
-    (("sampling.num_samples=10", "pairs.strategies=[best_worst]"), "pairs.count=4", "pairs.count=3",
-     "blocks of pairs.group_size=4: at most 3"),
-    (("sampling.prompts.corpus=rotten_tomatoes", "pairs.count=2"), "sampling.prompts.per_prompt=1",
-     "sampling.prompts.per_prompt=2", "raise sampling.prompts.per_prompt"),
-    (("iterative.rounds=2", "iterative.samples=20", "sampling.num_samples=1000"), "pairs.count=191", "pairs.count=190",
-     "iterative.samples=20"),
-])
+@pytest.mark.parametrize(
+    "overrides,too_many,fits,words",
+    [
+        (("sampling.num_samples=10",), "pairs.count=46", "pairs.count=45", "at most 45 distinct pairs"),
+        (
+            ("sampling.num_samples=10", "pairs.strategies=[best_worst]"),
+            "pairs.count=4",
+            "pairs.count=3",
+            "blocks of pairs.group_size=4: at most 3",
+        ),
+        (
+            ("sampling.prompts.corpus=rotten_tomatoes", "pairs.count=2"),
+            "sampling.prompts.per_prompt=1",
+            "sampling.prompts.per_prompt=2",
+            "raise sampling.prompts.per_prompt",
+        ),
+        (
+            ("iterative.rounds=2", "iterative.samples=20", "sampling.num_samples=1000"),
+            "pairs.count=191",
+            "pairs.count=190",
+            "iterative.samples=20",
+        ),
+    ],
+)
 def test_more_pairs_than_the_samples_allow_are_refused_while_planning(overrides, too_many, fits, words):
-    from prefalign.plan import PlanError
+    from prefalign.pipeline.plan import PlanError
 
     with pytest.raises(PlanError, match=words):
         items_of(*overrides, too_many)

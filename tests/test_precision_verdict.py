@@ -23,8 +23,10 @@ def _values(shift: float, seed: int = 0) -> dict:
     for m, model in enumerate(MODELS):
         for metric in precision.METRICS:
             fp32, bf16 = rng.normal(10 * m, 1.0, len(SEEDS)), rng.normal(10 * m + shift, 1.0, len(SEEDS))
-            values[(model, metric)] = {**{f"fp32-seed{s}": float(x) for s, x in zip(SEEDS, fp32)},
-                                       **{f"bf16-seed{s}": float(x) for s, x in zip(SEEDS, bf16)}}  # fmt: skip
+            values[(model, metric)] = {
+                **{f"fp32-seed{s}": float(x) for s, x in zip(SEEDS, fp32)},
+                **{f"bf16-seed{s}": float(x) for s, x in zip(SEEDS, bf16)},
+            }
     return values
 
 
@@ -36,16 +38,21 @@ def test_a_shift_of_several_seed_spreads_is_outside():
 
 def test_the_same_distribution_is_within_most_of_the_time():
     # No shift: p is (about) uniform, so at the 5% level ~95% of the metrics come out within.
-    p_values = [precision.excess_p_value(_values(0.0, seed), SEEDS, "bf16", metric, permutations=500)[1]
-                for seed in range(10) for metric in precision.METRICS]  # fmt: skip
+    p_values = [
+        precision.excess_p_value(_values(0.0, seed), SEEDS, "bf16", metric, permutations=500)[1]
+        for seed in range(10)
+        for metric in precision.METRICS
+    ]
     assert np.mean(np.array(p_values) >= 0.05) >= 0.8
     assert 0.2 < np.median(p_values) < 0.8
 
 
 def test_the_same_runs_relabelled_lie_closer_than_two_seeds():
     # bf16 runs that are fp32's runs in another order: every pair includes the run itself (0 apart).
-    values = {key: {**v, **{f"bf16-seed{s}": v[f"fp32-seed{SEEDS[-1 - i]}"] for i, s in enumerate(SEEDS)}}
-              for key, v in _values(0.0).items()}  # fmt: skip
+    values = {
+        key: {**v, **{f"bf16-seed{s}": v[f"fp32-seed{SEEDS[-1 - i]}"] for i, s in enumerate(SEEDS)}}
+        for key, v in _values(0.0).items()
+    }
     rows = precision.gaps(values, SEEDS, ["bf16"], replicate=False)
     for metric in precision.METRICS:
         assert np.mean(rows[("bf16 vs fp32, any seeds", metric)]) < np.mean(rows[("fp32 seed to seed", metric)])
@@ -55,14 +62,18 @@ def test_the_same_runs_relabelled_lie_closer_than_two_seeds():
 
 def test_a_printed_run_reads_back_to_the_same_verdict(tmp_path):
     values = _values(shift=4.0)
-    lines = [f"{model} {metric}: " + ", ".join(f"{name} {value:.6f}" for name, value in v.items())
-             for (model, metric), v in values.items()]  # fmt: skip
+    lines = [
+        f"{model} {metric}: " + ", ".join(f"{name} {value:.6f}" for name, value in v.items())
+        for (model, metric), v in values.items()
+    ]
     log = tmp_path / "precision.txt"
     log.write_text("fp32-seed0: 12s\n" + "\n".join(lines) + "\n| compared | x |\n")
     read = precision.read_log(log)
     assert read.keys() == values.keys()
     assert all(abs(read[k][name] - values[k][name]) < 1e-5 for k in values for name in values[k])
     # Each variant's lines as it finished (what a run cut by a time limit leaves) read back the same.
-    lines = [f"{model} {metric}: {name} {value:.6f}" for (model, metric), v in values.items() for name, value in v.items()]
+    lines = [
+        f"{model} {metric}: {name} {value:.6f}" for (model, metric), v in values.items() for name, value in v.items()
+    ]
     log.write_text("\n".join(lines))
     assert precision.read_log(log) == read

@@ -24,8 +24,9 @@ def examples(rng: random.Random, n: int, with_ref: bool) -> list[dict]:
 @pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
 @pytest.mark.parametrize("pad_to_multiple_of", [None, 8, 64])
 def test_numpy_batches_equal_trls(max_length, truncation_mode, pad_to_multiple_of):
-    settings = dict(pad_token_id=7, max_length=max_length, truncation_mode=truncation_mode,
-                    pad_to_multiple_of=pad_to_multiple_of)  # fmt: skip
+    settings = dict(
+        pad_token_id=7, max_length=max_length, truncation_mode=truncation_mode, pad_to_multiple_of=pad_to_multiple_of
+    )
     trl, ours = DataCollatorForPreference(**settings), NumpyPreferenceCollator(**settings)
     rng = random.Random(f"{max_length}-{truncation_mode}-{pad_to_multiple_of}")
     for trial in range(20):
@@ -40,7 +41,11 @@ def test_numpy_batches_equal_trls(max_length, truncation_mode, pad_to_multiple_o
 def test_only_trls_own_text_collator_is_replaced():
     trl = DataCollatorForPreference(pad_token_id=3, max_length=20, pad_to_multiple_of=4)
     ours = numpy_collator(trl)
-    assert type(ours) is NumpyPreferenceCollator and (ours.pad_token_id, ours.max_length, ours.pad_to_multiple_of) == (3, 20, 4)
+    assert type(ours) is NumpyPreferenceCollator and (ours.pad_token_id, ours.max_length, ours.pad_to_multiple_of) == (
+        3,
+        20,
+        4,
+    )
 
     def custom(batch):
         return batch

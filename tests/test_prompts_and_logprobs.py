@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from prefalign.config import PromptConfig, SamplingConfig
-from prefalign.engine.prompts import corpus_prompts, cut_prompts
+from prefalign.config.schema import PromptConfig, SamplingConfig
 from prefalign.engine.decoding import completion_logprobs, generate, sample_and_score
+from prefalign.engine.prompts import corpus_prompts, cut_prompts
 
 SAMPLING = SamplingConfig(max_length=20, batch_size=32)
 
@@ -65,12 +65,25 @@ def test_sample_and_score_with_prompts_and_a_reference(tiny_policy, tiny_classif
     policy, tok = tiny_policy
     clf, ctok = tiny_classifier
     cfg = PromptConfig(corpus="unused", min_tokens=2, max_tokens=4, per_prompt=3)
-    corpus = tok(["the film was good and fun", "a dull and slow story", "great acting all round"],
-                 add_special_tokens=False)["input_ids"]  # fmt: skip
+    corpus = tok(
+        ["the film was good and fun", "a dull and slow story", "great acting all round"], add_special_tokens=False
+    )["input_ids"]
     ids = cut_prompts(corpus, 12, cfg.per_prompt, cfg.min_tokens, cfg.max_tokens, seed=0)
     prompts = [(p, tok.decode(p)) for p in ids]
-    df = sample_and_score(policy, tok, clf, ctok, 1, 12, SAMPLING, 0, None, tmp_path / "s.parquet", prompts=prompts,
-                          reference=copy.deepcopy(policy))  # fmt: skip
+    df = sample_and_score(
+        policy,
+        tok,
+        clf,
+        ctok,
+        1,
+        12,
+        SAMPLING,
+        0,
+        None,
+        tmp_path / "s.parquet",
+        prompts=prompts,
+        reference=copy.deepcopy(policy),
+    )
     assert set(df.prompt) <= {p[1] for p in prompts} and len(df) == 12
     assert df.groupby("prompt").size().min() >= 3  # k samples per prompt
     # policy == reference: every log-ratio is zero, so the KL estimate is exactly 0

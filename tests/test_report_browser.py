@@ -27,13 +27,24 @@ PLANTED = "<script>document.title='EXECUTED'; document.body.innerHTML='';</scrip
 
 def chromium(page, tmp_path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"  # a fresh profile per start
-    command = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args, page.as_uri()]  # fmt: skip
+    command = [
+        BROWSER,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        page.as_uri(),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(BROWSER is None and os.environ.get("PREFALIGN_BROWSER_TEST") != "required",
-                    reason="no chromium (CI installs it)")  # fmt: skip
+@pytest.mark.skipif(
+    BROWSER is None and os.environ.get("PREFALIGN_BROWSER_TEST") != "required", reason="no chromium (CI installs it)"
+)
 def test_report_html_renders_in_chromium_with_texts_as_text(tiny_run, tmp_path, cli):
     from PIL import Image
 

@@ -6,10 +6,12 @@ import base64
 
 import pytest
 
-from prefalign.stages.report_html import render
+from prefalign.report.html import render
 
 # The smallest valid PNG (1x1, transparent).
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
 
 
 def test_texts_with_markup_are_escaped_and_plots_embedded(tmp_path):
@@ -27,12 +29,15 @@ def test_training_figures_of_one_kind_share_their_y_ranges(tmp_path, monkeypatch
     import json
     from types import SimpleNamespace
 
-    from prefalign.stages import report_plots as report
+    from prefalign.report import plots as report
 
     def trained(name, losses, accuracies):
         path = tmp_path / name
         path.mkdir()
-        history = [{"step": 5 * (i + 1), "loss": v, "rewards/accuracies": a} for i, (v, a) in enumerate(zip(losses, accuracies))]
+        history = [
+            {"step": 5 * (i + 1), "loss": v, "rewards/accuracies": a}
+            for i, (v, a) in enumerate(zip(losses, accuracies))
+        ]
         (path / "train.json").write_text(json.dumps({"log_history": history + [{"step": 99, "train_runtime": 1.0}]}))
         return SimpleNamespace(name=name, path=path)
 
@@ -42,7 +47,9 @@ def test_training_figures_of_one_kind_share_their_y_ranges(tmp_path, monkeypatch
     assert limits["loss"][0] < 0.5 and limits["loss"][1] > 3.0 and limits["rewards/accuracies"][1] > 1.0
 
     drawn = {}
-    monkeypatch.setattr(report, "save_figure", lambda fig, out: drawn.setdefault(out.name, [ax.get_ylim() for ax in fig.axes]))
+    monkeypatch.setattr(
+        report, "save_figure", lambda fig, out: drawn.setdefault(out.name, [ax.get_ylim() for ax in fig.axes])
+    )
     report.plot_training([low], "a", tmp_path / "a.png", limits=limits)
     report.plot_training([high], "b", tmp_path / "b.png", limits=limits)
     assert drawn["a.png"] == drawn["b.png"]  # the two figures compare by eye

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from prefalign.store import atomic_path, remove_stale, temporary_name, write_json, read_json
+from prefalign.pipeline.store import atomic_path, read_json, remove_stale, temporary_name, write_json
 
 
 def test_a_file_appears_only_when_complete(tmp_path):
@@ -52,7 +52,7 @@ def test_remove_stale_clears_dead_writers_and_keeps_live_ones(tmp_path):
 
 
 def test_damaged_metadata_counts_as_not_done(tmp_path):
-    from prefalign.store import is_done
+    from prefalign.pipeline.store import is_done
 
     meta = tmp_path / "samples.meta.json"
     for damaged in (b"\xff\xfe\x00garbage", b"[1, 2]", b'{"key": ', b""):

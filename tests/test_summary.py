@@ -11,12 +11,28 @@ from prefalign.stages.report import across_seeds, beaten_by, beats_seed, closest
 
 def results(rows):
     """results.csv rows: (model, group, recipe, training_seed, [(reward, diversity, kl) per run])."""
-    return pd.DataFrame([
-        {"model": m, "group": g, "method": "original" if m == "original" else "dpo", "strategy": "random",
-         "loss": "sigmoid", "beta": 0.1, "recipe": recipe, "round": None, "kl_coef": None, "training_seed": seed,
-         "run": k, "reward_mean": r, "diversity": d, "kl_seq": kl}
-        for m, g, recipe, seed, runs in rows for k, (r, d, kl) in enumerate(runs)
-    ])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "model": m,
+                "group": g,
+                "method": "original" if m == "original" else "dpo",
+                "strategy": "random",
+                "loss": "sigmoid",
+                "beta": 0.1,
+                "recipe": recipe,
+                "round": None,
+                "kl_coef": None,
+                "training_seed": seed,
+                "run": k,
+                "reward_mean": r,
+                "diversity": d,
+                "kl_seq": kl,
+            }
+            for m, g, recipe, seed, runs in rows
+            for k, (r, d, kl) in enumerate(runs)
+        ]
+    )
 
 
 ROWS = [
@@ -71,13 +87,20 @@ def test_a_model_with_broken_texts_beats_nothing_but_can_be_beaten():
 
 def test_the_closest_challenger_and_its_net_leads():
     # c beats a on diversity and KL by far, but its reward (2.8) is 0.4 above a's mean, inside a's seed std (0.42)
-    close = ROWS[:3] + [("c", "c", "default", 0, [(2.8, 5.0, 10.0), (2.8, 5.0, 10.0)]),
-                        ("d", "d", "default", 0, [(1.0, 5.0, 10.0), (1.0, 5.0, 10.0)])]  # fmt: skip
+    close = ROWS[:3] + [
+        ("c", "c", "default", 0, [(2.8, 5.0, 10.0), (2.8, 5.0, 10.0)]),
+        ("d", "d", "default", 0, [(1.0, 5.0, 10.0), (1.0, 5.0, 10.0)]),
+    ]
     summary = across_seeds(summarize(results(close))).set_index("model", drop=False)
     a, c = summary.loc["a"], summary.loc["c"]
     sd = np.std([2.1, 2.7], ddof=1)
-    assert net_leads(c, a) == pytest.approx({"reward": 2.8 - 2.4 - sd, "diversity": 5.0 - 4.3 - np.std([4.1, 4.5], ddof=1),
-                                             "KL": 56.0 - 10.0 - np.std([51.0, 61.0], ddof=1)})  # fmt: skip
+    assert net_leads(c, a) == pytest.approx(
+        {
+            "reward": 2.8 - 2.4 - sd,
+            "diversity": 5.0 - 4.3 - np.std([4.1, 4.5], ddof=1),
+            "KL": 56.0 - 10.0 - np.std([51.0, 61.0], ddof=1),
+        }
+    )
     row, wins, worst = closest_to_seed(summary.reset_index(drop=True))
     assert (row.model, wins) == ("c", 0)  # d is further short on reward
     assert worst["reward"] == (pytest.approx(2.8 - 2.4 - sd), "a") and worst["KL"][0] > 0

@@ -23,7 +23,7 @@ def test_seed_recipe_is_the_originals():
 
 
 def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
-    from prefalign.recipes import precision_settings
+    from prefalign.config.recipes import precision_settings
 
     assert precision_settings("auto", "cpu", False, False) == {"bf16": False, "fp16": False}
     assert precision_settings("auto", "cuda", True, True) == {"bf16": True, "fp16": False, "tf32": False}
@@ -37,8 +37,8 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
 def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
     import transformers.training_args
 
+    from prefalign.config.recipes import RECIPE_PRECISION, precision_settings
     from prefalign.engine.arithmetic import fp32_switches_restored
-    from prefalign.recipes import RECIPE_PRECISION, precision_settings
     from prefalign.stages.train_dpo import dpo_args
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # dpo_args only reads the device's type
@@ -56,13 +56,17 @@ def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
     assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[0].tf32 is False
     assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="tf32")[0].tf32 is False
 
-    assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True, True) == {"bf16": False, "fp16": False, "tf32": True}
+    assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True, True) == {
+        "bf16": False,
+        "fp16": False,
+        "tf32": True,
+    }
     assert precision_settings(RECIPE_PRECISION["seed"], "cpu", False, False) == {"bf16": False, "fp16": False}
     assert precision_settings(RECIPE_PRECISION["default"], "cuda", True, True)["bf16"] is True
 
 
 def test_bf16_precision_reaches_the_trainer_and_the_override_wins():
-    from prefalign.recipes import RECIPE_PRECISION
+    from prefalign.config.recipes import RECIPE_PRECISION
     from prefalign.stages.train_dpo import dpo_args
 
     cpu = torch.device("cpu")
@@ -95,8 +99,12 @@ def test_the_step_is_compiled_with_cuda_graphs_on_one_gpu_only():
     assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]["compile_step"] == "eager"
     # Asked for on a CPU: compiled, without CUDA graphs; a user's setting wins everywhere.
     assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "graphs"}, cpu, 0, "/tmp/x")[1]["compile_step"] == "fused"
-    assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "eager"}, cuda, 0, "/tmp/x",
-                    precision="fp32")[1]["compile_step"] == "eager"  # fmt: skip
+    assert (
+        dpo_args("seed", "sigmoid", 0.1, {"compile_step": "eager"}, cuda, 0, "/tmp/x", precision="fp32")[1][
+            "compile_step"
+        ]
+        == "eager"
+    )
 
 
 def test_batches_reach_a_gpu_without_the_host_waiting_for_the_copy():
@@ -107,20 +115,36 @@ def test_batches_reach_a_gpu_without_the_host_waiting_for_the_copy():
     assert settings["accelerator_config"] == {"non_blocking": True} and settings["dataloader_pin_memory"] is True
     assert "accelerator_config" not in dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]
     mine = {"accelerator_config": {"non_blocking": False}}
-    assert dpo_args("default", "sigmoid", 0.1, mine, cuda, 0, "/tmp/x")[1]["accelerator_config"] == {"non_blocking": False}
+    assert dpo_args("default", "sigmoid", 0.1, mine, cuda, 0, "/tmp/x")[1]["accelerator_config"] == {
+        "non_blocking": False
+    }
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
 def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, loss):
-    pairs = pd.DataFrame({
-        "prompt": "<|endoftext|>",
-        "chosen": ["The film was superb and I loved it."] * 16,
-        "rejected": ["The film was awful."] * 16,
-    })  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": "<|endoftext|>",
+            "chosen": ["The film was superb and I loved it."] * 16,
+            "rejected": ["The film was awful."] * 16,
+        }
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     out = tmp_path / "model"
-    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", out, "default", loss, 0.1,
-                     {"learning_rate": 1e-2, "logging_steps": 1}, torch.device("cpu"), 0, key="k", log=lambda m: None)  # fmt: skip
+    info = train_one(
+        str(tiny_dir / "policy"),
+        None,
+        tmp_path / "pairs.parquet",
+        out,
+        "default",
+        loss,
+        0.1,
+        {"learning_rate": 1e-2, "logging_steps": 1},
+        torch.device("cpu"),
+        0,
+        key="k",
+        log=lambda m: None,
+    )
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     saved = json.loads((out / "train.json").read_text())
     assert saved["key"] == "k" and saved["loss"] == loss and saved["settings"]["loss_type"] == [loss]
@@ -181,22 +205,54 @@ def test_completion_only_head_gives_the_same_log_probs_and_gradients(tiny_dir):
 
 
 def test_default_recipe_records_its_own_switches(tiny_dir, tmp_path):
-    texts = ["The film was superb and I loved it.", "Awful.", "A long, slow and very dull story about nothing.", "Fine."]
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [texts[i % 4] for i in range(16)],
-                          "rejected": [texts[(i + 1) % 4] + " no" for i in range(16)]})  # fmt: skip
+    texts = [
+        "The film was superb and I loved it.",
+        "Awful.",
+        "A long, slow and very dull story about nothing.",
+        "Fine.",
+    ]
+    pairs = pd.DataFrame(
+        {
+            "prompt": "<|endoftext|>",
+            "chosen": [texts[i % 4] for i in range(16)],
+            "rejected": [texts[(i + 1) % 4] + " no" for i in range(16)],
+        }
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
-    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "m", "default", "sigmoid",
-                     0.1, {"group_by_length": False}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+    info = train_one(
+        str(tiny_dir / "policy"),
+        None,
+        tmp_path / "pairs.parquet",
+        tmp_path / "m",
+        "default",
+        "sigmoid",
+        0.1,
+        {"group_by_length": False},
+        torch.device("cpu"),
+        0,
+        log=lambda m: None,
+    )
     assert info["settings"]["group_by_length"] is False and info["settings"]["completion_only_head"] is True
     assert "train_sampling_strategy" not in info["settings"]  # TRL's random sampler
-    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / "m", "default", "sigmoid",
-                     0.1, {}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+    info = train_one(
+        str(tiny_dir / "policy"),
+        None,
+        tmp_path / "pairs.parquet",
+        tmp_path / "m",
+        "default",
+        "sigmoid",
+        0.1,
+        {},
+        torch.device("cpu"),
+        0,
+        log=lambda m: None,
+    )
     # the pairs arrive in length-grouped random order, which the trainer must then keep
     assert info["settings"]["train_sampling_strategy"] == "sequential"
 
 
 def test_loss_entries_resolve_to_trl_types_and_weights():
-    from prefalign.config import LossMix
+    from prefalign.config.schema import LossMix
     from prefalign.stages.train_dpo import resolve_loss
 
     assert resolve_loss("sigmoid") == ("sigmoid", ["sigmoid"], None)
@@ -207,7 +263,7 @@ def test_loss_entries_resolve_to_trl_types_and_weights():
 
 
 def _every_loss():
-    from prefalign.trainer_fields import TRL_LOSSES
+    from prefalign.config.trainer_fields import TRL_LOSSES
 
     return list(TRL_LOSSES) + ["slic"]
 
@@ -215,17 +271,32 @@ def _every_loss():
 @pytest.mark.parametrize("loss", _every_loss())
 def test_every_trl_loss_type_trains_one_step(tiny_dir, tmp_path, loss):
     """Each loss the config accepts runs through TRL 1.16's DPOTrainer and moves the weights."""
-    from prefalign.configfile import load_config
+    from prefalign.config.loader import load_config
 
     extra = {"label_smoothing": 1e-3} if loss == "exo_pair" else {}
     load_config("tiny", [f"train.losses=[{loss}]"] + [f"train.dpo.{k}={v}" for k, v in extra.items()])  # accepted
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": ["The film was superb and I loved it."] * 8,
-                          "rejected": ["The film was awful and dull."] * 8})  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "prompt": "<|endoftext|>",
+            "chosen": ["The film was superb and I loved it."] * 8,
+            "rejected": ["The film was awful and dull."] * 8,
+        }
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     out = tmp_path / "model"
-    info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", out, "default", loss, 0.1,
-                     {"learning_rate": 1e-2, "max_steps": 1, "logging_steps": 1, **extra}, torch.device("cpu"), 0,
-                     log=lambda m: None)  # fmt: skip
+    info = train_one(
+        str(tiny_dir / "policy"),
+        None,
+        tmp_path / "pairs.parquet",
+        out,
+        "default",
+        loss,
+        0.1,
+        {"learning_rate": 1e-2, "max_steps": 1, "logging_steps": 1, **extra},
+        torch.device("cpu"),
+        0,
+        log=lambda m: None,
+    )
     losses = [h["loss"] for h in info["log_history"] if "loss" in h]
     assert losses and all(math.isfinite(x) for x in losses), info["log_history"]
     before = load_file(tiny_dir / "policy" / "model.safetensors")
@@ -234,14 +305,14 @@ def test_every_trl_loss_type_trains_one_step(tiny_dir, tmp_path, loss):
 
 
 def test_exo_pair_without_label_smoothing_is_a_config_error():
-    from prefalign.configfile import ConfigError, load_config
+    from prefalign.config.loader import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config("tiny", ["train.losses=[exo_pair]"])
 
 
 def test_only_complete_checkpoints_are_resumed_from(tmp_path):
-    from prefalign.stages.trained_model import last_complete_checkpoint
+    from prefalign.training.trained_model import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path) is None
     for step, complete in ((5, True), (10, True), (15, False)):
@@ -259,12 +330,24 @@ def test_pairs_longer_than_the_policy_positions_are_truncated(tiny_dir, tmp_path
 
     positions = AutoConfig.from_pretrained(tiny_dir / "policy").n_positions
     long_text = "superb \ufffd\ufffd film " * positions  # several tokens per word: far past the positions
-    pairs = pd.DataFrame({"prompt": "<|endoftext|>", "chosen": [long_text, "Superb."] * 8,
-                          "rejected": ["Awful.", long_text] * 8})  # fmt: skip
+    pairs = pd.DataFrame(
+        {"prompt": "<|endoftext|>", "chosen": [long_text, "Superb."] * 8, "rejected": ["Awful.", long_text] * 8}
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     for recipe in ("default", "seed"):
-        info = train_one(str(tiny_dir / "policy"), None, tmp_path / "pairs.parquet", tmp_path / recipe, recipe,
-                         "sigmoid", 0.1, {"num_train_epochs": 1}, torch.device("cpu"), 0, log=lambda m: None)  # fmt: skip
+        info = train_one(
+            str(tiny_dir / "policy"),
+            None,
+            tmp_path / "pairs.parquet",
+            tmp_path / recipe,
+            recipe,
+            "sigmoid",
+            0.1,
+            {"num_train_epochs": 1},
+            torch.device("cpu"),
+            0,
+            log=lambda m: None,
+        )
         assert info["settings"]["max_length"] == positions
         assert (tmp_path / recipe / "model.safetensors").exists()
 
@@ -274,7 +357,7 @@ def test_a_saved_model_keeps_its_config_as_loaded_not_the_trainers_settings():
 
     from transformers import GPT2Config, PretrainedConfig
 
-    from prefalign.stages.trained_model import config_as_loaded, restore_config
+    from prefalign.training.trained_model import config_as_loaded, restore_config
 
     # A GPT-2 config has both settings; a bare one (a custom model's) has neither, and must not gain them.
     for config, expected in ((GPT2Config(), {"use_cache": True, "pad_token_id": None}), (PretrainedConfig(), {})):

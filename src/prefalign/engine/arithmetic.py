@@ -42,8 +42,10 @@ def forget_compiled_code_made_under_other_arithmetic(autocast_dtype: torch.dtype
     now = arithmetic_in_force(autocast_dtype)
     changed = _compiled_under is not None and _compiled_under != now
     if changed:
-        note(f"  precision changed since this process last compiled ({_describe(_compiled_under)} -> "
-             f"{_describe(now)}): compiled code is discarded and made again")  # fmt: skip
+        note(
+            f"  precision changed since this process last compiled ({_describe(_compiled_under)} -> "
+            f"{_describe(now)}): compiled code is discarded and made again"
+        )
         torch._dynamo.reset()
     _compiled_under = now
     return changed

@@ -38,8 +38,10 @@ def compile_optimizer_step(optimizer: torch.optim.Optimizer, note=print, lr_devi
             try:
                 return compiled(self, closure)
             except Exception as e:  # raised while tracing or compiling, before any parameter changed
-                note(f"  compiling the optimizer step failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "it runs uncompiled")  # fmt: skip
+                note(
+                    f"  compiling the optimizer step failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                    "it runs uncompiled"
+                )
                 compiled = None
         return eager_step(closure)
 

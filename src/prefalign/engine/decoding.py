@@ -30,11 +30,17 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from prefalign.engine.decode_step import (compile_failed, compiled_step, decode_cache, decode_step_mode, last_logits,
-                                          static_cache, token_logp)  # fmt: skip
+from prefalign.engine.decode_step import (
+    compile_failed,
+    compiled_step,
+    decode_cache,
+    decode_step_mode,
+    last_logits,
+    static_cache,
+    token_logp,
+)
 from prefalign.engine.scoring import score_texts, tokenizer_threads
-from prefalign.store import atomic_path
-
+from prefalign.pipeline.store import atomic_path
 
 # On a GPU, finished rows leave the decode batch every this many steps (one host sync each time).
 _DROP_EVERY = 8
@@ -60,8 +66,9 @@ def _batch_seed(seed: int, batch: int) -> int:
     return (seed * 1_000_003 + batch * 7919) % (2**63 - 1)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float,
-                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def filter_top_k_top_p(
+    logits: torch.Tensor, top_k: int, top_p: float, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(candidate ids, their fp32 logits / temperature) after top-k then top-p filtering, like HF's
     warpers (temperature, top-k, top-p) in that order.
 
@@ -92,8 +99,9 @@ def _draw(logits: torch.Tensor, sampling, finished: torch.Tensor, eos: int) -> t
     return ids.gather(1, choice).squeeze(1).masked_fill(finished, eos)
 
 
-def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int | None = None,
-                with_logp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def _fast_batch(
+    model, prompt: torch.Tensor, eos: int, sampling, drop_every: int | None = None, with_logp: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(tokens (rows, max_length - prompt length), their log-prob sums or None): each row of `prompt`
     (equal lengths) continued with the KV cache, rows dropped as they hit EOS.
 
@@ -138,8 +146,9 @@ def _fast_batch(model, prompt: torch.Tensor, eos: int, sampling, drop_every: int
     return tokens, logp
 
 
-def _static_batch(model, prompt: torch.Tensor, eos: int, sampling, step, cache,
-                  with_logp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def _static_batch(
+    model, prompt: torch.Tensor, eos: int, sampling, step, cache, with_logp: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """_fast_batch's result for the compiled decode step `step` (a last_logits) with a StaticCache:
     every shape is fixed, so no row ever leaves the batch (a finished row keeps writing EOS) and the
     loop stops once all rows have finished, checked every _DROP_EVERY steps. The prompt runs eagerly
@@ -169,15 +178,23 @@ def _static_batch(model, prompt: torch.Tensor, eos: int, sampling, step, cache,
 
 def _hf_batch(model, prompt: torch.Tensor, eos: int, pad: int, sampling) -> torch.Tensor:
     out = model.generate(
-        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True, max_length=sampling.max_length,
-        top_k=sampling.top_k, top_p=sampling.top_p, temperature=sampling.temperature, pad_token_id=pad,
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=True,
+        max_length=sampling.max_length,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        temperature=sampling.temperature,
+        pad_token_id=pad,
         eos_token_id=eos,
-    )  # fmt: skip
+    )
     return out[:, prompt.shape[1] :]
 
 
 @torch.inference_mode()
-def completion_logprobs(model, prompt: torch.Tensor, completion: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logprobs(
+    model, prompt: torch.Tensor, completion: torch.Tensor, eos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the sum over the completion's tokens (up to and including its first EOS) of
     log p(token | prefix), and how many tokens that is.
 
@@ -237,8 +254,17 @@ def _batches(prompt_lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | None = None, desc: str = "sample",
-             prompts: list[list[int]] | None = None, reference=None):  # fmt: skip
+def generate(
+    model,
+    tokenizer,
+    n: int,
+    sampling,
+    seed: int,
+    batch_size: int | None = None,
+    desc: str = "sample",
+    prompts: list[list[int]] | None = None,
+    reference=None,
+):
     """Yield chunks of n samples in all: dicts of row `index`, `text`, `n_tokens` (+ `logp`, `logp_ref`,
     `n_scored`), and `seconds`: the chunk's wall time by phase (`decode`, `texts`, + `kl`).
 
@@ -268,13 +294,17 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
                     size = _compiled_rows(len(rows), batch_size)
                     padded = torch.cat([prompt, prompt[:1].expand(size - len(rows), -1)])  # extra rows: dropped
                     cache = static_cache(model, size, sampling.max_length)
-                    gen, logp = _static_batch(model, padded, eos, sampling, compiled_step(mode), cache,
-                                              with_logp=reference is not None)  # fmt: skip
+                    gen, logp = _static_batch(
+                        model, padded, eos, sampling, compiled_step(mode), cache, with_logp=reference is not None
+                    )
                     gen, logp = gen[: len(rows)], logp[: len(rows)] if logp is not None else None
                 except Exception as error:  # any compiler failure: this batch and every later one decode eagerly
                     first_line = (str(error).splitlines() or [""])[0][:300]
-                    warnings.warn(f"compiling the decode step failed ({type(error).__name__}: {first_line}); sampling "
-                                  "goes on without compilation, as with sampling.compile_step: eager", stacklevel=2)  # fmt: skip
+                    warnings.warn(
+                        f"compiling the decode step failed ({type(error).__name__}: {first_line}); sampling "
+                        "goes on without compilation, as with sampling.compile_step: eager",
+                        stacklevel=2,
+                    )
                     compile_failed(mode)
                     mode = "eager"
                     torch.manual_seed(_batch_seed(seed, b))
@@ -309,9 +339,21 @@ def generate(model, tokenizer, n: int, sampling, seed: int, batch_size: int | No
 PHASES = ("decode", "texts", "kl", "score", "write")
 
 
-def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int,
-                     sampling, seed: int, reward_batch: int | None, out_path: Path, desc: str = "sample",
-                     prompts: list[tuple[list[int], str]] | None = None, reference=None) -> pd.DataFrame:  # fmt: skip
+def sample_and_score(
+    policy,
+    policy_tokenizer,
+    classifier,
+    classifier_tokenizer,
+    positive_index: int,
+    n: int,
+    sampling,
+    seed: int,
+    reward_batch: int | None,
+    out_path: Path,
+    desc: str = "sample",
+    prompts: list[tuple[list[int], str]] | None = None,
+    reference=None,
+) -> pd.DataFrame:
     """Generate and score n texts, streaming them to `out_path` (Parquet) atomically.
 
     `prompts`: one (token ids, text) per row, or None for BOS alone; the classifier then scores
@@ -321,10 +363,17 @@ def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer,
     a reference model. `attrs`: `seconds` (the wall time) and `phase_seconds` (the host's wall time
     by phase, PHASES; `kl` only with a reference; the rest is the Parquet file's closing and reading).
     """
-    fields = [("text", pa.string()), ("reward", pa.float32()), ("positive_prob", pa.float32()),
-              ("is_positive", pa.bool_()), ("n_tokens", pa.int32())]  # fmt: skip
+    fields = [
+        ("text", pa.string()),
+        ("reward", pa.float32()),
+        ("positive_prob", pa.float32()),
+        ("is_positive", pa.bool_()),
+        ("n_tokens", pa.int32()),
+    ]
     fields += [("prompt", pa.string())] if prompts is not None else []
-    fields += [("logp", pa.float32()), ("logp_ref", pa.float32()), ("n_scored", pa.int32())] if reference is not None else []
+    fields += (
+        [("logp", pa.float32()), ("logp_ref", pa.float32()), ("n_scored", pa.int32())] if reference is not None else []
+    )
     schema = pa.schema(fields)
     start = time.time()
     prompt_ids = [ids for ids, _ in prompts] if prompts is not None else None
@@ -344,7 +393,9 @@ def sample_and_score(policy, policy_tokenizer, classifier, classifier_tokenizer,
             if heads is not None:
                 columns["prompt"] = heads
             if reference is not None:
-                columns.update(logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32))
+                columns.update(
+                    logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32)
+                )
             writer.write_table(pa.table(columns, schema=schema))
             phases["write"] += time.perf_counter() - writing
     df = pd.read_parquet(out_path)

@@ -40,6 +40,7 @@ from trl import DPOTrainer
 from prefalign.engine.arithmetic import forget_compiled_code_made_under_other_arithmetic
 from prefalign.engine.compiled_optimizer import compile_optimizer_step, scheduled_learning_rate
 from prefalign.engine.preference_batches import numpy_collator
+from prefalign.errors import PrefalignError
 
 # The loss types computed here; any other goes through DPOTrainer's own _compute_loss.
 LEAN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "sft"})
@@ -48,7 +49,7 @@ _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 _TEXT_KEYS = {"input_ids", "attention_mask", *_NON_MODEL_KEYS}
 
 
-class TrainingDiverged(Exception):
+class TrainingDiverged(PrefalignError):
     """The training loss became NaN or infinite (checked at each logging step, where it is on the host anyway)."""
 
 
@@ -57,9 +58,15 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def sequence_losses(loss_type: str, beta: float, chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
-                    completion_mask: torch.Tensor, chosen_token_logps: torch.Tensor,
-                    chosen_token_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def sequence_losses(
+    loss_type: str,
+    beta: float,
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    completion_mask: torch.Tensor,
+    chosen_token_logps: torch.Tensor,
+    chosen_token_mask: torch.Tensor,
+) -> torch.Tensor:
     """Per-pair loss (batch,) of one TRL loss type, as DPOTrainer 1.16 computes it for reverse-KL DPO.
 
     `completion_mask` (2*batch, seq) marks completion tokens, chosen rows first;
@@ -117,8 +124,9 @@ def four_d_mask_works(model) -> bool:
         model.train(was_training)
 
 
-def completion_token_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                           four_d_mask: bool) -> tuple[torch.Tensor, ...]:  # fmt: skip
+def completion_token_stats(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, four_d_mask: bool
+) -> tuple[torch.Tensor, ...]:
     """What TRL's fused head returns for the predicted positions, from the model's own logits.
 
     Inputs (rows, seq); outputs (rows, seq-1), position t predicting token t+1, all 0 (False) where
@@ -142,17 +150,38 @@ def completion_token_stats(model, input_ids: torch.Tensor, attention_mask: torch
 
 
 # The metrics a lean loss call adds, as TRL names them, in loss_and_metrics' order.
-METRIC_NAMES = ("entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy", "rewards/chosen",
-                "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")  # fmt: skip
+METRIC_NAMES = (
+    "entropy",
+    "logits/chosen",
+    "logits/rejected",
+    "mean_token_accuracy",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 def _same(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def loss_and_metrics(per_token_logps, entropy, mean_logits, is_top1, completion_mask, ref_chosen_logps,
-                     ref_rejected_logps, beta: float, loss_types, loss_weights, gather=_same,
-                     gather_for_metrics=_same) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+def loss_and_metrics(
+    per_token_logps,
+    entropy,
+    mean_logits,
+    is_top1,
+    completion_mask,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta: float,
+    loss_types,
+    loss_weights,
+    gather=_same,
+    gather_for_metrics=_same,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(the batch's loss, its metrics in METRIC_NAMES order) from completion_token_stats' outputs
     ((2*batch, seq-1), chosen rows first) and the reference's sequence log-probs (batch,) each.
 
@@ -168,8 +197,9 @@ def loss_and_metrics(per_token_logps, entropy, mean_logits, is_top1, completion_
     chosen_mask, rejected_mask = shift_mask.chunk(2, dim=0)
     loss = 0.0
     for loss_type, weight in zip(loss_types, loss_weights, strict=True):
-        per_pair = sequence_losses(loss_type, beta, chosen_logratios, rejected_logratios, completion_mask,
-                                   chosen_token_logps, chosen_mask)  # fmt: skip
+        per_pair = sequence_losses(
+            loss_type, beta, chosen_logratios, rejected_logratios, completion_mask, chosen_token_logps, chosen_mask
+        )
         loss = loss + per_pair.mean() * weight
 
     def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -193,13 +223,24 @@ def loss_and_metrics(per_token_logps, entropy, mean_logits, is_top1, completion_
     return loss, metrics
 
 
-def whole_training_loss(model, input_ids, attention_mask, completion_mask, four_d_mask: bool, ref_chosen_logps,
-                        ref_rejected_logps, beta: float, loss_types: tuple, loss_weights: tuple):  # fmt: skip
+def whole_training_loss(
+    model,
+    input_ids,
+    attention_mask,
+    completion_mask,
+    four_d_mask: bool,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta: float,
+    loss_types: tuple,
+    loss_weights: tuple,
+):
     """completion_token_stats then loss_and_metrics for one process: (loss, metrics stacked (10,)), one
     function for torch.compile, so the loss, the metrics and their backward are in the graphs too."""
     stats = completion_token_stats(model, input_ids, attention_mask, completion_mask, four_d_mask)
-    loss, metrics = loss_and_metrics(*stats, completion_mask, ref_chosen_logps, ref_rejected_logps, beta, loss_types,
-                                     loss_weights)  # fmt: skip
+    loss, metrics = loss_and_metrics(
+        *stats, completion_mask, ref_chosen_logps, ref_rejected_logps, beta, loss_types, loss_weights
+    )
     return loss, torch.stack([m.float() for m in metrics])
 
 
@@ -207,8 +248,9 @@ def fixed_pad_length(dataset, max_length: int | None) -> int:
     """The longest prompt + completion of a tokenized preference dataset (TRL's `prompt_ids`,
     `chosen_ids`, `rejected_ids`), at most `max_length`: padding every batch to it keeps one shape."""
     prompts = [len(ids) for ids in dataset["prompt_ids"]]
-    longest = max((p + max(len(c), len(r)) for p, c, r in zip(prompts, dataset["chosen_ids"], dataset["rejected_ids"])),
-                  default=1)  # fmt: skip
+    longest = max(
+        (p + max(len(c), len(r)) for p, c, r in zip(prompts, dataset["chosen_ids"], dataset["rejected_ids"])), default=1
+    )
     return min(longest, max_length) if max_length else longest
 
 
@@ -248,7 +290,9 @@ class LeanDPOTrainer(DPOTrainer):
     _compiled = None  # (the compiled function, the batch rows it was compiled for, whether it is the whole loss)
     _four_d_mask = None  # whether the policy takes the 4-D mask (four_d_mask_works; checked where it would be used)
     compile_optimizer = True  # with a compiled step, compile the optimizer's update too (benchmarks compare)
-    lr_on_device = False  # the compiled update's learning rates on the parameters' device, not the CPU (benchmarks compare)
+    lr_on_device = (
+        False  # the compiled update's learning rates on the parameters' device, not the CPU (benchmarks compare)
+    )
     note = staticmethod(print)  # where a message for the user goes (train_one: the run's log)
 
     def __init__(self, *args, **kwargs):
@@ -265,9 +309,15 @@ class LeanDPOTrainer(DPOTrainer):
     def _lean_settings(self) -> bool:
         from accelerate.utils import is_peft_model
 
-        return (set(self.loss_types) <= LEAN_LOSS_TYPES and self.f_divergence_type == "reverse_kl"
-                and self.ld_alpha is None and not self.use_weighting and not self.aux_loss_enabled
-                and not is_peft_model(self.model) and (self.precompute_ref_logps or self.ref_model is not None))  # fmt: skip
+        return (
+            set(self.loss_types) <= LEAN_LOSS_TYPES
+            and self.f_divergence_type == "reverse_kl"
+            and self.ld_alpha is None
+            and not self.use_weighting
+            and not self.aux_loss_enabled
+            and not is_peft_model(self.model)
+            and (self.precompute_ref_logps or self.ref_model is not None)
+        )
 
     def _compute_loss(self, model, inputs, return_outputs):
         if return_outputs or not self.lean() or not set(inputs) <= _TEXT_KEYS:
@@ -297,8 +347,9 @@ class LeanDPOTrainer(DPOTrainer):
             args = (model, inputs["input_ids"], inputs["attention_mask"], completion_mask, four_d_mask)
             try:
                 if whole:
-                    loss, values = compiled(*args, *reference_logps(), self.beta, tuple(self.loss_types),
-                                            tuple(self.loss_weights))  # fmt: skip
+                    loss, values = compiled(
+                        *args, *reference_logps(), self.beta, tuple(self.loss_types), tuple(self.loss_weights)
+                    )
                     # Kept until the next logging step; CUDA graphs overwrite their outputs at the next replay.
                     for name, value in zip(METRIC_NAMES, values.detach().clone().unbind(), strict=True):
                         metrics[name].append(value)
@@ -307,8 +358,10 @@ class LeanDPOTrainer(DPOTrainer):
             except Exception as e:  # e.g. no C compiler for Triton: the step stays correct, only slower
                 if self.state.global_step > 0:
                     raise
-                self.note(f"  compiling the training step failed ({type(e).__name__}: {str(e)[:300]}); "
-                          f"training goes on without compilation, as with train.dpo.compile_step: eager")
+                self.note(
+                    f"  compiling the training step failed ({type(e).__name__}: {str(e)[:300]}); "
+                    f"training goes on without compilation, as with train.dpo.compile_step: eager"
+                )
                 self.compile_step, compiled = "eager", None
         if compiled is None:
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -318,12 +371,23 @@ class LeanDPOTrainer(DPOTrainer):
             with every_position if sync_free else contextlib.nullcontext():
                 outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
             # (2*batch, seq-1) each, 0 outside completions
-            stats = (outputs.log_probs[:, -seq_len:], outputs.entropy[:, -seq_len:],
-                     outputs.mean_logits[:, -seq_len:], outputs.is_top1[:, -seq_len:])  # fmt: skip
+            stats = (
+                outputs.log_probs[:, -seq_len:],
+                outputs.entropy[:, -seq_len:],
+                outputs.mean_logits[:, -seq_len:],
+                outputs.is_top1[:, -seq_len:],
+            )
         # Metrics left on the device until `log` (num_tokens, a running count, is not kept).
-        loss, values = loss_and_metrics(*stats, completion_mask, *reference_logps(), self.beta, self.loss_types,
-                                        self.loss_weights, self.accelerator.gather,
-                                        self.accelerator.gather_for_metrics)  # fmt: skip
+        loss, values = loss_and_metrics(
+            *stats,
+            completion_mask,
+            *reference_logps(),
+            self.beta,
+            self.loss_types,
+            self.loss_weights,
+            self.accelerator.gather,
+            self.accelerator.gather_for_metrics,
+        )
         for name, value in zip(METRIC_NAMES, values, strict=True):
             metrics[name].append(value)
         return loss
@@ -332,8 +396,11 @@ class LeanDPOTrainer(DPOTrainer):
         optimizer = super().create_optimizer(model)
         # Only where the step is compiled (`compile_step`, set before training): on a GPU the update's
         # launches are host time; DeepSpeed and FSDP bring optimizers of their own.
-        if (self.compile_step != "eager" and self.compile_optimizer
-                and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)):  # fmt: skip
+        if (
+            self.compile_step != "eager"
+            and self.compile_optimizer
+            and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        ):
             compile_optimizer_step(optimizer, self.note, self.args.device if self.lr_on_device else None)
         return optimizer
 
@@ -347,7 +414,9 @@ class LeanDPOTrainer(DPOTrainer):
         parameters counted once: counting them walks every module, each step (~1-2 ms of a GPU step's host time)."""
         if getattr(self, "_counted_parameters", None) is None:
             model = self.model
-            self._counted_parameters = model.num_parameters(exclude_embeddings=True) if hasattr(model, "num_parameters") else 0
+            self._counted_parameters = (
+                model.num_parameters(exclude_embeddings=True) if hasattr(model, "num_parameters") else 0
+            )
         main_input = getattr(self.model, "main_input_name", "input_ids")
         return 6 * inputs[main_input].numel() * self._counted_parameters if main_input in inputs else 0
 
@@ -360,7 +429,8 @@ class LeanDPOTrainer(DPOTrainer):
             return None, False
         if self._compiled is None:
             forget_compiled_code_made_under_other_arithmetic(
-                torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None, self.note)
+                torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None, self.note
+            )
             whole = self.accelerator.num_processes == 1
             function = whole_training_loss if whole else completion_token_stats
             if self.compile_backend == "cudagraphs":
@@ -374,15 +444,23 @@ class LeanDPOTrainer(DPOTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # The one host sync per logging step: every metric tensor since the last log, copied at once.
-        pending = [(values, key) for values in self._metrics.values() for key, entries in values.items()
-                   if any(torch.is_tensor(v) for v in entries)]  # fmt: skip
+        pending = [
+            (values, key)
+            for values in self._metrics.values()
+            for key, entries in values.items()
+            if any(torch.is_tensor(v) for v in entries)
+        ]
         if pending:
             device = self.accelerator.device
-            flat = [torch.as_tensor(v, dtype=torch.float32, device=device) for values, key in pending for v in values[key]]
+            flat = [
+                torch.as_tensor(v, dtype=torch.float32, device=device) for values, key in pending for v in values[key]
+            ]
             copied = iter(torch.stack(flat).cpu().tolist())
             for values, key in pending:
                 values[key] = [next(copied) for _ in values[key]]
         loss = logs.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
-            raise TrainingDiverged(f"the training loss is {loss} at step {self.state.global_step} of {self.state.max_steps}")
+            raise TrainingDiverged(
+                f"the training loss is {loss} at step {self.state.global_step} of {self.state.max_steps}"
+            )
         super().log(logs, start_time)

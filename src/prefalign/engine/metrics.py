@@ -84,8 +84,9 @@ def distinct_n(token_ids: Iterable[Sequence[int]], n: int) -> float:
     return len(np.unique(grams, axis=0)) / len(grams)
 
 
-def reward_profile(rewards: np.ndarray, thresholds: Sequence[float] = (0.0, 0.5),
-                   quantiles: Sequence[int] = (5, 25, 50, 75, 95)) -> dict[str, float]:  # fmt: skip
+def reward_profile(
+    rewards: np.ndarray, thresholds: Sequence[float] = (0.0, 0.5), quantiles: Sequence[int] = (5, 25, 50, 75, 95)
+) -> dict[str, float]:
     """Shares of rewards strictly above each threshold (`share_above_<t>`) and percentiles (`reward_p<q>`).
 
     Percentiles use numpy's default (linear interpolation between order statistics).

@@ -34,11 +34,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from prefalign.errors import PrefalignError
+
 # Every pair rule, in the order configs, tables and plots list them.
 PAIR_RULES = ("random", "margin", "threshold", "best_worst", "stratified", "quantile", "bradley_terry")
 
 
-class PairError(ValueError):
+class PairError(PrefalignError, ValueError):
     """The samples cannot give the pairs asked for (or the rule's settings are impossible)."""
 
 
@@ -54,9 +56,21 @@ def most_distinct_pairs(n: int, strategy: str, group_size: int = 4, per_prompt: 
     return sum(g * (g - 1) // 2 for g in sizes)
 
 
-def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, threshold: float = 0.5, seed: int = 0, *,
-                groups=None, group_size: int = 4, interval: tuple[float, float] = (0.0, 2.5), bins: int = 10,
-                margin_floor: float = 0.0, q: float = 0.25) -> pd.DataFrame:  # fmt: skip
+def build_pairs(
+    rewards,
+    strategy: str,
+    count: int,
+    margin: float = 1.0,
+    threshold: float = 0.5,
+    seed: int = 0,
+    *,
+    groups=None,
+    group_size: int = 4,
+    interval: tuple[float, float] = (0.0, 2.5),
+    bins: int = 10,
+    margin_floor: float = 0.0,
+    q: float = 0.25,
+) -> pd.DataFrame:
     """Return `count` distinct (chosen, rejected) index pairs with their rewards.
 
     Columns: `chosen_index`, `rejected_index`, `chosen_reward`, `rejected_reward`;
@@ -78,8 +92,9 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         return _best_worst(sample_rewards, group_of, groups is not None, group_size, count, rng)
     order, sorted_rewards, sorted_groups, start, end = _layout(sample_rewards, group_of)
     if strategy == "stratified":
-        chosen, rejected = _stratified(sorted_rewards, sorted_groups, start, order, interval, bins, margin_floor, count,
-                                       rng)
+        chosen, rejected = _stratified(
+            sorted_rewards, sorted_groups, start, order, interval, bins, margin_floor, count, rng
+        )
         return _frame(sample_rewards, chosen, rejected)
 
     sizes = np.bincount(group_of)
@@ -95,16 +110,20 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         short = "ties excluded"
     elif strategy == "margin":
         first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards + margin, "right")
-        why = (f"no two samples differ in reward by more than margin={margin} "
-               f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f})")  # fmt: skip
+        why = (
+            f"no two samples differ in reward by more than margin={margin} "
+            f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f})"
+        )
         short = why
     elif strategy == "threshold":
         first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, np.full(n, float(threshold)), "left")
         may_reject = positions < first_partner
         n_below = int(may_reject.sum())
-        why = (f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
-               f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f}); "
-               "both sides need samples")  # fmt: skip
+        why = (
+            f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
+            f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f}); "
+            "both sides need samples"
+        )
         short = why
     else:  # quantile, taken within each group
         if not 0 < q <= 0.5:
@@ -112,8 +131,10 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
         # The epsilon keeps floor(0.29 * 100) at 29 despite 0.29 * 100 == 28.999999999999996.
         k = np.floor(q * (end - start) + 1e-9).astype(np.int64)
         if k.max() == 0:
-            raise PairError(f"quantile: floor(q * {sizes.max()} samples) = 0 at q={q}: no sample on either side"
-                            f"{scope}; raise q (at most 0.5) or sample more")  # fmt: skip
+            raise PairError(
+                f"quantile: floor(q * {sizes.max()} samples) = 0 at q={q}: no sample on either side"
+                f"{scope}; raise q (at most 0.5) or sample more"
+            )
         above_ties = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
         first_partner = np.maximum(end - k, above_ties)
         may_reject = positions < start + k
@@ -128,8 +149,10 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
     if available == 0:
         raise PairError(f"{strategy}: cannot build any pair: {why}{scope}")
     if available < count:
-        raise PairError(f"{strategy}: asked for {count} distinct pairs but the {n} samples allow only {available} "
-                        f"({short}{scope}); {advice}")  # fmt: skip
+        raise PairError(
+            f"{strategy}: asked for {count} distinct pairs but the {n} samples allow only {available} "
+            f"({short}{scope}); {advice}"
+        )
     if count * 4 >= available:
         # Dense request: enumerate every allowed pair and pick without replacement.
         low_all = np.repeat(np.arange(n), weight)
@@ -148,10 +171,14 @@ def build_pairs(rewards, strategy: str, count: int, margin: float = 1.0, thresho
 
 
 def _frame(sample_rewards, chosen, rejected) -> pd.DataFrame:
-    return pd.DataFrame({
-        "chosen_index": chosen, "rejected_index": rejected,
-        "chosen_reward": sample_rewards[chosen], "rejected_reward": sample_rewards[rejected],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "chosen_index": chosen,
+            "rejected_index": rejected,
+            "chosen_reward": sample_rewards[chosen],
+            "rejected_reward": sample_rewards[rejected],
+        }
+    )
 
 
 def _group_codes(groups, n):
@@ -232,11 +259,16 @@ def _best_worst(sample_rewards, group_of, grouped, group_size, count, rng) -> pd
     if len(qualify) < count:
         n_groups = int(np.sum(last > first))
         kind = "groups given" if grouped else f"blocks of group_size={group_size}"
-        fix = "sample more per group or lower pairs.count" if grouped else \
-            "sample more, use a smaller group_size, or lower pairs.count"  # fmt: skip
-        raise PairError(f"best_worst: asked for {count} pairs but only {len(qualify)} of the {n_groups} {kind} "
-                        f"(with 2+ samples, from {n} samples) hold two different rewards, one pair each; "
-                        f"{fix}")  # fmt: skip
+        fix = (
+            "sample more per group or lower pairs.count"
+            if grouped
+            else "sample more, use a smaller group_size, or lower pairs.count"
+        )
+        raise PairError(
+            f"best_worst: asked for {count} pairs but only {len(qualify)} of the {n_groups} {kind} "
+            f"(with 2+ samples, from {n} samples) hold two different rewards, one pair each; "
+            f"{fix}"
+        )
     pick = qualify[rng.choice(len(qualify), size=count, replace=False)]
     return _frame(sample_rewards, order[top[pick]], order[first[pick]])
 
@@ -252,8 +284,10 @@ def _stratified(sorted_rewards, sorted_groups, start, order, interval, bins, mar
     """
     low, high = (float(x) for x in interval)
     if not low < high or int(bins) != bins or bins < 1 or margin_floor < 0:
-        raise PairError(f"stratified: need low < high, bins >= 1 and margin_floor >= 0; got interval={interval}, "
-                        f"bins={bins}, margin_floor={margin_floor}")  # fmt: skip
+        raise PairError(
+            f"stratified: need low < high, bins >= 1 and margin_floor >= 0; got interval={interval}, "
+            f"bins={bins}, margin_floor={margin_floor}"
+        )
     bins = int(bins)
     edges = np.linspace(low, high, bins + 1)
     inside = (sorted_rewards >= low) & (sorted_rewards <= high)
@@ -265,12 +299,16 @@ def _stratified(sorted_rewards, sorted_groups, start, order, interval, bins, mar
     allowed = np.bincount(b[inside], weights=partners[inside], minlength=bins).astype(np.int64)
     short = np.flatnonzero(allowed < quota)
     if len(short):
-        desc = "; ".join(f"bin [{edges[i]:.4g}, {edges[i + 1]:.4g}{']' if i == bins - 1 else ')'} holds "
-                         f"{members[i]} samples allowing {allowed[i]} distinct pairs, needs {quota[i]}"
-                         for i in short[:3])  # fmt: skip
+        desc = "; ".join(
+            f"bin [{edges[i]:.4g}, {edges[i + 1]:.4g}{']' if i == bins - 1 else ')'} holds "
+            f"{members[i]} samples allowing {allowed[i]} distinct pairs, needs {quota[i]}"
+            for i in short[:3]
+        )
         more = f" (and {len(short) - 3} more bins)" if len(short) > 3 else ""
-        raise PairError(f"stratified: {count} pairs over {bins} bins of {interval}: {desc}{more}; use a narrower "
-                        "interval, fewer bins, fewer pairs, or sample more")  # fmt: skip
+        raise PairError(
+            f"stratified: {count} pairs over {bins} bins of {interval}: {desc}{more}; use a narrower "
+            "interval, fewer bins, fewer pairs, or sample more"
+        )
     chosen, rejected = [], []
     for i in range(bins):
         cand = np.flatnonzero(inside & (b == i) & (partners > 0))
@@ -335,10 +373,14 @@ def pairs_frame(samples: pd.DataFrame, prompt: str, **rule) -> pd.DataFrame:
     groups = samples["prompt"].to_numpy() if grouped else None
     idx = build_pairs(samples["reward"].to_numpy(), groups=groups, **rule)
     prompts = [prompt + str(p) for p in groups[idx["chosen_index"]]] if grouped else prompt
-    return pd.DataFrame({
-        "prompt": prompts,
-        "chosen": samples["text"].to_numpy()[idx["chosen_index"]],
-        "rejected": samples["text"].to_numpy()[idx["rejected_index"]],
-        "chosen_reward": idx["chosen_reward"], "rejected_reward": idx["rejected_reward"],
-        "chosen_index": idx["chosen_index"], "rejected_index": idx["rejected_index"],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "prompt": prompts,
+            "chosen": samples["text"].to_numpy()[idx["chosen_index"]],
+            "rejected": samples["text"].to_numpy()[idx["rejected_index"]],
+            "chosen_reward": idx["chosen_reward"],
+            "rejected_reward": idx["rejected_reward"],
+            "chosen_index": idx["chosen_index"],
+            "rejected_index": idx["rejected_index"],
+        }
+    )

@@ -29,7 +29,11 @@ class NumpyPreferenceCollator(DataCollatorForPreference):
         for prompt, completion in rows:
             ids, is_completion = list(prompt) + list(completion), [0] * len(prompt) + [1] * len(completion)
             if self.max_length is not None and len(ids) > self.max_length:
-                cut = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
+                cut = (
+                    slice(None, self.max_length)
+                    if self.truncation_mode == "keep_start"
+                    else slice(-self.max_length, None)
+                )
                 ids, is_completion = ids[cut], is_completion[cut]
             sequences.append(ids)
             completions.append(is_completion)
@@ -43,8 +47,11 @@ class NumpyPreferenceCollator(DataCollatorForPreference):
             input_ids[i, : len(ids)] = ids
             attention_mask[i, : len(ids)] = 1
             completion_mask[i, : len(ids)] = is_completion
-        output = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
-                  "completion_mask": torch.from_numpy(completion_mask)}  # fmt: skip
+        output = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "completion_mask": torch.from_numpy(completion_mask),
+        }
         for key in ("ref_chosen_logps", "ref_rejected_logps"):
             if key in examples[0]:
                 output[key] = torch.tensor([e[key] for e in examples])

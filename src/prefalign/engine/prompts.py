@@ -16,8 +16,9 @@ import functools
 import numpy as np
 
 
-def cut_prompts(token_ids: list[list[int]], n: int, per_prompt: int, min_tokens: int, max_tokens: int,
-                seed: int) -> list[list[int]]:  # fmt: skip
+def cut_prompts(
+    token_ids: list[list[int]], n: int, per_prompt: int, min_tokens: int, max_tokens: int, seed: int
+) -> list[list[int]]:
     """Prompt token ids for n rows: ceil(n / per_prompt) prompts, each repeated per_prompt times (cut to n).
 
     `token_ids`: tokenized corpus texts. Raises ValueError when no text has `min_tokens` tokens.
@@ -36,11 +37,12 @@ def cut_prompts(token_ids: list[list[int]], n: int, per_prompt: int, min_tokens:
 
 
 @functools.lru_cache(maxsize=4)
-def _corpus_ids(corpus: str, split: str | None, subset: str | None, text_column: str,
-                tokenizer) -> list[list[int]]:  # fmt: skip
-    from prefalign.models.corpus import CorpusError, load_texts
+def _corpus_ids(corpus: str, split: str | None, subset: str | None, text_column: str, tokenizer) -> list[list[int]]:
+    from prefalign.data.corpus import CorpusError, load_texts
 
-    texts = load_texts(corpus, text_column=text_column, split=split, subset=subset)  # labels are neither read nor needed
+    texts = load_texts(
+        corpus, text_column=text_column, split=split, subset=subset
+    )  # labels are neither read nor needed
     if not texts:
         raise CorpusError(f"corpus {corpus!r}: no text to cut prompts from (every row's {text_column!r} is empty)")
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -48,13 +50,15 @@ def _corpus_ids(corpus: str, split: str | None, subset: str | None, text_column:
 
 def corpus_prompts(cfg, tokenizer, n: int, seed: int) -> list[tuple[list[int], str]]:
     """(token ids, text) for each of n rows, from the `sampling.prompts` section `cfg`."""
-    from prefalign.models.corpus import CorpusError
+    from prefalign.data.corpus import CorpusError
 
     ids = _corpus_ids(cfg.corpus, cfg.split, cfg.subset, cfg.text_column, tokenizer)
     if not any(len(i) >= cfg.min_tokens for i in ids):
-        raise CorpusError(f"corpus {cfg.corpus!r}: none of its {len(ids)} texts has sampling.prompts.min_tokens = "
-                          f"{cfg.min_tokens} policy tokens (the longest has {max(map(len, ids))}); lower min_tokens "
-                          "or use longer texts")  # fmt: skip
+        raise CorpusError(
+            f"corpus {cfg.corpus!r}: none of its {len(ids)} texts has sampling.prompts.min_tokens = "
+            f"{cfg.min_tokens} policy tokens (the longest has {max(map(len, ids))}); lower min_tokens "
+            "or use longer texts"
+        )
     prompts = cut_prompts(ids, n, cfg.per_prompt, cfg.min_tokens, cfg.max_tokens, seed)
     texts = {}
     out = []

@@ -67,8 +67,9 @@ def _batch_ends(lengths: np.ndarray, batch_size: int | None, cuda: bool) -> list
 
 
 @torch.inference_mode()
-def score_texts(texts: list[str], model, tokenizer, positive_index: int,
-                batch_size: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+def score_texts(
+    texts: list[str], model, tokenizer, positive_index: int, batch_size: int | None = None
+) -> dict[str, np.ndarray]:
     """Return `reward` (positive logit), `positive_prob` (softmax) and `is_positive` (argmax) per text.
 
     `batch_size`: texts per classifier call; None: CPU_ROWS on CPU, a token budget on a GPU.

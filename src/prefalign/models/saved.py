@@ -10,16 +10,39 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from prefalign.models.loading import (AUTO_CLASSES, MODEL_KINDS, OWN_CODE, TRAINED_HEADS, ModelLoadError,
-                                      ModelPathError, check_context, local_path, no_weights, reward_index)  # fmt: skip
+from prefalign.models.loading import (
+    AUTO_CLASSES,
+    MODEL_KINDS,
+    OWN_CODE,
+    TRAINED_HEADS,
+    ModelLoadError,
+    ModelPathError,
+    check_context,
+    local_path,
+    no_weights,
+    reward_index,
+)
 
 # Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
-                   "tokenizer.model", "sentencepiece.bpe.model")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
 
 
-def check_saved_model(ref: str, role: str, max_length: int | None = None, positive_label: str | None = None,
-                      single_logit: bool = False, trust_remote_code: bool = False) -> None:  # fmt: skip
+def check_saved_model(
+    ref: str,
+    role: str,
+    max_length: int | None = None,
+    positive_label: str | None = None,
+    single_logit: bool = False,
+    trust_remote_code: bool = False,
+) -> None:
     """Before any work, what a local model directory's own files already refuse: no weights, no
     tokenizer saved beside them, a model of another kind than the role needs (_wrong_kind), a policy with fewer
     positions than `max_length` needs (check_context), a classifier without the class
@@ -33,8 +56,10 @@ def check_saved_model(ref: str, role: str, max_length: int | None = None, positi
     if missing:
         raise ModelPathError(f"{key}: {missing}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelPathError(f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
-                             "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`.")  # fmt: skip
+        raise ModelPathError(
+            f"{key}: {ref!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
+            "tokenizer beside the weights: `tokenizer.save_pretrained(DIR)`."
+        )
     try:
         saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
         config = SimpleNamespace(**saved)
@@ -61,8 +86,10 @@ def _wrong_kind(saved: dict, role: str, trust_remote_code: bool = False) -> str 
     type of the checkpoint's own code (auto_map) needs `trust_remote_code` and the role's Auto class there."""
     from transformers.models.auto import modeling_auto
 
-    causal_lm, classifier = (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                             modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)  # fmt: skip
+    causal_lm, classifier = (
+        modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
 
     needed, other = (causal_lm, classifier) if role == "policy" else (classifier, causal_lm)
     kind, instead = MODEL_KINDS[role], TRAINED_HEADS[role][2]
@@ -76,10 +103,13 @@ def _wrong_kind(saved: dict, role: str, trust_remote_code: bool = False) -> str 
             auto_class = AUTO_CLASSES[role]
             if auto_class in auto_map:
                 return None
-            return (f"is a {model_type!r} model{saved_as} whose own code has no {auto_class} (its auto_map: "
-                    f"{', '.join(auto_map)}); point it at {instead}")  # fmt: skip
-        return (f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; "
-                f"point it at {instead}")
+            return (
+                f"is a {model_type!r} model{saved_as} whose own code has no {auto_class} (its auto_map: "
+                f"{', '.join(auto_map)}); point it at {instead}"
+            )
+        return (
+            f"is a {model_type!r} model{saved_as}, and transformers has no {kind} of that type; point it at {instead}"
+        )
     if classes and all(c in set(other.values()) for c in classes):
         return f"was saved as {', '.join(map(str, classes))}, not as a {kind}; point it at {instead}"
     return None

@@ -32,8 +32,9 @@ class _PaddedHead(torch.nn.Module):
         super().__init__()
         vocab, hidden = head.weight.shape
         self.vocab = vocab
-        self.weight = torch.nn.Parameter(torch.cat([head.weight.detach(), head.weight.new_zeros(padded - vocab, hidden)]),
-                                         requires_grad=False)  # fmt: skip
+        self.weight = torch.nn.Parameter(
+            torch.cat([head.weight.detach(), head.weight.new_zeros(padded - vocab, hidden)]), requires_grad=False
+        )
         bias = None if head.bias is None else torch.cat([head.bias.detach(), head.bias.new_zeros(padded - vocab)])
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 

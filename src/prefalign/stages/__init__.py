@@ -1,2 +1,2 @@
 """One module per kind of plan item: each holds the stage function the runner calls for it (see
-`prefalign.runner.STAGES`), and reads its inputs from, and writes its outputs to, the run directory."""
+`prefalign.pipeline.runner.STAGES`), and reads its inputs from, and writes its outputs to, the run directory."""

@@ -22,14 +22,22 @@ resumes at the first unfinished run. With several processes, each samples its sh
 
 from __future__ import annotations
 
-from prefalign.engine.metrics import (broken_share, distinct_n, kl_estimate, policy_token_ids, reward_profile, run_summary,
-                                      token_entropy)  # fmt: skip
+from prefalign.engine.metrics import (
+    broken_share,
+    distinct_n,
+    kl_estimate,
+    policy_token_ids,
+    reward_profile,
+    run_summary,
+    token_entropy,
+)
 from prefalign.engine.scoring import tokenizer_threads
+from prefalign.errors import PrefalignError
 from prefalign.models.loading import load_policy
-from prefalign.items import Evaluation, Original, trusts_code
-from prefalign.services import Services, release_memory
+from prefalign.pipeline.items import Evaluation, Original, trusts_code
+from prefalign.pipeline.services import Services, release_memory
+from prefalign.pipeline.store import read_json, write_json
 from prefalign.stages.sample import sample_in_shards
-from prefalign.store import read_json, write_json
 
 # The fields of run-<k>.json that describe the run; every other field is a metric.
 RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "phase_seconds", "world_size")
@@ -61,26 +69,50 @@ def evaluate(item: Evaluation, services: Services) -> None:
     services.log(f"evaluate {item.model.name}: {item.runs} runs x {item.samples} samples")
     # KL against the original; for the original itself it is 0 by definition, with no second model.
     reference = services.reference_policy() if item.kl and not isinstance(item.model, Original) else None
-    policy, policy_tokenizer = load_policy(item.model.ref, item.model.revision, services.device, services.dtype,
-                                           item.sampling.max_length, trusts_code(item.model))  # fmt: skip
+    policy, policy_tokenizer = load_policy(
+        item.model.ref,
+        item.model.revision,
+        services.device,
+        services.dtype,
+        item.sampling.max_length,
+        trusts_code(item.model),
+    )
     for k in todo:
         seed = item.seed + k
-        df = sample_in_shards(policy, policy_tokenizer, services, item.samples, item.sampling, seed,
-                              item.run_path(k, ".parquet"), f"eval {item.model.name} run {k}", reference)  # fmt: skip
+        df = sample_in_shards(
+            policy,
+            policy_tokenizer,
+            services,
+            item.samples,
+            item.sampling,
+            seed,
+            item.run_path(k, ".parquet"),
+            f"eval {item.model.name} run {k}",
+            reference,
+        )
         if df is None:  # not the main process: it sampled its shard, the main process measures the run
             continue
         metrics = run_metrics(df, policy_tokenizer, item.reward_thresholds)
         if item.kl and reference is None:
             metrics.update(kl_seq=0.0, kl_token=0.0)
-        run_info = dict(key=item.run_key(k), model=item.model.name, run=k, seed=seed, samples=len(df),
-                        seconds=round(df.attrs["seconds"], 2), phase_seconds=df.attrs["phase_seconds"],
-                        world_size=services.ranks.count)  # fmt: skip
+        run_info = dict(
+            key=item.run_key(k),
+            model=item.model.name,
+            run=k,
+            seed=seed,
+            samples=len(df),
+            seconds=round(df.attrs["seconds"], 2),
+            phase_seconds=df.attrs["phase_seconds"],
+            world_size=services.ranks.count,
+        )
         assert tuple(run_info) == RUN_INFO
         write_json(item.run_path(k, ".json"), {**run_info, **metrics})
         kl = f", KL {metrics['kl_seq']:.2f}" if "kl_seq" in metrics else ""
-        services.log(f"  {item.model.name} run {k}: reward {metrics['reward_mean']:.3f}, diversity "
-                     f"{metrics['diversity']:.3f}, positive rate {metrics['positive_rate']:.3f}{kl} "
-                     f"({len(df) / df.attrs['seconds']:.0f} samples/s)")  # fmt: skip
+        services.log(
+            f"  {item.model.name} run {k}: reward {metrics['reward_mean']:.3f}, diversity "
+            f"{metrics['diversity']:.3f}, positive rate {metrics['positive_rate']:.3f}{kl} "
+            f"({len(df) / df.attrs['seconds']:.0f} samples/s)"
+        )
     del policy
     release_memory()
 
@@ -91,11 +123,12 @@ def run_results(item: Evaluation) -> list[dict]:
     for k in range(item.runs):
         stored = read_json(item.run_path(k, ".json"))
         if stored is None or stored.get("key") != item.run_key(k):
-            raise EvaluationMissing(f"evaluation of {item.model.name}, run {k}, is missing or stale; run `prefalign "
-                                    "evaluate` first")  # fmt: skip
+            raise EvaluationMissing(
+                f"evaluation of {item.model.name}, run {k}, is missing or stale; run `prefalign evaluate` first"
+            )
         out.append({name: value for name, value in stored.items() if name not in RUN_INFO})
     return out
 
 
-class EvaluationMissing(RuntimeError):
+class EvaluationMissing(PrefalignError, RuntimeError):
     """The report was asked for before the evaluations it reads were finished."""

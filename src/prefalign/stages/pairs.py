@@ -17,9 +17,9 @@ import pandas as pd
 
 from prefalign.engine.pair_rules import pairs_frame
 from prefalign.models.loading import bos_prompt
-from prefalign.items import Pairs
-from prefalign.services import Services
-from prefalign.store import read_parquet, write_json, write_parquet
+from prefalign.pipeline.items import Pairs
+from prefalign.pipeline.services import Services
+from prefalign.pipeline.store import read_parquet, write_json, write_parquet
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,9 +35,16 @@ def make_pairs(item: Pairs, services: Services) -> None:
     df = pairs_frame(samples, prompt, strategy=item.strategy, count=item.count, seed=item.seed, **item.rule)
     write_parquet(df, item.path)
     gap = df.chosen_reward - df.rejected_reward
-    write_json(item.meta, {
-        "key": item.key, "pairs": len(df), "mean_gap": float(gap.mean()), "min_gap": float(gap.min()),
-        "chosen_reward_mean": float(df.chosen_reward.mean()), "chosen_reward_std": float(df.chosen_reward.std()),
-        "rejected_reward_mean": float(df.rejected_reward.mean()),
-    })  # fmt: skip
+    write_json(
+        item.meta,
+        {
+            "key": item.key,
+            "pairs": len(df),
+            "mean_gap": float(gap.mean()),
+            "min_gap": float(gap.min()),
+            "chosen_reward_mean": float(df.chosen_reward.mean()),
+            "chosen_reward_std": float(df.chosen_reward.std()),
+            "rejected_reward_mean": float(df.rejected_reward.mean()),
+        },
+    )
     services.log(f"{item.name}: {len(df)} pairs, mean reward gap {gap.mean():.3f}")

@@ -20,13 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefalign.distributed import shard_seed
 from prefalign.engine.decode_step import decode_step_mode
 from prefalign.engine.decoding import sample_and_score
 from prefalign.models.loading import load_policy
-from prefalign.items import Samples, trusts_code
-from prefalign.services import Services
-from prefalign.store import atomic_path, scratch_beside, write_json
+from prefalign.pipeline.distributed import shard_seed
+from prefalign.pipeline.items import Samples, trusts_code
+from prefalign.pipeline.services import Services
+from prefalign.pipeline.store import atomic_path, scratch_beside, write_json
 
 
 def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
@@ -38,8 +38,9 @@ def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
     return corpus_prompts(sampling.prompts, tokenizer, n, seed)
 
 
-def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampling, seed: int, out_path: Path,
-                     desc: str, reference=None) -> pd.DataFrame | None:  # fmt: skip
+def sample_in_shards(
+    policy, policy_tokenizer, services: Services, n: int, sampling, seed: int, out_path: Path, desc: str, reference=None
+) -> pd.DataFrame | None:
     """sample_and_score over the run's processes: n texts in `out_path`. Each process samples its
     shard of the rows (their prompts: rows of the one prompt list drawn for all n) into a part file;
     the main process merges the parts in shard order and returns the whole table (`attrs["seconds"]`:
@@ -49,10 +50,21 @@ def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampl
     start, stop = ranks.shard(n)
     part = out_path if ranks.count == 1 else scratch_beside(out_path, f"part-{ranks.index}-of-{ranks.count}")
     t0 = time.time()
-    df = sample_and_score(policy, policy_tokenizer, classifier.model, classifier.tokenizer, classifier.positive_index,
-                          stop - start, sampling, shard_seed(seed, ranks.index, ranks.count), services.reward_batch_size,
-                          part, desc=desc, reference=reference,
-                          prompts=prompts[start:stop] if prompts is not None else None)  # fmt: skip
+    df = sample_and_score(
+        policy,
+        policy_tokenizer,
+        classifier.model,
+        classifier.tokenizer,
+        classifier.positive_index,
+        stop - start,
+        sampling,
+        shard_seed(seed, ranks.index, ranks.count),
+        services.reward_batch_size,
+        part,
+        desc=desc,
+        reference=reference,
+        prompts=prompts[start:stop] if prompts is not None else None,
+    )
     if ranks.count == 1:
         return df
     ranks.wait()  # every part is written
@@ -72,21 +84,38 @@ def sample_in_shards(policy, policy_tokenizer, services: Services, n: int, sampl
 def sample(item: Samples, services: Services) -> None:
     sampling = item.sampling
     services.log(f"{item.name}: {item.count} texts from {item.policy.ref} on {services.device}")
-    policy, policy_tokenizer = load_policy(item.policy.ref, item.policy.revision, services.device, services.dtype,
-                                           sampling.max_length, trusts_code(item.policy))  # fmt: skip
+    policy, policy_tokenizer = load_policy(
+        item.policy.ref,
+        item.policy.revision,
+        services.device,
+        services.dtype,
+        sampling.max_length,
+        trusts_code(item.policy),
+    )
     mode = decode_step_mode(sampling, policy) if sampling.engine == "fast" else "eager"
     if mode != "eager":
-        services.log(f"  decode step compiled (sampling.compile_step: {mode}); the first two batch sizes of the process "
-                     "compile it, seconds to a minute each")  # fmt: skip
+        services.log(
+            f"  decode step compiled (sampling.compile_step: {mode}); the first two batch sizes of the process "
+            "compile it, seconds to a minute each"
+        )
     df = sample_in_shards(policy, policy_tokenizer, services, item.count, sampling, item.seed, item.path, item.name)
     if df is None:  # not the main process: its shard is merged there
         return
     seconds = df.attrs["seconds"]
-    write_json(item.meta, {
-        "key": item.key, "samples": len(df), "seconds": round(seconds, 2),
-        "samples_per_second": round(len(df) / seconds, 1), "reward_mean": float(df.reward.mean()),
-        "positive_rate": float(df.is_positive.mean()), "world_size": services.ranks.count,
-        "phase_seconds": df.attrs["phase_seconds"],
-    })  # fmt: skip
-    services.log(f"{item.name}: done in {seconds:.1f}s ({len(df) / seconds:.0f} samples/s), mean reward "
-                 f"{df.reward.mean():.3f}, positive rate {df.is_positive.mean():.3f}")  # fmt: skip
+    write_json(
+        item.meta,
+        {
+            "key": item.key,
+            "samples": len(df),
+            "seconds": round(seconds, 2),
+            "samples_per_second": round(len(df) / seconds, 1),
+            "reward_mean": float(df.reward.mean()),
+            "positive_rate": float(df.is_positive.mean()),
+            "world_size": services.ranks.count,
+            "phase_seconds": df.attrs["phase_seconds"],
+        },
+    )
+    services.log(
+        f"{item.name}: done in {seconds:.1f}s ({len(df) / seconds:.0f} samples/s), mean reward "
+        f"{df.reward.mean():.3f}, positive rate {df.is_positive.mean():.3f}"
+    )

@@ -34,15 +34,22 @@ import numpy as np
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from prefalign.distributed import Ranks, weights_digest
+from prefalign.config.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.engine.arithmetic import fp32_switches_restored
-from prefalign.items import DpoModel, trusts_code
-from prefalign.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
-from prefalign.services import Services, release_memory
-from prefalign.stages.trained_model import (checkpoint_dir, checkpoint_path, config_as_loaded, last_complete_checkpoint,
-                                           restore_config, save_gathered, save_trained)  # fmt: skip
-from prefalign.store import read_parquet, scratch_beside
-from prefalign.trackers import Tracking, reporting
+from prefalign.pipeline.distributed import Ranks, weights_digest
+from prefalign.pipeline.items import DpoModel, trusts_code
+from prefalign.pipeline.services import Services, release_memory
+from prefalign.pipeline.store import read_parquet, scratch_beside
+from prefalign.training.trackers import Tracking, reporting
+from prefalign.training.trained_model import (
+    checkpoint_dir,
+    checkpoint_path,
+    config_as_loaded,
+    last_complete_checkpoint,
+    restore_config,
+    save_gathered,
+    save_trained,
+)
 
 
 class _LogLine(TrainerCallback):
@@ -52,8 +59,10 @@ class _LogLine(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             acc = logs.get("rewards/accuracies", float("nan"))
-            self.log(f"  step {state.global_step}/{state.max_steps}: loss {float(logs['loss']):.4f}, "
-                     f"reward accuracy {float(acc):.2f}, margin {float(logs.get('rewards/margins', float('nan'))):.3f}")
+            self.log(
+                f"  step {state.global_step}/{state.max_steps}: loss {float(logs['loss']):.4f}, "
+                f"reward accuracy {float(acc):.2f}, margin {float(logs.get('rewards/margins', float('nan'))):.3f}"
+            )
 
 
 class _StepClock(TrainerCallback):
@@ -109,10 +118,21 @@ def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], l
     return entry.label(), list(entry.types), list(entry.weights) if entry.weights is not None else None
 
 
-def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, device: torch.device, seed: int,
-             output_dir: str, loss_weights: list[float] | None = None, precision: str | None = None,
-             checkpoint_steps: int | None = None, processes: int = 1, tracker: dict | None = None,
-             positions: int | None = None):  # fmt: skip
+def dpo_args(
+    recipe: str,
+    loss: str | list[str],
+    beta: float,
+    overrides: dict,
+    device: torch.device,
+    seed: int,
+    output_dir: str,
+    loss_weights: list[float] | None = None,
+    precision: str | None = None,
+    checkpoint_steps: int | None = None,
+    processes: int = 1,
+    tracker: dict | None = None,
+    positions: int | None = None,
+):
     """(DPOConfig, every setting) of one training; with `processes` > 1 training one model together,
     each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch.
     `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none).
@@ -139,11 +159,18 @@ def dpo_args(recipe: str, loss: str | list[str], beta: float, overrides: dict, d
         settings.setdefault("dataloader_pin_memory", True)
         settings.setdefault("accelerator_config", {"non_blocking": True})
     settings.update(
-        output_dir=output_dir, loss_type=[loss] if isinstance(loss, str) else list(loss), beta=beta, seed=seed, data_seed=seed,
-        **(tracker or {"report_to": "none"}), save_strategy="no", logging_steps=settings.get("logging_steps", 10), disable_tqdm=settings.get("disable_tqdm", True),
+        output_dir=output_dir,
+        loss_type=[loss] if isinstance(loss, str) else list(loss),
+        beta=beta,
+        seed=seed,
+        data_seed=seed,
+        **(tracker or {"report_to": "none"}),
+        save_strategy="no",
+        logging_steps=settings.get("logging_steps", 10),
+        disable_tqdm=settings.get("disable_tqdm", True),
         # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
         logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
-    )  # fmt: skip
+    )
     if positions and (settings.get("max_length") is None or settings["max_length"] > positions):
         # A pair longer than the model's positions would index past its position table: TRL truncates
         # it instead. Sampled texts fit, but decoding and re-encoding a text of broken byte tokens
@@ -184,8 +211,9 @@ def linear_layers(model) -> tuple[list[str], list[str]]:
     agrees to adapt on this architecture)."""
     head = model.get_output_embeddings()
     is_linear = lambda m: isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"  # noqa: E731 (GPT-2's Conv1D)
-    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                    if module is not head and is_linear(module)})  # fmt: skip
+    names = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is not head and is_linear(module)}
+    )
     return names, [name for name in names if not peft_refuses(model, name)]
 
 
@@ -203,48 +231,95 @@ def lora_config(lora: dict, model, policy_ref: str, log=print):
     if (targets is None and model_type not in PEFT_DEFAULTS) or (targets == "all-linear" and accepted != linear):
         why = "peft has no default target modules for" if targets is None else "peft refuses some linear layers of"
         targets = accepted
-        log(f"  LoRA: {why} {model_type!r} models; adapting its linear layers {targets} (train.lora.target_modules "
-            "chooses others)")  # fmt: skip
+        log(
+            f"  LoRA: {why} {model_type!r} models; adapting its linear layers {targets} (train.lora.target_modules "
+            "chooses others)"
+        )
     wanted = [targets] if isinstance(targets, str) else targets  # None: peft's default for the architecture
     modules: dict[str, set[str]] = {}  # module name (its last part) -> the classes of the modules so named
     for name, module in model.named_modules():
         modules.setdefault(name.rsplit(".", 1)[-1], set()).add(type(module).__name__)
     missing = [t for t in wanted or [] if t not in modules and t != "all-linear"]
     if missing:
-        raise ModelLoadError(f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
-                             f"{sorted(n for n in modules if n)[:30]}); name some of its linear layers or use all-linear")  # fmt: skip
+        raise ModelLoadError(
+            f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
+            f"{sorted(n for n in modules if n)[:30]}); name some of its linear layers or use all-linear"
+        )
     refused = [t for t in wanted or [] if t != "all-linear" and peft_refuses(model, t)]
     if refused:
-        raise ModelLoadError(f"train.lora.target_modules: peft cannot adapt {refused} on {model_type!r} models; name "
-                             f"others of its linear layers ({', '.join(accepted)}) or use all-linear")  # fmt: skip
+        raise ModelLoadError(
+            f"train.lora.target_modules: peft cannot adapt {refused} on {model_type!r} models; name "
+            f"others of its linear layers ({', '.join(accepted)}) or use all-linear"
+        )
     # GPT-2's layers are Conv1D, whose weight is stored transposed; peft must be told (it warns, then does so).
     adapted = modules if wanted in (None, ["all-linear"]) else {n: modules[n] for n in wanted if n in modules}
     fan_in_fan_out = any("Conv1D" in classes for classes in adapted.values())
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
-                      fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")  # fmt: skip
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
 
 
 def train_dpo(item: DpoModel, services: Services) -> None:
     """Train a `DpoModel` (or `IterativeRound`) item into its directory."""
     services.log(f"train {item.name}")
     start, reference = item.start, item.reference
-    train_one(start.ref, start.revision, item.pairs.path, item.path, item.recipe, item.loss, item.beta, item.overrides,
-              services.device, item.seed, key=item.key, log=services.log,
-              reference=None if start is reference else (reference.ref, reference.revision),
-              slic_sft_weight=item.slic_sft_weight, precision=item.precision,
-              checkpoint_steps=item.checkpoint_steps, lora=item.lora, ranks=services.ranks,
-              launch=services.launch, tracking=services.tracking, name=item.name,
-              trust_remote_code=trusts_code(item))  # fmt: skip
+    train_one(
+        start.ref,
+        start.revision,
+        item.pairs.path,
+        item.path,
+        item.recipe,
+        item.loss,
+        item.beta,
+        item.overrides,
+        services.device,
+        item.seed,
+        key=item.key,
+        log=services.log,
+        reference=None if start is reference else (reference.ref, reference.revision),
+        slic_sft_weight=item.slic_sft_weight,
+        precision=item.precision,
+        checkpoint_steps=item.checkpoint_steps,
+        lora=item.lora,
+        ranks=services.ranks,
+        launch=services.launch,
+        tracking=services.tracking,
+        name=item.name,
+        trust_remote_code=trusts_code(item),
+    )
     release_memory()
 
 
-def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: Path, recipe: str, loss,
-              beta: float, overrides: dict, device: torch.device, seed: int, key: str = "", log=print,
-              reference: tuple[str, str | None] | None = None, slic_sft_weight: float = 0.1,
-              precision: str | None = None, callbacks: list | None = None,
-              checkpoint_steps: int | None = None, lora: dict | None = None, ranks: Ranks = Ranks(),
-              launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None,
-              trust_remote_code: bool = False) -> dict:  # fmt: skip
+def train_one(
+    policy_ref: str,
+    revision: str | None,
+    pairs_path: Path,
+    out_dir: Path,
+    recipe: str,
+    loss,
+    beta: float,
+    overrides: dict,
+    device: torch.device,
+    seed: int,
+    key: str = "",
+    log=print,
+    reference: tuple[str, str | None] | None = None,
+    slic_sft_weight: float = 0.1,
+    precision: str | None = None,
+    callbacks: list | None = None,
+    checkpoint_steps: int | None = None,
+    lora: dict | None = None,
+    ranks: Ranks = Ranks(),
+    launch: dict | None = None,
+    tracking: Tracking = Tracking(),
+    name: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
 
     `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
@@ -274,8 +349,14 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
         ref_model = copy.deepcopy(model).eval()
     else:
         reference_ref, reference_revision = reference
-        ref_model = from_pretrained(AutoModelForCausalLM, resolve(reference_ref, "policy"), "policy",
-                                    reference_revision, trust_remote_code, dtype=torch.float32).eval()  # fmt: skip
+        ref_model = from_pretrained(
+            AutoModelForCausalLM,
+            resolve(reference_ref, "policy"),
+            "policy",
+            reference_revision,
+            trust_remote_code,
+            dtype=torch.float32,
+        ).eval()
     if ref_model is not None:
         ref_model.requires_grad_(False)
 
@@ -294,10 +375,25 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
     tracker = contextlib.ExitStack()
     tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name, fresh=resume is None))
     tracker.enter_context(fp32_switches_restored())  # the TrainingArguments below set TF32 for the process
-    args, settings = dpo_args(recipe, loss_types, beta, overrides, device, seed, scratch, loss_weights, precision,
-                              checkpoint_steps, ranks.count, tracker_fields, positions(model.config))  # fmt: skip
+    args, settings = dpo_args(
+        recipe,
+        loss_types,
+        beta,
+        overrides,
+        device,
+        seed,
+        scratch,
+        loss_weights,
+        precision,
+        checkpoint_steps,
+        ranks.count,
+        tracker_fields,
+        positions(model.config),
+    )
     if settings.get("group_by_length"):
-        ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))["input_ids"]
+        ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))[
+            "input_ids"
+        ]
         longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
         pairs = pairs.iloc[length_grouped_order(longest, args.per_device_train_batch_size, seed)]
     shared = None
@@ -316,8 +412,14 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
         t0 = time.time()
         with completion_tokens_only() if settings.get("completion_only_head") else contextlib.nullcontext():
             # Timed from here: with precomputed reference log-probs the constructor runs the reference pass.
-            trainer = LeanDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                                     processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
+            trainer = LeanDPOTrainer(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
             if settings["compile_step"] != "eager" and trainer.lean():
                 # One shape for the compiled step: every batch padded to the longest pair.
                 trainer.compile_step, trainer.note = settings["compile_step"], log
@@ -340,27 +442,48 @@ def train_one(policy_ref: str, revision: str | None, pairs_path: Path, out_dir: 
                 ) from None
         seconds = time.time() - t0
         info = {
-            "key": key, "recipe": recipe, "loss": label, "beta": beta, "base_model": policy_ref,
-            "reference_model": reference[0] if reference else policy_ref, "pairs_file": str(pairs_path),
-            "pairs": len(pairs), "settings": {k: v for k, v in settings.items() if k != "output_dir"},
-            "resumed_from": Path(resume).name if resume else None, "train_seconds": round(seconds, 2), "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
+            "key": key,
+            "recipe": recipe,
+            "loss": label,
+            "beta": beta,
+            "base_model": policy_ref,
+            "reference_model": reference[0] if reference else policy_ref,
+            "pairs_file": str(pairs_path),
+            "pairs": len(pairs),
+            "settings": {k: v for k, v in settings.items() if k != "output_dir"},
+            "resumed_from": Path(resume).name if resume else None,
+            "train_seconds": round(seconds, 2),
+            "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
             # Trainer construction (the reference pre-pass included), the first step (compilation
             # included), and the rate of the steps after it: the one-off costs apart from the rate.
-            "setup_seconds": round(clock.begin - t0, 2), "first_step_seconds": round((clock.first or clock.end) - clock.begin, 2),
-            "steady_pairs_per_second": round(args.per_device_train_batch_size * ranks.count * (clock.last_step - clock.first_step)
-                                             / (clock.end - clock.first), 2) if clock.first and clock.end > clock.first else None,
+            "setup_seconds": round(clock.begin - t0, 2),
+            "first_step_seconds": round((clock.first or clock.end) - clock.begin, 2),
+            "steady_pairs_per_second": round(
+                args.per_device_train_batch_size
+                * ranks.count
+                * (clock.last_step - clock.first_step)
+                / (clock.end - clock.first),
+                2,
+            )
+            if clock.first and clock.end > clock.first
+            else None,
             "step_compiled_as": trainer.compile_step,  # as it ran: eager if not asked for, not possible or failed
-            "metrics": result.metrics, "world_size": 1, **(launch or {}), "lora": lora,
+            "metrics": result.metrics,
+            "world_size": 1,
+            **(launch or {}),
+            "lora": lora,
             "log_history": trainer.state.log_history,
-        }  # fmt: skip
+        }
         trained = trainer.accelerator.unwrap_model(trainer.model)
         sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled  # weights split over the processes
         if ranks.count > 1 and not sharded:
             digests = ranks.gather(weights_digest(trained))
             info["weights_digests"] = [f"{d:016x}" for d in digests]
             if len(set(digests)) > 1:
-                raise RuntimeError(f"the processes training {Path(out_dir).name} together ended with different "
-                                   f"weights ({info['weights_digests']}); nothing was saved")  # fmt: skip
+                raise RuntimeError(
+                    f"the processes training {Path(out_dir).name} together ended with different "
+                    f"weights ({info['weights_digests']}); nothing was saved"
+                )
         restore_config(trained, loaded)
         if sharded:
             save_gathered(trainer, tokenizer, info, Path(out_dir), ranks)

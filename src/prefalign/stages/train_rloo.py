@@ -37,11 +37,11 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.engine.scoring import score_texts
-from prefalign.items import RlooModel
-from prefalign.services import Services, release_memory
-from prefalign.trackers import Tracking, reporting
+from prefalign.models.loading import ModelLoadError, reward_index
+from prefalign.pipeline.items import RlooModel
+from prefalign.pipeline.services import Services, release_memory
+from prefalign.training.trackers import Tracking, reporting
 
 REWARD_NAME = "classifier"  # TRL logs the reward as `rewards/<__name__>/mean`
 # Fields train_rloo sets from its own arguments; `overrides` may not touch them.
@@ -59,14 +59,18 @@ RLOO_DEFAULTS: dict = dict(
     # num_generations (checked by RLOOConfig).
     per_device_train_batch_size=16,
     # prefalign's sampler defaults (sampling.max_length 64 = BOS + 63 tokens); replaced by `sampling`.
-    max_completion_length=63, top_k=50, top_p=0.85, temperature=1.0,
+    max_completion_length=63,
+    top_k=50,
+    top_p=0.85,
+    temperature=1.0,
     # TRL turns (activation) checkpointing on by default; these policies are small and recomputation only costs time.
     activation_checkpointing=False,
     # Dropout would make the old, new and reference log-probs of one completion disagree by noise, which
     # the KL estimate and the importance ratio then read as drift.
     disable_dropout=True,
-    logging_steps=10, disable_tqdm=True,
-)  # fmt: skip
+    logging_steps=10,
+    disable_tqdm=True,
+)
 
 
 class ClassifierReward:
@@ -79,7 +83,9 @@ class ClassifierReward:
     `score_texts`, exactly as the `sample` and `evaluate` stages score them.
     """
 
-    def __init__(self, classifier, tokenizer, label: str = "POSITIVE", batch_size: int = 128, single_logit: bool = False):
+    def __init__(
+        self, classifier, tokenizer, label: str = "POSITIVE", batch_size: int = 128, single_logit: bool = False
+    ):
         self.classifier, self.tokenizer, self.batch_size = classifier, tokenizer, batch_size
         self.label = label
         self.positive_index = reward_index(classifier.config, label, single_logit)
@@ -89,8 +95,9 @@ class ClassifierReward:
         # The prompt is the BOS token only; the sampler's texts are the decoded tokens after BOS (special
         # tokens skipped, as TRL decodes completions), so the completion alone is the text to score.
         # score_texts runs under torch.inference_mode with padding and special tokens.
-        return score_texts(list(completions), self.classifier, self.tokenizer, self.positive_index,
-                           self.batch_size)["reward"].tolist()
+        return score_texts(list(completions), self.classifier, self.tokenizer, self.positive_index, self.batch_size)[
+            "reward"
+        ].tolist()
 
 
 class _RewardLine(TrainerCallback):
@@ -102,8 +109,10 @@ class _RewardLine(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             get = lambda k: float(logs.get(k, float("nan")))  # noqa: E731
-            self.log(f"  step {state.global_step}/{state.max_steps}: reward {get(f'rewards/{REWARD_NAME}/mean'):.3f}, "
-                     f"kl {get('kl'):.4f}, loss {get('loss'):.4f}, length {get('completions/mean_length'):.1f}")
+            self.log(
+                f"  step {state.global_step}/{state.max_steps}: reward {get(f'rewards/{REWARD_NAME}/mean'):.3f}, "
+                f"kl {get('kl'):.4f}, loss {get('loss'):.4f}, length {get('completions/mean_length'):.1f}"
+            )
 
 
 @contextlib.contextmanager
@@ -129,24 +138,38 @@ def _reference_is(ref_model):
         rloo.create_model_from_path = original
 
 
-def rloo_args(kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int, output_dir: str,
-              sampling=None, tracker: dict | None = None):  # fmt: skip
+def rloo_args(
+    kl_coef: float,
+    steps: int,
+    overrides: dict,
+    device: torch.device,
+    seed: int,
+    output_dir: str,
+    sampling=None,
+    tracker: dict | None = None,
+):
     """The `RLOOConfig` and the plain dict of settings it was built from (for train.json).
     `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none)."""
     from trl import RLOOConfig
 
     owned = sorted(set(overrides) & set(OWNED))
     if owned:
-        raise ValueError(f"RLOO overrides may not set {', '.join(owned)}: train_rloo sets them from kl_coef, "
-                         "steps and its scratch directory")
+        raise ValueError(
+            f"RLOO overrides may not set {', '.join(owned)}: train_rloo sets them from kl_coef, "
+            "steps and its scratch directory"
+        )
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(RLOOConfig)})
     if unknown:
         raise ValueError(f"not RLOOConfig fields: {', '.join(unknown)}")
     settings = dict(RLOO_DEFAULTS)
     if sampling is not None:
         # Train on the distribution prefalign samples and evaluates: same filters, same length.
-        settings.update(max_completion_length=sampling.max_length - 1, top_k=sampling.top_k, top_p=sampling.top_p,
-                        temperature=sampling.temperature)  # fmt: skip
+        settings.update(
+            max_completion_length=sampling.max_length - 1,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            temperature=sampling.temperature,
+        )
     if device.type == "cpu":
         settings["use_cpu"] = True
     if device.type != "cuda":
@@ -162,19 +185,52 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
     """Train an `RlooModel` item into its directory."""
     services.log(f"train {item.name}: RLOO, {item.steps} steps")
     classifier = services.classifier()
-    train_rloo(item.start.ref, item.start.revision, classifier.model, classifier.tokenizer, classifier.positive_label,
-               item.path, kl_coef=item.kl_coef, steps=item.steps, overrides=item.overrides, device=services.device,
-               seed=item.seed, key=item.key, log=services.log, sampling=item.sampling,
-               single_logit=item.reward.single_logit, launch=services.launch, tracking=services.tracking,
-               name=item.name, trust_remote_code=item.start.trust_remote_code)  # fmt: skip
+    train_rloo(
+        item.start.ref,
+        item.start.revision,
+        classifier.model,
+        classifier.tokenizer,
+        classifier.positive_label,
+        item.path,
+        kl_coef=item.kl_coef,
+        steps=item.steps,
+        overrides=item.overrides,
+        device=services.device,
+        seed=item.seed,
+        key=item.key,
+        log=services.log,
+        sampling=item.sampling,
+        single_logit=item.reward.single_logit,
+        launch=services.launch,
+        tracking=services.tracking,
+        name=item.name,
+        trust_remote_code=item.start.trust_remote_code,
+    )
     release_memory()
 
 
-def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tokenizer, positive_label: str,
-               out_dir: Path, *, kl_coef: float, steps: int, overrides: dict, device: torch.device, seed: int,
-               key: str = "", log=print, sampling=None, single_logit: bool = False,
-               launch: dict | None = None, tracking: Tracking = Tracking(), name: str | None = None,
-               trust_remote_code: bool = False) -> dict:  # fmt: skip
+def train_rloo(
+    policy_ref: str,
+    revision: str | None,
+    classifier,
+    classifier_tokenizer,
+    positive_label: str,
+    out_dir: Path,
+    *,
+    kl_coef: float,
+    steps: int,
+    overrides: dict,
+    device: torch.device,
+    seed: int,
+    key: str = "",
+    log=print,
+    sampling=None,
+    single_logit: bool = False,
+    launch: dict | None = None,
+    tracking: Tracking = Tracking(),
+    name: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
@@ -192,7 +248,7 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
 
     from prefalign.models.loading import bos_prompt, load_policy_to_train, positions
     from prefalign.stages.train_dpo import completion_tokens_only
-    from prefalign.stages.trained_model import config_as_loaded, restore_config, save_trained
+    from prefalign.training.trained_model import config_as_loaded, restore_config, save_trained
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
@@ -215,8 +271,9 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         dataset = Dataset.from_dict({"prompt": [bos_prompt(tokenizer)] * n_prompts})
         t0 = time.time()
         with _reference_is(ref_model):
-            trainer = RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
-                                  processing_class=tokenizer)  # fmt: skip
+            trainer = RLOOTrainer(
+                model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer
+            )
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_RewardLine(log))
         # Log-probs of completion tokens only, not of the padding after EOS (see train_dpo.py): same numbers,
@@ -228,13 +285,23 @@ def train_rloo(policy_ref: str, revision: str | None, classifier, classifier_tok
         rewards = [h[f"rewards/{REWARD_NAME}/mean"] for h in history if f"rewards/{REWARD_NAME}/mean" in h]
         kls = [h["kl"] for h in history if "kl" in h]
         info = {
-            "key": key, "method": "rloo", "kl_coef": kl_coef, "steps": steps, "base_model": policy_ref,
-            "positive_label": positive_label, "settings": {k: v for k, v in settings.items() if k != "output_dir"},
-            "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(steps, 1), 3),
-            "first_reward": rewards[0] if rewards else None, "final_reward": rewards[-1] if rewards else None,
-            "final_kl": kls[-1] if kls else None, "metrics": result.metrics, "world_size": 1, **(launch or {}),
+            "key": key,
+            "method": "rloo",
+            "kl_coef": kl_coef,
+            "steps": steps,
+            "base_model": policy_ref,
+            "positive_label": positive_label,
+            "settings": {k: v for k, v in settings.items() if k != "output_dir"},
+            "train_seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / max(steps, 1), 3),
+            "first_reward": rewards[0] if rewards else None,
+            "final_reward": rewards[-1] if rewards else None,
+            "final_kl": kls[-1] if kls else None,
+            "metrics": result.metrics,
+            "world_size": 1,
+            **(launch or {}),
             "log_history": history,
-        }  # fmt: skip
+        }
         restore_config(trainer.model, loaded)
         save_trained(trainer.model, tokenizer, info, Path(out_dir), lora=False)
         shown = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731

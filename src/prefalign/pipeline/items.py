@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from prefalign.config import Config, SamplingConfig
-from prefalign.train_config import LossMix, loss_label
-from prefalign.store import is_done, key_of
+from prefalign.config.schema import Config, SamplingConfig
+from prefalign.config.train import LossMix, loss_label
+from prefalign.pipeline.store import is_done, key_of
 
 # The columns that describe a model in results.csv, before `run` and the metrics.
 # `group`: the model's name without its training-seed suffix (what repeats of one model share).
@@ -37,11 +37,23 @@ METRICS_VERSION = "metrics-v3"
 REPORT_VERSION = "report-v11"
 
 
-def _row(model, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None,
-         kl_coef=None) -> dict:  # fmt: skip
+def _row(
+    model, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None, kl_coef=None
+) -> dict:
     """A model's describing columns of results.csv, in RESULT_COLUMNS order."""
     seed = getattr(model, "seed", None)
-    values = (model.name, getattr(model, "group", model.name), method, strategy, loss, beta, recipe, round, kl_coef, seed)
+    values = (
+        model.name,
+        getattr(model, "group", model.name),
+        method,
+        strategy,
+        loss,
+        beta,
+        recipe,
+        round,
+        kl_coef,
+        seed,
+    )
     assert len(values) == len(RESULT_COLUMNS)
     return dict(zip(RESULT_COLUMNS, values))
 
@@ -49,7 +61,7 @@ def _row(model, method: str, strategy: str = "", loss: str = "", beta=None, reci
 def sampler_settings(sampling: SamplingConfig) -> dict:
     """The sampling settings that change which texts a seed gives (everything but count and seed),
     with a local prompt corpus's identity: editing the file redoes what was sampled from it."""
-    from prefalign.models.corpus import CorpusPathError, corpus_identity
+    from prefalign.data.corpus import CorpusPathError, corpus_identity
 
     settings = sampling.model_dump(exclude={"num_samples", "seed"})
     try:
@@ -159,8 +171,18 @@ class DpoModel:
             loss = ("slic", self.slic_sft_weight)
         else:
             loss = self.loss if isinstance(self.loss, str) else self.loss.model_dump()
-        parts = ["dpo", self.pairs.key, self.start.key, self.reference.key, loss, self.beta, self.recipe,
-                 self.overrides, self.seed, self.precision]  # fmt: skip
+        parts = [
+            "dpo",
+            self.pairs.key,
+            self.start.key,
+            self.reference.key,
+            loss,
+            self.beta,
+            self.recipe,
+            self.overrides,
+            self.seed,
+            self.precision,
+        ]
         return key_of(*parts, *([("lora", self.lora)] if self.lora else []))
 
     @property
@@ -221,8 +243,16 @@ class RlooModel:
 
     @property
     def key(self) -> str:
-        return key_of("rloo", self.start.key, self.reward.key, self.kl_coef, self.steps, self.overrides,
-                      sampler_settings(self.sampling), self.seed)  # fmt: skip
+        return key_of(
+            "rloo",
+            self.start.key,
+            self.reward.key,
+            self.kl_coef,
+            self.steps,
+            self.overrides,
+            sampler_settings(self.sampling),
+            self.seed,
+        )
 
     @property
     def inputs(self) -> tuple:
@@ -282,8 +312,9 @@ class Samples(_MetaBeside):
 
     @property
     def key(self) -> str:
-        return key_of("samples", self.policy.key, self.reward.key, sampler_settings(self.sampling), self.count,
-                      self.seed)  # fmt: skip
+        return key_of(
+            "samples", self.policy.key, self.reward.key, sampler_settings(self.sampling), self.count, self.seed
+        )
 
     @property
     def inputs(self) -> tuple:
@@ -305,8 +336,9 @@ class Pairs(_MetaBeside):
 
     @property
     def name(self) -> str:
-        return f"pairs {self.strategy}" + ("" if isinstance(self.samples.policy, Original) else
-                                           f" of {self.samples.policy.name}")  # fmt: skip
+        return f"pairs {self.strategy}" + (
+            "" if isinstance(self.samples.policy, Original) else f" of {self.samples.policy.name}"
+        )
 
     @property
     def key(self) -> str:
@@ -339,8 +371,18 @@ class Evaluation:
         return f"evaluate {self.model.name}"
 
     def run_key(self, k: int) -> str:
-        return key_of("eval", self.model.key, self.reward.key, self.reference.key, sampler_settings(self.sampling),
-                      self.samples, self.seed + k, self.kl, self.reward_thresholds, METRICS_VERSION)  # fmt: skip
+        return key_of(
+            "eval",
+            self.model.key,
+            self.reward.key,
+            self.reference.key,
+            sampler_settings(self.sampling),
+            self.samples,
+            self.seed + k,
+            self.kl,
+            self.reward_thresholds,
+            METRICS_VERSION,
+        )
 
     def run_path(self, k: int, suffix: str) -> Path:
         return self.path / f"run-{k:02d}{suffix}"

@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 import math
 
-from prefalign.items import IterativeRound, RlooModel
-from prefalign.store import read_json
+from prefalign.pipeline.items import IterativeRound, RlooModel
+from prefalign.pipeline.store import read_json
 
 # The evaluation metrics a card shows: (results column, label).
-CARD_METRICS = (("reward_mean", "mean reward"), ("positive_rate", "positive rate"), ("diversity", "diversity (nats)"),
-                ("distinct_2", "distinct-2"), ("kl_seq", "KL to the original (nats per text)"),
-                ("broken_share", "share of texts with undecodable bytes (U+FFFD)"))  # fmt: skip
+CARD_METRICS = (
+    ("reward_mean", "mean reward"),
+    ("positive_rate", "positive rate"),
+    ("diversity", "diversity (nats)"),
+    ("distinct_2", "distinct-2"),
+    ("kl_seq", "KL to the original (nats per text)"),
+    ("broken_share", "share of texts with undecodable bytes (U+FFFD)"),
+)
 
 
 def _mean_sd(row, column: str) -> str:
@@ -40,35 +45,56 @@ def model_card(model, row: dict, cfg) -> str:
         method = f"TRL DPOTrainer, loss `{model.loss_label}`, beta {model.beta:g}, recipe `{model.recipe}`"
         if isinstance(model, IterativeRound):
             method += f", round {model.round} of the on-policy chain {model.chain}"
-        data = (f"{info.get('pairs', '?')} chosen/rejected pairs by the `{model.pairs.strategy}` rule"
-                + (f" ({rule})" if rule else "") + f", from {model.pairs.samples.count} scored samples")  # fmt: skip
+        data = (
+            f"{info.get('pairs', '?')} chosen/rejected pairs by the `{model.pairs.strategy}` rule"
+            + (f" ({rule})" if rule else "")
+            + f", from {model.pairs.samples.count} scored samples"
+        )
         tags = ["dpo", model.loss_label]
     # A policy with code of its own (policy.trust_remote_code) saves that code beside its weights.
     own_code = ", trust_remote_code=True" if cfg.policy.trust_remote_code else ""
     start = getattr(model, "start", None)
     base = cfg.policy.model if start is None or start.name == "original" else f"{start.name} (this run's models/)"
     lines = [
-        "---", "library_name: transformers", f"base_model: {json.dumps(cfg.policy.model)}",
-        "tags: [" + ", ".join(["prefalign", "preference-alignment", *tags]) + "]", "---", "",
-        f"# {model.name}", "",
+        "---",
+        "library_name: transformers",
+        f"base_model: {json.dumps(cfg.policy.model)}",
+        "tags: [" + ", ".join(["prefalign", "preference-alignment", *tags]) + "]",
+        "---",
+        "",
+        f"# {model.name}",
+        "",
         "A causal language model aligned by prefalign to the preferences of the classifier "
-        f"`{cfg.reward.model}` (reward: its " + ("single logit" if cfg.reward.single_logit else
-                                                f"`{cfg.reward.positive_label}` logit") + ").", "",
-        "## Training", "",
+        f"`{cfg.reward.model}` (reward: its "
+        + ("single logit" if cfg.reward.single_logit else f"`{cfg.reward.positive_label}` logit")
+        + ").",
+        "",
+        "## Training",
+        "",
         f"- trained from: `{base}`; reference: `{cfg.policy.model}`",
         f"- method: {method}",
         f"- data: {data}",
         f"- settings: {precision}, seed {settings.get('seed', '?')}, {info.get('train_seconds', '?')} s of training"
         + (f", LoRA {info['lora']}" if info.get("lora") else ""),
         f"- processes: {info.get('world_size', 1)}" + (f" ({info['parallel']})" if info.get("parallel") else ""),
-        "", "## Evaluation", "",
+        "",
+        "## Evaluation",
+        "",
         f"{int(row.get('runs', 0))} runs of {cfg.evaluate.samples} samples each, mean ± std across runs "
-        "(the same evaluation seeds for every model of the run):", "",
-        "| metric | value |", "|---|---|",
+        "(the same evaluation seeds for every model of the run):",
+        "",
+        "| metric | value |",
+        "|---|---|",
         *[f"| {label} | {_mean_sd(row, column)} |" for column, label in CARD_METRICS if column in row],
-        "", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
         f'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory"{own_code})',
-        f'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory"{own_code})', "```", "",
-    ]  # fmt: skip
+        f'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory"{own_code})',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
-

@@ -14,10 +14,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from prefalign.distributed import exit_with_parent, single_process_environment
-from prefalign.items import Item
-from prefalign.services import Services, process_tag
-from prefalign.trackers import Tracking
+from prefalign.pipeline.distributed import exit_with_parent, single_process_environment
+from prefalign.pipeline.items import Item
+from prefalign.pipeline.logs import process_tag, quiet_libraries
+from prefalign.pipeline.services import Services
+from prefalign.training.trackers import Tracking
 
 
 def worker_devices(device_type: str, device_index: int | None, count: int, gpus: int) -> list[int | None]:
@@ -28,8 +29,9 @@ def worker_devices(device_type: str, device_index: int | None, count: int, gpus:
     return [device_index] * count
 
 
-def train_side_by_side(models: list[Item], services: Services, workers: int, spread: bool) -> None:
-    """Train `models`, `workers` at a time, each in a fresh process: on the run's device, or, with
+def train_side_by_side(models: list[Item], stages: dict, services: Services, workers: int, spread: bool) -> None:
+    """Train `models` (each by its stage function in `stages`, keyed by item type), `workers` at a
+    time, each in a fresh process: on the run's device, or, with
     `spread`, over every GPU of the machine when the run's device is plain `cuda`.
 
     Each worker loads its own models and writes its outputs atomically, exactly as a serial run
@@ -50,12 +52,29 @@ def train_side_by_side(models: list[Item], services: Services, workers: int, spr
     gpus_used = list(dict.fromkeys(indices))
     per_pool = max(1, workers // len(gpus_used))
     with contextlib.ExitStack() as stack:
-        pools = {i: stack.enter_context(ProcessPoolExecutor(per_pool, mp_context=multiprocessing.get_context("spawn"),
-                                                            initializer=start_worker, initargs=(i,)))
-                 for i in gpus_used}  # fmt: skip
-        futures = [pools[index].submit(_train_in_worker, model, device.type, threads, services.reward,
-                                       services.original, services.launch, services.tracking, process_tag().strip())
-                   for model, index in zip(models, indices)]  # fmt: skip
+        pools = {
+            i: stack.enter_context(
+                ProcessPoolExecutor(
+                    per_pool, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker, initargs=(i,)
+                )
+            )
+            for i in gpus_used
+        }
+        futures = [
+            pools[index].submit(
+                _train_in_worker,
+                stages[type(model)],
+                model,
+                device.type,
+                threads,
+                services.reward,
+                services.original,
+                services.launch,
+                services.tracking,
+                process_tag().strip(),
+            )
+            for model, index in zip(models, indices)
+        ]
         try:
             for future in futures:
                 future.result()
@@ -83,18 +102,16 @@ def start_worker(gpu: int | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = shown
 
 
-def _train_in_worker(model: Item, device_type: str, threads: int, reward, original, launch: dict, tracking: Tracking,
-                     tag: str) -> None:  # fmt: skip
-    from prefalign.cli import _quiet_libraries
+def _train_in_worker(
+    stage, model: Item, device_type: str, threads: int, reward, original, launch: dict, tracking: Tracking, tag: str
+) -> None:
     from prefalign.models.loading import use_attention_kernels
 
     if tag:
         os.environ["PREFALIGN_PROCESS"] = tag  # its log lines name the process that started it
-    _quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
+    quiet_libraries()  # a spawned process starts with the libraries' default warnings and progress bars
     torch.set_num_threads(threads)
     # A CUDA worker sees one GPU (start_worker): plain `cuda` is it.
     device = torch.device(device_type)
     use_attention_kernels(device)
-    from prefalign.runner import STAGES  # the runner imports this module
-
-    STAGES[type(model)](model, Services(device, reward, original, launch=launch, tracking=tracking))
+    stage(model, Services(device, reward, original, launch=launch, tracking=tracking))

@@ -12,14 +12,27 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from prefalign.recipes import OWN_CHOICES, OWN_SETTINGS
-from prefalign.trackers import TRACKER_FIELDS
+from prefalign.config.recipes import OWN_CHOICES, OWN_SETTINGS
+from prefalign.training.trackers import TRACKER_FIELDS
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
 TRL_LOSSES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 
 
 # What the papers call a loss -> its name here (TRL names DPO's loss after its sigmoid).
@@ -45,8 +58,14 @@ FIELD_BOUNDS = {
 # Trainer fields prefalign cannot honour, with the values it can, and what to do instead.
 NO_EVAL_SET = "training has no evaluation set (the evaluate stage measures every model)"
 UNSUPPORTED_FIELDS = {
-    "torch_compile": ((False,), "prefalign compiles the training step itself: set `compile_step` (fused, graphs, auto)"),
-    "push_to_hub": ((False,), "models are saved in the run directory; upload one with `hf upload REPO RUN_DIR/models/MODEL`"),
+    "torch_compile": (
+        (False,),
+        "prefalign compiles the training step itself: set `compile_step` (fused, graphs, auto)",
+    ),
+    "push_to_hub": (
+        (False,),
+        "models are saved in the run directory; upload one with `hf upload REPO RUN_DIR/models/MODEL`",
+    ),
     "eval_strategy": (("no",), NO_EVAL_SET),
     "do_eval": ((False,), NO_EVAL_SET),
     "load_best_model_at_end": ((False,), NO_EVAL_SET),
@@ -56,10 +75,16 @@ UNSUPPORTED_FIELDS = {
 def check_loss(entry):
     """A `train.losses` entry: a TRL loss name or `slic` (a mix is checked by LossMix)."""
     if isinstance(entry, str) and entry not in TRL_LOSSES + ("slic",):
-        hint = [LOSS_NAMES_IN_PAPERS[entry.lower()]] if entry.lower() in LOSS_NAMES_IN_PAPERS else \
-            difflib.get_close_matches(entry, TRL_LOSSES + ("slic",), n=1)  # fmt: skip
-        raise ValueError(f"unknown loss {entry!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; TRL 1.16 supports {', '.join(TRL_LOSSES)}, plus `slic`")  # fmt: skip
+        hint = (
+            [LOSS_NAMES_IN_PAPERS[entry.lower()]]
+            if entry.lower() in LOSS_NAMES_IN_PAPERS
+            else difflib.get_close_matches(entry, TRL_LOSSES + ("slic",), n=1)
+        )
+        raise ValueError(
+            f"unknown loss {entry!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; TRL 1.16 supports {', '.join(TRL_LOSSES)}, plus `slic`"
+        )
     return entry
 
 
@@ -71,7 +96,9 @@ def dpo_fields(v: dict[str, Any], owner: str) -> dict[str, Any]:
     return trainer_fields(v, DPOConfig, {"beta", "loss_type", "output_dir"}, owner, OWN_SETTINGS)
 
 
-def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None) -> dict[str, Any]:
+def trainer_fields(
+    v: dict[str, Any], config_cls, owned: set[str], owner: str, own: dict | None = None
+) -> dict[str, Any]:
     """Check a mapping of TRL config fields against `config_cls`'s names and type annotations, now
     rather than after sampling has run for an hour. `own`: prefalign's own switches, also allowed
     (booleans, or one of recipes.OWN_CHOICES)."""
@@ -98,7 +125,9 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
             raise ValueError(f"`{key}: {value}` is not supported: {UNSUPPORTED_FIELDS[key][1]}")
         if key not in names:
             hint = difflib.get_close_matches(key, names | set(own), n=1)
-            raise ValueError(f"`{key}` is not a {config_cls.__name__} field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
+            raise ValueError(
+                f"`{key}` is not a {config_cls.__name__} field" + (f" (did you mean `{hint[0]}`?)" if hint else "")
+            )
         try:
             adapter = TypeAdapter(hints[key])
         except Exception:  # an annotation pydantic cannot express: leave it to the config class
@@ -114,13 +143,17 @@ def trainer_fields(v: dict[str, Any], config_cls, owned: set[str], owner: str, o
         choices = _enum_choices(hints[key])
         if choices and isinstance(checked[key], str) and checked[key] not in choices:
             hint = difflib.get_close_matches(checked[key], choices, n=1)
-            raise ValueError(f"`{key}`: {value!r} is not one of {', '.join(choices)}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))  # fmt: skip
+            raise ValueError(
+                f"`{key}`: {value!r} is not one of {', '.join(choices)}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
     return checked
 
 
 def _enum_choices(annotation) -> list[str]:
     """The values of an Enum in a field's annotation (`SchedulerType | str`: the names transformers
     accepts, checked only when the trainer is built), else []."""
-    kinds = [a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type) and issubclass(a, enum.Enum)]
+    kinds = [
+        a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type) and issubclass(a, enum.Enum)
+    ]
     return [str(member.value) for kind in kinds for member in kind]

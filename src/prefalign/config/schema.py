@@ -13,18 +13,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from prefalign.config.recipes import RECIPE_NAMES
+from prefalign.config.section import Section
+from prefalign.config.train import ExtraPoint, LossMix, TrainConfig
+from prefalign.config.trainer_fields import check_loss, dpo_fields, trainer_fields
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.recipes import RECIPE_NAMES
-from prefalign.section import Section
-from prefalign.train_config import ExtraPoint, LossMix, TrainConfig
-from prefalign.trainer_fields import check_loss, dpo_fields, trainer_fields
+from prefalign.models.specs import builtin_checked
 
 
 def own_code_field(what: str):
     """`policy.trust_remote_code` / `reward.trust_remote_code`."""
-    return Field(False, description="Run the modelling code a checkpoint ships with (its config's `auto_map`: "
-                 f"transformers' `trust_remote_code`), for {what}. Only for checkpoints whose code you have read or "
-                 "trust: it runs with your permissions. Off: such a checkpoint is refused while planning.")
+    return Field(
+        False,
+        description="Run the modelling code a checkpoint ships with (its config's `auto_map`: "
+        f"transformers' `trust_remote_code`), for {what}. Only for checkpoints whose code you have read or "
+        "trust: it runs with your permissions. Off: such a checkpoint is refused while planning.",
+    )
 
 
 class PolicyConfig(Section):
@@ -40,22 +44,6 @@ class PolicyConfig(Section):
     @classmethod
     def _a_policy(cls, v: str) -> str:
         return builtin_checked(v, "policy")
-
-
-def builtin_checked(ref: str, role: str) -> str:
-    """`ref` unchanged; for a `prefalign:` name, checked now: it names a built-in, and one with a
-    policy when it is the policy (a classifier-only build, such as `prefalign:demo-minilm`, is not)."""
-    if not ref.startswith("prefalign:"):
-        return ref
-    from prefalign.models.builtin import SPECS
-
-    name = ref.split(":", 1)[1]
-    if name not in SPECS:
-        raise ValueError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
-    if role == "policy" and not SPECS[name].policy:
-        policies = ", ".join(f"prefalign:{k}" for k, spec in SPECS.items() if spec.policy)
-        raise ValueError(f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} as policy.model")
-    return ref
 
 
 class RewardConfig(Section):
@@ -98,15 +86,21 @@ class RewardConfig(Section):
 
 class PromptConfig(Section):
     corpus: str = Field(
-        ..., description="Where prompts come from: `rotten_tomatoes` (offline), a CSV/TSV/JSONL/Parquet file, a "
+        ...,
+        description="Where prompts come from: `rotten_tomatoes` (offline), a CSV/TSV/JSONL/Parquet file, a "
         "`.txt` file (one text per line), an aclImdb folder or a hub dataset id (as `prefalign build-demo --corpus`).",
     )
     split: str | None = Field(None, description="Split of an aclImdb folder or hub dataset (default `train`).")
-    subset: str | None = Field(None, description="Subset (configuration) of a hub dataset that has several, e.g. "
-                               "`sst2` of `nyu-mll/glue` (`datasets.load_dataset`'s `name`).")
+    subset: str | None = Field(
+        None,
+        description="Subset (configuration) of a hub dataset that has several, e.g. "
+        "`sst2` of `nyu-mll/glue` (`datasets.load_dataset`'s `name`).",
+    )
     text_column: str = Field("text", description="Text column of a file or hub dataset.")
     min_tokens: int = Field(2, ge=1, description="Shortest prompt, in policy tokens.")
-    max_tokens: int = Field(8, ge=1, description="Longest prompt, in policy tokens (each prompt's length is uniform in between).")
+    max_tokens: int = Field(
+        8, ge=1, description="Longest prompt, in policy tokens (each prompt's length is uniform in between)."
+    )
     per_prompt: int = Field(4, ge=1, description="Samples drawn per prompt (k); pairs are formed among them.")
 
     @model_validator(mode="after")
@@ -118,9 +112,7 @@ class PromptConfig(Section):
 
 class SamplingConfig(Section):
     num_samples: int = Field(10_000, gt=1, description="Texts drawn from the policy for pair building.")
-    max_length: int = Field(
-        64, ge=2, description="Maximum sequence length in tokens, including the BOS prompt token."
-    )
+    max_length: int = Field(64, ge=2, description="Maximum sequence length in tokens, including the BOS prompt token.")
     top_k: int = Field(50, ge=0, description="Top-k filtering (0 disables it).")
     top_p: float = Field(0.85, gt=0, le=1, description="Nucleus (top-p) filtering.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
@@ -152,8 +144,10 @@ class SamplingConfig(Section):
     @model_validator(mode="after")
     def _room_for_completions(self):
         if self.prompts is not None and self.prompts.max_tokens + 2 > self.max_length:
-            raise ValueError(f"prompts.max_tokens ({self.prompts.max_tokens}) + BOS leaves no room for a completion "
-                             f"under max_length ({self.max_length})")  # fmt: skip
+            raise ValueError(
+                f"prompts.max_tokens ({self.prompts.max_tokens}) + BOS leaves no room for a completion "
+                f"under max_length ({self.max_length})"
+            )
         return self
 
 
@@ -176,10 +170,15 @@ class PairsConfig(Section):
     threshold: float = Field(0.5, description="`threshold` strategy: the reward that splits rejected from chosen.")
     group_size: int = Field(4, ge=2, description="`best_worst` without prompts: samples per group.")
     interval: tuple[float, float] = Field(
-        (0.0, 2.5), description="`stratified`: the reward interval the chosen texts cover evenly (the original's [0, 2.5])."
+        (0.0, 2.5),
+        description="`stratified`: the reward interval the chosen texts cover evenly (the original's [0, 2.5]).",
     )
-    bins: int = Field(10, ge=1, description="`stratified`: equal-width bins of `interval`, each with the same number of pairs.")
-    stratified_gap: float = Field(0.0, ge=0, description="`stratified`: the rejected reward is below the chosen by more than this.")
+    bins: int = Field(
+        10, ge=1, description="`stratified`: equal-width bins of `interval`, each with the same number of pairs."
+    )
+    stratified_gap: float = Field(
+        0.0, ge=0, description="`stratified`: the rejected reward is below the chosen by more than this."
+    )
     quantile: float = Field(0.25, gt=0, le=0.5, description="`quantile`: share of samples on each side (top / bottom).")
     seed: int = Field(0, ge=0, description="Seed of the pair draw.")
 
@@ -199,10 +198,13 @@ class PairsConfig(Section):
 
     def rule(self, strategy: str) -> dict:
         """The settings `strategy` reads (what its pair file depends on)."""
-        return {"margin": {"margin": self.margin}, "threshold": {"threshold": self.threshold},
-                "best_worst": {"group_size": self.group_size},
-                "stratified": {"interval": tuple(self.interval), "bins": self.bins, "margin_floor": self.stratified_gap},
-                "quantile": {"q": self.quantile}}.get(strategy, {})  # fmt: skip
+        return {
+            "margin": {"margin": self.margin},
+            "threshold": {"threshold": self.threshold},
+            "best_worst": {"group_size": self.group_size},
+            "stratified": {"interval": tuple(self.interval), "bins": self.bins, "margin_floor": self.stratified_gap},
+            "quantile": {"q": self.quantile},
+        }.get(strategy, {})
 
 
 class EvaluateConfig(Section):
@@ -210,7 +212,8 @@ class EvaluateConfig(Section):
     samples: int = Field(5_000, gt=0, description="Texts sampled per run (same sampler settings as `sampling`).")
     seed: int = Field(1_000, ge=0, description="Run k uses seed `seed + k`; every model sees the same seeds.")
     reward_thresholds: list[float] = Field(
-        default_factory=lambda: [0.0, 0.5], description="Each run reports the share of texts with reward above each value."
+        default_factory=lambda: [0.0, 0.5],
+        description="Each run reports the share of texts with reward above each value.",
     )
     kl: bool = Field(
         True,
@@ -220,36 +223,50 @@ class EvaluateConfig(Section):
 
 
 class IterativeConfig(Section):
-    rounds: int = Field(0, ge=0, description="Rounds of sample -> score -> pairs -> train, each from the previous "
-                        "round's model (0: off). Reference fixed to the original policy; every round is evaluated.")
+    rounds: int = Field(
+        0,
+        ge=0,
+        description="Rounds of sample -> score -> pairs -> train, each from the previous "
+        "round's model (0: off). Reference fixed to the original policy; every round is evaluated.",
+    )
     strategy: str = Field("random", description="Pair rule of every round.")
-    losses: list[str | LossMix] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description="One chain per loss.")
+    losses: list[str | LossMix] = Field(
+        default_factory=lambda: ["sigmoid"], min_length=1, description="One chain per loss."
+    )
     betas: list[float] = Field(default_factory=lambda: [0.1], min_length=1, description="One chain per beta.")
-    beta_growth: float = Field(1.0, gt=0, description="Beta schedule: round r trains with beta x beta_growth^(r-1) "
-                               "(e.g. 2: 0.1, 0.2, 0.4, ...: the reference is the original policy, so a growing beta "
-                               "brakes the later rounds' drift from it); 1: the same beta every round.")
+    beta_growth: float = Field(
+        1.0,
+        gt=0,
+        description="Beta schedule: round r trains with beta x beta_growth^(r-1) "
+        "(e.g. 2: 0.1, 0.2, 0.4, ...: the reference is the original policy, so a growing beta "
+        "brakes the later rounds' drift from it); 1: the same beta every round.",
+    )
     recipe: Literal[RECIPE_NAMES] | None = Field(None, description="Recipe (default: train.recipe).")
     samples: int | None = Field(None, gt=1, description="Texts sampled per round (default: sampling.num_samples).")
     dpo: dict[str, Any] = Field(
-        default_factory=dict, description="Extra `trl.DPOConfig` fields for the chain's rounds only, on top of its "
-        "recipe and `train.dpo` (e.g. `{learning_rate: 2.5e-5}` for smaller steps per round); same names as `train.dpo`."
+        default_factory=dict,
+        description="Extra `trl.DPOConfig` fields for the chain's rounds only, on top of its "
+        "recipe and `train.dpo` (e.g. `{learning_rate: 2.5e-5}` for smaller steps per round); same names as `train.dpo`.",
     )
 
     _loss = field_validator("losses")(classmethod(lambda cls, v: [check_loss(x) for x in v]))
     _strategy = field_validator("strategy")(classmethod(lambda cls, v: ExtraPoint._known_strategy(v)))
 
-    _dpo = field_validator("dpo")(classmethod(lambda cls, v: dpo_fields(v, "iterative.betas / iterative.beta_growth / "
-                                                                             "iterative.losses")))
+    _dpo = field_validator("dpo")(
+        classmethod(lambda cls, v: dpo_fields(v, "iterative.betas / iterative.beta_growth / iterative.losses"))
+    )
 
 
 class OnlineConfig(Section):
     kl_coefs: list[float] = Field(
-        default_factory=list, description="One RLOO model per KL coefficient (TRL's `beta`), trained from the BOS "
-        "prompt (corpus prompts are not used here) with the classifier's positive logit as reward; empty: none."
+        default_factory=list,
+        description="One RLOO model per KL coefficient (TRL's `beta`), trained from the BOS "
+        "prompt (corpus prompts are not used here) with the classifier's positive logit as reward; empty: none.",
     )
     steps: int = Field(100, gt=0, description="RLOO optimizer steps.")
     rloo: dict[str, Any] = Field(
-        default_factory=dict, description="Extra `trl.RLOOConfig` fields (e.g. `{learning_rate: 1e-5, num_generations: 8}`)."
+        default_factory=dict,
+        description="Extra `trl.RLOOConfig` fields (e.g. `{learning_rate: 1e-5, num_generations: 8}`).",
     )
 
     @field_validator("rloo")
@@ -277,7 +294,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _losses_fit_settings(self):
-        entries = list(self.train.losses) + [x.loss for x in self.train.extra] + (list(self.iterative.losses) if self.iterative.rounds else [])
+        entries = (
+            list(self.train.losses)
+            + [x.loss for x in self.train.extra]
+            + (list(self.iterative.losses) if self.iterative.rounds else [])
+        )
         types = {t for e in entries for t in ([e] if isinstance(e, str) else e.types)}
         if "exo_pair" in types and not self.train.dpo.get("label_smoothing"):
             raise ValueError("loss `exo_pair` needs train.dpo.label_smoothing > 0 (the EXO paper suggests 1e-3)")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.store import atomic_path, read_json
+from prefalign.pipeline.store import atomic_path, read_json
 
 
 def method_of(r) -> str:
@@ -44,8 +44,7 @@ def save_figure(fig, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False,
-                  colour_by=None) -> None:  # fmt: skip
+def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: bool = False, colour_by=None) -> None:
     """Reward (y) against metric `x`, one point per model with std error bars; colour = method (or
     `colour_by(row)`), marker = pair rule (RLOO: a cross; the original: a star, black by default)."""
     group = colour_by or method_of
@@ -59,16 +58,30 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=130)
     for _, r in summary.iterrows():
         size = 13 if r.method == "original" else 7
-        ax.errorbar(r[x], r.reward_mean, xerr=np.nan_to_num(r[f"{x}_sd"]), yerr=np.nan_to_num(r.reward_mean_sd),
-                    marker=marker(r), markersize=size, color=colours[group(r)], linestyle="none", elinewidth=0.8,
-                    capsize=2, alpha=0.9, zorder=3 if r.method == "original" else 2)  # fmt: skip
+        ax.errorbar(
+            r[x],
+            r.reward_mean,
+            xerr=np.nan_to_num(r[f"{x}_sd"]),
+            yerr=np.nan_to_num(r.reward_mean_sd),
+            marker=marker(r),
+            markersize=size,
+            color=colours[group(r)],
+            linestyle="none",
+            elinewidth=0.8,
+            capsize=2,
+            alpha=0.9,
+            zorder=3 if r.method == "original" else 2,
+        )
     line = lambda **kw: plt.Line2D([], [], linestyle="none", **kw)  # noqa: E731
     shape = lambda m: "*" if m.endswith("original") else "X" if m.endswith("rloo") else "o"  # noqa: E731
     originals = any(group(r) == "original" for _, r in summary.iterrows())
     handles = [line(color="black", marker="*", markersize=10, label="original")] if originals else []
     handles += [line(color=colours[m], marker=shape(m), label=m) for m in methods]
-    handles += [line(color="black", marker=mk, markerfacecolor="none", label=f"{s} pairs")
-                for s, mk in markers.items() if s in set(summary.strategy)]  # fmt: skip
+    handles += [
+        line(color="black", marker=mk, markerfacecolor="none", label=f"{s} pairs")
+        for s, mk in markers.items()
+        if s in set(summary.strategy)
+    ]
     ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if log_x:
         # KL spans from 0 (the original) to hundreds of nats for collapsed models: linear near 0, log beyond.
@@ -91,8 +104,11 @@ def colourblind_safe() -> list[str]:
 
 
 # Training-curve panels: (key in the Trainer's log history, y-axis label).
-DPO_CURVES = (("loss", "training loss"), ("rewards/margins", "reward margin (beta x log-ratio gap)"),
-              ("rewards/accuracies", "reward accuracy (share of pairs)"))  # fmt: skip
+DPO_CURVES = (
+    ("loss", "training loss"),
+    ("rewards/margins", "reward margin (beta x log-ratio gap)"),
+    ("rewards/accuracies", "reward accuracy (share of pairs)"),
+)
 RLOO_CURVES = (("reward", "mean reward of the step's texts"), ("kl", "KL to the reference (nats per text)"))
 
 
@@ -130,8 +146,12 @@ def plot_training(models, title: str, out: Path, panels=DPO_CURVES, limits: dict
         for ax, (key, _) in zip(axes, panels):
             points = logged(model, key)
             if points:
-                ax.plot(*zip(*points), label=None if group in labelled else group,
-                        color=colours[groups.index(group) % len(colours)], linewidth=1.3)  # fmt: skip
+                ax.plot(
+                    *zip(*points),
+                    label=None if group in labelled else group,
+                    color=colours[groups.index(group) % len(colours)],
+                    linewidth=1.3,
+                )
         labelled.add(group)
     for ax, (key, label) in zip(axes, panels):
         ax.set_xlabel("training step")
@@ -154,7 +174,9 @@ def reward_span(rewards) -> tuple[float, float]:
     return min(float(np.percentile(r, 0.5)) for r in rewards), max(float(np.percentile(r, 99.5)) for r in rewards)
 
 
-def plot_rewards(rewards: dict[str, np.ndarray], title: str, out: Path, span: tuple[float, float] | None = None) -> None:
+def plot_rewards(
+    rewards: dict[str, np.ndarray], title: str, out: Path, span: tuple[float, float] | None = None
+) -> None:
     """Step histograms of each model's rewards (`rewards`: model name -> its rewards over every
     evaluation run), one line per model (the original in black), over `span` (default: their own)."""
     plt = pyplot()
@@ -163,7 +185,11 @@ def plot_rewards(rewards: dict[str, np.ndarray], title: str, out: Path, span: tu
     colours = colourblind_safe()
     fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
     for i, (m, r) in enumerate(rewards.items()):
-        style = dict(color="black", linewidth=2.0) if m == "original" else dict(color=colours[(i - 1) % len(colours)], linewidth=1.3)
+        style = (
+            dict(color="black", linewidth=2.0)
+            if m == "original"
+            else dict(color=colours[(i - 1) % len(colours)], linewidth=1.3)
+        )
         ax.hist(r, bins=bins, density=True, histtype="step", label=m, **style)
     ax.set_xlabel("reward (positive-class logit)")
     ax.set_ylabel("density")

@@ -15,17 +15,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefalign.config import Config
+from prefalign.config.schema import Config
 from prefalign.engine.pair_rules import most_distinct_pairs
-from prefalign.items import (DpoModel, Evaluation, Item, IterativeRound, Original, Pairs, Policy, Report, RewardModel,
-                             RlooModel, Samples, dpo_name, seed_suffix)  # fmt: skip
+from prefalign.errors import PrefalignError
+from prefalign.pipeline.items import (
+    DpoModel,
+    Evaluation,
+    Item,
+    IterativeRound,
+    Original,
+    Pairs,
+    Policy,
+    Report,
+    RewardModel,
+    RlooModel,
+    Samples,
+    dpo_name,
+    seed_suffix,
+)
 
 STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 
 
-class PlanError(ValueError):
+class PlanError(PrefalignError, ValueError):
     """A config whose items cannot all be made (two different items with one output path, more pairs
     than the samples allow)."""
+
+    exit_code = 2
+    lead = "invalid config: "
 
 
 # ---- the plan ----------------------------------------------------------------------------------
@@ -40,11 +57,24 @@ def sources(cfg: Config) -> tuple[Original, RewardModel]:
 
     p, r = cfg.policy, cfg.reward
     check_saved_model(p.model, "policy", max_length=cfg.sampling.max_length, trust_remote_code=p.trust_remote_code)
-    check_saved_model(r.model, "reward", positive_label=r.positive_label, single_logit=r.single_logit,
-                      trust_remote_code=r.trust_remote_code)  # fmt: skip
-    return (Original(p.model, p.revision, identity(p.model, p.revision), p.trust_remote_code),
-            RewardModel(r.model, r.revision, r.positive_label, identity(r.model, r.revision, "reward"), r.single_logit,
-                        r.trust_remote_code))  # fmt: skip
+    check_saved_model(
+        r.model,
+        "reward",
+        positive_label=r.positive_label,
+        single_logit=r.single_logit,
+        trust_remote_code=r.trust_remote_code,
+    )
+    return (
+        Original(p.model, p.revision, identity(p.model, p.revision), p.trust_remote_code),
+        RewardModel(
+            r.model,
+            r.revision,
+            r.positive_label,
+            identity(r.model, r.revision, "reward"),
+            r.single_logit,
+            r.trust_remote_code,
+        ),
+    )
 
 
 def plan(cfg: Config, original: Original | None = None, reward: RewardModel | None = None) -> list[Item]:
@@ -61,11 +91,37 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     def pairs_of(samples: Samples, strategy: str, seed: int, path: Path) -> Pairs:
         return add(Pairs(samples, strategy, cfg.pairs.rule(strategy), cfg.pairs.count, seed, path))
 
-    def dpo(pairs: Pairs, start: Policy, loss, beta: float, recipe: str, path: Path, repeat: int, cls=DpoModel,
-            overrides=t.dpo, **chain):  # fmt: skip
-        return add(cls(pairs, start, original, loss, beta, recipe, overrides, t.seed + repeat, t.slic_sft_weight, t.precision,
-                       path, checkpoint_steps=t.checkpoint_steps, lora=t.lora.model_dump() if t.lora else None,
-                       repeat=repeat, **chain))  # fmt: skip
+    def dpo(
+        pairs: Pairs,
+        start: Policy,
+        loss,
+        beta: float,
+        recipe: str,
+        path: Path,
+        repeat: int,
+        cls=DpoModel,
+        overrides=t.dpo,
+        **chain,
+    ):
+        return add(
+            cls(
+                pairs,
+                start,
+                original,
+                loss,
+                beta,
+                recipe,
+                overrides,
+                t.seed + repeat,
+                t.slic_sft_weight,
+                t.precision,
+                path,
+                checkpoint_steps=t.checkpoint_steps,
+                lora=t.lora.model_dump() if t.lora else None,
+                repeat=repeat,
+                **chain,
+            )
+        )
 
     def grid_model(strategy: str, loss, beta: float, recipe: str, repeat: int, overrides=t.dpo) -> DpoModel:
         pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")
@@ -73,7 +129,9 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
         return dpo(pairs, original, loss, beta, recipe, root / "models" / name, repeat, overrides=overrides)
 
     main = add(Samples(original, reward, s, s.num_samples, s.seed, root / "samples.parquet"))
-    points = [(strategy, loss, beta, t.recipe) for strategy in cfg.pairs.strategies for loss in t.losses for beta in t.betas]
+    points = [
+        (strategy, loss, beta, t.recipe) for strategy in cfg.pairs.strategies for loss in t.losses for beta in t.betas
+    ]
     points += [(x.strategy, x.loss, x.beta, x.recipe or t.recipe) for x in t.extra]
     # Repeats of one model sit next to each other (in results, tables and the training order).
     trained = [grid_model(*point, repeat) for point in points for repeat in range(t.repeats)]
@@ -83,29 +141,76 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     for loss in it.losses if it.rounds else []:
         for beta in it.betas:
             recipe, overrides = it.recipe or t.recipe, {**t.dpo, **it.dpo}
-            name = "iter-" + dpo_name(it.strategy, loss, beta, recipe) + (f"-growth{it.beta_growth:g}" if it.beta_growth != 1 else "")
+            name = (
+                "iter-"
+                + dpo_name(it.strategy, loss, beta, recipe)
+                + (f"-growth{it.beta_growth:g}" if it.beta_growth != 1 else "")
+            )
             for repeat in range(t.repeats):
                 suffix = seed_suffix(t.seed + repeat, repeat)
                 chain = [grid_model(it.strategy, loss, beta, recipe, repeat, overrides)]
                 for r in range(2, it.rounds + 1):
                     parent, folder = chain[-1], root / "iterative" / (name + suffix) / f"round-{r}"
-                    samples = add(Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet"))
+                    samples = add(
+                        Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet")
+                    )
                     # Every round draws its own pairs: the pair seed moves with the round.
                     pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
                     model_dir = root / "models" / f"{name}-r{r}{suffix}"
                     round_beta = round(beta * it.beta_growth ** (r - 1), 6)  # 6 digits: 0.1 x 1.5^2 is 0.225
-                    chain.append(dpo(pairs, parent, loss, round_beta, recipe, model_dir, repeat, IterativeRound, overrides,
-                                     chain=name, round=r))  # fmt: skip
+                    chain.append(
+                        dpo(
+                            pairs,
+                            parent,
+                            loss,
+                            round_beta,
+                            recipe,
+                            model_dir,
+                            repeat,
+                            IterativeRound,
+                            overrides,
+                            chain=name,
+                            round=r,
+                        )
+                    )
                 chains.append(tuple(chain))
                 trained += chain
-    trained += [add(RlooModel(original, reward, c, cfg.online.steps, cfg.online.rloo, s, t.seed + repeat,
-                              root / "models" / (f"rloo-kl{c:g}" + seed_suffix(t.seed + repeat, repeat)), repeat))
-                for c in cfg.online.kl_coefs for repeat in range(t.repeats)]  # fmt: skip
+    trained += [
+        add(
+            RlooModel(
+                original,
+                reward,
+                c,
+                cfg.online.steps,
+                cfg.online.rloo,
+                s,
+                t.seed + repeat,
+                root / "models" / (f"rloo-kl{c:g}" + seed_suffix(t.seed + repeat, repeat)),
+                repeat,
+            )
+        )
+        for c in cfg.online.kl_coefs
+        for repeat in range(t.repeats)
+    ]
 
     e = cfg.evaluate
-    evaluations = [add(Evaluation(model, reward, original, s, e.runs, e.samples, e.seed, e.kl, tuple(e.reward_thresholds),
-                                  root / "eval" / model.name))
-                   for model in [original, *{m.key: m for m in trained}.values()]]  # fmt: skip
+    evaluations = [
+        add(
+            Evaluation(
+                model,
+                reward,
+                original,
+                s,
+                e.runs,
+                e.samples,
+                e.seed,
+                e.kl,
+                tuple(e.reward_thresholds),
+                root / "eval" / model.name,
+            )
+        )
+        for model in [original, *{m.key: m for m in trained}.values()]
+    ]
     add(Report(tuple(evaluations), tuple(chains), cfg, root / "report.md"))
     for item in items.values():
         if isinstance(item, Pairs):
@@ -114,8 +219,10 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     for item in items.values():
         other = by_path.setdefault(item.path, item)
         if other is not item:
-            raise PlanError(f"{type(other).__name__} {other.name!r} and {type(item).__name__} {item.name!r} differ but "
-                            f"would both write {item.path}: give one of them another name (e.g. a loss mix's `name`)")  # fmt: skip
+            raise PlanError(
+                f"{type(other).__name__} {other.name!r} and {type(item).__name__} {item.name!r} differ but "
+                f"would both write {item.path}: give one of them another name (e.g. a loss mix's `name`)"
+            )
     # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort
     # keeps every item after its inputs, since an item's stage is never earlier than theirs.
     return sorted(items.values(), key=lambda item: STAGE_NAMES.index(stage_of(item)))
@@ -128,12 +235,22 @@ def check_pair_count(pairs: Pairs, samples_key: str) -> None:
     n = pairs.samples.count
     most = most_distinct_pairs(n, pairs.strategy, pairs.rule.get("group_size", 4), per_prompt)
     if pairs.count > most:
-        groups = f" in prompts of sampling.prompts.per_prompt={per_prompt}" if per_prompt else (
-            f" in blocks of pairs.group_size={pairs.rule['group_size']}" if pairs.strategy == "best_worst" else "")
-        raise PlanError(f"pairs.count {pairs.count} is more than the `{pairs.strategy}` rule can draw from {samples_key}="
-                        f"{n} samples{groups}: at most {most} distinct pairs; "
-                        + ("pairs are formed within a prompt: raise sampling.prompts.per_prompt" if most == 0 and per_prompt
-                           else "lower pairs.count or sample more"))
+        groups = (
+            f" in prompts of sampling.prompts.per_prompt={per_prompt}"
+            if per_prompt
+            else (
+                f" in blocks of pairs.group_size={pairs.rule['group_size']}" if pairs.strategy == "best_worst" else ""
+            )
+        )
+        raise PlanError(
+            f"pairs.count {pairs.count} is more than the `{pairs.strategy}` rule can draw from {samples_key}="
+            f"{n} samples{groups}: at most {most} distinct pairs; "
+            + (
+                "pairs are formed within a prompt: raise sampling.prompts.per_prompt"
+                if most == 0 and per_prompt
+                else "lower pairs.count or sample more"
+            )
+        )
 
 
 def stage_of(item: Item) -> str:

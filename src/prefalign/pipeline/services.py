@@ -10,34 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prefalign.distributed import Ranks
-from prefalign.items import Original, RewardModel
-from prefalign.trackers import Tracking
-
-
-def process_tag() -> str:
-    """` 1/4` in the log of process 1 of 4 (and of the workers it starts), nothing in a one-process run."""
-    from prefalign.distributed import launched_processes
-
-    if "PREFALIGN_PROCESS" in os.environ:
-        return f" {os.environ['PREFALIGN_PROCESS']}"
-    return f" {os.environ.get('RANK', '?')}/{launched_processes()}" if launched_processes() > 1 else ""
-
-
-def log(msg: str) -> None:
-    print(f"[prefalign{process_tag()} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def quiet(msg: str) -> None:
-    """The log of a process other than the main one, where the main process says the same."""
+from prefalign.pipeline.distributed import Ranks
+from prefalign.pipeline.items import Original, RewardModel
+from prefalign.pipeline.logs import log
+from prefalign.training.trackers import Tracking
 
 
 def release_memory() -> None:
@@ -101,8 +83,9 @@ class Services:
             from prefalign.models.loading import load_policy
 
             o = self.original
-            self._loaded["reference"] = load_policy(o.ref, o.revision, self.device, self.dtype,
-                                                    trust_remote_code=o.trust_remote_code)[0]  # fmt: skip
+            self._loaded["reference"] = load_policy(
+                o.ref, o.revision, self.device, self.dtype, trust_remote_code=o.trust_remote_code
+            )[0]
         return self._loaded["reference"]
 
     def policy_tokenizer(self, ref: str, revision: str | None):
@@ -118,11 +101,16 @@ def model_info(cfg) -> dict:
     """What models.json and the report say about the run's models: references, resolved paths, and
     for prefalign's built-in models their measured quality."""
     from prefalign.models.loading import resolve
-    from prefalign.store import read_json
+    from prefalign.pipeline.store import read_json
 
-    info: dict = {"policy": {"ref": cfg.policy.model, "revision": cfg.policy.revision},
-                  "reward_model": {"ref": cfg.reward.model, "revision": cfg.reward.revision,
-                                   "positive_label": cfg.reward.positive_label}}  # fmt: skip
+    info: dict = {
+        "policy": {"ref": cfg.policy.model, "revision": cfg.policy.revision},
+        "reward_model": {
+            "ref": cfg.reward.model,
+            "revision": cfg.reward.revision,
+            "positive_label": cfg.reward.positive_label,
+        },
+    }
     for role, section in (("policy", "policy"), ("reward", "reward_model")):
         ref = getattr(cfg, role).model
         path = resolve(ref, role)

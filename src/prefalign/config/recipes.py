@@ -36,17 +36,32 @@ OWN_CHOICES = {"compile_step": ("eager", "fused", "graphs", "auto")}
 
 RECIPES: dict[str, dict] = {
     "seed": dict(
-        learning_rate=5e-3, optim="rmsprop", warmup_steps=50, lr_scheduler_type="linear", num_train_epochs=3,
-        per_device_train_batch_size=8, max_length=256, gradient_checkpointing=False,
-        precompute_ref_log_probs="on_gpu", precompute_ref_batch_size=64, completion_only_head=True,
+        learning_rate=5e-3,
+        optim="rmsprop",
+        warmup_steps=50,
+        lr_scheduler_type="linear",
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        max_length=256,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs="on_gpu",
+        precompute_ref_batch_size=64,
+        completion_only_head=True,
         compile_step="auto",
     ),
     "default": dict(
-        learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=8, max_length=256,
-        gradient_checkpointing=False, precompute_ref_log_probs=True, precompute_ref_batch_size=64,
-        group_by_length=True, completion_only_head=True, compile_step="auto",
+        learning_rate=5e-5,
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        max_length=256,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=64,
+        group_by_length=True,
+        completion_only_head=True,
+        compile_step="auto",
     ),
-}  # fmt: skip
+}
 
 RECIPE_NAMES = tuple(RECIPES)
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from prefalign.config import Config
+from prefalign.config.schema import Config
+from prefalign.errors import PrefalignError
 
 
 class _Loader(yaml.SafeLoader):
@@ -38,9 +39,12 @@ class _Loader(yaml.SafeLoader):
                     continue
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        "while reading a mapping", node.start_mark,
+                        "while reading a mapping",
+                        node.start_mark,
                         f"found the key {key!r} a second time (first on line {seen[key] + 1}); "
-                        "give each key once (merge the two)", key_node.start_mark)  # fmt: skip
+                        "give each key once (merge the two)",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -63,8 +67,10 @@ def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(Exception):
-    """A config that cannot run. The CLI prints it and exits with code 2."""
+class ConfigError(PrefalignError):
+    """A config that cannot run (found before any work)."""
+
+    exit_code = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +86,7 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
     """Return the raw mapping and a default name for a path or a preset name."""
     path = Path(source)
     if path.is_file():
-        from prefalign.models.corpus import not_utf8
+        from prefalign.data.files import not_utf8
 
         problem = not_utf8(path)
         if problem:
@@ -132,7 +138,9 @@ def _format_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             parent = _model_at(loc_parts[:-1])
             hint = difflib.get_close_matches(str(loc_parts[-1]), list(parent.model_fields), n=1) if parent else []
-            msg = "unknown key" + (f" (did you mean `{'.'.join(map(str, loc_parts[:-1] + (hint[0],)))}`?)" if hint else "")
+            msg = "unknown key" + (
+                f" (did you mean `{'.'.join(map(str, loc_parts[:-1] + (hint[0],)))}`?)" if hint else ""
+            )
         else:
             msg = e["msg"].removeprefix("Value error, ")
         lines.setdefault(loc, []).append(msg)

@@ -69,6 +69,8 @@ def render(markdown_text: str, root: Path, config: dict, device: str, title: str
         "<h3>Resolved config</h3>"
         f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"
     )
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body>\n{body}\n{provenance}\n</body></html>\n")  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body>\n{body}\n{provenance}\n</body></html>\n"
+    )

@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from prefalign.distributed import Ranks
-from prefalign.store import atomic_path, scratch_beside, write_json
+from prefalign.pipeline.distributed import Ranks
+from prefalign.pipeline.store import atomic_path, scratch_beside, write_json
 
 
 def checkpoint_path(out_dir: Path) -> Path:

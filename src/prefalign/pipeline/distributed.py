@@ -27,11 +27,24 @@ from typing import Any
 
 import torch
 
+from prefalign.errors import PrefalignError
+
 # How long a process waits for the others at one meeting point before giving up.
 WAIT_TIMEOUT = timedelta(hours=24)
 # The environment variables a distributed launcher sets; a grid-mode training worker starts without them.
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                    "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+LAUNCH_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 LAUNCH_PREFIXES = ("TORCHELASTIC_", "ACCELERATE_USE_", "FSDP_", "ACCELERATE_DEEPSPEED")
 
 
@@ -89,7 +102,7 @@ def shard_seed(seed: int, index: int, count: int) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63 - 1)
 
 
-class PeerFailed(RuntimeError):
+class PeerFailed(PrefalignError, RuntimeError):
     """Another process of the run stopped (its own message says why); this one stops too."""
 
 
@@ -97,8 +110,10 @@ def _collective(call, *args, **kwargs) -> None:
     try:
         call(*args, **kwargs)
     except RuntimeError:  # torch's DistBackendError and gloo's errors: a peer's connection closed
-        raise PeerFailed(f"process {os.environ.get('RANK', '?')} of {launched_processes()} stops: another process of "
-                         "this run stopped first (its message says why)") from None
+        raise PeerFailed(
+            f"process {os.environ.get('RANK', '?')} of {launched_processes()} stops: another process of "
+            "this run stopped first (its message says why)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -195,17 +210,33 @@ def relaunch(prefalign_args: list[str], processes: int) -> int:
             if name.startswith("torch.distributed"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    args = launch_command_parser().parse_args([
-        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", "0", "-m", "prefalign", *prefalign_args,
-    ])  # fmt: skip
+    args = launch_command_parser().parse_args(
+        [
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+            "-m",
+            "prefalign",
+            *prefalign_args,
+        ]
+    )
     try:
         launch_command(args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode != 130:
-            print(f"prefalign: process {rank} of {processes} failed (exit code {failure.exitcode}); the run stopped",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"prefalign: process {rank} of {processes} failed (exit code {failure.exitcode}); the run stopped",
+                file=sys.stderr,
+            )
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as e:  # the launcher was stopped (it stops the processes): 128 + the signal's number
         return 130 if e.sigval == signal.SIGINT else 128 + int(e.sigval)

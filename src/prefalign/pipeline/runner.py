@@ -32,22 +32,34 @@ from pathlib import Path
 import torch
 import yaml
 
-from prefalign.config import Config
-from prefalign.distributed import Ranks, join
-from prefalign.items import TRAINED, DpoModel, Evaluation, Item, IterativeRound, Pairs, Report, RlooModel, Samples
-from prefalign.plan import STAGE_NAMES, PlanError, sources, stage_of
-from prefalign.plan import plan as make_plan
-from prefalign.recipes import RECIPES
-from prefalign.services import Services, log, model_info, quiet
-from prefalign.trackers import Tracking
+from prefalign.config.recipes import RECIPES
+from prefalign.config.schema import Config
+from prefalign.errors import PrefalignError
+from prefalign.pipeline.distributed import Ranks, join
+from prefalign.pipeline.items import (
+    TRAINED,
+    DpoModel,
+    Evaluation,
+    Item,
+    IterativeRound,
+    Pairs,
+    Report,
+    RlooModel,
+    Samples,
+)
+from prefalign.pipeline.logs import log, quiet
+from prefalign.pipeline.plan import STAGE_NAMES, PlanError, sources, stage_of
+from prefalign.pipeline.plan import plan as make_plan
+from prefalign.pipeline.services import Services, model_info
+from prefalign.pipeline.side_by_side import train_side_by_side
+from prefalign.pipeline.store import is_done, read_json, remove_stale, write_json, write_text
 from prefalign.stages.evaluate import evaluate
 from prefalign.stages.pairs import make_pairs
 from prefalign.stages.report import write_report
 from prefalign.stages.sample import sample
 from prefalign.stages.train_dpo import train_dpo
-from prefalign.side_by_side import train_side_by_side
 from prefalign.stages.train_rloo import train_rloo_model
-from prefalign.store import is_done, read_json, remove_stale, write_json, write_text
+from prefalign.training.trackers import Tracking
 
 # The whole dispatch: each kind of item and the function that makes it.
 STAGES = {
@@ -61,12 +73,14 @@ STAGES = {
 }
 
 
-class RunLocked(Exception):
+class RunLocked(PrefalignError):
     """Another prefalign process is working in the same run directory."""
 
 
-class RunDirError(Exception):
+class RunDirError(PrefalignError):
     """The run directory cannot be created (a file is in the way, no permission, ...)."""
+
+    exit_code = 2
 
 
 def is_current(item: Item) -> bool:
@@ -93,13 +107,18 @@ def provenance_is_current(cfg: Config) -> bool:
     """Whether config.yaml and models.json already say what `write_provenance(cfg)` would write."""
     root = cfg.run_path
     config_file = root / "config.yaml"
-    if not config_file.is_file() or config_file.read_bytes() != yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode():
+    if (
+        not config_file.is_file()
+        or config_file.read_bytes() != yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode()
+    ):
         return False
     return read_json(root / "models.json") == json.loads(json.dumps(model_info(cfg), default=str))
 
 
-class OtherConfigsOutputs(Exception):
+class OtherConfigsOutputs(PrefalignError):
     """The run directory holds outputs of another config that this run would replace."""
+
+    exit_code = 2
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -111,6 +130,7 @@ def _flat(tree, prefix: str = "") -> dict:
 def replaced_outputs(cfg: Config, items: list[Item]) -> list[Item]:
     """The items whose output is on disk with another key: what running them would overwrite
     (the report, a summary of whatever is there, is not counted)."""
+
     def replaces(item: Item) -> bool:
         return any((stored := read_json(meta)) is not None and stored.get("key") != key for meta, key in item.markers())
 
@@ -128,15 +148,27 @@ def check_replacements(cfg: Config, items: list[Item]) -> None:
         stored = yaml.safe_load((cfg.run_path / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         stored = None
-    ours, theirs = _flat(json.loads(json.dumps(cfg.model_dump(), default=str))), _flat(stored if isinstance(stored, dict) else {})
-    differ = [f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)" for k in sorted(set(ours) | set(theirs))
-              if ours.get(k) != theirs.get(k) and k != "run_dir"]  # fmt: skip
-    names = ", ".join(item.name for item in replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
+    ours, theirs = (
+        _flat(json.loads(json.dumps(cfg.model_dump(), default=str))),
+        _flat(stored if isinstance(stored, dict) else {}),
+    )
+    differ = [
+        f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)"
+        for k in sorted(set(ours) | set(theirs))
+        if ours.get(k) != theirs.get(k) and k != "run_dir"
+    ]
+    names = ", ".join(item.name for item in replaced[:5]) + (
+        f" and {len(replaced) - 5} more" if len(replaced) > 5 else ""
+    )
     raise OtherConfigsOutputs(
         f"run_dir {str(cfg.run_path)!r} holds outputs of another config that this run would replace ({names}); "
-        + ("its config.yaml is missing or unreadable, so which keys differ is not known. " if not isinstance(stored, dict) else
-           f"keys that differ: {'; '.join(differ[:8])}. " if differ else
-           "no config key differs, so a local model directory or prompt corpus it reads has changed since. ")
+        + (
+            "its config.yaml is missing or unreadable, so which keys differ is not known. "
+            if not isinstance(stored, dict)
+            else f"keys that differ: {'; '.join(differ[:8])}. "
+            if differ
+            else "no config key differs, so a local model directory or prompt corpus it reads has changed since. "
+        )
         + "Set run_dir to another directory to keep both, or rerun with --update to bring this directory to the new "
         "config (only the outputs that depend on the changed keys are redone; those listed are lost)"
     )
@@ -169,8 +201,15 @@ def run(cfg: Config, until: str = "report", update: bool = False) -> list[Item]:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", ranks.local_index)  # one GPU per process
     tracking = Tracking(tuple(cfg.train.report_to), root / "logs", cfg.name)
-    services = Services(device, reward, original, cfg.reward.batch_size, log=log if ranks.main else quiet, ranks=ranks,
-                        tracking=tracking)  # fmt: skip
+    services = Services(
+        device,
+        reward,
+        original,
+        cfg.reward.batch_size,
+        log=log if ranks.main else quiet,
+        ranks=ranks,
+        tracking=tracking,
+    )
     with run_directory(root, ranks):
         start = time.time()
         _walk(items, cfg, services)
@@ -190,8 +229,10 @@ def run_directory(root: Path, ranks: Ranks):
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(f"run_dir {str(root)!r} cannot be used as the run directory ({e.strerror}); set "
-                              "`run_dir` to a directory you can write, or remove what is in the way") from None
+            raise RunDirError(
+                f"run_dir {str(root)!r} cannot be used as the run directory ({e.strerror}); set "
+                "`run_dir` to a directory you can write, or remove what is in the way"
+            ) from None
         lock = open(root / ".lock", "a")  # "a": opening must not touch the file
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -269,20 +310,26 @@ def check_parallel(cfg: Config, items: list[Item], processes: int) -> None:
     """Refuse, before any work, what the processes cannot train: a `data`-mode batch that does not
     divide over them (data mode keeps the recipe's batch: each process takes batch / processes pairs
     per step), or LoRA with weights sharded by FSDP / DeepSpeed (the merged model cannot be written)."""
-    sharded = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED") if os.environ.get(v, "").lower() == "true"]
+    sharded = [
+        v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED") if os.environ.get(v, "").lower() == "true"
+    ]
     if cfg.train.lora and sharded:
-        raise PlanError(f"train.lora with {sharded[0].split('_')[-1]} from the accelerate config: the adapters cannot "
-                        "be merged into a model for evaluation there; train LoRA with a DDP config (multi_gpu.yaml)")  # fmt: skip
+        raise PlanError(
+            f"train.lora with {sharded[0].split('_')[-1]} from the accelerate config: the adapters cannot "
+            "be merged into a model for evaluation there; train LoRA with a DDP config (multi_gpu.yaml)"
+        )
     if cfg.train.parallel != "data":
         return
     for item in items:
         if isinstance(item, DpoModel):
             batch = per_device_batch(item.recipe, item.overrides)
             if batch % processes:
-                raise PlanError(f"train.parallel: data splits each batch of {batch} pairs over the {processes} "
-                                f"processes, which does not divide it; use a batch size "
-                                f"(train.dpo.per_device_train_batch_size) divisible by {processes}, another number of "
-                                "processes, or `train.parallel: grid`")  # fmt: skip
+                raise PlanError(
+                    f"train.parallel: data splits each batch of {batch} pairs over the {processes} "
+                    f"processes, which does not divide it; use a batch size "
+                    f"(train.dpo.per_device_train_batch_size) divisible by {processes}, another number of "
+                    "processes, or `train.parallel: grid`"
+                )
 
 
 def train_models(models: list[Item], cfg: Config, services: Services) -> None:
@@ -292,7 +339,7 @@ def train_models(models: list[Item], cfg: Config, services: Services) -> None:
     side_by_side = cfg.train.side_by_side
     if ranks.count == 1:
         if side_by_side > 1 and len(models) > 1:
-            train_side_by_side(models, services, side_by_side, spread=True)
+            train_side_by_side(models, STAGES, services, side_by_side, spread=True)
         else:
             for model in models:
                 STAGES[type(model)](model, services)
@@ -312,7 +359,7 @@ def train_models(models: list[Item], cfg: Config, services: Services) -> None:
         log(f"train {len(mine)} of {len(models)} models in this process (parallel: grid)")
         # In worker processes that see no launcher: the Trainer would otherwise join the others' group.
         launch = {"world_size": ranks.count, "parallel": "grid", "process": ranks.index}
-        train_side_by_side(mine, dataclasses.replace(services, launch=launch), side_by_side, spread=False)
+        train_side_by_side(mine, STAGES, dataclasses.replace(services, launch=launch), side_by_side, spread=False)
 
 
 def per_device_batch(recipe: str, overrides: dict) -> int:
@@ -342,13 +389,17 @@ def plan_table(cfg: Config) -> str:
     items = make_plan(cfg)
     root = cfg.run_path
     done = [is_current(item) for item in items]
-    lines = [f"plan of {cfg.name!r}: {len(items)} items, {sum(done)} up to date, run directory {root}", "",
-             f"{'stage':<9} {'state':<5} {'key':<16} {'item':<14} {'output (in the run directory)':<52} what"]  # fmt: skip
+    lines = [
+        f"plan of {cfg.name!r}: {len(items)} items, {sum(done)} up to date, run directory {root}",
+        "",
+        f"{'stage':<9} {'state':<5} {'key':<16} {'item':<14} {'output (in the run directory)':<52} what",
+    ]
     for item, current in zip(items, done):
         output = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
         state = "done" if current else "todo"
         if not current and isinstance(item, Evaluation):  # evaluations resume run by run: how many are done
             state = f"{sum(item.run_done(k) for k in range(item.runs))}/{item.runs}"
-        lines.append(f"{stage_of(item):<9} {state:<5} {item.key} {type(item).__name__:<14} "
-                     f"{str(output):<52} {describe(item)}")  # fmt: skip
+        lines.append(
+            f"{stage_of(item):<9} {state:<5} {item.key} {type(item).__name__:<14} {str(output):<52} {describe(item)}"
+        )
     return "\n".join(lines)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prefalign.errors import PrefalignError
+
 TEMPORARY_MARK = ".tmp-"  # every temporary name is `.<final name>.tmp-<pid>`
 
 
@@ -93,7 +95,7 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-class DamagedOutput(RuntimeError):
+class DamagedOutput(PrefalignError, RuntimeError):
     """An output of the run that is on disk (its metadata says so) but cannot be read: damaged, or
     removed by hand, since it was written."""
 
@@ -107,8 +109,10 @@ def read_parquet(path: Path, columns: list[str] | None = None):
         return pd.read_parquet(path, columns=columns)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError; a missing file an OSError
         reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise DamagedOutput(f"{path} cannot be read ({reason}); delete it and rerun the same command: prefalign "
-                            "makes it again (and whatever was made from it stays as it is)") from None  # fmt: skip
+        raise DamagedOutput(
+            f"{path} cannot be read ({reason}); delete it and rerun the same command: prefalign "
+            "makes it again (and whatever was made from it stays as it is)"
+        ) from None
 
 
 def write_parquet(df, path: Path) -> None:

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from prefalign.config.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
+from prefalign.config.section import Section
+from prefalign.config.trainer_fields import TRL_LOSSES, check_loss, dpo_fields
 from prefalign.engine.pair_rules import PAIR_RULES
-from prefalign.recipes import OWN_SETTINGS, PRECISIONS, RECIPE_NAMES
-from prefalign.section import Section
-from prefalign.trackers import TRACKER_NAMES, missing_trackers
-from prefalign.trainer_fields import TRL_LOSSES, check_loss, dpo_fields
+from prefalign.training.trackers import TRACKER_NAMES, missing_trackers
 
 
 class LossMix(Section):
@@ -97,7 +97,7 @@ class TrainConfig(Section):
         "TF32 matrix multiplies on CUDA GPUs that have them, Ampere and later; fp32 elsewhere); `auto` (bf16 on "
         "CUDA GPUs that support it, fp32 elsewhere). Empty: the recipe's (`seed`: tf32; the original ran in fp32, "
         "which `fp32` restores; `default`: auto). Lower precision stayed within fp32's seed-to-seed differences in reward, "
-        "diversity and KL (benchmarks/RESULTS.md, \"Training precision\"); on an H100 a `seed` step took 17.7-19.1 ms "
+        'diversity and KL (benchmarks/RESULTS.md, "Training precision"); on an H100 a `seed` step took 17.7-19.1 ms '
         "in TF32, 28-31 ms in fp32. `train.dpo.bf16` / `tf32` override it.",
     )
     slic_sft_weight: float = Field(
@@ -174,8 +174,10 @@ class TrainConfig(Section):
     def _trackers_installed(cls, v: list[str]) -> list[str]:
         missing = missing_trackers(v)
         if missing:
-            raise ValueError(f"{' and '.join(missing)} not installed here: `pip install {' '.join(missing)}`, "
-                             "or remove it from report_to")  # fmt: skip
+            raise ValueError(
+                f"{' and '.join(missing)} not installed here: `pip install {' '.join(missing)}`, "
+                "or remove it from report_to"
+            )
         return list(dict.fromkeys(v))
 
     @field_validator("losses")

@@ -1,0 +1,63 @@
+"""Labelled corpora from the Hugging Face hub (`datasets.load_dataset`), offline from the local
+`datasets` cache; `ClassLabel` ids are read by their names, so label order never matters."""
+
+from __future__ import annotations
+
+from prefalign.data.labels import finish, label_mapper, pick_columns
+from prefalign.errors import CorpusError
+from prefalign.models.hub import hub_reachable, offline_requested
+
+
+def load_hub_corpus(
+    name: str, split: str | None, text_column: str, label_column: str, positive, subset: str | None = None
+) -> tuple[list[str], list[int]]:
+    """A hub dataset as corpus.load_labelled_texts returns it; offline (asked for, or the hub
+    unreachable) only from the local `datasets` cache, failing at once with a CorpusError."""
+    offline = offline_requested() or not hub_reachable()
+    reason = "HF_HUB_OFFLINE is set" if offline_requested() else "the Hugging Face hub is unreachable"
+    try:
+        import datasets
+        import huggingface_hub.constants as hub_constants
+    except ImportError:
+        raise CorpusError(
+            f"corpus {name!r} looks like a hub dataset id, but the `datasets` package is not installed"
+        ) from None
+
+    saved = hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    if offline:
+        # Offline mode: the dataset can still come from the local `datasets` cache, and a miss fails
+        # at once instead of retrying the network for ~25 s.
+        hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        ds = datasets.load_dataset(name, subset or None, split=split or "train")
+    except Exception as e:
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if offline:
+            msg = (
+                f"corpus {name!r} is not a local file or folder, so it was read as a Hugging Face hub dataset id, "
+                f"but {reason} and the dataset is not in the local datasets cache. Use a local file instead "
+                "(.csv/.jsonl/.parquet with text and label columns, or an aclImdb folder) or the offline "
+                "'rotten_tomatoes' corpus"
+            )
+        else:
+            msg = f"corpus {name!r}: could not load hub dataset (split {split or 'train'!r}" + (
+                f", subset {subset!r})" if subset else ")"
+            )
+            if not subset and "config" in str(e).lower():  # datasets: "Config name is missing ..."
+                msg += "; a dataset with several subsets needs one named: `sampling.prompts.subset` or `--subset`"
+        raise CorpusError(f"{msg}.\n  Cause: {cause}") from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+    if not isinstance(ds, datasets.Dataset):
+        raise CorpusError(
+            f"corpus {name!r}: split {split!r} did not give one dataset ({type(ds).__name__}); name one split"
+        )
+    text_column, label_column = pick_columns(list(ds.column_names), text_column, label_column, f"corpus {name!r}")
+    if label_column is None:
+        return finish(((text, None) for text in ds[text_column]), lambda value: -1)
+    labels = ds[label_column]
+    feature = ds.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        # Class ids -> names, so label order never matters ("neg"/"pos" or "positive"/"negative").
+        labels = [feature.int2str(v) if v is not None and v >= 0 else -1 for v in labels]
+    return finish(zip(ds[text_column], labels), label_mapper(positive, f"corpus {name!r} column {label_column!r}"))

