@@ -4,7 +4,7 @@ The baseline is a faithful re-implementation of the original's evaluation loop: 
 single BOS tensor with `num_return_sequences=100`, `max_length=64`, `top_k=50`, `top_p=0.85`,
 decode, and score each batch of 100 with the classifier called *without* `no_grad` /
 `inference_mode`, tokenized with `padding=True`; repeat until N. The engine is
-`prefalign.engine.decoding.sample_and_score` with the settings a config would use. Both run in the same
+`prefalign.engine.sample_file.sample_and_score` with the settings a config would use. Both run in the same
 process, alternating, `--reps` times; the median wall time of each is reported with the ratio.
 
     python benchmarks/bench_engine.py sample --models demo --n 2000 --reps 3
@@ -115,7 +115,7 @@ def engine(
     policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index: int, n: int, compile_step: str = "auto"
 ) -> None:
     from prefalign.config.schema import SamplingConfig
-    from prefalign.engine.decoding import sample_and_score
+    from prefalign.engine.sample_file import sample_and_score
 
     with tempfile.TemporaryDirectory() as d:
         sample_and_score(

@@ -110,7 +110,7 @@ def profile_sampling(policy_dir: str, reward_dir: str, n: int, device: torch.dev
     evaluation run does (with the KL's reference model, then the run's metrics; each phase timed):
     its seconds after a warm-up on the same shapes, and its profiler table."""
     from prefalign.config.schema import SamplingConfig
-    from prefalign.engine.decoding import sample_and_score
+    from prefalign.engine.sample_file import sample_and_score
     from prefalign.models.loading import inference_dtype, load_classifier, load_policy
     from prefalign.stages.evaluate import run_metrics
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from prefalign.config.schema import SamplingConfig
-from prefalign.engine.decoding import generate, sample_and_score
+from prefalign.engine.decoding import generate
+from prefalign.engine.sample_file import sample_and_score
 from prefalign.engine.scoring import score_texts
 
 SAMPLING = SamplingConfig(max_length=24, batch_size=16)

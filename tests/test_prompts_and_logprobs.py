@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from prefalign.config.schema import PromptConfig, SamplingConfig
-from prefalign.engine.decoding import completion_logprobs, generate, sample_and_score
+from prefalign.engine.decoding import completion_logprobs, generate
 from prefalign.engine.prompts import corpus_prompts, cut_prompts
+from prefalign.engine.sample_file import sample_and_score
 
 SAMPLING = SamplingConfig(max_length=20, batch_size=32)
 

@@ -1,4 +1,4 @@
-"""Sample texts from the policy and score them: the `sample` stage, and the engine `evaluate` reuses.
+"""Sample texts from the policy: the decoding behind the `sample` stage and every evaluation run.
 
 Every text is generated from the policy's BOS token, or from BOS + a corpus prompt (prompts.py),
 with top-k / top-p sampling and the KV cache on, at most `max_length` tokens in all (BOS and
@@ -11,7 +11,7 @@ softmax (temperature 1, no top-k / top-p): the policy's from the decode steps' o
 `fast` engine) or a forward pass (`hf`), the reference's from a forward pass; metrics.kl_estimate
 turns them into a KL estimate. The `fast` engine's decode step runs eagerly or compiled
 (`sampling.compile_step`, decode_step.py). Results are streamed to Parquet in chunks (flat memory
-in N), into a temporary file that is renamed when complete. Run alone with:
+in N) by sample_file.py, into a temporary file that is renamed when complete. Run alone with:
 
     prefalign sample CONFIG
 """
@@ -21,12 +21,8 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -39,8 +35,7 @@ from prefalign.engine.decode_step import (
     static_cache,
     token_logp,
 )
-from prefalign.engine.scoring import score_texts, tokenizer_threads
-from prefalign.pipeline.store import atomic_path
+from prefalign.engine.scoring import tokenizer_threads
 
 # On a GPU, finished rows leave the decode batch every this many steps (one host sync each time).
 _DROP_EVERY = 8
@@ -274,131 +269,83 @@ def generate(
     """
     device = next(model.parameters()).device
     batch_size = batch_size or sampling.batch_size or auto_batch_size(model, sampling.max_length, device)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id
     lengths = np.array([len(p) for p in prompts]) if prompts is not None else np.zeros(n, dtype=np.int64)
     if len(lengths) != n:
         raise ValueError(f"{len(lengths)} prompts for {n} samples")
     if n and lengths.max() + 1 >= sampling.max_length:
         raise ValueError(f"a prompt of {lengths.max()} tokens leaves no room under max_length={sampling.max_length}")
-    mode = decode_step_mode(sampling, model) if sampling.engine == "fast" else "eager"
+    decoder = _BatchDecoder(model, tokenizer, sampling, batch_size, with_logp=reference is not None)
     with tqdm(total=n, desc=desc, unit="text", leave=False, disable=None) as bar:
         for b, rows in enumerate(_batches(lengths, batch_size)):
             started = time.perf_counter()
-            torch.manual_seed(_batch_seed(seed, b))
             # Rows of a batch share the prompt length: no padding, no attention mask needed.
             body = [prompts[i] for i in rows] if prompts is not None else [[] for _ in rows]
             prompt = torch.tensor([[bos, *p] for p in body], dtype=torch.long, device=device)
-            logp = None
-            if mode != "eager":
-                try:
-                    size = _compiled_rows(len(rows), batch_size)
-                    padded = torch.cat([prompt, prompt[:1].expand(size - len(rows), -1)])  # extra rows: dropped
-                    cache = static_cache(model, size, sampling.max_length)
-                    gen, logp = _static_batch(
-                        model, padded, eos, sampling, compiled_step(mode), cache, with_logp=reference is not None
-                    )
-                    gen, logp = gen[: len(rows)], logp[: len(rows)] if logp is not None else None
-                except Exception as error:  # any compiler failure: this batch and every later one decode eagerly
-                    first_line = (str(error).splitlines() or [""])[0][:300]
-                    warnings.warn(
-                        f"compiling the decode step failed ({type(error).__name__}: {first_line}); sampling "
-                        "goes on without compilation, as with sampling.compile_step: eager",
-                        stacklevel=2,
-                    )
-                    compile_failed(mode)
-                    mode = "eager"
-                    torch.manual_seed(_batch_seed(seed, b))
-            if mode == "eager" and sampling.engine == "fast":
-                gen, logp = _fast_batch(model, prompt, eos, sampling, with_logp=reference is not None)
-            elif mode == "eager":
-                gen = _hf_batch(model, prompt, eos, tokenizer.pad_token_id, sampling)
-            # Length = tokens before the first EOS (sequences that never stop count every token).
-            is_eos = gen == eos
-            stopped = is_eos.any(1)
-            n_tokens = torch.where(stopped, is_eos.int().argmax(1), gen.shape[1])
-            gen_cpu = gen.cpu()  # waits for the decoding: the phases' seconds below are the host's wall clock
-            decoded = time.perf_counter()
-            with tokenizer_threads():
-                texts = tokenizer.batch_decode(gen_cpu, skip_special_tokens=True)
-            chunk = {"index": rows, "text": texts, "n_tokens": n_tokens.cpu().numpy()}
-            seconds = {"decode": decoded - started, "texts": time.perf_counter() - decoded}
-            if reference is not None:
-                kl_start = time.perf_counter()
-                # The policy's log-probs come from decoding itself (the fast engine) or a forward pass (hf).
-                logp = logp if logp is not None else completion_logprobs(model, prompt, gen, eos)[0]
-                chunk["logp"], chunk["n_scored"] = logp.cpu().numpy(), (n_tokens + stopped.long()).cpu().numpy()
-                chunk["logp_ref"] = completion_logprobs(reference, prompt, gen, eos)[0].cpu().numpy()
-                seconds["kl"] = time.perf_counter() - kl_start
-            chunk["seconds"] = seconds
+            gen, logp = decoder.decode(prompt, _batch_seed(seed, b))
+            chunk = _chunk(model, tokenizer, rows, prompt, gen, logp, reference, started)
             bar.update(len(rows))
             yield chunk
 
 
-# The phases of sample_and_score's wall time: decoding (until the tokens reach the host), ids to
-# text, the KL's log-probs (with a reference), the classifier (tokenization and forward), writing.
-PHASES = ("decode", "texts", "kl", "score", "write")
+class _BatchDecoder:
+    """Decodes one batch of prompts with the configured engine: the fast loop, eager or compiled
+    (a compiler failure turns this batch and every later one eager), or transformers' `generate`."""
 
+    def __init__(self, model, tokenizer, sampling, batch_size: int, with_logp: bool):
+        self.model, self.sampling, self.batch_size, self.with_logp = model, sampling, batch_size, with_logp
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.mode = decode_step_mode(sampling, model) if sampling.engine == "fast" else "eager"
 
-def sample_and_score(
-    policy,
-    policy_tokenizer,
-    classifier,
-    classifier_tokenizer,
-    positive_index: int,
-    n: int,
-    sampling,
-    seed: int,
-    reward_batch: int | None,
-    out_path: Path,
-    desc: str = "sample",
-    prompts: list[tuple[list[int], str]] | None = None,
-    reference=None,
-) -> pd.DataFrame:
-    """Generate and score n texts, streaming them to `out_path` (Parquet) atomically.
-
-    `prompts`: one (token ids, text) per row, or None for BOS alone; the classifier then scores
-    prompt text + completion. Columns: `text` (the completion), `reward`, `positive_prob`,
-    `is_positive`, `n_tokens` (generated tokens before EOS), `prompt` (with prompts), `logp`,
-    `logp_ref` and `n_scored` (tokens in those sums: n_tokens plus the EOS when there is one), with
-    a reference model. `attrs`: `seconds` (the wall time) and `phase_seconds` (the host's wall time
-    by phase, PHASES; `kl` only with a reference; the rest is the Parquet file's closing and reading).
-    """
-    fields = [
-        ("text", pa.string()),
-        ("reward", pa.float32()),
-        ("positive_prob", pa.float32()),
-        ("is_positive", pa.bool_()),
-        ("n_tokens", pa.int32()),
-    ]
-    fields += [("prompt", pa.string())] if prompts is not None else []
-    fields += (
-        [("logp", pa.float32()), ("logp_ref", pa.float32()), ("n_scored", pa.int32())] if reference is not None else []
-    )
-    schema = pa.schema(fields)
-    start = time.time()
-    prompt_ids = [ids for ids, _ in prompts] if prompts is not None else None
-    chunks = generate(policy, policy_tokenizer, n, sampling, seed, desc=desc, prompts=prompt_ids, reference=reference)
-    phases = dict.fromkeys((phase for phase in PHASES if phase != "kl" or reference is not None), 0.0)
-    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for chunk in chunks:
-            for phase, seconds in chunk["seconds"].items():
-                phases[phase] += seconds
-            scoring = time.perf_counter()
-            heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
-            full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
-            scores = score_texts(full, classifier, classifier_tokenizer, positive_index, reward_batch)
-            writing = time.perf_counter()
-            phases["score"] += writing - scoring
-            columns = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
-            if heads is not None:
-                columns["prompt"] = heads
-            if reference is not None:
-                columns.update(
-                    logp=chunk["logp"], logp_ref=chunk["logp_ref"], n_scored=chunk["n_scored"].astype(np.int32)
+    def decode(self, prompt: torch.Tensor, batch_seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(generated ids [rows, new tokens], their log-probs [rows] or None) under `batch_seed`."""
+        torch.manual_seed(batch_seed)
+        if self.mode != "eager":
+            try:
+                return self._compiled(prompt)
+            except Exception as error:  # any compiler failure: this batch and every later one decode eagerly
+                first_line = (str(error).splitlines() or [""])[0][:300]
+                warnings.warn(
+                    f"compiling the decode step failed ({type(error).__name__}: {first_line}); sampling "
+                    "goes on without compilation, as with sampling.compile_step: eager",
+                    stacklevel=3,
                 )
-            writer.write_table(pa.table(columns, schema=schema))
-            phases["write"] += time.perf_counter() - writing
-    df = pd.read_parquet(out_path)
-    df.attrs["seconds"] = time.time() - start
-    df.attrs["phase_seconds"] = {phase: round(seconds, 3) for phase, seconds in phases.items()}
-    return df
+                compile_failed(self.mode)
+                self.mode = "eager"
+                torch.manual_seed(batch_seed)
+        if self.sampling.engine == "fast":
+            return _fast_batch(self.model, prompt, self.eos, self.sampling, with_logp=self.with_logp)
+        return _hf_batch(self.model, prompt, self.eos, self.pad, self.sampling), None
+
+    def _compiled(self, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = len(prompt)
+        size = _compiled_rows(rows, self.batch_size)
+        padded = torch.cat([prompt, prompt[:1].expand(size - rows, -1)])  # extra rows: dropped
+        cache = static_cache(self.model, size, self.sampling.max_length)
+        step = compiled_step(self.mode)
+        gen, logp = _static_batch(self.model, padded, self.eos, self.sampling, step, cache, with_logp=self.with_logp)
+        return gen[:rows], logp[:rows] if logp is not None else None
+
+
+def _chunk(model, tokenizer, rows, prompt, gen, logp, reference, started: float) -> dict:
+    """One batch's output rows (see generate), with the host's wall time of each phase."""
+    eos = tokenizer.eos_token_id
+    # Length = tokens before the first EOS (sequences that never stop count every token).
+    is_eos = gen == eos
+    stopped = is_eos.any(1)
+    n_tokens = torch.where(stopped, is_eos.int().argmax(1), gen.shape[1])
+    gen_cpu = gen.cpu()  # waits for the decoding: the phases' seconds below are the host's wall clock
+    decoded = time.perf_counter()
+    with tokenizer_threads():
+        texts = tokenizer.batch_decode(gen_cpu, skip_special_tokens=True)
+    chunk = {"index": rows, "text": texts, "n_tokens": n_tokens.cpu().numpy()}
+    seconds = {"decode": decoded - started, "texts": time.perf_counter() - decoded}
+    if reference is not None:
+        kl_start = time.perf_counter()
+        # The policy's log-probs come from decoding itself (the fast engine) or a forward pass (hf).
+        logp = logp if logp is not None else completion_logprobs(model, prompt, gen, eos)[0]
+        chunk["logp"], chunk["n_scored"] = logp.cpu().numpy(), (n_tokens + stopped.long()).cpu().numpy()
+        chunk["logp_ref"] = completion_logprobs(reference, prompt, gen, eos)[0].cpu().numpy()
+        seconds["kl"] = time.perf_counter() - kl_start
+    chunk["seconds"] = seconds
+    return chunk

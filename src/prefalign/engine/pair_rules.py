@@ -100,49 +100,10 @@ def build_pairs(
     sizes = np.bincount(group_of)
     scope = f"; pairs stay within a group: {len(sizes)} groups of {sizes.min()}..{sizes.max()} samples"
     scope = scope if groups is not None else ""
-    positions = np.arange(n)
-    may_reject = np.ones(n, bool)  # may_reject[p]: the sample at sorted position p may be rejected
-    advice = "lower pairs.count or sample more"
-    # first_partner[p]: first sorted position (in p's group) whose sample may be chosen over p; end[p] closes the group.
-    if strategy in ("random", "bradley_terry"):
-        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
-        why = "all samples have the same reward" if groups is None else "no group holds two different rewards"
-        short = "ties excluded"
-    elif strategy == "margin":
-        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards + margin, "right")
-        why = (
-            f"no two samples differ in reward by more than margin={margin} "
-            f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f})"
-        )
-        short = why
-    elif strategy == "threshold":
-        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, np.full(n, float(threshold)), "left")
-        may_reject = positions < first_partner
-        n_below = int(may_reject.sum())
-        why = (
-            f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
-            f"(rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f}); "
-            "both sides need samples"
-        )
-        short = why
-    else:  # quantile, taken within each group
-        if not 0 < q <= 0.5:
-            raise PairError(f"quantile: q must be in (0, 0.5], got {q}")
-        # The epsilon keeps floor(0.29 * 100) at 29 despite 0.29 * 100 == 28.999999999999996.
-        k = np.floor(q * (end - start) + 1e-9).astype(np.int64)
-        if k.max() == 0:
-            raise PairError(
-                f"quantile: floor(q * {sizes.max()} samples) = 0 at q={q}: no sample on either side"
-                f"{scope}; raise q (at most 0.5) or sample more"
-            )
-        above_ties = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
-        first_partner = np.maximum(end - k, above_ties)
-        may_reject = positions < start + k
-        side = f"{k.max()} samples a side" if groups is None else "sides taken per group"
-        why = f"the top and bottom q={q} ({side}) all share one reward"
-        short = f"top x bottom q={q}, {side}, ties excluded"
-        advice = "lower pairs.count, raise q or sample more"
-
+    layout = (sorted_rewards, sorted_groups, start, end)
+    first_partner, may_reject, why, short, advice = _partners(
+        strategy, layout, groups is not None, margin, threshold, q, scope
+    )
     # weight[p] = number of partners the sample at sorted position p can be rejected against.
     weight = np.where(may_reject, end - first_partner, 0).astype(np.int64)
     available = int(weight.sum())
@@ -153,14 +114,7 @@ def build_pairs(
             f"{strategy}: asked for {count} distinct pairs but the {n} samples allow only {available} "
             f"({short}{scope}); {advice}"
         )
-    if count * 4 >= available:
-        # Dense request: enumerate every allowed pair and pick without replacement.
-        low_all = np.repeat(np.arange(n), weight)
-        offsets = np.arange(available) - np.repeat(np.cumsum(weight) - weight, weight)
-        pick = rng.choice(available, size=count, replace=False)
-        low, high = low_all[pick], first_partner[low_all[pick]] + offsets[pick]
-    else:
-        low, high = _sparse_draw(rng, weight / weight.sum(), first_partner, end, count)
+    low, high = _draw(rng, weight, first_partner, end, count)
     chosen, rejected = order[high], order[low]
     if strategy == "bradley_terry":
         # The rater keeps the higher reward with probability sigmoid(gap): flipped with sigmoid(-gap).
@@ -168,6 +122,68 @@ def build_pairs(
         flip = rng.random(count) < 1 / (1 + np.exp(gap))
         chosen, rejected = np.where(flip, rejected, chosen), np.where(flip, chosen, rejected)
     return _frame(sample_rewards, chosen, rejected)
+
+
+def _partners(strategy: str, layout, grouped: bool, margin: float, threshold: float, q: float, scope: str):
+    """For every sorted position p: the first position (in p's group) whose sample may be chosen over
+    p, and whether p may be rejected at all; with the words that explain a shortfall
+    (why, short, advice)."""
+    sorted_rewards, sorted_groups, start, end = layout
+    n = len(sorted_rewards)
+    positions = np.arange(n)
+    may_reject = np.ones(n, bool)
+    advice = "lower pairs.count or sample more"
+    span = f"rewards span {sorted_rewards[0]:.3f}..{sorted_rewards[-1]:.3f}"
+    if strategy in ("random", "bradley_terry"):
+        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
+        why = "no group holds two different rewards" if grouped else "all samples have the same reward"
+        return first_partner, may_reject, why, "ties excluded", advice
+    if strategy == "margin":
+        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards + margin, "right")
+        why = f"no two samples differ in reward by more than margin={margin} ({span})"
+        return first_partner, may_reject, why, why, advice
+    if strategy == "threshold":
+        first_partner = _search(sorted_groups, sorted_rewards, sorted_groups, np.full(n, float(threshold)), "left")
+        may_reject = positions < first_partner
+        n_below = int(may_reject.sum())
+        why = (
+            f"{n_below} samples have reward < threshold={threshold} and {n - n_below} have reward >= it "
+            f"({span}); both sides need samples"
+        )
+        return first_partner, may_reject, why, why, advice
+    # quantile, taken within each group
+    if not 0 < q <= 0.5:
+        raise PairError(f"quantile: q must be in (0, 0.5], got {q}")
+    # The epsilon keeps floor(0.29 * 100) at 29 despite 0.29 * 100 == 28.999999999999996.
+    k = np.floor(q * (end - start) + 1e-9).astype(np.int64)
+    if k.max() == 0:
+        raise PairError(
+            f"quantile: floor(q * {(end - start).max()} samples) = 0 at q={q}: no sample on either side"
+            f"{scope}; raise q (at most 0.5) or sample more"
+        )
+    above_ties = _search(sorted_groups, sorted_rewards, sorted_groups, sorted_rewards, "right")
+    side = "sides taken per group" if grouped else f"{k.max()} samples a side"
+    why = f"the top and bottom q={q} ({side}) all share one reward"
+    short = f"top x bottom q={q}, {side}, ties excluded"
+    return (
+        np.maximum(end - k, above_ties),
+        positions < start + k,
+        why,
+        short,
+        "lower pairs.count, raise q or sample more",
+    )
+
+
+def _draw(rng, weight, first_partner, end, count: int):
+    """`count` distinct (low, high) sorted positions, each allowed pair equally likely."""
+    available = int(weight.sum())
+    if count * 4 >= available:
+        # Dense request: enumerate every allowed pair and pick without replacement.
+        low_all = np.repeat(np.arange(len(weight)), weight)
+        offsets = np.arange(available) - np.repeat(np.cumsum(weight) - weight, weight)
+        pick = rng.choice(available, size=count, replace=False)
+        return low_all[pick], first_partner[low_all[pick]] + offsets[pick]
+    return _sparse_draw(rng, weight / weight.sum(), first_partner, end, count)
 
 
 def _frame(sample_rewards, chosen, rejected) -> pd.DataFrame:

@@ -82,16 +82,41 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     (by default `sources(cfg)`)."""
     if original is None or reward is None:
         original, reward = sources(cfg)
-    root, t, s = cfg.run_path, cfg.train, cfg.sampling
-    items: dict[str, Item] = {}  # by key: an item asked for twice (e.g. by train.extra) is planned once
+    planner = _Planner(cfg, original, reward)
+    # Repeats of one model sit next to each other (in results, tables and the training order).
+    trained = planner.grid_models()
+    chains = planner.iterative_chains()
+    trained += [model for chain in chains for model in chain]  # round 1 is often a grid model: kept once
+    trained += planner.rloo_models()
+    evaluations = planner.evaluations([original, *{m.key: m for m in trained}.values()])
+    planner.add(Report(tuple(evaluations), tuple(chains), cfg, cfg.run_path / "report.md"))
+    items = list(planner.items.values())
+    check_items(items, planner.main)
+    # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort
+    # keeps every item after its inputs, since an item's stage is never earlier than theirs.
+    return sorted(items, key=lambda item: STAGE_NAMES.index(stage_of(item)))
 
-    def add(item):
-        return items.setdefault(item.key, item)
 
-    def pairs_of(samples: Samples, strategy: str, seed: int, path: Path) -> Pairs:
-        return add(Pairs(samples, strategy, cfg.pairs.rule(strategy), cfg.pairs.count, seed, path))
+class _Planner:
+    """Builds one config's items, each once: an item asked for twice (e.g. by train.extra, or a
+    grid model that is also round 1 of a chain) is planned once, by key."""
+
+    def __init__(self, cfg: Config, original: Original, reward: RewardModel):
+        self.cfg, self.original, self.reward = cfg, original, reward
+        self.root, self.train, self.sampling = cfg.run_path, cfg.train, cfg.sampling
+        self.items: dict[str, Item] = {}
+        s = self.sampling
+        self.main = self.add(Samples(original, reward, s, s.num_samples, s.seed, self.root / "samples.parquet"))
+
+    def add(self, item):
+        return self.items.setdefault(item.key, item)
+
+    def pairs_of(self, samples: Samples, strategy: str, seed: int, path: Path) -> Pairs:
+        pairs = self.cfg.pairs
+        return self.add(Pairs(samples, strategy, pairs.rule(strategy), pairs.count, seed, path))
 
     def dpo(
+        self,
         pairs: Pairs,
         start: Policy,
         loss,
@@ -99,133 +124,145 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
         recipe: str,
         path: Path,
         repeat: int,
+        overrides: dict,
         cls=DpoModel,
-        overrides=t.dpo,
         **chain,
-    ):
-        return add(
-            cls(
-                pairs,
-                start,
-                original,
-                loss,
-                beta,
-                recipe,
-                overrides,
-                t.seed + repeat,
-                t.slic_sft_weight,
-                t.precision,
-                path,
-                checkpoint_steps=t.checkpoint_steps,
-                lora=t.lora.model_dump() if t.lora else None,
-                repeat=repeat,
-                **chain,
-            )
+    ) -> DpoModel:
+        t = self.train
+        lora = t.lora.model_dump() if t.lora else None
+        model = cls(
+            pairs,
+            start,
+            self.original,
+            loss,
+            beta,
+            recipe,
+            overrides,
+            t.seed + repeat,
+            t.slic_sft_weight,
+            t.precision,
+            path,
+            checkpoint_steps=t.checkpoint_steps,
+            lora=lora,
+            repeat=repeat,
+            **chain,
         )
+        return self.add(model)
 
-    def grid_model(strategy: str, loss, beta: float, recipe: str, repeat: int, overrides=t.dpo) -> DpoModel:
-        pairs = pairs_of(main, strategy, cfg.pairs.seed, root / "pairs" / f"{strategy}.parquet")
-        name = dpo_name(strategy, loss, beta, recipe) + seed_suffix(t.seed + repeat, repeat)
-        return dpo(pairs, original, loss, beta, recipe, root / "models" / name, repeat, overrides=overrides)
+    def grid_model(self, strategy: str, loss, beta: float, recipe: str, repeat: int, overrides: dict) -> DpoModel:
+        pairs = self.pairs_of(self.main, strategy, self.cfg.pairs.seed, self.root / "pairs" / f"{strategy}.parquet")
+        name = dpo_name(strategy, loss, beta, recipe) + seed_suffix(self.train.seed + repeat, repeat)
+        return self.dpo(pairs, self.original, loss, beta, recipe, self.root / "models" / name, repeat, overrides)
 
-    main = add(Samples(original, reward, s, s.num_samples, s.seed, root / "samples.parquet"))
-    points = [
-        (strategy, loss, beta, t.recipe) for strategy in cfg.pairs.strategies for loss in t.losses for beta in t.betas
-    ]
-    points += [(x.strategy, x.loss, x.beta, x.recipe or t.recipe) for x in t.extra]
-    # Repeats of one model sit next to each other (in results, tables and the training order).
-    trained = [grid_model(*point, repeat) for point in points for repeat in range(t.repeats)]
+    def grid_models(self) -> list[DpoModel]:
+        """pairs.strategies x train.losses x train.betas, then train.extra, each train.repeats times."""
+        t, strategies = self.train, self.cfg.pairs.strategies
+        points = [(strategy, loss, beta, t.recipe) for strategy in strategies for loss in t.losses for beta in t.betas]
+        points += [(x.strategy, x.loss, x.beta, x.recipe or t.recipe) for x in t.extra]
+        return [self.grid_model(*point, repeat, t.dpo) for point in points for repeat in range(t.repeats)]
 
-    it = cfg.iterative
-    chains = []
-    for loss in it.losses if it.rounds else []:
-        for beta in it.betas:
-            recipe, overrides = it.recipe or t.recipe, {**t.dpo, **it.dpo}
-            name = (
-                "iter-"
-                + dpo_name(it.strategy, loss, beta, recipe)
-                + (f"-growth{it.beta_growth:g}" if it.beta_growth != 1 else "")
+    def iterative_chains(self) -> list[tuple[DpoModel, ...]]:
+        """One chain per iterative loss x beta x repeat: its grid model (round 1), then rounds 2..R."""
+        it, t = self.cfg.iterative, self.train
+        if not it.rounds:
+            return []
+        recipe, overrides = it.recipe or t.recipe, {**t.dpo, **it.dpo}
+        growth = f"-growth{it.beta_growth:g}" if it.beta_growth != 1 else ""
+        chains = []
+        for loss in it.losses:
+            for beta in it.betas:
+                name = "iter-" + dpo_name(it.strategy, loss, beta, recipe) + growth
+                for repeat in range(t.repeats):
+                    first = self.grid_model(it.strategy, loss, beta, recipe, repeat, overrides)
+                    chains.append(self.chain(first, name, loss, beta, recipe, repeat, overrides))
+        return chains
+
+    def chain(
+        self, first: DpoModel, name: str, loss, beta: float, recipe: str, repeat: int, overrides: dict
+    ) -> tuple[DpoModel, ...]:
+        """Round r samples from round r-1's model, pairs those samples and trains from its weights."""
+        it, s = self.cfg.iterative, self.sampling
+        suffix = seed_suffix(self.train.seed + repeat, repeat)
+        chain = [first]
+        for r in range(2, it.rounds + 1):
+            parent, folder = chain[-1], self.root / "iterative" / (name + suffix) / f"round-{r}"
+            count = it.samples or s.num_samples
+            samples = self.add(Samples(parent, self.reward, s, count, s.seed + r, folder / "samples.parquet"))
+            # Every round draws its own pairs: the pair seed moves with the round.
+            pairs = self.pairs_of(samples, it.strategy, self.cfg.pairs.seed + r - 1, folder / "pairs.parquet")
+            model_dir = self.root / "models" / f"{name}-r{r}{suffix}"
+            round_beta = round(beta * it.beta_growth ** (r - 1), 6)  # 6 digits: 0.1 x 1.5^2 is 0.225
+            chain.append(
+                self.dpo(
+                    pairs,
+                    parent,
+                    loss,
+                    round_beta,
+                    recipe,
+                    model_dir,
+                    repeat,
+                    overrides,
+                    IterativeRound,
+                    chain=name,
+                    round=r,
+                )
             )
-            for repeat in range(t.repeats):
-                suffix = seed_suffix(t.seed + repeat, repeat)
-                chain = [grid_model(it.strategy, loss, beta, recipe, repeat, overrides)]
-                for r in range(2, it.rounds + 1):
-                    parent, folder = chain[-1], root / "iterative" / (name + suffix) / f"round-{r}"
-                    samples = add(
-                        Samples(parent, reward, s, it.samples or s.num_samples, s.seed + r, folder / "samples.parquet")
-                    )
-                    # Every round draws its own pairs: the pair seed moves with the round.
-                    pairs = pairs_of(samples, it.strategy, cfg.pairs.seed + r - 1, folder / "pairs.parquet")
-                    model_dir = root / "models" / f"{name}-r{r}{suffix}"
-                    round_beta = round(beta * it.beta_growth ** (r - 1), 6)  # 6 digits: 0.1 x 1.5^2 is 0.225
-                    chain.append(
-                        dpo(
-                            pairs,
-                            parent,
-                            loss,
-                            round_beta,
-                            recipe,
-                            model_dir,
-                            repeat,
-                            IterativeRound,
-                            overrides,
-                            chain=name,
-                            round=r,
-                        )
-                    )
-                chains.append(tuple(chain))
-                trained += chain
-    trained += [
-        add(
-            RlooModel(
-                original,
-                reward,
-                c,
-                cfg.online.steps,
-                cfg.online.rloo,
-                s,
-                t.seed + repeat,
-                root / "models" / (f"rloo-kl{c:g}" + seed_suffix(t.seed + repeat, repeat)),
-                repeat,
-            )
-        )
-        for c in cfg.online.kl_coefs
-        for repeat in range(t.repeats)
-    ]
+        return tuple(chain)
 
-    e = cfg.evaluate
-    evaluations = [
-        add(
-            Evaluation(
-                model,
-                reward,
-                original,
-                s,
-                e.runs,
-                e.samples,
-                e.seed,
-                e.kl,
-                tuple(e.reward_thresholds),
-                root / "eval" / model.name,
+    def rloo_models(self) -> list[RlooModel]:
+        online, t = self.cfg.online, self.train
+        return [
+            self.add(
+                RlooModel(
+                    self.original,
+                    self.reward,
+                    kl_coef,
+                    online.steps,
+                    online.rloo,
+                    self.sampling,
+                    t.seed + repeat,
+                    self.root / "models" / (f"rloo-kl{kl_coef:g}" + seed_suffix(t.seed + repeat, repeat)),
+                    repeat,
+                )
             )
-        )
-        for model in [original, *{m.key: m for m in trained}.values()]
-    ]
-    add(Report(tuple(evaluations), tuple(chains), cfg, root / "report.md"))
-    for item in items.values():
+            for kl_coef in online.kl_coefs
+            for repeat in range(t.repeats)
+        ]
+
+    def evaluations(self, models: list[Policy]) -> list[Evaluation]:
+        e = self.cfg.evaluate
+        return [
+            self.add(
+                Evaluation(
+                    model,
+                    self.reward,
+                    self.original,
+                    self.sampling,
+                    e.runs,
+                    e.samples,
+                    e.seed,
+                    e.kl,
+                    tuple(e.reward_thresholds),
+                    self.root / "eval" / model.name,
+                )
+            )
+            for model in models
+        ]
+
+
+def check_items(items: list[Item], main: Samples) -> None:
+    """Refuse a plan whose pairs the samples cannot give, or two different items with one output path."""
+    for item in items:
         if isinstance(item, Pairs):
             check_pair_count(item, "sampling.num_samples" if item.samples is main else "iterative.samples")
     by_path: dict[Path, Item] = {}
-    for item in items.values():
+    for item in items:
         other = by_path.setdefault(item.path, item)
         if other is not item:
             raise PlanError(
                 f"{type(other).__name__} {other.name!r} and {type(item).__name__} {item.name!r} differ but "
                 f"would both write {item.path}: give one of them another name (e.g. a loss mix's `name`)"
             )
-    # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort
-    # keeps every item after its inputs, since an item's stage is never earlier than theirs.
-    return sorted(items.values(), key=lambda item: STAGE_NAMES.index(stage_of(item)))
 
 
 def check_pair_count(pairs: Pairs, samples_key: str) -> None:

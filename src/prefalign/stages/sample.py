@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefalign.engine.decode_step import decode_step_mode
-from prefalign.engine.decoding import sample_and_score
+from prefalign.engine.sample_file import sample_and_score
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.distributed import shard_seed
 from prefalign.pipeline.items import Samples, trusts_code
