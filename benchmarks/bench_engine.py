@@ -139,13 +139,13 @@ def eager_engine(*args) -> None:
 
 def bench_sample(args) -> None:
     """The original loop and the engine on the same fp32 models; on a GPU also the engine in bf16, the
-    dtype the pipeline samples in there (`models.loading.inference_dtype`)."""
-    from prefalign.models.loading import inference_dtype, pick_device
+    dtype the pipeline samples in there (`models.device.inference_dtype`)."""
+    from prefalign.models.device import inference_dtype, pick_device
 
     device = pick_device(args.device)
     policy, policy_tokenizer, classifier, classifier_tokenizer, positive_index, _ = load_models(args.models, device)
     # name: (function, policy, classifier, cuDNN attention allowed?): the baseline runs with torch's
-    # defaults (cuDNN allowed), the engine with loading.use_attention_kernels as the pipeline does:
+    # defaults (cuDNN allowed), the engine with device.use_attention_kernels as the pipeline does:
     # in fp32 with the eager decode loop, and on a GPU in bf16 as the pipeline samples there (its
     # decode step compiled and run as CUDA graphs, sampling.compile_step: auto) and eagerly.
     sides = {"baseline": (baseline, policy, classifier, True), "engine": (eager_engine, policy, classifier, False)}
@@ -241,9 +241,10 @@ def bench_steps(args) -> None:
     import prefalign.models.loading as loading
     from prefalign.config.schema import SamplingConfig
     from prefalign.engine.decoding import generate
+    from prefalign.models.device import pick_device
     from prefalign.stages.train_dpo import train_one
 
-    device = loading.pick_device(args.device)
+    device = pick_device(args.device)
     policy, policy_tokenizer, *_, policy_dir = load_models(args.models, device)
     pairs_needed = 8 * args.steps
     # Decoded eagerly: the pairs' texts are setup, and compiling the decode step would cost each
@@ -407,7 +408,7 @@ def bench_optimizer(args) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler
 
     from prefalign.engine.compiled_optimizer import compile_optimizer_step
-    from prefalign.models.loading import pick_device
+    from prefalign.models.device import pick_device
 
     device = pick_device(args.device)
     torch.manual_seed(0)

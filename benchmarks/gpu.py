@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from prefalign.config.loader import load_config
-    from prefalign.models.loading import pick_device
+    from prefalign.models.device import pick_device
     from prefalign.pipeline.logs import quiet_libraries
     from prefalign.pipeline.plan import STAGE_NAMES
     from prefalign.pipeline.runner import run

@@ -62,7 +62,8 @@ def profile_decode(policy_dir: str, batch: int, device: torch.device) -> None:
     from prefalign.config.schema import SamplingConfig
     from prefalign.engine.decode_step import compiled_step
     from prefalign.engine.decoding import _fast_batch, _static_batch
-    from prefalign.models.loading import inference_dtype, load_policy
+    from prefalign.models.device import inference_dtype
+    from prefalign.models.loading import load_policy
 
     policy, tokenizer = load_policy(policy_dir, None, device, inference_dtype(device))
     prompt = torch.full((batch, 1), tokenizer.bos_token_id, device=device)
@@ -111,7 +112,8 @@ def profile_sampling(policy_dir: str, reward_dir: str, n: int, device: torch.dev
     its seconds after a warm-up on the same shapes, and its profiler table."""
     from prefalign.config.schema import SamplingConfig
     from prefalign.engine.sample_file import sample_and_score
-    from prefalign.models.loading import inference_dtype, load_classifier, load_policy
+    from prefalign.models.device import inference_dtype
+    from prefalign.models.loading import load_classifier, load_policy
     from prefalign.stages.evaluate import run_metrics
 
     dtype = inference_dtype(device)

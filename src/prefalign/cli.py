@@ -50,43 +50,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in STAGE_HELP.items():
+        _add_stage_command(sub, name, help_text)
+    for name, help_text in (
+        ("plan", "list the work items of a config (stage, key, output, done or not) without running"),
+        ("config", "validate a config and print it resolved"),
+    ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config value, e.g. --set train.betas=[0.1,1] (repeatable)",
-        )
-        p.add_argument(
-            "--update",
-            action="store_true",
-            help="allow redoing outputs the run directory holds for another config (without it, a run "
-            "that would replace them stops and names the keys that differ)",
-        )
-        p.add_argument(
-            "--num-processes",
-            type=int,
-            default=1,
-            metavar="N",
-            help="run as N processes, started through `accelerate launch` (one per GPU, or N CPU "
-            "processes): the same as `accelerate launch --num_processes N -m prefalign ...`",
-        )
-    p = sub.add_parser("plan", help="list the work items of a config (stage, key, output, done or not) without running")
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p = sub.add_parser("config", help="validate a config and print it resolved")
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p = sub.add_parser("config-help", help="list every config key with its default and help text")
+        _add_overrides(p)
+    _add_helper_commands(sub)
+    return parser
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.betas=[0.1,1] (repeatable)",
+    )
+
+
+def _add_stage_command(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
+    _add_overrides(p)
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="allow redoing outputs the run directory holds for another config (without it, a run "
+        "that would replace them stops and names the keys that differ)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run as N processes, started through `accelerate launch` (one per GPU, or N CPU "
+        "processes): the same as `accelerate launch --num_processes N -m prefalign ...`",
+    )
+
+
+def _add_helper_commands(sub) -> None:
+    """The commands that read no experiment config (HELPER_COMMANDS)."""
+    help_text = "list every config key with its default and help text"
+    p = sub.add_parser("config-help", help=help_text, description=help_text)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's reference)")
-    p = sub.add_parser("compare", help="compare finished runs: one table and frontier plots (Markdown and HTML)")
+    help_text = "compare finished runs: one table and frontier plots (Markdown and HTML)"
+    p = sub.add_parser("compare", help=help_text, description=help_text)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories with a results.csv")
     p.add_argument("--out", default="compare", help="where compare.md, compare.html and plots/ go (default: ./compare)")
-    sub.add_parser("presets", help="list the presets shipped with prefalign")
-    p = sub.add_parser("build-demo", help="build (or find in the cache) prefalign's own offline models")
+    help_text = "list the presets shipped with prefalign"
+    sub.add_parser("presets", help=help_text, description=help_text)
+    help_text = "build (or find in the cache) prefalign's own offline models"
+    p = sub.add_parser("build-demo", help=help_text, description=help_text)
     p.add_argument("name", nargs="?", default="tiny", help="which built-in model set (default: tiny)")
     p.add_argument(
         "--corpus",
@@ -109,7 +128,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the label value meaning positive, when labels are not 1/0, pos/neg, positive/negative, ... "
         "(every other labelled value is then negative)",
     )
-    return parser
 
 
 def launch_problem(processes: int, device: str) -> str | None:
@@ -248,7 +266,8 @@ def _relaunch(args: argparse.Namespace, cfg, processes: int) -> int:
     """Check once what every process would refuse, then start `processes` of them (accelerate launch)."""
     from prefalign.pipeline.distributed import relaunch
     from prefalign.pipeline.plan import plan
-    from prefalign.pipeline.runner import check_parallel, check_replacements
+    from prefalign.pipeline.provenance import check_replacements
+    from prefalign.pipeline.runner import check_parallel
 
     items = plan(cfg)
     check_parallel(cfg, items, processes)

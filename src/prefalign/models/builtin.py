@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.errors import ModelLoadError
+from prefalign.errors import CorpusError, ModelLoadError
 from prefalign.models.specs import INFO_FILE, POLICY_DIR, REWARD_DIR, BuildSpec, cache_dir
 from prefalign.pipeline.store import atomic_path, remove_stale
 
@@ -310,19 +310,7 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     t0 = time.time()
     log(f"building prefalign:{spec.name} models into {target}")
     texts, labels = load_corpus(spec)
-    # Enough to hold out the evaluation texts and still train on as many, with both classes labelled.
-    needed = 2 * spec.held_out
-    if len(texts) < needed or len({label for label in labels if label >= 0}) < 2:
-        from prefalign.data.corpus import CorpusError
-
-        counts = (
-            f"{len(texts)} usable texts ({sum(label == 1 for label in labels)} positive, "
-            f"{sum(label == 0 for label in labels)} negative)"
-        )
-        raise CorpusError(
-            f"corpus {spec.corpus!r}: {counts}; building prefalign:{spec.name} needs at least {needed} "
-            f"texts (it holds out {spec.held_out} for evaluation) with both classes labelled"
-        )
+    _check_corpus(spec, texts, labels)
     rng = random.Random(spec.seed)
     order = list(range(len(texts)))
     rng.shuffle(order)
@@ -345,7 +333,6 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
         ([texts[i] for i in held_l], [labels[i] for i in held_l]),
         log,
     )
-
     info = {
         "spec": dataclasses.asdict(spec),
         **(
@@ -357,19 +344,40 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
         "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
         "build_seconds": round(time.time() - t0, 1),
     }
+    _save(target, (policy, policy_tok), (classifier, clf_tok), info)
+    quality = (f"perplexity {ppl:.1f}, " if policy else "") + f"classifier accuracy {acc:.3f}"
+    log(f"built in {time.time() - t0:.0f}s: {quality}")
+    return target
+
+
+def _check_corpus(spec: BuildSpec, texts: list[str], labels: list[int]) -> None:
+    """Refuse a corpus too small to hold out the evaluation texts and still train on as many, or
+    without both classes labelled."""
+    needed = 2 * spec.held_out
+    if len(texts) >= needed and len({label for label in labels if label >= 0}) == 2:
+        return
+    counts = (
+        f"{len(texts)} usable texts ({sum(label == 1 for label in labels)} positive, "
+        f"{sum(label == 0 for label in labels)} negative)"
+    )
+    raise CorpusError(
+        f"corpus {spec.corpus!r}: {counts}; building prefalign:{spec.name} needs at least {needed} "
+        f"texts (it holds out {spec.held_out} for evaluation) with both classes labelled"
+    )
+
+
+def _save(target: Path, policy_and_tokenizer, classifier_and_tokenizer, info: dict) -> None:
+    """Write the built models and info.json to `target` atomically (info.json last marks it done)."""
     # Builds of other specs (or of this one, in another process) may be running in the same cache.
     remove_stale(target.parent, alive=_pid_alive)
-    if not target.exists():  # else a concurrent build finished first; ours is identical
-        with atomic_path(target) as tmp:
-            if policy is not None:
-                policy.save_pretrained(tmp / POLICY_DIR)
-                policy_tok.save_pretrained(tmp / POLICY_DIR)
-            classifier.save_pretrained(tmp / REWARD_DIR)
-            clf_tok.save_pretrained(tmp / REWARD_DIR)
-            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    log(
-        f"built in {time.time() - t0:.0f}s: "
-        + (f"perplexity {ppl:.1f}, " if policy else "")
-        + f"classifier accuracy {acc:.3f}"
-    )
-    return target
+    if target.exists():  # a concurrent build finished first; ours is identical
+        return
+    policy, policy_tok = policy_and_tokenizer
+    classifier, clf_tok = classifier_and_tokenizer
+    with atomic_path(target) as tmp:
+        if policy is not None:
+            policy.save_pretrained(tmp / POLICY_DIR)
+            policy_tok.save_pretrained(tmp / POLICY_DIR)
+        classifier.save_pretrained(tmp / REWARD_DIR)
+        clf_tok.save_pretrained(tmp / REWARD_DIR)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))

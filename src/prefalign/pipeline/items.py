@@ -27,13 +27,10 @@ from prefalign.pipeline.store import is_done, key_of
 # The columns that describe a model in results.csv, before `run` and the metrics.
 # `group`: the model's name without its training-seed suffix (what repeats of one model share).
 RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef", "training_seed")
-# Bumped when a metric's definition changes or one is added, so stored evaluations are redone
-# (v3: broken_share).
+# Part of every evaluation's key: raised when a metric's definition changes or one is added, so
+# stored evaluations are redone.
 METRICS_VERSION = "metrics-v3"
-# Bumped when what the report writes changes (v8: model cards, report.html, training curves, legends beside the plots,
-# shared reward axes; v9: summary.csv across training seeds, curves of rounds and RLOO, shared curve ranges;
-# v10: broken texts in every table, unreadable models out of the Pareto and beats checks; v11: the model closest
-# to beating every `seed` model when none does), so finished runs get the new report.
+# Part of the report's key: raised when what the report writes changes, so finished runs get the new report.
 REPORT_VERSION = "report-v11"
 
 

@@ -63,7 +63,7 @@ class Services:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype models are loaded in for inference (sampling, scoring, evaluation)."""
-        from prefalign.models.loading import inference_dtype
+        from prefalign.models.device import inference_dtype
 
         return inference_dtype(self.device)
 

@@ -105,7 +105,7 @@ def start_worker(gpu: int | None) -> None:
 def _train_in_worker(
     stage, model: Item, device_type: str, threads: int, reward, original, launch: dict, tracking: Tracking, tag: str
 ) -> None:
-    from prefalign.models.loading import use_attention_kernels
+    from prefalign.models.device import use_attention_kernels
 
     if tag:
         os.environ["PREFALIGN_PROCESS"] = tag  # its log lines name the process that started it
