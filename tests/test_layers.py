@@ -92,3 +92,21 @@ def test_config_and_model_specs_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# A function a reader takes in at once, a module that knows one thing (pyproject's [tool.ruff] keeps lines short).
+LONGEST_FUNCTION, LONGEST_MODULE = 60, 410
+
+
+def test_no_function_or_module_outgrows_the_project_limits():
+    too_long = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > LONGEST_MODULE:
+            too_long.append(f"{module_name(path)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    too_long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert not too_long, "split these: " + "; ".join(too_long)

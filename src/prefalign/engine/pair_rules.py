@@ -80,12 +80,7 @@ def build_pairs(
     """
     sample_rewards = np.asarray(rewards, dtype=np.float64)
     n = len(sample_rewards)
-    if strategy not in PAIR_RULES:
-        raise ValueError(f"unknown pair strategy {strategy!r}")
-    if n < 2:
-        raise PairError(f"{strategy}: need at least 2 samples, got {n}")
-    if min(margin, margin_floor) < 0:  # a negative gap would let a sample pair with itself or a lower one
-        raise PairError(f"{strategy}: margin and margin_floor must be >= 0, got {margin} and {margin_floor}")
+    _check_request(strategy, n, margin, margin_floor)
     group_of = _group_codes(groups, n)
     rng = np.random.default_rng(seed)
     if strategy == "best_worst":
@@ -122,6 +117,15 @@ def build_pairs(
         flip = rng.random(count) < 1 / (1 + np.exp(gap))
         chosen, rejected = np.where(flip, rejected, chosen), np.where(flip, chosen, rejected)
     return _frame(sample_rewards, chosen, rejected)
+
+
+def _check_request(strategy: str, n: int, margin: float, margin_floor: float) -> None:
+    if strategy not in PAIR_RULES:
+        raise ValueError(f"unknown pair strategy {strategy!r}")
+    if n < 2:
+        raise PairError(f"{strategy}: need at least 2 samples, got {n}")
+    if min(margin, margin_floor) < 0:  # a negative gap would let a sample pair with itself or a lower one
+        raise PairError(f"{strategy}: margin and margin_floor must be >= 0, got {margin} and {margin_floor}")
 
 
 def _partners(strategy: str, layout, grouped: bool, margin: float, threshold: float, q: float, scope: str):

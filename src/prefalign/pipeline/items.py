@@ -38,21 +38,9 @@ def _row(
     model, method: str, strategy: str = "", loss: str = "", beta=None, recipe: str = "", round=None, kl_coef=None
 ) -> dict:
     """A model's describing columns of results.csv, in RESULT_COLUMNS order."""
-    seed = getattr(model, "seed", None)
-    values = (
-        model.name,
-        getattr(model, "group", model.name),
-        method,
-        strategy,
-        loss,
-        beta,
-        recipe,
-        round,
-        kl_coef,
-        seed,
-    )
-    assert len(values) == len(RESULT_COLUMNS)
-    return dict(zip(RESULT_COLUMNS, values))
+    seed, group = getattr(model, "seed", None), getattr(model, "group", model.name)
+    values = (model.name, group, method, strategy, loss, beta, recipe, round, kl_coef, seed)
+    return dict(zip(RESULT_COLUMNS, values, strict=True))
 
 
 def sampler_settings(sampling: SamplingConfig) -> dict:
@@ -168,18 +156,8 @@ class DpoModel:
             loss = ("slic", self.slic_sft_weight)
         else:
             loss = self.loss if isinstance(self.loss, str) else self.loss.model_dump()
-        parts = [
-            "dpo",
-            self.pairs.key,
-            self.start.key,
-            self.reference.key,
-            loss,
-            self.beta,
-            self.recipe,
-            self.overrides,
-            self.seed,
-            self.precision,
-        ]
+        sources = (self.pairs.key, self.start.key, self.reference.key)
+        parts = ["dpo", *sources, loss, self.beta, self.recipe, self.overrides, self.seed, self.precision]
         return key_of(*parts, *([("lora", self.lora)] if self.lora else []))
 
     @property
