@@ -195,11 +195,7 @@ def examples(shown: tuple[Examples, ...]) -> list[str]:
     lines = ["## Example texts (evaluation run 0: highest, median and lowest reward)", ""]
     for e in shown:
         lines += [f"**{e.model}**", ""] + [f"- ({r:+.2f}) {t.strip()!r}" for r, t in e.picks] + [""]
-    return lines + [
-        "Per-run numbers: [results.csv](results.csv). Each trained model's directory has a model card "
-        "(README.md) with its training and these evaluation numbers.",
-        "",
-    ]
+    return lines + ["Per-run numbers: [results.csv](results.csv).", ""]
 
 
 def render_markdown(content: ReportContent) -> str:

@@ -2,8 +2,7 @@
 
 Writes `results.csv` (one row per model x evaluation run, every metric), `summary.csv` (one row per
 model group: a model's repeats over training seeds, `train.repeats`), the plots under `plots/`,
-`report.md` and the same as one self-contained page, `report.html`, with the config and versions,
-and a model card (README.md) beside each trained model.
+`report.md` and the same as one self-contained page, `report.html`, with the config and versions.
 What the report says is built as data first (report/tables.py, report/comparison.py,
 report/sections.py), then drawn (report/plots.py) and rendered (report/markdown.py, report/html.py);
 this module only reads the inputs and writes the outputs. Run with:
@@ -18,12 +17,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from prefalign.pipeline.items import TRAINED, DpoModel, Original, Report
+from prefalign.pipeline.items import DpoModel, Original, Report
 from prefalign.pipeline.services import Services, model_info
 from prefalign.pipeline.store import atomic_path, read_json, read_parquet, write_json, write_text
 from prefalign.report.html import render
 from prefalign.report.markdown import render_markdown
-from prefalign.report.model_card import model_card
 from prefalign.report.plots import draw_figures
 from prefalign.report.sections import Inputs, build_report, pair_files
 from prefalign.report.tables import across_seeds, results_table, summarize
@@ -66,17 +64,11 @@ def write_report(item: Report, services: Services) -> None:
     root, cfg = item.path.parent, item.config
     results = results_table((e.model.row(), run_results(e)) for e in item.evaluations)
     write_csv(results, root / "results.csv")
-    per_model = summarize(results)
-    summary = across_seeds(per_model)  # what the tables, plots and checks show: one row per model group
+    summary = across_seeds(summarize(results))  # what the tables, plots and checks show: one row per model group
     write_csv(summary, root / "summary.csv")
     content = build_report(item, summary, read_inputs(item, summary))
     draw_figures(content.figures(), root)
     markdown = render_markdown(content)
-    rows = per_model.set_index("model")
-    for model in (e.model for e in item.evaluations if isinstance(e.model, TRAINED)):
-        write_text(
-            model.path / "README.md", model_card(model, {"model": model.name, **rows.loc[model.name].to_dict()}, cfg)
-        )
     write_text(item.path, markdown)
     write_text(root / "report.html", render(markdown, root, cfg.model_dump(), str(services.device), content.title))
     write_json(item.meta, {"key": item.key})
