@@ -48,6 +48,8 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Intro:
+    """The title and what the numbers are: the reward, the metrics, what a cell holds."""
+
     name: str
     generated: str
     root: str
@@ -61,6 +63,8 @@ class Intro:
 
 @dataclass(frozen=True)
 class ModelsSection:
+    """## Models: the policy, the classifier, the recipe, the prompts and the pair samples."""
+
     policy: Any
     perplexity: float | None
     reward_model: Any
@@ -74,6 +78,8 @@ class ModelsSection:
 
 @dataclass(frozen=True, eq=False)
 class PairsSection:
+    """## Pairs: one pair strategy's pairs, its table, its reward distributions and training curves."""
+
     strategy: str
     rule: dict  # the pair rule's own settings
     meta: dict  # the pair file's metadata: pairs, mean_gap, chosen / rejected reward
@@ -84,6 +90,8 @@ class PairsSection:
 
 @dataclass(frozen=True, eq=False)
 class OnlineSection:
+    """## On-policy rounds and online RL: the iterative chains and the RLOO models."""
+
     iterative_strategy: str
     steps: int  # online.steps
     rows: pd.DataFrame
@@ -93,6 +101,8 @@ class OnlineSection:
 
 @dataclass(frozen=True, eq=False)
 class FrontierSection:
+    """## Frontier: the figures, the Pareto front, the comparison with the baseline, who beats whom."""
+
     figures: tuple[FrontierFigure, ...]
     kl: bool
     front: pd.DataFrame  # the Pareto-optimal models
@@ -104,6 +114,8 @@ class FrontierSection:
 
 @dataclass(frozen=True)
 class TrainingRow:
+    """One line of ## Training."""
+
     model: str
     amount: Any  # pairs (DPO) or steps (RLOO)
     seconds: Any
@@ -113,12 +125,16 @@ class TrainingRow:
 
 @dataclass(frozen=True)
 class Examples:
+    """One model group's example texts."""
+
     model: str
     picks: list[tuple[float, str]]  # (reward, prompt + text): the highest, median and lowest of run 0
 
 
 @dataclass(frozen=True, eq=False)
 class ReportContent:
+    """The whole report, section by section."""
+
     title: str
     intro: Intro
     models: ModelsSection
