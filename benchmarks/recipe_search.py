@@ -6,7 +6,7 @@ run of that preset (`--base`), so the `seed` grid and its evaluations are reused
 only the chain is trained and evaluated (`prefalign run ... --update`). For every variant and round
 it prints reward, diversity, KL, broken-text share and mean tokens (mean and std across training
 seeds) and the smallest lead over the `seed` grid on each axis, net of the std the report's check
-uses (`report.beats`): all three positive = the round beats every `seed` model.
+uses (`report.comparison.beats`): all three positive = the round beats every `seed` model.
 
     prefalign run aligned --set run_dir=runs/aligned                  # the base, once (~45 min)
     python benchmarks/recipe_search.py --base runs/aligned --out runs/search [--only NAME ...]
@@ -25,14 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefalign.stages.report import (
-    across_seeds,
-    beats,
-    closest_to_seed,
-    seed_and_challengers,
-    smallest_leads,
-    summarize,
-)
+from prefalign.report.comparison import baseline_and_challengers, beats, closest_to_baseline, smallest_leads
+from prefalign.report.tables import across_seeds, summarize
 
 # name -> (what it changes, the --set overrides). `best_worst` is the `aligned` preset as shipped.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -145,7 +139,7 @@ def variant_summary(run_dir: Path) -> pd.DataFrame:
 
 
 def chain_table(summary: pd.DataFrame) -> pd.DataFrame:
-    seed_rows, chain = seed_and_challengers(summary)
+    seed_rows, chain = baseline_and_challengers(summary, "seed")
     rows = []
     for _, r in chain.iterrows():
         lead = {axis: value for axis, (value, _) in smallest_leads(r, seed_rows).items()}
@@ -233,7 +227,8 @@ def main() -> None:
         summary = variant_summary(args.out / name)
         table = chain_table(summary)
         print(table.to_string(index=False), flush=True)
-        found = closest_to_seed(summary)  # the report's rule: most `seed` models beaten, then smallest shortfall
+        # the report's rule: most `seed` models beaten, then smallest shortfall
+        found = closest_to_baseline(summary, "seed")
         if found is not None:
             closest[name] = table.set_index("model").loc[found[0].model]
     if closest:

@@ -172,7 +172,6 @@ def test_checkpoints_with_their_own_code_run_only_when_trusted(tiny_dir, tmp_pat
     assert set(results.model) == {"original", "random-sigmoid-beta0.1-default"}
     assert results.kl_seq.iloc[-1] > 0 and results.diversity.gt(0).all()
     model_dir = run_dir / "models" / "random-sigmoid-beta0.1-default"
-    # The trained model carries the code it needs, and its card says how to load it.
+    # The trained model carries the code it needs (its model card, written by training, says how to load it).
     assert (model_dir / "modeling_own.py").exists()
     assert "auto_map" in json.loads((model_dir / "config.json").read_text())
-    assert 'from_pretrained("path/to/this/directory", trust_remote_code=True)' in (model_dir / "README.md").read_text()

@@ -324,3 +324,15 @@ def test_a_setting_whose_package_is_missing_is_one_line_but_our_import_bugs_stay
     )
     assert package_problem(ImportError("cannot import name 'load_polcy' from 'prefalign.models'")) is None
     assert package_problem(ValueError("pip install x")) is None
+
+
+def test_an_unknown_baseline_is_refused_naming_the_key():
+    with pytest.raises(
+        ConfigError, match=r"`report.baseline`: unknown baseline 'sed': name a recipe \(seed, default\)"
+    ):
+        load_config("tiny", ["report.baseline=sed"])
+    assert main(["plan", "tiny", "--set", "report.baseline=original"]) == 2  # the original is never beaten on KL
+    assert load_config("tiny", ["report.baseline="]).report.baseline is None
+    assert load_config("tiny").report.baseline == "seed"  # the default: the comparison every report made before
+    for preset in ("aligned", "headroom", "frontier", "demo", "imdb"):  # the presets whose reports compare with `seed`
+        assert load_config(preset).report.baseline == "seed"

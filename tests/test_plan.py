@@ -262,6 +262,19 @@ def test_trackers_change_no_key():
     assert changed_keys("train.report_to=[tensorboard]") == set()
 
 
+def test_the_report_baseline_changes_the_report_key_alone():
+    from prefalign.pipeline.items import REPORT_VERSION
+    from prefalign.pipeline.store import key_of
+
+    # `seed`, the comparison every report made before the setting existed: the keys of earlier runs
+    report = items_of("report.baseline=seed")[-1]
+    assert report.key == key_of("report", REPORT_VERSION, "demo", [e.key for e in report.evaluations])
+    assert changed_keys("report.baseline=seed") == set()
+    for other in ("default", "iterative", ""):  # another baseline, or none: only the report is redone
+        assert changed_keys(f"report.baseline={other}") == {"Report report"}
+    assert items_of("report.baseline=default")[-1].key != items_of("report.baseline=")[-1].key
+
+
 def test_repeats_train_every_model_once_per_training_seed():
     once = items_of("iterative.rounds=2", "online.kl_coefs=[0.1]")
     twice = items_of("iterative.rounds=2", "online.kl_coefs=[0.1]", "train.repeats=2", "train.seed=3")

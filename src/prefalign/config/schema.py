@@ -277,6 +277,34 @@ class OnlineConfig(Section):
         return trainer_fields(v, RLOOConfig, {"beta", "max_steps", "output_dir"}, "online.kl_coefs / online.steps")
 
 
+# The methods of results.csv's `method` column a report baseline may name (the original is never
+# beaten on KL, so it is no baseline).
+BASELINE_METHODS = ("dpo", "iterative", "rloo")
+
+
+class ReportConfig(Section):
+    baseline: str | None = Field(
+        "seed",
+        description="The group of models every other trained model is compared against in the report's frontier "
+        "section (which models beat every one of them on reward and diversity at once, with lower KL, each by more "
+        "than the std; else the one that comes closest): a recipe (`seed`, `default`: the DPO models trained with "
+        "it) or a method (`dpo`, `iterative`, `rloo`). Shown when KL is measured and the run has such models. "
+        "Empty: no such comparison.",
+    )
+
+    @field_validator("baseline")
+    @classmethod
+    def _a_recipe_or_method(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if v not in RECIPE_NAMES + BASELINE_METHODS:
+            raise ValueError(
+                f"unknown baseline {v!r}: name a recipe ({', '.join(RECIPE_NAMES)}) or a method "
+                f"({', '.join(BASELINE_METHODS)}), or leave it empty for no comparison"
+            )
+        return v
+
+
 class Config(Section):
     name: str = Field("experiment", min_length=1, description="Experiment name; default run dir is runs/<name>/.")
     run_dir: str | None = Field(None, description="Where every stage writes. Empty: runs/<name>/ under the cwd.")
@@ -291,6 +319,7 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluate stage.")
     iterative: IterativeConfig = Field(default_factory=IterativeConfig, description="On-policy DPO rounds.")
     online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL baseline (TRL's RLOOTrainer).")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="Report stage.")
 
     @model_validator(mode="after")
     def _losses_fit_settings(self):

@@ -381,7 +381,7 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Report(_MetaBeside):
-    """results.csv, report.md and the plots, from every evaluation."""
+    """results.csv, summary.csv, report.md, report.html and the plots, from every evaluation."""
 
     evaluations: tuple[Evaluation, ...]
     chains: tuple[tuple[DpoModel, ...], ...]  # each iterative chain, round 1 first
@@ -393,7 +393,9 @@ class Report(_MetaBeside):
 
     @property
     def key(self) -> str:
-        return key_of("report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations])
+        # report.baseline `seed` (what every report compared with before the setting existed) keeps earlier keys
+        compared = [] if self.config.report.baseline == "seed" else [("baseline", self.config.report.baseline)]
+        return key_of("report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations], *compared)
 
     @property
     def inputs(self) -> tuple:

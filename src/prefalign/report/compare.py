@@ -18,8 +18,9 @@ import yaml
 from prefalign.errors import PrefalignError
 from prefalign.pipeline.store import write_text
 from prefalign.report.html import render
+from prefalign.report.markdown import table
 from prefalign.report.plots import method_of, plot_frontier
-from prefalign.stages.report import across_seeds, summarize, table
+from prefalign.report.tables import across_seeds, summarize
 
 
 class CompareError(PrefalignError):

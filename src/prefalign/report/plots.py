@@ -3,11 +3,14 @@
 Each function draws one figure from numbers it is given (or, for training curves, the models'
 train.json) and writes it atomically; the colours are colour-blind-safe, the original is black,
 legends sit beside or below the axes so they hide no data, and the figures meant to be compared
-share their axis ranges (the caller passes them).
+share their axis ranges (the caller passes them). The report's sections name their figures as
+specs (RewardsFigure, CurvesFigure, FrontierFigure: the file, its alt text and what it shows);
+`draw_figures` draws them, the report stage's plotting step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +201,61 @@ def plot_rewards(
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     save_figure(fig, out)
+
+
+# ---- the report's figures as specs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RewardsFigure:
+    """Reward distributions of some models over a shared span (`plot_rewards`)."""
+
+    path: str  # relative to the run directory, as report.md links it
+    alt: str
+    title: str
+    rewards: dict[str, np.ndarray]  # model (group) -> its rewards over every evaluation run
+    span: tuple[float, float]
+
+    def draw(self, root: Path) -> None:
+        plot_rewards(self.rewards, self.title, root / self.path, self.span)
+
+
+@dataclass(frozen=True, eq=False)
+class CurvesFigure:
+    """Training curves of some models (`plot_training`), y ranges shared with the `shared` models'
+    (every figure of one kind compares by eye; empty: the panels' own ranges)."""
+
+    path: str
+    alt: str
+    title: str
+    models: tuple
+    panels: tuple = DPO_CURVES
+    shared: tuple = ()
+
+    def draw(self, root: Path) -> None:
+        limits = curve_limits(self.shared, self.panels) if self.shared else None
+        plot_training(list(self.models), self.title, root / self.path, self.panels, limits)
+
+
+@dataclass(frozen=True, eq=False)
+class FrontierFigure:
+    """Reward against metric `x`, one point per model group (`plot_frontier`)."""
+
+    path: str
+    alt: str
+    summary: pd.DataFrame
+    x: str
+    xlabel: str
+    log_x: bool
+
+    def draw(self, root: Path) -> None:
+        plot_frontier(self.summary, self.x, root / self.path, self.xlabel, self.log_x)
+
+
+Figure = RewardsFigure | CurvesFigure | FrontierFigure
+
+
+def draw_figures(figures, root: Path) -> None:
+    """Draw every figure spec into its file under `root`."""
+    for figure in figures:
+        figure.draw(root)
