@@ -93,7 +93,7 @@ def test_lean_loss_gradients_and_metrics_equal_trls(
 
 
 def test_the_4d_mask_is_causal_and_hides_padding_keys():
-    from prefalign.engine.lean_dpo import causal_padding_mask
+    from prefalign.engine.lean_loss import causal_padding_mask
 
     mask = causal_padding_mask(torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert mask.shape == (2, 1, 3, 3)
@@ -153,7 +153,7 @@ def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(t
 
 
 def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir, tmp_path):
-    from prefalign.engine.lean_dpo import TrainingDiverged
+    from prefalign.errors import TrainingDiverged
     from prefalign.stages.train_dpo import train_one
 
     pairs = pd.DataFrame(
@@ -385,7 +385,7 @@ def test_the_4d_mask_is_used_only_where_the_architecture_takes_it(tiny_dir, tmp_
     from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
     from trl import DPOTrainer
 
-    from prefalign.engine.lean_dpo import four_d_mask_works
+    from prefalign.engine.lean_loss import four_d_mask_works
 
     gpt2 = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", attn_implementation="sdpa").train()
     assert four_d_mask_works(gpt2) and gpt2.training  # and the check leaves the training mode as it was

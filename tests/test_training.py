@@ -180,7 +180,7 @@ def test_completion_only_head_gives_the_same_log_probs_and_gradients(tiny_dir):
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from prefalign.stages.train_dpo import completion_tokens_only
+    from prefalign.engine.trl_compat import completion_tokens_only
 
     base = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
     trl_utils.add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))

@@ -36,6 +36,9 @@ from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.config.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.engine.arithmetic import fp32_switches_restored
+from prefalign.engine.lean_loss import fixed_pad_length
+from prefalign.engine.trl_compat import completion_tokens_only
+from prefalign.errors import TrainingDiverged
 from prefalign.pipeline.distributed import Ranks, weights_digest
 from prefalign.pipeline.items import DpoModel, trusts_code
 from prefalign.pipeline.services import Services, release_memory
@@ -92,21 +95,6 @@ def length_grouped_order(lengths, batch_size: int, seed: int, megabatch: int = 5
     size = max(1, megabatch * batch_size)
     chunks = [perm[i : i + size] for i in range(0, len(perm), size)]
     return np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks]) if chunks else perm
-
-
-@contextlib.contextmanager
-def completion_tokens_only():
-    """Have TRL's fused LM head project only the completion tokens on every device.
-
-    TRL 1.16 scores only the positions with a label on CUDA (its Triton path) but every position,
-    padding and prompt included, elsewhere, to keep tile shapes fixed for compilers such as Neuron's.
-    On CPU without compilation that only wastes work: the per-token vocabulary projection and its
-    backward are most of a small policy's training step. The results are the same either way.
-    """
-    from prefalign.engine.lean_dpo import trl_head_positions
-
-    with trl_head_positions(lambda device, trl_choice: device.type == "cpu" or trl_choice):
-        yield
 
 
 def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], list[float] | None]:
@@ -336,7 +324,7 @@ def train_one(
     from datasets import Dataset, load_from_disk
     from transformers import AutoModelForCausalLM
 
-    from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged, fixed_pad_length
+    from prefalign.engine.lean_dpo import LeanDPOTrainer
     from prefalign.models.loading import from_pretrained, load_policy_to_train, positions, resolve
 
     model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)

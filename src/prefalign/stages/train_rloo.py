@@ -38,6 +38,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.engine.scoring import score_texts
+from prefalign.engine.trl_compat import completion_tokens_only, rloo_reference_is
 from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.pipeline.items import RlooModel
 from prefalign.pipeline.services import Services, release_memory
@@ -113,29 +114,6 @@ class _RewardLine(TrainerCallback):
                 f"  step {state.global_step}/{state.max_steps}: reward {get(f'rewards/{REWARD_NAME}/mean'):.3f}, "
                 f"kl {get('kl'):.4f}, loss {get('loss'):.4f}, length {get('completions/mean_length'):.1f}"
             )
-
-
-@contextlib.contextmanager
-def _reference_is(ref_model):
-    """Have RLOOTrainer use `ref_model` as its reference instead of loading one.
-
-    RLOOTrainer 1.16 has no `ref_model` argument: with beta > 0 it reloads the policy by name,
-    `from_pretrained(model.config._name_or_path)`. That works for a local directory, but for a hub id
-    it ignores the revision and asks the hub again, and in every case reads the weights twice. The
-    frozen in-memory copy is what `train_one` uses too. Only the reference goes through this function
-    here (the policy is passed as a model, not a name).
-    """
-    import trl.trainer.rloo_trainer as rloo
-
-    original = getattr(rloo, "create_model_from_path", None)
-    if original is None:  # another TRL version: let it load the reference by name
-        yield
-        return
-    rloo.create_model_from_path = lambda *args, **kwargs: ref_model
-    try:
-        yield
-    finally:
-        rloo.create_model_from_path = original
 
 
 def rloo_args(
@@ -247,7 +225,6 @@ def train_rloo(
     from trl import RLOOTrainer
 
     from prefalign.models.loading import bos_prompt, load_policy_to_train, positions
-    from prefalign.stages.train_dpo import completion_tokens_only
     from prefalign.training.trained_model import config_as_loaded, restore_config, save_trained
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
@@ -270,13 +247,13 @@ def train_rloo(
         n_prompts = max(1, steps * args.generation_batch_size // args.num_generations)
         dataset = Dataset.from_dict({"prompt": [bos_prompt(tokenizer)] * n_prompts})
         t0 = time.time()
-        with _reference_is(ref_model):
+        with rloo_reference_is(ref_model):
             trainer = RLOOTrainer(
                 model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer
             )
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_RewardLine(log))
-        # Log-probs of completion tokens only, not of the padding after EOS (see train_dpo.py): same numbers,
+        # Log-probs of completion tokens only, not of the padding after EOS (see trl_compat): same numbers,
         # less time (one 15-step probe on the demo policy: 7.9 s -> 6.2 s, identical rewards).
         with completion_tokens_only():
             result = trainer.train()
