@@ -9,10 +9,10 @@ a weighted sum; `slic` is `["hinge", "sft"]` with weights `[1, slic_sft_weight]`
 a cross-entropy term on the chosen text, the regularised objective of the SLiC-HF paper. The
 recipe (config/recipes.py: `seed`, the original's settings, or `default`) sets the rest, and any
 `trl.DPOConfig` field in `train.dpo` overrides it (training/dpo_settings.py). The trainer is
-prefalign's LeanDPOTrainer (engine/lean_dpo.py: the same loss with fewer host syncs), used on the TRL
-releases it was checked against (engine/trl_compat.py). The model is written with
-`save_pretrained` (safetensors) plus its tokenizer and `train.json` (settings, metrics, number of
-processes), to a temporary directory renamed when complete.
+prefalign's LeanDPOTrainer (engine/lean_dpo.py: the same loss with fewer host syncs) on the TRL
+releases it was checked against, TRL's own DPOTrainer on any other (engine/trl_compat.py). The
+model is written with `save_pretrained` (safetensors) plus its tokenizer and `train.json`
+(settings, metrics, number of processes), to a temporary directory renamed when complete.
 
 With `train.lora`, peft adapters are trained instead of the weights (training/lora.py), the
 reference being the base model with its adapters disabled; the directory then holds the merged
@@ -38,7 +38,7 @@ from transformers import PrinterCallback
 
 from prefalign.engine.arithmetic import fp32_switches_restored
 from prefalign.engine.lean_loss import fixed_pad_length
-from prefalign.engine.trl_compat import completion_tokens_only
+from prefalign.engine.trl_compat import completion_tokens_only, lean_trainer_usable, unchecked_note
 from prefalign.errors import TrainingDiverged
 from prefalign.pipeline.distributed import weights_digest
 from prefalign.pipeline.items import DpoModel
@@ -174,12 +174,23 @@ def _trainer_dir(job: DpoJob) -> tuple[str, str | None]:
     return str(checkpoint_path(out_dir)), resume or last_complete_checkpoint(checkpoint_path(out_dir))
 
 
+def dpo_trainer_class(log):
+    """LeanDPOTrainer on a TRL release whose internals it was checked against, else TRL's own
+    DPOTrainer (the same training, without prefalign's speed-ups), said in one log line."""
+    if lean_trainer_usable():
+        from prefalign.engine import lean_dpo
+
+        return lean_dpo.LeanDPOTrainer
+    from trl import DPOTrainer
+
+    log(unchecked_note("the training runs TRL's own DPOTrainer"))
+    return DPOTrainer
+
+
 def _make_trainer(job: DpoJob, models: _Models, args, dataset, settings: dict, log, callbacks):
     """(the trainer, its StepClock), with the log's callbacks and, for a compiled step, every batch
     padded to one length."""
-    from prefalign.engine import lean_dpo
-
-    trainer = lean_dpo.LeanDPOTrainer(
+    trainer = dpo_trainer_class(log)(
         model=models.policy,
         ref_model=models.reference,
         args=args,
@@ -231,6 +242,7 @@ def _train_info(job: DpoJob, trainer, result, pairs: int, settings: dict, resume
         **timing,
         # as it ran: eager if not asked for, not possible or failed
         "step_compiled_as": getattr(trainer, "compile_step", "eager"),
+        "trainer": type(trainer).__name__,  # LeanDPOTrainer, or TRL's DPOTrainer on an unchecked TRL
         "metrics": result.metrics,
         "world_size": 1,
         **job.launch,

@@ -37,7 +37,7 @@ from pathlib import Path
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.engine.scoring import score_texts
-from prefalign.engine.trl_compat import completion_tokens_only, rloo_reference_is
+from prefalign.engine.trl_compat import completion_tokens_only, lean_trainer_usable, rloo_reference_is, unchecked_note
 from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.pipeline.items import RlooModel
 from prefalign.pipeline.services import Services, release_memory
@@ -234,6 +234,8 @@ def _make_trainer(model, ref_model, reward, args, dataset, tokenizer, log):
     """RLOOTrainer on `model` against `ref_model`, logging one line per logging step."""
     from trl import RLOOTrainer
 
+    if not lean_trainer_usable():
+        log(unchecked_note("RLOOTrainer loads its reference by name and scores every position"))
     with rloo_reference_is(ref_model):
         trainer = RLOOTrainer(
             model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer
