@@ -84,3 +84,5 @@ def test_rloo_changes_the_weights_and_saves_safetensors(tiny_dir, tiny_classifie
     after = load_file(out / "model.safetensors")
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert not list(tmp_path.glob(".*tmp*"))
+    card = (out / "README.md").read_text()  # the card, written with the weights
+    assert "online RL with TRL's RLOOTrainer, KL coefficient 0.05, 3 steps" in card and "tags: [prefalign" in card

@@ -70,6 +70,35 @@ def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, 
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_a_trained_model_directory_holds_its_card_written_with_the_weights(tiny_dir, tmp_path):
+    """README.md is saved with the model: what trained it (base model, loss, beta, recipe, pairs,
+    precision, seed), where its evaluation lives, and how to load it."""
+    pairs = pd.DataFrame(
+        {"prompt": "<|endoftext|>", "chosen": ["Superb, I loved it."] * 8, "rejected": ["Awful and dull."] * 8}
+    )
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    out = tmp_path / "my-model"
+    job = DpoJob(
+        tmp_path / "pairs.parquet",
+        str(tiny_dir / "policy"),
+        out,
+        loss="hinge",
+        beta=0.5,
+        seed=3,
+        overrides={"max_steps": 1},
+    )
+    info = train_one(job, log=lambda m: None)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\nbase_model: " + json.dumps(str(tiny_dir / "policy")))
+    assert "# my-model" in card and "tags: [prefalign, preference-alignment, dpo, hinge]" in card
+    assert (
+        "TRL DPOTrainer, loss `hinge`, beta 0.5, recipe `default`" in card and "- data: 8 chosen/rejected pairs" in card
+    )
+    assert f"- settings: fp32, seed 3, {info['train_seconds']} s of training" in card
+    assert "`report.md` and `results.csv`" in card and "| mean reward |" not in card
+    assert 'AutoModelForCausalLM.from_pretrained("path/to/this/directory")' in card
+
+
 def test_length_grouped_order_is_a_permutation_of_sorted_megabatches():
     import numpy as np
 

@@ -55,7 +55,7 @@ def test_on_another_trl_release_trls_own_dpo_trainer_trains_the_model(tiny_dir, 
     _pretend(monkeypatch, "1.17.0")
     info, lines = _train(tiny_dir, tmp_path, "plain")
     assert info["trainer"] == "DPOTrainer" and info["step_compiled_as"] == "eager"
-    assert (tmp_path / "plain" / "model.safetensors").exists()
+    assert (tmp_path / "plain" / "model.safetensors").exists() and (tmp_path / "plain" / "README.md").exists()
     assert sum("loss" in h for h in info["log_history"]) == 2
     said = [line for line in lines if "TRL 1.17.0 is not a release prefalign was checked against" in line]
     assert len(said) == 1 and "TRL's own DPOTrainer" in said[0] and "1.16.x" in said[0]

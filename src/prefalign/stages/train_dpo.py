@@ -11,8 +11,9 @@ recipe (config/recipes.py: `seed`, the original's settings, or `default`) sets t
 `trl.DPOConfig` field in `train.dpo` overrides it (training/dpo_settings.py). The trainer is
 prefalign's LeanDPOTrainer (engine/lean_dpo.py: the same loss with fewer host syncs) on the TRL
 releases it was checked against, TRL's own DPOTrainer on any other (engine/trl_compat.py). The
-model is written with `save_pretrained` (safetensors) plus its tokenizer and `train.json`
-(settings, metrics, number of processes), to a temporary directory renamed when complete.
+model is written with `save_pretrained` (safetensors) plus its tokenizer, its model card
+(README.md, training/model_card.py) and `train.json` (settings, metrics, number of processes), to
+a temporary directory renamed when complete.
 
 With `train.lora`, peft adapters are trained instead of the weights (training/lora.py), the
 reference being the base model with its adapters disabled; the directory then holds the merged
@@ -48,6 +49,7 @@ from prefalign.training.dpo_data import drop_shared, length_grouped, pairs_datas
 from prefalign.training.dpo_settings import device_traits, dpo_settings, resolve_loss
 from prefalign.training.job import DpoJob
 from prefalign.training.lora import lora_config
+from prefalign.training.model_card import model_card
 from prefalign.training.progress import LogLine, StepClock
 from prefalign.training.trackers import reporting
 from prefalign.training.trained_model import (
@@ -79,7 +81,7 @@ class _Models(NamedTuple):
 
 
 def train_one(job: DpoJob, log=print, callbacks=()) -> dict:
-    """Train one model on one pair file; write it and its train.json (holding `job.key`) to
+    """Train one model on one pair file; write it, its card and its train.json (holding `job.key`) to
     `job.out_dir` atomically, and return what train.json holds.
 
     `callbacks`: extra transformers TrainerCallbacks (benchmarks time the steps with one). With
@@ -252,7 +254,7 @@ def _train_info(job: DpoJob, trainer, result, pairs: int, settings: dict, resume
 
 
 def _save(job: DpoJob, trainer, models: _Models, info: dict) -> None:
-    """Write the trained model and `info` to `job.out_dir` (the main process; every process
+    """Write the trained model, its card and `info` to `job.out_dir` (the main process; every process
     when the weights are sharded over them), once the processes training it together agree on its
     weights."""
     ranks, out_dir = job.ranks, Path(job.out_dir)
@@ -267,7 +269,8 @@ def _save(job: DpoJob, trainer, models: _Models, info: dict) -> None:
                 f"weights ({info['weights_digests']}); nothing was saved"
             )
     restore_config(trained, models.loaded)
+    card = model_card(job, info)
     if sharded:
-        save_gathered(trainer, models.tokenizer, info, out_dir, ranks)
+        save_gathered(trainer, models.tokenizer, info, out_dir, ranks, card)
     elif ranks.main:
-        save_trained(trained, models.tokenizer, info, out_dir, job.lora is not None)
+        save_trained(trained, models.tokenizer, info, out_dir, job.lora is not None, card)

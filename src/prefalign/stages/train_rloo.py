@@ -12,8 +12,8 @@ TRL's first-order, sequence-level estimate, subtracted from the reward rather th
 loss). The advantage of a completion is r minus the mean r of the other completions of its group,
 and the loss is PPO's clipped surrogate on the sequence log-probability ratio (one update per
 generation by default, so the clip never binds). The policy is written like a DPO model (see
-train_dpo.py): the safetensors weights, the tokenizer and `train.json`, into a temporary directory
-renamed when complete. The `train` stage runs it for each
+train_dpo.py): the safetensors weights, the tokenizer, its model card (README.md) and `train.json`,
+into a temporary directory renamed when complete. The `train` stage runs it for each
 `online.kl_coefs` value (`prefalign train CONFIG --set online.kl_coefs=[0.05]`); alone, on the demo
 models, 200 steps (~2 min on 2 cores):
 
@@ -42,6 +42,7 @@ from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.pipeline.items import RlooModel
 from prefalign.pipeline.services import Services, release_memory
 from prefalign.training.job import RlooJob
+from prefalign.training.model_card import model_card
 from prefalign.training.trackers import reporting
 from prefalign.training.trained_model import config_as_loaded, restore_config, save_trained
 
@@ -165,8 +166,8 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
 
 
 def train_rloo(job: RlooJob, classifier, classifier_tokenizer, log=print) -> dict:
-    """Train the policy from its original weights with RLOO for `job.steps` steps; write it and its
-    train.json to `job.out_dir` atomically, and return what train.json holds.
+    """Train the policy from its original weights with RLOO for `job.steps` steps; write it, its card
+    and its train.json to `job.out_dir` atomically, and return what train.json holds.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `job.device`). For example:
 
@@ -194,7 +195,7 @@ def train_rloo(job: RlooJob, classifier, classifier_tokenizer, log=print) -> dic
         seconds = time.time() - t0
         info = _rloo_info(job, trainer, result, settings, seconds)
         restore_config(trainer.model, loaded)
-        save_trained(trainer.model, tokenizer, info, Path(job.out_dir), lora=False)
+        save_trained(trainer.model, tokenizer, info, Path(job.out_dir), lora=False, card=model_card(job, info))
         shown = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         log(f"  trained in {seconds:.1f}s, mean reward {shown(info['first_reward'])} -> {shown(info['final_reward'])}")
         return info

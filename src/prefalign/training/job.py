@@ -59,6 +59,7 @@ class DpoJob:
     ranks: Ranks = field(default_factory=Ranks)  # the processes training this model together
     launch: dict[str, Any] = field(default_factory=dict)  # what train.json says about the run's processes
     tracking: Tracking = field(default_factory=Tracking)  # the experiment trackers to log to
+    item: DpoModel | None = None  # the plan item this training makes, for its model card (None outside a run)
 
     @property
     def run_name(self) -> str:
@@ -98,6 +99,7 @@ class DpoJob:
             ranks=services.ranks,
             launch=dict(services.launch),
             tracking=services.tracking,
+            item=item,
         )
 
 
@@ -121,6 +123,7 @@ class RlooJob:
     trust_remote_code: bool = False
     launch: dict[str, Any] = field(default_factory=dict)  # what train.json says about the run's processes
     tracking: Tracking = field(default_factory=Tracking)
+    item: RlooModel | None = None  # the plan item this training makes, for its model card (None outside a run)
 
     @property
     def run_name(self) -> str:
@@ -146,4 +149,5 @@ class RlooJob:
             trust_remote_code=item.start.trust_remote_code,
             launch=dict(services.launch),
             tracking=services.tracking,
+            item=item,
         )
