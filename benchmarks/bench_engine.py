@@ -243,6 +243,7 @@ def bench_steps(args) -> None:
     from prefalign.engine.decoding import generate
     from prefalign.models.device import pick_device
     from prefalign.stages.train_dpo import train_one
+    from prefalign.training.job import DpoJob
 
     device = pick_device(args.device)
     policy, policy_tokenizer, *_, policy_dir = load_models(args.models, device)
@@ -305,23 +306,23 @@ def bench_steps(args) -> None:
             timer = StepTimer()
             try:
                 train_one(
-                    policy_dir,
-                    None,
-                    Path(d) / "pairs.parquet",
-                    Path(d) / "m",
-                    "seed",
-                    "sigmoid",
-                    0.1,
-                    {
-                        "max_steps": args.steps,
-                        "logging_steps": 50,
-                        "compile_step": compile_step,
-                        **(stock if is_stock else {}),
-                    },
-                    device,
-                    0,
+                    DpoJob(
+                        Path(d) / "pairs.parquet",
+                        policy_dir,
+                        Path(d) / "m",
+                        recipe="seed",
+                        loss="sigmoid",
+                        beta=0.1,
+                        overrides={
+                            "max_steps": args.steps,
+                            "logging_steps": 50,
+                            "compile_step": compile_step,
+                            **(stock if is_stock else {}),
+                        },
+                        device=device,
+                        precision=precision,
+                    ),
                     log=lambda m: None,
-                    precision=precision,
                     callbacks=[timer],
                 )
             finally:
@@ -358,6 +359,7 @@ def bench_train(args) -> None:
     from prefalign.config.loader import load_config
     from prefalign.engine.decoding import generate
     from prefalign.stages.train_dpo import train_one
+    from prefalign.training.job import DpoJob
 
     datasets.disable_caching()
     policy, policy_tokenizer, *_, policy_dir = load_models(args.models)
@@ -378,16 +380,15 @@ def bench_train(args) -> None:
         for rep in range(args.reps):
             for name, (recipe, extra) in sides.items():
                 info = train_one(
-                    policy_dir,
-                    None,
-                    Path(d) / "pairs.parquet",
-                    Path(d) / "m",
-                    recipe,
-                    "sigmoid",
-                    0.1,
-                    {"num_train_epochs": 1, "warmup_steps": 0, **extra},
-                    torch.device("cpu"),
-                    0,
+                    DpoJob(
+                        Path(d) / "pairs.parquet",
+                        policy_dir,
+                        Path(d) / "m",
+                        recipe=recipe,
+                        loss="sigmoid",
+                        beta=0.1,
+                        overrides={"num_train_epochs": 1, "warmup_steps": 0, **extra},
+                    ),
                     log=lambda m: None,
                 )
                 times[name].append(info["train_seconds"])

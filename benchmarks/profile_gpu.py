@@ -184,6 +184,7 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
     from transformers import TrainerCallback
 
     from prefalign.stages.train_dpo import train_one
+    from prefalign.training.job import DpoJob
 
     words = [f" w{i}" for i in range(50, 3000)]
     rng = torch.Generator().manual_seed(0)
@@ -242,18 +243,23 @@ def profile_train(policy_dir: str, precision: str, device: torch.device, compile
     with tempfile.TemporaryDirectory() as d:
         pairs.to_parquet(Path(d) / "pairs.parquet")
         train_one(
-            policy_dir,
-            None,
-            Path(d) / "pairs.parquet",
-            Path(d) / "m",
-            "seed",
-            "sigmoid",
-            0.1,
-            {"max_steps": 45, "logging_steps": 50, "max_length": min(256, context), "compile_step": compile_step},
-            device,
-            0,
+            DpoJob(
+                Path(d) / "pairs.parquet",
+                policy_dir,
+                Path(d) / "m",
+                recipe="seed",
+                loss="sigmoid",
+                beta=0.1,
+                overrides={
+                    "max_steps": 45,
+                    "logging_steps": 50,
+                    "max_length": min(256, context),
+                    "compile_step": compile_step,
+                },
+                device=device,
+                precision=precision,
+            ),
             log=lambda m: None,
-            precision=precision,
             callbacks=[callback],
         )
     print(

@@ -100,6 +100,11 @@ def test_run_tiny_writes_every_output(tiny_run):
     assert " mean length | broken texts |" in report and f"| {100 * original_share:.1f}% |" in report
     assert "Pareto-optimal" in report and (root / "plots" / "frontier-reward-vs-kl.png").stat().st_size > 5000
     assert "Per-run numbers: [results.csv](results.csv)." in report
+    for m in MODELS:  # each model's card, written by its training: what trained it (the report has its evaluation)
+        card = (root / "models" / m / "README.md").read_text()
+        assert f"loss `{m.split('-')[1]}`, beta 0.1" in card and "200 chosen/rejected pairs by the" in card
+        assert card.startswith('---\nlibrary_name: transformers\nbase_model: "prefalign:tiny"')
+        assert "`report.md` and `results.csv`" in card and "| mean reward |" not in card
     page = (root / "report.html").read_text()  # self-contained: every plot embedded, nothing fetched
     assert page.count('<img src="data:image/png;base64,') == 2 * len(STRATEGIES) + 2 and 'src="plots/' not in page
     assert "<script" not in page and "http" not in page.split("<h2>Provenance</h2>")[0].split("</style>")[1]

@@ -200,7 +200,7 @@ def test_lora_changes_only_adapters_and_the_merged_model_evaluates(tiny_dir, tmp
 
 def test_lora_target_modules_the_model_lacks_are_named_with_those_it_has(tiny_policy):
     from prefalign.models.loading import ModelLoadError
-    from prefalign.stages.train_dpo import lora_config
+    from prefalign.training.lora import lora_config
 
     settings = {"r": 4, "alpha": 8, "dropout": 0.0}
     with pytest.raises(ModelLoadError, match=r"q_proj.*c_attn"):
@@ -216,7 +216,7 @@ def test_lora_on_an_architecture_peft_has_no_defaults_for_adapts_the_layers_peft
     from transformers import MambaConfig, MambaForCausalLM, Phi3Config, Phi3ForCausalLM
 
     from prefalign.models.loading import ModelLoadError
-    from prefalign.stages.train_dpo import lora_config
+    from prefalign.training.lora import lora_config
 
     settings, said = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}, []
     mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4))

@@ -93,7 +93,7 @@ def test_lean_loss_gradients_and_metrics_equal_trls(
 
 
 def test_the_4d_mask_is_causal_and_hides_padding_keys():
-    from prefalign.engine.lean_dpo import causal_padding_mask
+    from prefalign.engine.lean_loss import causal_padding_mask
 
     mask = causal_padding_mask(torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert mask.shape == (2, 1, 3, 3)
@@ -109,6 +109,7 @@ def test_other_settings_go_to_trls_own_loss(tiny_dir, tmp_path):
 def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(tiny_dir, tmp_path, monkeypatch):
     """Count the tensor-to-Python conversions of a 12-step run: TRL's loss alone makes ~17 per step."""
     from prefalign.stages.train_dpo import train_one
+    from prefalign.training.job import DpoJob
 
     pairs = pd.DataFrame(
         {
@@ -132,16 +133,15 @@ def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(t
     def run(overrides):
         calls["n"] = 0
         info = train_one(
-            str(tiny_dir / "policy"),
-            None,
-            tmp_path / "pairs.parquet",
-            tmp_path / "m",
-            "seed",
-            "sigmoid",
-            0.1,
-            {"max_steps": steps, "logging_steps": logging_steps, **overrides},
-            torch.device("cpu"),
-            0,
+            DpoJob(
+                tmp_path / "pairs.parquet",
+                str(tiny_dir / "policy"),
+                tmp_path / "m",
+                recipe="seed",
+                loss="sigmoid",
+                beta=0.1,
+                overrides={"max_steps": steps, "logging_steps": logging_steps, **overrides},
+            ),
             log=lambda m: None,
         )
         assert sum("loss" in h for h in info["log_history"]) == steps // logging_steps
@@ -153,8 +153,9 @@ def test_a_training_run_syncs_with_the_host_once_per_logging_step_not_per_loss(t
 
 
 def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir, tmp_path):
-    from prefalign.engine.lean_dpo import TrainingDiverged
+    from prefalign.errors import TrainingDiverged
     from prefalign.stages.train_dpo import train_one
+    from prefalign.training.job import DpoJob
 
     pairs = pd.DataFrame(
         {
@@ -168,16 +169,15 @@ def test_a_diverging_training_stops_at_a_logging_step_naming_the_model(tiny_dir,
         TrainingDiverged, match=r"training my-model diverged: the training loss is (nan|inf) at step \d"
     ):
         train_one(
-            str(tiny_dir / "policy"),
-            None,
-            tmp_path / "pairs.parquet",
-            tmp_path / "my-model",
-            "seed",
-            "sigmoid",
-            0.1,
-            {"learning_rate": 1e30, "warmup_steps": 0, "max_steps": 6, "logging_steps": 1},
-            torch.device("cpu"),
-            0,
+            DpoJob(
+                tmp_path / "pairs.parquet",
+                str(tiny_dir / "policy"),
+                tmp_path / "my-model",
+                recipe="seed",
+                loss="sigmoid",
+                beta=0.1,
+                overrides={"learning_rate": 1e30, "warmup_steps": 0, "max_steps": 6, "logging_steps": 1},
+            ),
             log=lambda m: None,
         )
     assert not (tmp_path / "my-model").exists()
@@ -221,6 +221,7 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
     from prefalign.engine import arithmetic
     from prefalign.engine.preference_batches import NumpyPreferenceCollator
     from prefalign.stages.train_dpo import train_one
+    from prefalign.training.job import DpoJob
 
     chosen = [TEXTS[i % 4] for i in range(27)]
     chosen[20] = "Not bad at all, a good cast and a fine score, though the ending drags on and on."  # one long pair
@@ -243,16 +244,15 @@ def test_a_compiled_training_pads_every_batch_to_one_length_and_trains_as_the_ea
     for mode in ("eager", "fused"):
         shapes.clear()
         info = train_one(
-            str(tiny_dir / "policy"),
-            None,
-            tmp_path / "pairs.parquet",
-            tmp_path / mode,
-            "seed",
-            "sigmoid",
-            0.1,
-            {"num_train_epochs": 1, "logging_steps": 1, "compile_step": mode, "learning_rate": 1e-3},
-            torch.device("cpu"),
-            0,
+            DpoJob(
+                tmp_path / "pairs.parquet",
+                str(tiny_dir / "policy"),
+                tmp_path / mode,
+                recipe="seed",
+                loss="sigmoid",
+                beta=0.1,
+                overrides={"num_train_epochs": 1, "logging_steps": 1, "compile_step": mode, "learning_rate": 1e-3},
+            ),
             log=lambda m: None,
         )
         assert info["settings"]["compile_step"] == mode
@@ -385,7 +385,7 @@ def test_the_4d_mask_is_used_only_where_the_architecture_takes_it(tiny_dir, tmp_
     from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
     from trl import DPOTrainer
 
-    from prefalign.engine.lean_dpo import four_d_mask_works
+    from prefalign.engine.lean_loss import four_d_mask_works
 
     gpt2 = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", attn_implementation="sdpa").train()
     assert four_d_mask_works(gpt2) and gpt2.training  # and the check leaves the training mode as it was

@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefalign.stages.train_rloo import OWNED, RLOO_DEFAULTS, ClassifierReward, rloo_args, train_rloo
+from prefalign.stages.train_rloo import OWNED, RLOO_DEFAULTS, ClassifierReward, rloo_settings, train_rloo
+from prefalign.training.job import RlooJob
 
 TEXTS = ["A wonderful, moving film.", "Dull and far too long.", "ok", "The plot falls apart in the second half, sadly."]
 CPU = torch.device("cpu")
@@ -45,27 +46,19 @@ def test_reward_is_the_logit_of_the_class_named_positive(tiny_classifier, id2lab
 def test_overriding_an_owned_field_is_refused(tiny_classifier, tmp_path, name):
     clf, ctok = tiny_classifier
     with pytest.raises(ValueError, match=name):
-        train_rloo(
-            "unused",
-            None,
-            clf,
-            ctok,
-            "POSITIVE",
-            tmp_path / "m",
-            kl_coef=0.1,
-            steps=1,
-            overrides={name: 1},
-            device=CPU,
-            seed=0,
-        )
+        train_rloo(RlooJob("unused", tmp_path / "m", kl_coef=0.1, steps=1, overrides={name: 1}), clf, ctok)
     with pytest.raises(ValueError, match="not_a_field"):
-        rloo_args(0.1, 1, {"not_a_field": 1}, CPU, 0, str(tmp_path))
+        rloo_settings(RlooJob("unused", tmp_path / "m", kl_coef=0.1, steps=1, overrides={"not_a_field": 1}), "x")
     assert not (tmp_path / "m").exists()
 
 
 def test_settings_follow_sampling_then_overrides(tmp_path):
+    from trl import RLOOConfig
+
     sampling = SimpleNamespace(max_length=40, top_k=20, top_p=0.9, temperature=0.7)
-    args, settings = rloo_args(0.2, 7, {"top_k": 5}, CPU, 3, str(tmp_path), sampling)
+    job = RlooJob("unused", tmp_path / "m", kl_coef=0.2, steps=7, overrides={"top_k": 5}, seed=3, sampling=sampling)
+    settings = rloo_settings(job, str(tmp_path))
+    args = RLOOConfig(**settings)
     assert (args.max_completion_length, args.top_k, args.top_p, args.temperature) == (39, 5, 0.9, 0.7)
     assert (args.beta, args.max_steps, args.seed, args.learning_rate) == (0.2, 7, 3, RLOO_DEFAULTS["learning_rate"])
     assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing and args.save_strategy == "no"
@@ -76,21 +69,8 @@ def test_rloo_changes_the_weights_and_saves_safetensors(tiny_dir, tiny_classifie
     clf, ctok = tiny_classifier
     out, lines = tmp_path / "model", []
     overrides = dict(learning_rate=1e-3, logging_steps=1, per_device_train_batch_size=8, max_completion_length=16)
-    info = train_rloo(
-        str(tiny_dir / "policy"),
-        None,
-        clf,
-        ctok,
-        "POSITIVE",
-        out,
-        kl_coef=0.05,
-        steps=3,
-        overrides=overrides,
-        device=CPU,
-        seed=0,
-        key="k",
-        log=lines.append,
-    )
+    job = RlooJob(str(tiny_dir / "policy"), out, kl_coef=0.05, steps=3, overrides=overrides, device=CPU, key="k")
+    info = train_rloo(job, clf, ctok, log=lines.append)
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     saved = json.loads((out / "train.json").read_text())
     assert (saved["key"], saved["method"], saved["kl_coef"], saved["steps"]) == ("k", "rloo", 0.05, 3)
@@ -104,3 +84,5 @@ def test_rloo_changes_the_weights_and_saves_safetensors(tiny_dir, tiny_classifie
     after = load_file(out / "model.safetensors")
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert not list(tmp_path.glob(".*tmp*"))
+    card = (out / "README.md").read_text()  # the card, written with the weights
+    assert "online RL with TRL's RLOOTrainer, KL coefficient 0.05, 3 steps" in card and "tags: [prefalign" in card

@@ -7,8 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prefalign.config.recipes import RECIPES
 from prefalign.models.loading import bos_prompt
-from prefalign.stages.train_dpo import RECIPES, train_one
+from prefalign.stages.train_dpo import train_one
+from prefalign.training.job import DpoJob
 
 
 def test_prompt_is_the_bos_token_for_gpt2_style_tokenizers(tiny_policy):
@@ -34,92 +36,6 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_on_a_bf16_gpu():
     assert precision_settings("tf32", "cuda", False, False) == {"bf16": False, "fp16": False, "tf32": False}
 
 
-def test_the_seed_recipe_is_tf32_on_cuda_and_plain_fp32_elsewhere(monkeypatch):
-    import transformers.training_args
-
-    from prefalign.config.recipes import RECIPE_PRECISION, precision_settings
-    from prefalign.engine.arithmetic import fp32_switches_restored
-    from prefalign.stages.train_dpo import dpo_args
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # dpo_args only reads the device's type
-    before = torch.backends.cuda.matmul.fp32_precision
-    with fp32_switches_restored():  # TrainingArguments(tf32=True) switches TF32 on for the process
-        monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: True)  # no Ampere GPU here
-        args, settings = dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")
-        assert args.tf32 is True and args.bf16 is False
-        assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="fp32")[0].tf32 is False
-    assert torch.backends.cuda.matmul.fp32_precision == before
-    args, settings = dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")
-    assert not args.tf32 and not args.bf16
-    # A GPU without TF32 (T4, V100): the recipe's TF32, or a config's, is plain fp32 there, not an error.
-    monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: False)
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[0].tf32 is False
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="tf32")[0].tf32 is False
-
-    assert precision_settings(RECIPE_PRECISION["seed"], "cuda", True, True) == {
-        "bf16": False,
-        "fp16": False,
-        "tf32": True,
-    }
-    assert precision_settings(RECIPE_PRECISION["seed"], "cpu", False, False) == {"bf16": False, "fp16": False}
-    assert precision_settings(RECIPE_PRECISION["default"], "cuda", True, True)["bf16"] is True
-
-
-def test_bf16_precision_reaches_the_trainer_and_the_override_wins():
-    from prefalign.config.recipes import RECIPE_PRECISION
-    from prefalign.stages.train_dpo import dpo_args
-
-    cpu = torch.device("cpu")
-    assert RECIPE_PRECISION == {"seed": "tf32", "default": "auto"}
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is True
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
-    assert dpo_args("default", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].bf16 is False
-    assert dpo_args("seed", "sigmoid", 0.1, {"bf16": False}, cpu, 0, "/tmp/x", precision="bf16")[0].bf16 is False
-
-
-def test_seed_recipe_recomputes_the_reference_each_step_on_cpu_unless_told_otherwise():
-    from prefalign.stages.train_dpo import dpo_args
-
-    cpu = torch.device("cpu")
-    assert RECIPES["seed"]["precompute_ref_log_probs"] == "on_gpu"
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].precompute_ref_log_probs is False
-    override = {"precompute_ref_log_probs": True}
-    assert dpo_args("seed", "sigmoid", 0.1, override, cpu, 0, "/tmp/x")[0].precompute_ref_log_probs is True
-    # The Trainer's per-step NaN filter reads the loss on the host; it is off unless asked for.
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[0].logging_nan_inf_filter is False
-
-
-def test_the_step_is_compiled_with_cuda_graphs_on_one_gpu_only():
-    from prefalign.stages.train_dpo import dpo_args
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # dpo_args only reads the device's type
-    # (fp32: the recipe's TF32 would make TrainingArguments look for an Ampere GPU, which CI lacks)
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", precision="fp32")[1]["compile_step"] == "graphs"
-    assert dpo_args("default", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x", processes=2)[1]["compile_step"] == "eager"
-    assert dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]["compile_step"] == "eager"
-    # Asked for on a CPU: compiled, without CUDA graphs; a user's setting wins everywhere.
-    assert dpo_args("seed", "sigmoid", 0.1, {"compile_step": "graphs"}, cpu, 0, "/tmp/x")[1]["compile_step"] == "fused"
-    assert (
-        dpo_args("seed", "sigmoid", 0.1, {"compile_step": "eager"}, cuda, 0, "/tmp/x", precision="fp32")[1][
-            "compile_step"
-        ]
-        == "eager"
-    )
-
-
-def test_batches_reach_a_gpu_without_the_host_waiting_for_the_copy():
-    from prefalign.stages.train_dpo import dpo_args
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    settings = dpo_args("default", "sigmoid", 0.1, {}, cuda, 0, "/tmp/x")[1]
-    assert settings["accelerator_config"] == {"non_blocking": True} and settings["dataloader_pin_memory"] is True
-    assert "accelerator_config" not in dpo_args("seed", "sigmoid", 0.1, {}, cpu, 0, "/tmp/x")[1]
-    mine = {"accelerator_config": {"non_blocking": False}}
-    assert dpo_args("default", "sigmoid", 0.1, mine, cuda, 0, "/tmp/x")[1]["accelerator_config"] == {
-        "non_blocking": False
-    }
-
-
 @pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
 def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, loss):
     pairs = pd.DataFrame(
@@ -132,17 +48,16 @@ def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, 
     pairs.to_parquet(tmp_path / "pairs.parquet")
     out = tmp_path / "model"
     info = train_one(
-        str(tiny_dir / "policy"),
-        None,
-        tmp_path / "pairs.parquet",
-        out,
-        "default",
-        loss,
-        0.1,
-        {"learning_rate": 1e-2, "logging_steps": 1},
-        torch.device("cpu"),
-        0,
-        key="k",
+        DpoJob(
+            tmp_path / "pairs.parquet",
+            str(tiny_dir / "policy"),
+            out,
+            recipe="default",
+            loss=loss,
+            beta=0.1,
+            overrides={"learning_rate": 1e-2, "logging_steps": 1},
+            key="k",
+        ),
         log=lambda m: None,
     )
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
@@ -155,10 +70,39 @@ def test_training_changes_the_weights_and_saves_safetensors(tiny_dir, tmp_path, 
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_a_trained_model_directory_holds_its_card_written_with_the_weights(tiny_dir, tmp_path):
+    """README.md is saved with the model: what trained it (base model, loss, beta, recipe, pairs,
+    precision, seed), where its evaluation lives, and how to load it."""
+    pairs = pd.DataFrame(
+        {"prompt": "<|endoftext|>", "chosen": ["Superb, I loved it."] * 8, "rejected": ["Awful and dull."] * 8}
+    )
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    out = tmp_path / "my-model"
+    job = DpoJob(
+        tmp_path / "pairs.parquet",
+        str(tiny_dir / "policy"),
+        out,
+        loss="hinge",
+        beta=0.5,
+        seed=3,
+        overrides={"max_steps": 1},
+    )
+    info = train_one(job, log=lambda m: None)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\nbase_model: " + json.dumps(str(tiny_dir / "policy")))
+    assert "# my-model" in card and "tags: [prefalign, preference-alignment, dpo, hinge]" in card
+    assert (
+        "TRL DPOTrainer, loss `hinge`, beta 0.5, recipe `default`" in card and "- data: 8 chosen/rejected pairs" in card
+    )
+    assert f"- settings: fp32, seed 3, {info['train_seconds']} s of training" in card
+    assert "`report.md` and `results.csv`" in card and "| mean reward |" not in card
+    assert 'AutoModelForCausalLM.from_pretrained("path/to/this/directory")' in card
+
+
 def test_length_grouped_order_is_a_permutation_of_sorted_megabatches():
     import numpy as np
 
-    from prefalign.stages.train_dpo import length_grouped_order
+    from prefalign.training.dpo_data import length_grouped_order
 
     lengths = np.random.default_rng(1).integers(1, 64, size=203)
     order = length_grouped_order(lengths, batch_size=4, seed=3, megabatch=5)
@@ -180,7 +124,7 @@ def test_completion_only_head_gives_the_same_log_probs_and_gradients(tiny_dir):
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from prefalign.stages.train_dpo import completion_tokens_only
+    from prefalign.engine.trl_compat import completion_tokens_only
 
     base = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
     trl_utils.add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
@@ -220,46 +164,33 @@ def test_default_recipe_records_its_own_switches(tiny_dir, tmp_path):
     )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     info = train_one(
-        str(tiny_dir / "policy"),
-        None,
-        tmp_path / "pairs.parquet",
-        tmp_path / "m",
-        "default",
-        "sigmoid",
-        0.1,
-        {"group_by_length": False},
-        torch.device("cpu"),
-        0,
+        DpoJob(
+            tmp_path / "pairs.parquet",
+            str(tiny_dir / "policy"),
+            tmp_path / "m",
+            recipe="default",
+            loss="sigmoid",
+            beta=0.1,
+            overrides={"group_by_length": False},
+        ),
         log=lambda m: None,
     )
     assert info["settings"]["group_by_length"] is False and info["settings"]["completion_only_head"] is True
     assert "train_sampling_strategy" not in info["settings"]  # TRL's random sampler
     info = train_one(
-        str(tiny_dir / "policy"),
-        None,
-        tmp_path / "pairs.parquet",
-        tmp_path / "m",
-        "default",
-        "sigmoid",
-        0.1,
-        {},
-        torch.device("cpu"),
-        0,
+        DpoJob(
+            tmp_path / "pairs.parquet",
+            str(tiny_dir / "policy"),
+            tmp_path / "m",
+            recipe="default",
+            loss="sigmoid",
+            beta=0.1,
+            overrides={},
+        ),
         log=lambda m: None,
     )
     # the pairs arrive in length-grouped random order, which the trainer must then keep
     assert info["settings"]["train_sampling_strategy"] == "sequential"
-
-
-def test_loss_entries_resolve_to_trl_types_and_weights():
-    from prefalign.config.schema import LossMix
-    from prefalign.stages.train_dpo import resolve_loss
-
-    assert resolve_loss("sigmoid") == ("sigmoid", ["sigmoid"], None)
-    assert resolve_loss("slic", 0.3) == ("slic", ["hinge", "sft"], [1.0, 0.3])
-    mix = LossMix(types=["sigmoid", "bco_pair"], weights=[0.8, 0.2])
-    assert resolve_loss(mix) == ("0.8sigmoid+0.2bco_pair", ["sigmoid", "bco_pair"], [0.8, 0.2])
-    assert resolve_loss(LossMix(types=["ipo"], name="myipo"))[0] == "myipo"
 
 
 def _every_loss():
@@ -285,16 +216,15 @@ def test_every_trl_loss_type_trains_one_step(tiny_dir, tmp_path, loss):
     pairs.to_parquet(tmp_path / "pairs.parquet")
     out = tmp_path / "model"
     info = train_one(
-        str(tiny_dir / "policy"),
-        None,
-        tmp_path / "pairs.parquet",
-        out,
-        "default",
-        loss,
-        0.1,
-        {"learning_rate": 1e-2, "max_steps": 1, "logging_steps": 1, **extra},
-        torch.device("cpu"),
-        0,
+        DpoJob(
+            tmp_path / "pairs.parquet",
+            str(tiny_dir / "policy"),
+            out,
+            recipe="default",
+            loss=loss,
+            beta=0.1,
+            overrides={"learning_rate": 1e-2, "max_steps": 1, "logging_steps": 1, **extra},
+        ),
         log=lambda m: None,
     )
     losses = [h["loss"] for h in info["log_history"] if "loss" in h]
@@ -336,16 +266,15 @@ def test_pairs_longer_than_the_policy_positions_are_truncated(tiny_dir, tmp_path
     pairs.to_parquet(tmp_path / "pairs.parquet")
     for recipe in ("default", "seed"):
         info = train_one(
-            str(tiny_dir / "policy"),
-            None,
-            tmp_path / "pairs.parquet",
-            tmp_path / recipe,
-            recipe,
-            "sigmoid",
-            0.1,
-            {"num_train_epochs": 1},
-            torch.device("cpu"),
-            0,
+            DpoJob(
+                tmp_path / "pairs.parquet",
+                str(tiny_dir / "policy"),
+                tmp_path / recipe,
+                recipe=recipe,
+                loss="sigmoid",
+                beta=0.1,
+                overrides={"num_train_epochs": 1},
+            ),
             log=lambda m: None,
         )
         assert info["settings"]["max_length"] == positions

@@ -55,6 +55,10 @@ class DeviceError(PrefalignError):
     exit_code = 2
 
 
+class TrainingDiverged(PrefalignError):
+    """The training loss became NaN or infinite (checked at each logging step, where it is on the host anyway)."""
+
+
 RESUME = "finished outputs are kept, rerun the same command to resume"
 
 # Failures of the machine rather than of prefalign or the input: said in one line, exit 1.

@@ -8,9 +8,12 @@
   a forward pass. On CPU the separate pass costs more than it saves in a one-epoch run, so there
   they are still computed every step.
 - `default`: TRL's defaults with reference log-probs computed once before training, a learning rate
-  that moves a small policy in one epoch without collapsing it into word salad (5e-5: the value
-  that kept fluent text in the demo-size probe of ../shared/NOTES.md), no gradient checkpointing
-  (these policies are small; recomputation only costs time) and length-grouped batches.
+  that moves a small policy in one epoch without collapsing it into word salad (5e-5: on the demo
+  models, one epoch of random pairs, sigmoid loss, beta 0.1 moved the mean reward 0.42 -> 0.81 and
+  the diversity 5.23 -> 5.14 nats with the text still fluent, where the `seed` recipe's 5e-3 turns
+  it into a salad of positive words), no gradient
+  checkpointing (these policies are small; recomputation only costs time) and length-grouped
+  batches.
 
 The arithmetic is `train.precision`'s, else the recipe's (`RECIPE_PRECISION`), and `train.dpo`
 overrides any of these per config. Plain data, so the config schema can name the

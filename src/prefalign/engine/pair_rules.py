@@ -92,9 +92,7 @@ def build_pairs(
         )
         return _frame(sample_rewards, chosen, rejected)
 
-    sizes = np.bincount(group_of)
-    scope = f"; pairs stay within a group: {len(sizes)} groups of {sizes.min()}..{sizes.max()} samples"
-    scope = scope if groups is not None else ""
+    scope = _group_scope(group_of) if groups is not None else ""
     layout = (sorted_rewards, sorted_groups, start, end)
     first_partner, may_reject, why, short, advice = _partners(
         strategy, layout, groups is not None, margin, threshold, q, scope
@@ -117,6 +115,11 @@ def build_pairs(
         flip = rng.random(count) < 1 / (1 + np.exp(gap))
         chosen, rejected = np.where(flip, rejected, chosen), np.where(flip, chosen, rejected)
     return _frame(sample_rewards, chosen, rejected)
+
+
+def _group_scope(group_of) -> str:
+    sizes = np.bincount(group_of)
+    return f"; pairs stay within a group: {len(sizes)} groups of {sizes.min()}..{sizes.max()} samples"
 
 
 def _check_request(strategy: str, n: int, margin: float, margin_floor: float) -> None:

@@ -16,7 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from prefalign.engine.trl_compat import preference_collator_class
+
+# TRL's text collator, reached through trl_compat (a TRL module path, not its public API).
+DataCollatorForPreference = preference_collator_class()
 
 
 @dataclasses.dataclass

@@ -7,16 +7,19 @@ TRL's: `sigmoid` is DPO, `hinge` is SLiC's hinge as TRL implements it (`relu(1 -
 so beta is the reciprocal of the margin), `ipo` is IPO; any list of TRL loss types with weights is
 a weighted sum; `slic` is `["hinge", "sft"]` with weights `[1, slic_sft_weight]`, i.e. hinge plus
 a cross-entropy term on the chosen text, the regularised objective of the SLiC-HF paper. The
-recipe (recipes.py: `seed`, the original's settings, or `default`) sets the rest, and any
-`trl.DPOConfig` field in `train.dpo` overrides it. The model is written with `save_pretrained`
-(safetensors) plus its tokenizer and `train.json` (settings, metrics, number of processes), to a
-temporary directory renamed when complete.
+recipe (config/recipes.py: `seed`, the original's settings, or `default`) sets the rest, and any
+`trl.DPOConfig` field in `train.dpo` overrides it (training/dpo_settings.py). The trainer is
+prefalign's LeanDPOTrainer (engine/lean_dpo.py: the same loss with fewer host syncs) on the TRL
+releases it was checked against, TRL's own DPOTrainer on any other (engine/trl_compat.py). The
+model is written with `save_pretrained` (safetensors) plus its tokenizer, its model card
+(README.md, training/model_card.py) and `train.json` (settings, metrics, number of processes), to
+a temporary directory renamed when complete.
 
-With `train.lora`, peft adapters are trained instead of the weights, the reference being the base
-model with its adapters disabled; the directory then holds the merged model and `adapter/`. When
-the run's processes train one model together (`parallel: data`), the Trainer's distributed path
-splits each batch between them, and the main process writes the model once it has checked that
-every process holds the same weights. Run alone with:
+With `train.lora`, peft adapters are trained instead of the weights (training/lora.py), the
+reference being the base model with its adapters disabled; the directory then holds the merged
+model and `adapter/`. When the run's processes train one model together (`parallel: data`), the
+Trainer's distributed path splits each batch between them, and the main process writes the model
+once it has checked that every process holds the same weights. Run alone with:
 
     prefalign train CONFIG
 """
@@ -29,18 +32,26 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 import torch
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 
-from prefalign.config.recipes import OWN_SETTINGS, RECIPE_PRECISION, RECIPES, precision_settings
 from prefalign.engine.arithmetic import fp32_switches_restored
-from prefalign.pipeline.distributed import Ranks, weights_digest
-from prefalign.pipeline.items import DpoModel, trusts_code
+from prefalign.engine.lean_loss import fixed_pad_length
+from prefalign.engine.trl_compat import completion_tokens_only, lean_trainer_usable, unchecked_note
+from prefalign.errors import TrainingDiverged
+from prefalign.pipeline.distributed import weights_digest
+from prefalign.pipeline.items import DpoModel
 from prefalign.pipeline.services import Services, release_memory
-from prefalign.pipeline.store import read_parquet, scratch_beside
-from prefalign.training.trackers import Tracking, reporting
+from prefalign.pipeline.store import read_parquet
+from prefalign.training.dpo_data import drop_shared, length_grouped, pairs_dataset
+from prefalign.training.dpo_settings import device_traits, dpo_settings, resolve_loss
+from prefalign.training.job import DpoJob
+from prefalign.training.lora import lora_config
+from prefalign.training.model_card import model_card
+from prefalign.training.progress import LogLine, StepClock
+from prefalign.training.trackers import reporting
 from prefalign.training.trained_model import (
     checkpoint_dir,
     checkpoint_path,
@@ -52,453 +63,214 @@ from prefalign.training.trained_model import (
 )
 
 
-class _LogLine(TrainerCallback):
-    def __init__(self, log):
-        self.log = log
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            acc = logs.get("rewards/accuracies", float("nan"))
-            self.log(
-                f"  step {state.global_step}/{state.max_steps}: loss {float(logs['loss']):.4f}, "
-                f"reward accuracy {float(acc):.2f}, margin {float(logs.get('rewards/margins', float('nan'))):.3f}"
-            )
-
-
-class _StepClock(TrainerCallback):
-    """Wall times of the training's start, the end of its first step (compilation happens there) and
-    its end, so train.json can tell one-off costs from the per-step rate."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.begin, self.first, self.first_step = time.time(), None, state.global_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.first is None:
-            self.first, self.first_step = time.time(), state.global_step
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.end, self.last_step = time.time(), state.global_step
-
-
-def length_grouped_order(lengths, batch_size: int, seed: int, megabatch: int = 50) -> np.ndarray:
-    """A random order of the examples in which every run of `batch_size` has similar lengths.
-
-    As transformers' LengthGroupedSampler: shuffle, cut into megabatches of `megabatch * batch_size`,
-    sort each megabatch by length, longest first. Each batch is then padded to nearly its own
-    length, and the reference pre-pass (which reads the data in this order) pads little too.
-    """
-    lengths = np.asarray(lengths)
-    perm = np.random.default_rng(seed).permutation(len(lengths))
-    size = max(1, megabatch * batch_size)
-    chunks = [perm[i : i + size] for i in range(0, len(perm), size)]
-    return np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks]) if chunks else perm
-
-
-@contextlib.contextmanager
-def completion_tokens_only():
-    """Have TRL's fused LM head project only the completion tokens on every device.
-
-    TRL 1.16 scores only the positions with a label on CUDA (its Triton path) but every position,
-    padding and prompt included, elsewhere, to keep tile shapes fixed for compilers such as Neuron's.
-    On CPU without compilation that only wastes work: the per-token vocabulary projection and its
-    backward are most of a small policy's training step. The results are the same either way.
-    """
-    from prefalign.engine.lean_dpo import trl_head_positions
-
-    with trl_head_positions(lambda device, trl_choice: device.type == "cpu" or trl_choice):
-        yield
-
-
-def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], list[float] | None]:
-    """(label, TRL loss types, TRL loss weights) of a `train.losses` entry."""
-    if entry == "slic":
-        return "slic", ["hinge", "sft"], [1.0, slic_sft_weight]
-    if isinstance(entry, str):
-        return entry, [entry], None
-    return entry.label(), list(entry.types), list(entry.weights) if entry.weights is not None else None
-
-
-def dpo_args(
-    recipe: str,
-    loss: str | list[str],
-    beta: float,
-    overrides: dict,
-    device: torch.device,
-    seed: int,
-    output_dir: str,
-    loss_weights: list[float] | None = None,
-    precision: str | None = None,
-    checkpoint_steps: int | None = None,
-    processes: int = 1,
-    tracker: dict | None = None,
-    positions: int | None = None,
-):
-    """(DPOConfig, every setting) of one training; with `processes` > 1 training one model together,
-    each takes 1/processes of the recipe's batch, so a step still sees the recipe's batch.
-    `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none).
-    `positions`: the policy's position limit; a longer `max_length` is lowered to it."""
-    from transformers import training_args
-    from trl import DPOConfig
-
-    bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    tf32_supported = device.type == "cuda" and training_args.is_torch_tf32_available()  # TrainingArguments' own check
-    arithmetic = precision_settings(precision or RECIPE_PRECISION[recipe], device.type, bf16_supported, tf32_supported)
-    settings = {**RECIPES[recipe], **arithmetic, **overrides}
-    own = {k: settings.pop(k) for k in list(settings) if k in OWN_SETTINGS}
-    compile_step = own.get("compile_step", "eager")
-    if compile_step == "auto":
-        compile_step = "graphs" if device.type == "cuda" and processes == 1 else "eager"
-    own["compile_step"] = "fused" if compile_step == "graphs" and device.type != "cuda" else compile_step
-    if settings.get("precompute_ref_log_probs") == "on_gpu":
-        settings["precompute_ref_log_probs"] = device.type == "cuda"
-    if device.type == "cpu":
-        settings.setdefault("use_cpu", True)
-    if device.type == "cuda":
-        # Batches go to the GPU from pinned memory without the host waiting for the copy: a blocking
-        # copy waits for every kernel already queued, one host sync per input tensor and step.
-        settings.setdefault("dataloader_pin_memory", True)
-        settings.setdefault("accelerator_config", {"non_blocking": True})
-    settings.update(
-        output_dir=output_dir,
-        loss_type=[loss] if isinstance(loss, str) else list(loss),
-        beta=beta,
-        seed=seed,
-        data_seed=seed,
-        **(tracker or {"report_to": "none"}),
-        save_strategy="no",
-        logging_steps=settings.get("logging_steps", 10),
-        disable_tqdm=settings.get("disable_tqdm", True),
-        # The Trainer's NaN/inf filter reads the loss on the host every step (a GPU sync); a NaN loss is logged as NaN.
-        logging_nan_inf_filter=settings.get("logging_nan_inf_filter", False),
-    )
-    if positions and (settings.get("max_length") is None or settings["max_length"] > positions):
-        # A pair longer than the model's positions would index past its position table: TRL truncates
-        # it instead. Sampled texts fit, but decoding and re-encoding a text of broken byte tokens
-        # (a collapsed policy's) can give more tokens than were sampled.
-        settings["max_length"] = positions
-    if checkpoint_steps:
-        # The latest checkpoint only: it is all a resumed training needs.
-        settings.update(save_strategy="steps", save_steps=checkpoint_steps, save_total_limit=1)
-    if loss_weights is not None:
-        settings["loss_weights"] = list(loss_weights)
-    if processes > 1:
-        settings["per_device_train_batch_size"] = settings["per_device_train_batch_size"] // processes
-        # Every parameter gets a gradient each step; DDP's search for unused ones would only cost time.
-        settings.setdefault("ddp_find_unused_parameters", False)
-    if own.get("group_by_length"):
-        # The pairs arrive already in length-grouped random order (see train_one).
-        settings["train_sampling_strategy"] = "sequential"
-    return DPOConfig(**settings), {**settings, **own}
-
-
-def peft_refuses(model, name: str) -> bool:
-    """Whether peft refuses to put LoRA on modules called `name` in this architecture (a Mamba's
-    `out_proj` and `conv1d`), by peft's own check where it has one."""
-    from peft import LoraConfig
-    from peft.tuners import tuners_utils
-
-    check = getattr(tuners_utils, "_check_lora_target_modules_mamba", None)
-    try:
-        if check is not None:
-            check(LoraConfig(target_modules=[name]), model, name)
-    except ValueError:
-        return True
-    return False
-
-
-def linear_layers(model) -> tuple[list[str], list[str]]:
-    """(the names (last part) of the model's linear layers but its output head, those of them peft
-    agrees to adapt on this architecture)."""
-    head = model.get_output_embeddings()
-    is_linear = lambda m: isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"  # noqa: E731 (GPT-2's Conv1D)
-    names = sorted(
-        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is not head and is_linear(module)}
-    )
-    return names, [name for name in names if not peft_refuses(model, name)]
-
-
-def lora_config(lora: dict, model, policy_ref: str, log=print):
-    """peft's LoraConfig for train.lora's settings, checked against the model's module names. Without
-    `target_modules`, peft's default for the architecture, or its linear layers where peft has none;
-    `all-linear` leaves out the layers peft refuses on the architecture."""
-    from peft import LoraConfig
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-    from prefalign.models.loading import ModelLoadError
-
-    targets, model_type = lora["target_modules"], getattr(model.config, "model_type", None)
-    linear, accepted = linear_layers(model)
-    if (targets is None and model_type not in PEFT_DEFAULTS) or (targets == "all-linear" and accepted != linear):
-        why = "peft has no default target modules for" if targets is None else "peft refuses some linear layers of"
-        targets = accepted
-        log(
-            f"  LoRA: {why} {model_type!r} models; adapting its linear layers {targets} (train.lora.target_modules "
-            "chooses others)"
-        )
-    wanted = [targets] if isinstance(targets, str) else targets  # None: peft's default for the architecture
-    modules: dict[str, set[str]] = {}  # module name (its last part) -> the classes of the modules so named
-    for name, module in model.named_modules():
-        modules.setdefault(name.rsplit(".", 1)[-1], set()).add(type(module).__name__)
-    missing = [t for t in wanted or [] if t not in modules and t != "all-linear"]
-    if missing:
-        raise ModelLoadError(
-            f"train.lora.target_modules: {missing} are not module names of {policy_ref} (it has "
-            f"{sorted(n for n in modules if n)[:30]}); name some of its linear layers or use all-linear"
-        )
-    refused = [t for t in wanted or [] if t != "all-linear" and peft_refuses(model, t)]
-    if refused:
-        raise ModelLoadError(
-            f"train.lora.target_modules: peft cannot adapt {refused} on {model_type!r} models; name "
-            f"others of its linear layers ({', '.join(accepted)}) or use all-linear"
-        )
-    # GPT-2's layers are Conv1D, whose weight is stored transposed; peft must be told (it warns, then does so).
-    adapted = modules if wanted in (None, ["all-linear"]) else {n: modules[n] for n in wanted if n in modules}
-    fan_in_fan_out = any("Conv1D" in classes for classes in adapted.values())
-    return LoraConfig(
-        r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        target_modules=targets,
-        fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM",
-    )
-
-
 def train_dpo(item: DpoModel, services: Services) -> None:
     """Train a `DpoModel` (or `IterativeRound`) item into its directory."""
     services.log(f"train {item.name}")
-    start, reference = item.start, item.reference
-    train_one(
-        start.ref,
-        start.revision,
-        item.pairs.path,
-        item.path,
-        item.recipe,
-        item.loss,
-        item.beta,
-        item.overrides,
-        services.device,
-        item.seed,
-        key=item.key,
-        log=services.log,
-        reference=None if start is reference else (reference.ref, reference.revision),
-        slic_sft_weight=item.slic_sft_weight,
-        precision=item.precision,
-        checkpoint_steps=item.checkpoint_steps,
-        lora=item.lora,
-        ranks=services.ranks,
-        launch=services.launch,
-        tracking=services.tracking,
-        name=item.name,
-        trust_remote_code=trusts_code(item),
-    )
+    train_one(DpoJob.from_item(item, services), log=services.log)
     release_memory()
 
 
-def train_one(
-    policy_ref: str,
-    revision: str | None,
-    pairs_path: Path,
-    out_dir: Path,
-    recipe: str,
-    loss,
-    beta: float,
-    overrides: dict,
-    device: torch.device,
-    seed: int,
-    key: str = "",
-    log=print,
-    reference: tuple[str, str | None] | None = None,
-    slic_sft_weight: float = 0.1,
-    precision: str | None = None,
-    callbacks: list | None = None,
-    checkpoint_steps: int | None = None,
-    lora: dict | None = None,
-    ranks: Ranks = Ranks(),
-    launch: dict | None = None,
-    tracking: Tracking = Tracking(),
-    name: str | None = None,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Train one model on one pair file; write it and its train.json (holding `key`) to `out_dir` atomically.
+class _Models(NamedTuple):
+    """What a DPO training loads: the policy, its tokenizer and config as loaded, LoRA, the reference."""
 
-    `loss`: a `train.losses` entry (see resolve_loss). `reference`: (ref, revision) of the reference
-    model when it is not the starting policy (iterative rounds start from the previous round but
-    keep the original); by default a frozen copy of the starting weights. `callbacks`: extra
-    transformers TrainerCallbacks (benchmarks time the steps with one). `checkpoint_steps`: save a
-    Trainer checkpoint that often into `.<out_dir name>.checkpoints/` beside `out_dir` (holding
-    `key`); a later call with the same key resumes from the last one; removed once the model is saved.
-    `lora`: train.lora's settings, or None to train every weight. `ranks`: the processes training
-    this model together (each calls this); the main process writes the outputs. `launch`: what
-    train.json says about the run's processes (default: one process). `tracking`: the experiment
-    trackers to log to, under the run `name` (default: `out_dir`'s name).
+    policy: torch.nn.Module
+    tokenizer: object
+    loaded: dict  # trained_model.config_as_loaded(policy), restored before saving
+    peft_config: object | None
+    reference: torch.nn.Module | None  # None: the policy with its adapters disabled (LoRA)
+
+
+def train_one(job: DpoJob, log=print, callbacks=()) -> dict:
+    """Train one model on one pair file; write it, its card and its train.json (holding `job.key`) to
+    `job.out_dir` atomically, and return what train.json holds.
+
+    `callbacks`: extra transformers TrainerCallbacks (benchmarks time the steps with one). With
+    `job.checkpoint_steps`, a Trainer checkpoint is saved that often into `.<out_dir name>.checkpoints/`
+    beside `out_dir` (holding the key); a later call with the same key resumes from the last one,
+    and they are removed once the model is saved. Every process of `job.ranks` calls this; the main
+    process writes the outputs.
     """
-    from datasets import Dataset, load_from_disk
-    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
 
-    from prefalign.engine.lean_dpo import LeanDPOTrainer, TrainingDiverged, fixed_pad_length
-    from prefalign.models.loading import from_pretrained, load_policy_to_train, positions, resolve
+    from prefalign.models.loading import positions
 
-    model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
-    loaded = config_as_loaded(model)
-    peft_config = lora_config(lora, model, policy_ref, log) if lora else None
-    if reference is None and lora:
-        ref_model = None  # TRL scores the reference with the adapters disabled
-    elif reference is None:
-        # The reference is a frozen copy of the untrained weights, taken in memory rather than read again.
-        ref_model = copy.deepcopy(model).eval()
-    else:
-        reference_ref, reference_revision = reference
-        ref_model = from_pretrained(
-            AutoModelForCausalLM,
-            resolve(reference_ref, "policy"),
-            "policy",
-            reference_revision,
-            trust_remote_code,
-            dtype=torch.float32,
-        ).eval()
-    if ref_model is not None:
-        ref_model.requires_grad_(False)
-
-    pairs = read_parquet(pairs_path, columns=["prompt", "chosen", "rejected"])
-    resume = None
-    if checkpoint_steps:
-        scratch = str(checkpoint_path(Path(out_dir)))
-        if ranks.main:  # the main process empties stale checkpoints and drops a partial one ...
-            resume = last_complete_checkpoint(checkpoint_dir(Path(out_dir), key))
-        ranks.wait()  # ... before any process reads the folder
-        resume = resume or last_complete_checkpoint(Path(scratch))
-    else:
-        scratch = tempfile.mkdtemp(prefix="prefalign-trainer-")
-    label, loss_types, loss_weights = resolve_loss(loss, slic_sft_weight)
-    # The trackers' environment stays set until the training is over (the finally below).
-    tracker = contextlib.ExitStack()
-    tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name, fresh=resume is None))
-    tracker.enter_context(fp32_switches_restored())  # the TrainingArguments below set TF32 for the process
-    args, settings = dpo_args(
-        recipe,
-        loss_types,
-        beta,
-        overrides,
-        device,
-        seed,
-        scratch,
-        loss_weights,
-        precision,
-        checkpoint_steps,
-        ranks.count,
-        tracker_fields,
-        positions(model.config),
-    )
-    if settings.get("group_by_length"):
-        ids = tokenizer(list(pairs["prompt"] + pairs["chosen"]) + list(pairs["prompt"] + pairs["rejected"]))[
-            "input_ids"
-        ]
-        longest = np.maximum(*np.split(np.array([len(i) for i in ids]), 2))
-        pairs = pairs.iloc[length_grouped_order(longest, args.per_device_train_batch_size, seed)]
+    models = _load_models(job, log)
+    pairs = read_parquet(job.pairs_path, columns=["prompt", "chosen", "rejected"])
+    scratch, resume = _trainer_dir(job)
+    tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
     shared = None
-    if ranks.count > 1:
-        # The processes share one on-disk dataset: TRL caches the reference log-probs beside it,
-        # written by the main process and read by all (a temporary name, so a killed run's is cleared).
-        shared = scratch_beside(Path(out_dir), "pairs")
-        if ranks.main:
-            shutil.rmtree(shared, ignore_errors=True)
-            Dataset.from_pandas(pairs, preserve_index=False).save_to_disk(str(shared))
-        ranks.wait()
-        dataset = load_from_disk(str(shared))
-    else:
-        dataset = Dataset.from_pandas(pairs, preserve_index=False)
     try:
+        fields = tracker.enter_context(reporting(job.tracking, job.run_name, fresh=resume is None))
+        tracker.enter_context(fp32_switches_restored())  # the TrainingArguments below set TF32 for the process
+        trl_settings, settings = dpo_settings(
+            job, device_traits(job.device), scratch, fields, positions(models.policy.config)
+        )
+        args = DPOConfig(**trl_settings)
+        if settings.get("group_by_length"):
+            pairs = length_grouped(pairs, models.tokenizer, args.per_device_train_batch_size, job.seed)
+        dataset, shared = pairs_dataset(pairs, job.out_dir, job.ranks)
         t0 = time.time()
         with completion_tokens_only() if settings.get("completion_only_head") else contextlib.nullcontext():
             # Timed from here: with precomputed reference log-probs the constructor runs the reference pass.
-            trainer = LeanDPOTrainer(
-                model=model,
-                ref_model=ref_model,
-                args=args,
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                peft_config=peft_config,
-            )
-            if settings["compile_step"] != "eager" and trainer.lean():
-                # One shape for the compiled step: every batch padded to the longest pair.
-                trainer.compile_step, trainer.note = settings["compile_step"], log
-                trainer.data_collator.pad_to_multiple_of = fixed_pad_length(trainer.train_dataset, args.max_length)
-            # One short line per logging step instead of the Trainer's metric dicts.
-            trainer.remove_callback(PrinterCallback)
-            trainer.add_callback(_LogLine(log))
-            clock = _StepClock()
-            for callback in [clock, *(callbacks or [])]:
-                trainer.add_callback(callback)
-            if resume:
-                log(f"  resuming from {Path(resume).name} (a checkpoint of an interrupted training)")
-            try:
-                result = trainer.train(resume_from_checkpoint=resume)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(
-                    f"training {Path(out_dir).name} diverged: {e}; nothing was saved. Lower the learning rate "
-                    f"(train.dpo.learning_rate; the {recipe!r} recipe's is {args.learning_rate:g}) or change beta / "
-                    f"the loss, then rerun: finished models are kept."
-                ) from None
+            trainer, clock = _make_trainer(job, models, args, dataset, settings, log, callbacks)
+            result = _fit(trainer, resume, job, args.learning_rate, log)
         seconds = time.time() - t0
-        info = {
-            "key": key,
-            "recipe": recipe,
-            "loss": label,
-            "beta": beta,
-            "base_model": policy_ref,
-            "reference_model": reference[0] if reference else policy_ref,
-            "pairs_file": str(pairs_path),
-            "pairs": len(pairs),
-            "settings": {k: v for k, v in settings.items() if k != "output_dir"},
-            "resumed_from": Path(resume).name if resume else None,
+        timing = {
             "train_seconds": round(seconds, 2),
             "pairs_per_second": round(len(pairs) * args.num_train_epochs / seconds, 2),
-            # Trainer construction (the reference pre-pass included), the first step (compilation
-            # included), and the rate of the steps after it: the one-off costs apart from the rate.
-            "setup_seconds": round(clock.begin - t0, 2),
-            "first_step_seconds": round((clock.first or clock.end) - clock.begin, 2),
-            "steady_pairs_per_second": round(
-                args.per_device_train_batch_size
-                * ranks.count
-                * (clock.last_step - clock.first_step)
-                / (clock.end - clock.first),
-                2,
-            )
-            if clock.first and clock.end > clock.first
-            else None,
-            "step_compiled_as": trainer.compile_step,  # as it ran: eager if not asked for, not possible or failed
-            "metrics": result.metrics,
-            "world_size": 1,
-            **(launch or {}),
-            "lora": lora,
-            "log_history": trainer.state.log_history,
+            **clock.timings(t0, args.per_device_train_batch_size * job.ranks.count),
         }
-        trained = trainer.accelerator.unwrap_model(trainer.model)
-        sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled  # weights split over the processes
-        if ranks.count > 1 and not sharded:
-            digests = ranks.gather(weights_digest(trained))
-            info["weights_digests"] = [f"{d:016x}" for d in digests]
-            if len(set(digests)) > 1:
-                raise RuntimeError(
-                    f"the processes training {Path(out_dir).name} together ended with different "
-                    f"weights ({info['weights_digests']}); nothing was saved"
-                )
-        restore_config(trained, loaded)
-        if sharded:
-            save_gathered(trainer, tokenizer, info, Path(out_dir), ranks)
-        elif ranks.main:
-            save_trained(trained, tokenizer, info, Path(out_dir), lora is not None)
-        if checkpoint_steps and ranks.main:
+        info = _train_info(job, trainer, result, len(pairs), settings, resume, timing)
+        _save(job, trainer, models, info)
+        if job.checkpoint_steps and job.ranks.main:
             shutil.rmtree(scratch, ignore_errors=True)  # the model is saved: its checkpoints are done with
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         log(f"  trained in {seconds:.1f}s, last logged loss {last.get('loss', float('nan')):.4f}")
         return info
     finally:
         tracker.close()
-        if not checkpoint_steps:
+        if not job.checkpoint_steps:
             shutil.rmtree(scratch, ignore_errors=True)
-        if shared is not None:
-            ranks.wait()  # every process is done with the shared dataset
-            if ranks.main:
-                shutil.rmtree(shared, ignore_errors=True)
+        drop_shared(shared, job.ranks)
+
+
+def _load_models(job: DpoJob, log) -> _Models:
+    """The policy to train and its tokenizer, the LoRA config, and the frozen reference: a copy of
+    the starting weights taken in memory, or `job.reference_ref` read from its checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from prefalign.models.loading import from_pretrained, load_policy_to_train, resolve
+
+    model, tokenizer = load_policy_to_train(job.policy_ref, job.policy_revision, job.trust_remote_code)
+    loaded = config_as_loaded(model)
+    peft_config = lora_config(job.lora, model, job.policy_ref, log) if job.lora else None
+    if job.reference_ref is None and job.lora:
+        ref_model = None  # TRL scores the reference with the adapters disabled
+    elif job.reference_ref is None:
+        ref_model = copy.deepcopy(model).eval()
+    else:
+        ref_model = from_pretrained(
+            AutoModelForCausalLM,
+            resolve(job.reference_ref, "policy"),
+            "policy",
+            job.reference_revision,
+            job.trust_remote_code,
+            dtype=torch.float32,
+        ).eval()
+    if ref_model is not None:
+        ref_model.requires_grad_(False)
+    return _Models(model, tokenizer, loaded, peft_config, ref_model)
+
+
+def _trainer_dir(job: DpoJob) -> tuple[str, str | None]:
+    """(the Trainer's output directory, the checkpoint to resume from or None): a temporary
+    directory, or with `job.checkpoint_steps` the model's checkpoint folder (checkpoints of another
+    key and a partial last one removed first)."""
+    if not job.checkpoint_steps:
+        return tempfile.mkdtemp(prefix="prefalign-trainer-"), None
+    out_dir = Path(job.out_dir)
+    resume = None
+    if job.ranks.main:  # the main process empties stale checkpoints and drops a partial one ...
+        resume = last_complete_checkpoint(checkpoint_dir(out_dir, job.key))
+    job.ranks.wait()  # ... before any process reads the folder
+    return str(checkpoint_path(out_dir)), resume or last_complete_checkpoint(checkpoint_path(out_dir))
+
+
+def dpo_trainer_class(log):
+    """LeanDPOTrainer on a TRL release whose internals it was checked against, else TRL's own
+    DPOTrainer (the same training, without prefalign's speed-ups), said in one log line."""
+    if lean_trainer_usable():
+        from prefalign.engine import lean_dpo
+
+        return lean_dpo.LeanDPOTrainer
+    from trl import DPOTrainer
+
+    log(unchecked_note("the training runs TRL's own DPOTrainer"))
+    return DPOTrainer
+
+
+def _make_trainer(job: DpoJob, models: _Models, args, dataset, settings: dict, log, callbacks):
+    """(the trainer, its StepClock), with the log's callbacks and, for a compiled step, every batch
+    padded to one length."""
+    trainer = dpo_trainer_class(log)(
+        model=models.policy,
+        ref_model=models.reference,
+        args=args,
+        train_dataset=dataset,
+        processing_class=models.tokenizer,
+        peft_config=models.peft_config,
+    )
+    lean = getattr(trainer, "lean", None)  # only LeanDPOTrainer compiles its step
+    if settings["compile_step"] != "eager" and lean is not None and lean():
+        # One shape for the compiled step: every batch padded to the longest pair.
+        trainer.compile_step, trainer.note = settings["compile_step"], log
+        trainer.data_collator.pad_to_multiple_of = fixed_pad_length(trainer.train_dataset, args.max_length)
+    # One short line per logging step instead of the Trainer's metric dicts.
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogLine(log))
+    clock = StepClock()
+    for callback in [clock, *callbacks]:
+        trainer.add_callback(callback)
+    return trainer, clock
+
+
+def _fit(trainer, resume: str | None, job: DpoJob, learning_rate: float, log):
+    """trainer.train(), from `resume` when given; a diverged training says what to change."""
+    if resume:
+        log(f"  resuming from {Path(resume).name} (a checkpoint of an interrupted training)")
+    try:
+        return trainer.train(resume_from_checkpoint=resume)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(
+            f"training {Path(job.out_dir).name} diverged: {e}; nothing was saved. Lower the learning rate "
+            f"(train.dpo.learning_rate; the {job.recipe!r} recipe's is {learning_rate:g}) or change beta / "
+            f"the loss, then rerun: finished models are kept."
+        ) from None
+
+
+def _train_info(job: DpoJob, trainer, result, pairs: int, settings: dict, resume, timing: dict) -> dict:
+    """What train.json says about the training; `timing`: its seconds and rates."""
+    return {
+        "key": job.key,
+        "recipe": job.recipe,
+        "loss": resolve_loss(job.loss, job.slic_sft_weight)[0],
+        "beta": job.beta,
+        "base_model": job.policy_ref,
+        "reference_model": job.reference_model,
+        "pairs_file": str(job.pairs_path),
+        "pairs": pairs,
+        "settings": {k: v for k, v in settings.items() if k != "output_dir"},
+        "resumed_from": Path(resume).name if resume else None,
+        **timing,
+        # as it ran: eager if not asked for, not possible or failed
+        "step_compiled_as": getattr(trainer, "compile_step", "eager"),
+        "trainer": type(trainer).__name__,  # LeanDPOTrainer, or TRL's DPOTrainer on an unchecked TRL
+        "metrics": result.metrics,
+        "world_size": 1,
+        **job.launch,
+        "lora": job.lora,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def _save(job: DpoJob, trainer, models: _Models, info: dict) -> None:
+    """Write the trained model, its card and `info` to `job.out_dir` (the main process; every process
+    when the weights are sharded over them), once the processes training it together agree on its
+    weights."""
+    ranks, out_dir = job.ranks, Path(job.out_dir)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled  # weights split over the processes
+    if ranks.count > 1 and not sharded:
+        digests = ranks.gather(weights_digest(trained))
+        info["weights_digests"] = [f"{d:016x}" for d in digests]
+        if len(set(digests)) > 1:
+            raise RuntimeError(
+                f"the processes training {out_dir.name} together ended with different "
+                f"weights ({info['weights_digests']}); nothing was saved"
+            )
+    restore_config(trained, models.loaded)
+    card = model_card(job, info)
+    if sharded:
+        save_gathered(trainer, models.tokenizer, info, out_dir, ranks, card)
+    elif ranks.main:
+        save_trained(trained, models.tokenizer, info, out_dir, job.lora is not None, card)

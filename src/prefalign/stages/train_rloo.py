@@ -11,17 +11,17 @@ where pi_ref is a frozen copy of the original weights (TRL's `beta` is `kl_coef`
 TRL's first-order, sequence-level estimate, subtracted from the reward rather than added to the
 loss). The advantage of a completion is r minus the mean r of the other completions of its group,
 and the loss is PPO's clipped surrogate on the sequence log-probability ratio (one update per
-generation by default, so the clip never binds). The policy is written like `train_one`'s: the
-safetensors weights, the tokenizer and `train.json`, into a temporary directory renamed when
-complete. The `train` stage runs it for each `online.kl_coefs` value
-(`prefalign train CONFIG --set online.kl_coefs=[0.05]`); alone, on the demo models, 200 steps
-(~2 min on 2 cores):
+generation by default, so the clip never binds). The policy is written like a DPO model (see
+train_dpo.py): the safetensors weights, the tokenizer, its model card (README.md) and `train.json`,
+into a temporary directory renamed when complete. The `train` stage runs it for each
+`online.kl_coefs` value (`prefalign train CONFIG --set online.kl_coefs=[0.05]`); alone, on the demo
+models, 200 steps (~2 min on 2 cores):
 
-    HF_HUB_OFFLINE=1 python -c "import torch; from prefalign.models.loading import load_classifier; \
-    from prefalign.stages.train_rloo import train_rloo; cpu = torch.device('cpu'); \
-    classifier, tokenizer = load_classifier('prefalign:demo', None, cpu); \
-    train_rloo('prefalign:demo', None, classifier, tokenizer, 'POSITIVE', 'rloo-demo', kl_coef=0.05, steps=200, \
-    overrides={}, device=cpu, seed=0)"
+    HF_HUB_OFFLINE=1 python -c "import torch; from pathlib import Path; \
+    from prefalign.models.loading import load_classifier; from prefalign.training.job import RlooJob; \
+    from prefalign.stages.train_rloo import train_rloo; \
+    classifier, tokenizer = load_classifier('prefalign:demo', None, torch.device('cpu')); \
+    train_rloo(RlooJob('prefalign:demo', Path('rloo-demo'), kl_coef=0.05, steps=200), classifier, tokenizer)"
 """
 
 from __future__ import annotations
@@ -34,17 +34,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.engine.scoring import score_texts
+from prefalign.engine.trl_compat import completion_tokens_only, lean_trainer_usable, rloo_reference_is, unchecked_note
 from prefalign.models.loading import ModelLoadError, reward_index
 from prefalign.pipeline.items import RlooModel
 from prefalign.pipeline.services import Services, release_memory
-from prefalign.training.trackers import Tracking, reporting
+from prefalign.training.job import RlooJob
+from prefalign.training.model_card import model_card
+from prefalign.training.trackers import reporting
+from prefalign.training.trained_model import config_as_loaded, restore_config, save_trained
 
 REWARD_NAME = "classifier"  # TRL logs the reward as `rewards/<__name__>/mean`
-# Fields train_rloo sets from its own arguments; `overrides` may not touch them.
+# Fields train_rloo sets from its job (kl_coef, steps, its scratch directory); `overrides` may not touch them.
 OWNED = ("beta", "max_steps", "output_dir")
 
 RLOO_DEFAULTS: dict = dict(
@@ -101,7 +104,7 @@ class ClassifierReward:
 
 
 class _RewardLine(TrainerCallback):
-    """One short line per logging step (training's `_LogLine` prints DPO's pair metrics, absent here)."""
+    """One short line per logging step (reward, KL, loss, length; progress.LogLine prints DPO's pair metrics)."""
 
     def __init__(self, log):
         self.log = log
@@ -115,43 +118,14 @@ class _RewardLine(TrainerCallback):
             )
 
 
-@contextlib.contextmanager
-def _reference_is(ref_model):
-    """Have RLOOTrainer use `ref_model` as its reference instead of loading one.
-
-    RLOOTrainer 1.16 has no `ref_model` argument: with beta > 0 it reloads the policy by name,
-    `from_pretrained(model.config._name_or_path)`. That works for a local directory, but for a hub id
-    it ignores the revision and asks the hub again, and in every case reads the weights twice. The
-    frozen in-memory copy is what `train_one` uses too. Only the reference goes through this function
-    here (the policy is passed as a model, not a name).
-    """
-    import trl.trainer.rloo_trainer as rloo
-
-    original = getattr(rloo, "create_model_from_path", None)
-    if original is None:  # another TRL version: let it load the reference by name
-        yield
-        return
-    rloo.create_model_from_path = lambda *args, **kwargs: ref_model
-    try:
-        yield
-    finally:
-        rloo.create_model_from_path = original
-
-
-def rloo_args(
-    kl_coef: float,
-    steps: int,
-    overrides: dict,
-    device: torch.device,
-    seed: int,
-    output_dir: str,
-    sampling=None,
-    tracker: dict | None = None,
-):
-    """The `RLOOConfig` and the plain dict of settings it was built from (for train.json).
-    `tracker`: the experiment-tracker fields from trackers.reporting (default: report to none)."""
+def rloo_settings(job: RlooJob, output_dir: str, tracker: dict | None = None) -> dict:
+    """The `RLOOConfig` fields of `job`'s training: RLOO_DEFAULTS, the sampler's settings, the
+    device's, `job.overrides`, then the fields the job owns (OWNED). `tracker`: the experiment-tracker
+    fields from trackers.reporting (default: report to none). Refuses (ValueError) overrides of an
+    owned field or of one RLOOConfig does not have."""
     from trl import RLOOConfig
 
+    overrides = job.overrides
     owned = sorted(set(overrides) & set(OWNED))
     if owned:
         raise ValueError(
@@ -162,151 +136,136 @@ def rloo_args(
     if unknown:
         raise ValueError(f"not RLOOConfig fields: {', '.join(unknown)}")
     settings = dict(RLOO_DEFAULTS)
-    if sampling is not None:
+    if job.sampling is not None:
         # Train on the distribution prefalign samples and evaluates: same filters, same length.
+        sampling = job.sampling
         settings.update(
             max_completion_length=sampling.max_length - 1,
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             temperature=sampling.temperature,
         )
-    if device.type == "cpu":
+    if job.device.type == "cpu":
         settings["use_cpu"] = True
-    if device.type != "cuda":
+    if job.device.type != "cuda":
         # TRL turns bf16 autocast on by default; off CUDA it is slower and changes the numbers.
         settings["bf16"] = False
-    settings.update(seed=seed, data_seed=seed, save_strategy="no", **(tracker or {"report_to": "none"}))
+    settings.update(seed=job.seed, data_seed=job.seed, save_strategy="no", **(tracker or {"report_to": "none"}))
     settings.update(overrides)
-    settings.update(output_dir=output_dir, beta=kl_coef, max_steps=steps)
-    return RLOOConfig(**settings), settings
+    settings.update(output_dir=output_dir, beta=job.kl_coef, max_steps=job.steps)
+    return settings
 
 
 def train_rloo_model(item: RlooModel, services: Services) -> None:
     """Train an `RlooModel` item into its directory."""
     services.log(f"train {item.name}: RLOO, {item.steps} steps")
     classifier = services.classifier()
-    train_rloo(
-        item.start.ref,
-        item.start.revision,
-        classifier.model,
-        classifier.tokenizer,
-        classifier.positive_label,
-        item.path,
-        kl_coef=item.kl_coef,
-        steps=item.steps,
-        overrides=item.overrides,
-        device=services.device,
-        seed=item.seed,
-        key=item.key,
-        log=services.log,
-        sampling=item.sampling,
-        single_logit=item.reward.single_logit,
-        launch=services.launch,
-        tracking=services.tracking,
-        name=item.name,
-        trust_remote_code=item.start.trust_remote_code,
-    )
+    job = RlooJob.from_item(item, services, classifier.positive_label)
+    train_rloo(job, classifier.model, classifier.tokenizer, log=services.log)
     release_memory()
 
 
-def train_rloo(
-    policy_ref: str,
-    revision: str | None,
-    classifier,
-    classifier_tokenizer,
-    positive_label: str,
-    out_dir: Path,
-    *,
-    kl_coef: float,
-    steps: int,
-    overrides: dict,
-    device: torch.device,
-    seed: int,
-    key: str = "",
-    log=print,
-    sampling=None,
-    single_logit: bool = False,
-    launch: dict | None = None,
-    tracking: Tracking = Tracking(),
-    name: str | None = None,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Train the policy from its original weights with RLOO for `steps` steps; write it to `out_dir` atomically.
+def train_rloo(job: RlooJob, classifier, classifier_tokenizer, log=print) -> dict:
+    """Train the policy from its original weights with RLOO for `job.steps` steps; write it, its card
+    and its train.json to `job.out_dir` atomically, and return what train.json holds.
 
-    `classifier` / `classifier_tokenizer` is the reward model (on `device`), `positive_label` the name
-    of its positive class, `sampling` prefalign's sampling settings (max_length, top_k, top_p,
-    temperature) or None for RLOO_DEFAULTS. `overrides` are RLOOConfig fields applied last.
-    `launch`: what train.json says about the run's processes (default: one). `tracking`: the
-    experiment trackers to log to, under the run `name` (default: `out_dir`'s name). For example:
+    `classifier` / `classifier_tokenizer` is the reward model (on `job.device`). For example:
 
         classifier, tokenizer = load_classifier(REWARD_DIR, None, torch.device("cpu"))
-        train_rloo(POLICY_DIR, None, classifier, tokenizer, "POSITIVE", Path("out"), kl_coef=0.05, steps=200,
-                   overrides={}, device=torch.device("cpu"), seed=0)
+        train_rloo(RlooJob(POLICY_DIR, Path("out"), kl_coef=0.05, steps=200), classifier, tokenizer)
     """
-    from datasets import Dataset
-    from trl import RLOOTrainer
-
-    from prefalign.models.loading import bos_prompt, load_policy_to_train, positions
-    from prefalign.stages.train_dpo import completion_tokens_only
-    from prefalign.training.trained_model import config_as_loaded, restore_config, save_trained
+    from trl import RLOOConfig
 
     scratch = tempfile.mkdtemp(prefix="prefalign-rloo-")
     tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
     try:
-        tracker_fields = tracker.enter_context(reporting(tracking, name or Path(out_dir).name))
-        args, settings = rloo_args(kl_coef, steps, overrides, device, seed, scratch, sampling, tracker_fields)
-        reward = ClassifierReward(classifier, classifier_tokenizer, positive_label, single_logit=single_logit)
-        model, tokenizer = load_policy_to_train(policy_ref, revision, trust_remote_code)
-        loaded = config_as_loaded(model)
-        limit = positions(model.config)
-        if limit is not None and 1 + args.max_completion_length > limit:
-            raise ModelLoadError(
-                f"policy {policy_ref!r} has {limit} positions, fewer than BOS + {args.max_completion_length} "
-                "completion tokens: lower sampling.max_length"
-            )
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        # The prompt column is one BOS token (an empty prompt crashes generation), once per prompt group
-        # the run will draw; the trainer repeats each row num_generations times.
-        n_prompts = max(1, steps * args.generation_batch_size // args.num_generations)
-        dataset = Dataset.from_dict({"prompt": [bos_prompt(tokenizer)] * n_prompts})
+        fields = tracker.enter_context(reporting(job.tracking, job.run_name))
+        settings = rloo_settings(job, scratch, fields)
+        args = RLOOConfig(**settings)
+        reward = ClassifierReward(classifier, classifier_tokenizer, job.positive_label, single_logit=job.single_logit)
+        model, tokenizer, loaded = _load_policy(job, args.max_completion_length)
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the original weights, frozen
+        dataset = _prompts(tokenizer, job.steps, args)
         t0 = time.time()
-        with _reference_is(ref_model):
-            trainer = RLOOTrainer(
-                model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer
-            )
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(_RewardLine(log))
-        # Log-probs of completion tokens only, not of the padding after EOS (see train_dpo.py): same numbers,
+        trainer = _make_trainer(model, ref_model, reward, args, dataset, tokenizer, log)
+        # Log-probs of completion tokens only, not of the padding after EOS (see trl_compat): same numbers,
         # less time (one 15-step probe on the demo policy: 7.9 s -> 6.2 s, identical rewards).
         with completion_tokens_only():
             result = trainer.train()
         seconds = time.time() - t0
-        history = trainer.state.log_history
-        rewards = [h[f"rewards/{REWARD_NAME}/mean"] for h in history if f"rewards/{REWARD_NAME}/mean" in h]
-        kls = [h["kl"] for h in history if "kl" in h]
-        info = {
-            "key": key,
-            "method": "rloo",
-            "kl_coef": kl_coef,
-            "steps": steps,
-            "base_model": policy_ref,
-            "positive_label": positive_label,
-            "settings": {k: v for k, v in settings.items() if k != "output_dir"},
-            "train_seconds": round(seconds, 2),
-            "seconds_per_step": round(seconds / max(steps, 1), 3),
-            "first_reward": rewards[0] if rewards else None,
-            "final_reward": rewards[-1] if rewards else None,
-            "final_kl": kls[-1] if kls else None,
-            "metrics": result.metrics,
-            "world_size": 1,
-            **(launch or {}),
-            "log_history": history,
-        }
+        info = _rloo_info(job, trainer, result, settings, seconds)
         restore_config(trainer.model, loaded)
-        save_trained(trainer.model, tokenizer, info, Path(out_dir), lora=False)
+        save_trained(trainer.model, tokenizer, info, Path(job.out_dir), lora=False, card=model_card(job, info))
         shown = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         log(f"  trained in {seconds:.1f}s, mean reward {shown(info['first_reward'])} -> {shown(info['final_reward'])}")
         return info
     finally:
         tracker.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _load_policy(job: RlooJob, completion_tokens: int):
+    """(the policy to train, its tokenizer, its config as loaded); a ModelLoadError when the policy
+    has fewer positions than BOS + `completion_tokens`."""
+    from prefalign.models.loading import load_policy_to_train, positions
+
+    model, tokenizer = load_policy_to_train(job.policy_ref, job.policy_revision, job.trust_remote_code)
+    loaded = config_as_loaded(model)
+    limit = positions(model.config)
+    if limit is not None and 1 + completion_tokens > limit:
+        raise ModelLoadError(
+            f"policy {job.policy_ref!r} has {limit} positions, fewer than BOS + {completion_tokens} "
+            "completion tokens: lower sampling.max_length"
+        )
+    return model, tokenizer, loaded
+
+
+def _prompts(tokenizer, steps: int, args):
+    """The prompt column: one BOS token (an empty prompt crashes generation), once per prompt group
+    the run will draw; the trainer repeats each row num_generations times."""
+    from datasets import Dataset
+
+    from prefalign.models.loading import bos_prompt
+
+    n_prompts = max(1, steps * args.generation_batch_size // args.num_generations)
+    return Dataset.from_dict({"prompt": [bos_prompt(tokenizer)] * n_prompts})
+
+
+def _make_trainer(model, ref_model, reward, args, dataset, tokenizer, log):
+    """RLOOTrainer on `model` against `ref_model`, logging one line per logging step."""
+    from trl import RLOOTrainer
+
+    if not lean_trainer_usable():
+        log(unchecked_note("RLOOTrainer loads its reference by name and scores every position"))
+    with rloo_reference_is(ref_model):
+        trainer = RLOOTrainer(
+            model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_RewardLine(log))
+    return trainer
+
+
+def _rloo_info(job: RlooJob, trainer, result, settings: dict, seconds: float) -> dict:
+    """What train.json says about the training."""
+    history = trainer.state.log_history
+    rewards = [h[f"rewards/{REWARD_NAME}/mean"] for h in history if f"rewards/{REWARD_NAME}/mean" in h]
+    kls = [h["kl"] for h in history if "kl" in h]
+    return {
+        "key": job.key,
+        "method": "rloo",
+        "kl_coef": job.kl_coef,
+        "steps": job.steps,
+        "base_model": job.policy_ref,
+        "positive_label": job.positive_label,
+        "settings": {k: v for k, v in settings.items() if k != "output_dir"},
+        "train_seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / max(job.steps, 1), 3),
+        "first_reward": rewards[0] if rewards else None,
+        "final_reward": rewards[-1] if rewards else None,
+        "final_kl": kls[-1] if kls else None,
+        "metrics": result.metrics,
+        "world_size": 1,
+        **job.launch,
+        "log_history": history,
+    }

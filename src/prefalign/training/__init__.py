@@ -1,2 +1,3 @@
-"""What the training stages share: the DPO trainer's settings from a recipe, LoRA adapters, the
-trained model's directory and checkpoints, and the experiment trackers."""
+"""What the training stages share: the training jobs, the DPO trainer's settings from a recipe, the
+pairs' order and dataset, LoRA adapters, progress lines, the trained model's directory, checkpoints
+and model card, and the experiment trackers."""

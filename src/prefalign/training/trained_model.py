@@ -1,5 +1,5 @@
 """What a training writes: its Trainer checkpoints while it trains, then the trained model's
-directory (weights, tokenizer, train.json last), atomically.
+directory (weights, tokenizer, model card, train.json last), atomically.
 
 Checkpoints (`train.checkpoint_steps`) go to `.<model name>.checkpoints/` beside the model's
 directory, marked with the model's key, so a rerun of the same config resumes from the last one
@@ -77,9 +77,16 @@ def restore_config(model, loaded: dict) -> None:
             setattr(obj, name, loaded[name])
 
 
-def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> None:
+def _write_card_and_info(folder: Path, card: str | None, info: dict) -> None:
+    """The model card (README.md), then train.json: last, as it holds the key that marks the model done."""
+    if card is not None:
+        (folder / "README.md").write_text(card, encoding="utf-8")
+    write_json(folder / "train.json", info)
+
+
+def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool, card: str | None = None) -> None:
     """Write a trained model's directory atomically: weights (merged, for LoRA, with the adapters
-    in adapter/), tokenizer, and train.json last."""
+    in adapter/), tokenizer, its model card `card` as README.md, and train.json last."""
     try:
         with atomic_path(out_dir) as tmp:
             if lora:
@@ -87,21 +94,21 @@ def save_trained(model, tokenizer, info: dict, out_dir: Path, lora: bool) -> Non
                 model = model.merge_and_unload()
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            write_json(tmp / "train.json", info)
+            _write_card_and_info(tmp, card, info)
     except Exception as e:  # a full disk's message says how much room the model takes
         with contextlib.suppress(AttributeError, TypeError):
             e.bytes_needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         raise
 
 
-def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks) -> None:
+def save_gathered(trainer, tokenizer, info: dict, out_dir: Path, ranks: Ranks, card: str | None = None) -> None:
     """save_trained for weights sharded over the processes (FSDP, DeepSpeed ZeRO-3): every process
     takes part in gathering them (the Trainer's save_model), the main process writes the directory."""
     staging = scratch_beside(out_dir, "gathered")
     trainer.save_model(str(staging))
     if ranks.main:
         tokenizer.save_pretrained(staging)
-        write_json(staging / "train.json", info)
+        _write_card_and_info(staging, card, info)
         with atomic_path(out_dir) as tmp:
             os.replace(staging, tmp)
     ranks.wait()
