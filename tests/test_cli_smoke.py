@@ -86,8 +86,20 @@ def outputs(root) -> dict:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in skip}
 
 
-def test_second_run_does_no_work(tiny_run, cli):
-    root, _ = tiny_run
+def own_copy(tiny_run, tmp_path, cli):
+    """A copy of the session's tiny run in `tmp_path`, for a test that runs commands in it (the session's
+    run stays as `prefalign run tiny` left it, whatever the order of the tests). Run once there, so its
+    provenance names the copy's run_dir: the copy is then a finished run of its own."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    cli("run", "tiny", "--set", f"run_dir={root}")
+    return root
+
+
+def test_second_run_does_no_work(tiny_run, tmp_path, cli):
+    root = own_copy(tiny_run, tmp_path, cli)
     (root / ".lock").unlink()
     before = outputs(root)
     provenance = {p: p.stat().st_mtime_ns for p in (root / "config.yaml", root / "models.json")}
@@ -101,8 +113,8 @@ def test_second_run_does_no_work(tiny_run, cli):
     assert f"{1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} items, {1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} up to date" in plan
 
 
-def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
-    root, _ = tiny_run
+def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, tmp_path, cli):
+    root = own_copy(tiny_run, tmp_path, cli)
     before = outputs(root)
     plan = cli("plan", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=3").stdout
     assert plan.count(" 2/3 ") == 1 + len(MODELS)  # the two runs already done are kept
