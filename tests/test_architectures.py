@@ -11,8 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
-
 
 def _build(kind: str, tiny_dir, root):
     """A tiny random-weight model of `kind`, saved with the tiny models' tokenizer; returns its directory."""

@@ -16,8 +16,6 @@ import pytest
 import torch
 from helpers import MODELS, STRATEGIES, prefalign
 
-pytestmark = pytest.mark.slow
-
 
 def terminal_sigint() -> None:
     """In the child: SIGINT as a terminal delivers it, even when the tests run in a background job

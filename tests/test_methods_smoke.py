@@ -10,8 +10,6 @@ import pytest
 
 from test_cli_smoke import outputs, prefalign
 
-pytestmark = pytest.mark.slow
-
 # The iterative chain's round 1 is the quantile-sigmoid-0.1 grid model (same pairs, start and loss).
 MODELS = ["best_worst-slic-beta0.1-default", "stratified-ipo-beta0.5-default", "quantile-sigmoid-beta0.1-default",
           "iter-quantile-sigmoid-beta0.1-default-r2", "rloo-kl0.1"]  # fmt: skip
