@@ -11,7 +11,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-import prefalign.models.hub as hub
+from prefalign.models import hub
 from prefalign.models.corpus import CorpusError, load_labelled_texts, load_texts
 
 POS, NEG = ["A warm, funny and wise film.", "The cast is superb."], ["Dull from start to finish.", "A tedious mess."]
