@@ -67,7 +67,7 @@ def test_sample_and_score_writes_every_column(tiny_policy, tiny_classifier, tmp_
     # Wall time by phase (no reference: no KL phase); the phases are parts of the whole.
     phases = df.attrs["phase_seconds"]
     assert list(phases) == ["decode", "texts", "score", "write"]
-    assert min(phases.values()) >= 0 and phases["decode"] > 0  # (rounded to milliseconds: a short phase is 0.0)
+    assert phases["decode"] > 0  # (rounded to milliseconds: a shorter phase may be 0.0)
     assert sum(phases.values()) <= df.attrs["seconds"] + 1e-3
 
 
