@@ -6,9 +6,9 @@ logit reads those adjectives alone (word_classifier): + for the good ones, - for
 text with neither, so neither length nor an empty text earns anything. Each test trains the tiny policy
 for a few seconds through prefalign's own code (train_one with the lean DPO trainer, an iterative round,
 train_rloo) and scores FRESH samples of the trained policy: trained towards the reward, their mean
-reward rises by a clear margin; trained on swapped pairs (chosen <-> rejected), or for RLOO towards the
-other class, it falls by as much. A trainer that swapped chosen and rejected, or a reward read from
-the wrong class, fails.
+reward rises by more than MARGIN; trained on swapped pairs (chosen <-> rejected), or for RLOO towards
+the other class, it falls by more than MARGIN. A trainer that swapped chosen and rejected (in its loss
+or its data), or a reward read from the wrong class, fails these tests.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ DPO_SETTINGS = {"learning_rate": 1e-3, "logging_steps": 5}
 
 def word_classifier(tokenizer):
     """A DistilBERT sentiment classifier (NEGATIVE, POSITIVE) built by hand: its positive logit is
-    3 * sqrt(2) * m / sqrt(m^2 + 2 / 16), m = (good - bad adjectives) / tokens, and its negative logit
-    the opposite. One layer whose attention is uniform (zero queries and keys) averages each token's
+    3 * sqrt(2) * m / sqrt(m^2 + 2 / 16), m = (good - bad adjectives) / tokens ([CLS] and [SEP]
+    included), and its negative logit the opposite. One layer whose attention is uniform (zero queries and keys) averages each token's
     sign (+1 good, -1 bad, 0 else) into the [CLS] position; the layer norms keep it, as the constant
     dimensions 2 and 3 stop them from blowing a small value up; the head maps it to the two logits."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
