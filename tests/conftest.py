@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,18 +14,35 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Everything a test writes goes under one temporary folder, removed when the session ends: prefalign's
+# model cache (`PREFALIGN_CACHE`; a build without a root would otherwise fill ~/.cache/prefalign), and
+# what libraries keep under $HOME (transformers' copies of a checkpoint's own code, matplotlib's font
+# list, chromium's profile, hypothesis' examples). Set here, when pytest loads this file: transformers
+# and huggingface_hub read HF_HOME once, when the test modules import them, before any fixture runs.
+# CLI subprocesses inherit the same environment.
+PRIVATE = Path(tempfile.mkdtemp(prefix="prefalign-tests-"))
+os.environ.update(
+    {
+        "HOME": str(PRIVATE / "home"),
+        "XDG_CACHE_HOME": str(PRIVATE / "home" / ".cache"),
+        "XDG_CONFIG_HOME": str(PRIVATE / "home" / ".config"),
+        "HF_HOME": str(PRIVATE / "home" / ".cache" / "huggingface"),
+        "MPLCONFIGDIR": str(PRIVATE / "home" / ".config" / "matplotlib"),
+        "PREFALIGN_CACHE": str(PRIVATE / "prefalign-cache"),
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(PRIVATE / "hypothesis"),
+    }
+)
+os.environ.pop("HF_MODULES_CACHE", None)  # under HF_HOME
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(PRIVATE, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
-def cache_root(tmp_path_factory):
-    """A fresh PREFALIGN_CACHE for the whole session, also seen by CLI subprocesses."""
-    root = tmp_path_factory.mktemp("prefalign-cache")
-    old = os.environ.get("PREFALIGN_CACHE")
-    os.environ["PREFALIGN_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("PREFALIGN_CACHE", None)
-    else:
-        os.environ["PREFALIGN_CACHE"] = old
+def cache_root():
+    """The session's PREFALIGN_CACHE (set above, so CLI subprocesses see it too)."""
+    return Path(os.environ["PREFALIGN_CACHE"])
 
 
 @pytest.fixture(scope="session")

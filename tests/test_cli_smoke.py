@@ -16,8 +16,6 @@ import pytest
 import torch
 from helpers import MODELS, STRATEGIES, prefalign
 
-pytestmark = pytest.mark.slow
-
 
 def terminal_sigint() -> None:
     """In the child: SIGINT as a terminal delivers it, even when the tests run in a background job
@@ -72,11 +70,14 @@ def test_run_tiny_writes_every_output(tiny_run):
         "mean_tokens",
         "broken_share",
     } <= set(results.columns)
-    assert results.broken_share.between(0, 1).all()
     assert len(results) == (1 + len(MODELS)) * 2
+    for row in results.itertuples():  # each run's rates are those of its own texts
+        texts = pd.read_parquet(root / "eval" / row.model / f"run-{row.run:02d}.parquet")
+        assert row.positive_rate == pytest.approx(texts.is_positive.mean())
+        assert row.broken_share == pytest.approx(texts.text.str.contains("\ufffd").mean())
     original = results[results.model == "original"]
     assert original.strategy.isna().all() and original.loss.isna().all() and original.beta.isna().all()
-    assert results.diversity.between(0.1, 10).all() and results.positive_rate.between(0, 1).all()
+    assert results.diversity.between(0.1, 10).all()
     assert (original.kl_seq == 0).all() and (results[results.model != "original"].kl_seq != 0).all()
     # Each run's timing by phase is kept with it, and is no metric of the results.
     trained_run = json.loads((root / "eval" / MODELS[0] / "run-00.json").read_text())
@@ -120,8 +121,20 @@ def outputs(root) -> dict:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in skip}
 
 
-def test_second_run_does_no_work(tiny_run, cli):
-    root, _ = tiny_run
+def own_copy(tiny_run, tmp_path, cli):
+    """A copy of the session's tiny run in `tmp_path`, for a test that runs commands in it (the session's
+    run stays as `prefalign run tiny` left it, whatever the order of the tests). Run once there, so its
+    provenance names the copy's run_dir: the copy is then a finished run of its own."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    cli("run", "tiny", "--set", f"run_dir={root}")
+    return root
+
+
+def test_second_run_does_no_work(tiny_run, tmp_path, cli):
+    root = own_copy(tiny_run, tmp_path, cli)
     (root / ".lock").unlink()
     before = outputs(root)
     provenance = {p: p.stat().st_mtime_ns for p in (root / "config.yaml", root / "models.json")}
@@ -138,8 +151,8 @@ def test_second_run_does_no_work(tiny_run, cli):
     )
 
 
-def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, cli):
-    root, _ = tiny_run
+def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, tmp_path, cli):
+    root = own_copy(tiny_run, tmp_path, cli)
     before = outputs(root)
     plan = cli("plan", "tiny", "--set", f"run_dir={root}", "--set", "evaluate.runs=3").stdout
     assert plan.count(" 2/3 ") == 1 + len(MODELS)  # the two runs already done are kept

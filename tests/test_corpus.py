@@ -253,15 +253,13 @@ def test_a_non_utf8_byte_names_its_line_and_an_empty_file_says_so(tmp_path):
         load_labelled_texts(str(tmp_path / "empty.csv"))
 
 
-def test_prompts_from_empty_or_too_short_texts_say_how_many_were_usable(tmp_path):
+def test_prompts_from_empty_or_too_short_texts_say_how_many_were_usable(tiny_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from prefalign.config.schema import PromptConfig
     from prefalign.engine.prompts import corpus_prompts
-    from prefalign.models.builtin import build
-    from prefalign.models.specs import SPECS
 
-    tokenizer = AutoTokenizer.from_pretrained(build(SPECS["tiny"], log=lambda m: None) / "policy")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "policy")
     (tmp_path / "blank.csv").write_text('text\n""\n" "\n')
     cfg = PromptConfig(corpus=str(tmp_path / "blank.csv"), per_prompt=2, min_tokens=2, max_tokens=4)
     with pytest.raises(CorpusError, match="no text to cut prompts from"):

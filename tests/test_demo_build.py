@@ -51,6 +51,25 @@ def built(corpus_csv, tmp_path_factory):
     return spec, root, B.build(spec, root=root, log=lambda m: None)
 
 
+def held_out_accuracy(spec: B.BuildSpec, out) -> tuple[float, int]:
+    """(accuracy, texts) of the saved classifier on the labelled texts the build held out: builtin.build's
+    split, the corpus shuffled under the spec's seed and its first `held_out` texts."""
+    import random
+
+    import numpy as np
+
+    from prefalign.engine.scoring import score_texts
+    from prefalign.models.loading import load_classifier
+
+    texts, labels = B.load_corpus(spec)
+    order = list(range(len(texts)))
+    random.Random(spec.seed).shuffle(order)
+    held = [i for i in order[: spec.held_out] if labels[i] >= 0]
+    clf, tok = load_classifier(str(out / "reward"), None, torch.device("cpu"))
+    predicted = score_texts([texts[i] for i in held], clf, tok, positive_index=1)["is_positive"]
+    return float(np.mean(predicted == np.array([labels[i] == 1 for i in held]))), len(held)
+
+
 def test_build_writes_models_and_info(built, corpus_csv):
     from transformers import AutoConfig
 
@@ -64,8 +83,10 @@ def test_build_writes_models_and_info(built, corpus_csv):
     assert info["corpus"] == {"texts": 260, "labelled": 240}
     assert info["policy"]["held_out_texts"] == 40
     assert 1.0 < info["policy"]["perplexity"] < 320  # better than uniform over the vocabulary
-    assert 0.0 <= info["reward_model"]["accuracy"] <= 1.0
-    assert 0 < info["reward_model"]["held_out_texts"] <= 40
+    # The accuracy is the saved classifier's on the labelled held-out texts (the unlabelled ones left out).
+    accuracy, held_out = held_out_accuracy(spec, out)
+    assert info["reward_model"]["held_out_texts"] == held_out < 40
+    assert info["reward_model"]["accuracy"] == pytest.approx(accuracy, abs=1 / held_out)
     reward = AutoConfig.from_pretrained(out / "reward")
     assert {int(k): v for k, v in reward.id2label.items()} == {0: "NEGATIVE", 1: "POSITIVE"}
     assert reward.model_type == "distilbert" and AutoConfig.from_pretrained(out / "policy").model_type == "gpt2"
@@ -176,7 +197,10 @@ def test_a_classifier_fine_tuned_from_a_pretrained_encoder(corpus_csv, tmp_path)
     out = B.build(spec, root=tmp_path / "cache", log=lambda m: None)
     assert not (out / "policy").exists() and (out / "reward" / "model.safetensors").is_file()
     info = json.loads((out / "info.json").read_text())
-    assert "policy" not in info and 0.0 <= info["reward_model"]["accuracy"] <= 1.0
+    assert "policy" not in info
+    accuracy, held_out = held_out_accuracy(spec, out)
+    assert info["reward_model"]["held_out_texts"] == held_out
+    assert info["reward_model"]["accuracy"] == pytest.approx(accuracy, abs=1 / held_out)
     assert AutoConfig.from_pretrained(out / "reward").model_type == "bert"
     assert AutoTokenizer.from_pretrained(out / "reward").get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
     tuned = AutoModelForSequenceClassification.from_pretrained(out / "reward").bert.embeddings.word_embeddings.weight

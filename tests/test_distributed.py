@@ -18,8 +18,6 @@ from helpers import MODELS, prefalign
 from prefalign.pipeline.distributed import shard_bounds, shard_seed
 from prefalign.pipeline.runner import independent_models, parallel_mode
 
-pytestmark = pytest.mark.slow
-
 
 def max_difference(root_a, root_b, name: str) -> float:
     from safetensors.torch import load_file

@@ -6,7 +6,6 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 
 from prefalign.config.loader import load_config
 
@@ -41,7 +40,6 @@ def test_imdb_preset_offline_fails_fast_with_advice(tmp_path):
     assert "lvwerra/gpt2-imdb" in proc.stderr and "policy.model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_imdb_preset_runs_with_local_gpt2_and_distilbert_stand_ins(tiny_dir, tmp_path):
     # The tiny models follow the real ones' conventions: GPT-2 with BOS = EOS = <|endoftext|> and no
     # pad token, DistilBERT with NEGATIVE / POSITIVE labels.

@@ -9,8 +9,6 @@ import pandas as pd
 import pytest
 from test_cli_smoke import outputs, prefalign
 
-pytestmark = pytest.mark.slow
-
 # The iterative chain's round 1 is the quantile-sigmoid-0.1 grid model (same pairs, start and loss).
 MODELS = [
     "best_worst-slic-beta0.1-default",

@@ -310,3 +310,34 @@ def test_a_tokenizer_from_another_model_is_refused_when_loading(tiny_dir, tmp_pa
         ):
             load(str(tmp_path / role))
         load(str(tiny_dir / role))  # its own tokenizer: fine
+
+
+def test_the_tiny_classifier_scores_positive_opinions_above_their_negative_twins(tiny_dir, tiny_classifier):
+    """The built-in classifier learned the synthetic corpus' sentiment: its held-out accuracy is high,
+    and of two opinions in that corpus' words that differ in their adjective alone, the one with the
+    positive adjective gets a positive reward and the other a negative one (whatever the tail, such
+    as "and I loved it", which the corpus gives to both classes)."""
+    import json
+
+    from prefalign.engine.scoring import score_texts
+
+    info = json.loads((tiny_dir / "info.json").read_text())["reward_model"]
+    assert info["held_out_texts"] == 100 and info["accuracy"] >= 0.95
+    frames = [
+        "The acting was truly {}.",
+        "This movie is very {} and I loved it.",
+        "The ending seemed quite {} overall.",
+        "The script feels really {} , a waste of time.",
+        "The cast is {} from start to finish.",
+    ]
+    adjectives = [
+        ("wonderful", "tedious"),
+        ("charming", "bland"),
+        ("superb", "painful"),
+        ("funny", "boring"),
+        ("brilliant", "awful"),
+    ]
+    clf, tok = tiny_classifier
+    good = score_texts([f.format(g) for f, (g, _) in zip(frames, adjectives)], clf, tok, positive_index=1)["reward"]
+    bad = score_texts([f.format(b) for f, (_, b) in zip(frames, adjectives)], clf, tok, positive_index=1)["reward"]
+    assert (good > 1).all() and (bad < -1).all(), (good, bad)

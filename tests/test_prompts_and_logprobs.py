@@ -91,7 +91,7 @@ def test_sample_and_score_with_prompts_and_a_reference(tiny_policy, tiny_classif
     assert np.allclose(df.logp, df.logp_ref) and (df.logp < 0).all()
     assert (df.n_scored >= df.n_tokens).all() and (df.n_scored <= df.n_tokens + 1).all()
     assert list(df.attrs["phase_seconds"]) == ["decode", "texts", "kl", "score", "write"]
-    assert df.attrs["phase_seconds"]["decode"] > 0 and df.attrs["phase_seconds"]["kl"] >= 0
+    assert df.attrs["phase_seconds"]["decode"] > 0
 
 
 def test_corpus_prompts_from_a_csv_file(tiny_policy, tmp_path):

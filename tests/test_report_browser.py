@@ -19,8 +19,6 @@ import subprocess
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
-
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 PLANTED = "<script>document.title='EXECUTED'; document.body.innerHTML='';</script>"
 
