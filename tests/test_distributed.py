@@ -258,8 +258,6 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_until(condition, seconds: float) -> bool:
-    import time
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
@@ -277,9 +275,10 @@ def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
     import sys
 
     pid_file = tmp_path / "grandchild.pid"
+    ready = tmp_path / "watching"
     grandchild = (
-        "import time; from prefalign.pipeline.distributed import exit_with_parent; exit_with_parent(0.1); "
-        "time.sleep(60)"
+        "import pathlib, time; from prefalign.pipeline.distributed import exit_with_parent; exit_with_parent(0.1); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
     )
     parent = subprocess.Popen(
         [
@@ -292,7 +291,7 @@ def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
     )
     try:
         assert _wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30)
-        time.sleep(1.0)  # the grandchild has imported prefalign and is watching
+        assert _wait_until(ready.exists, 60)  # the grandchild has imported prefalign and is watching
         grandchild_pid = int(pid_file.read_text())
         assert _alive(grandchild_pid)
         os.kill(parent.pid, signal.SIGKILL)
