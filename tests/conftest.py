@@ -104,3 +104,11 @@ def tiny_classifier(tiny_dir):
 def scored_samples():
     rng = np.random.default_rng(0)
     return pd.DataFrame({"text": [f"text {i}" for i in range(300)], "reward": rng.normal(0.5, 1.5, 300)})
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The order's seed, printed even under -q (pytest-randomly shuffles the tests; its header line is
+    hidden then), so a failure that depends on the order can be replayed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"random test order, seed {seed}: replay with -p randomly --randomly-seed={seed}")
