@@ -211,15 +211,15 @@ def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
     import subprocess
     import sys
 
-    pid_file = tmp_path / "grandchild.pid"
-    grandchild = ("import time; from prefalign.distributed import exit_with_parent; exit_with_parent(0.1); "
-                  "time.sleep(60)")  # fmt: skip
+    pid_file, watching = tmp_path / "grandchild.pid", tmp_path / "watching"
+    grandchild = ("import pathlib, time; from prefalign.distributed import exit_with_parent; exit_with_parent(0.1); "
+                  f"pathlib.Path({str(watching)!r}).touch(); time.sleep(60)")  # fmt: skip
     parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, pathlib, time; "
                                f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
                                f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(60)"])  # fmt: skip
     try:
         assert _wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30)
-        time.sleep(1.0)  # the grandchild has imported prefalign and is watching
+        assert _wait_until(watching.exists, 120)  # it has imported prefalign (seconds on a busy machine) and watches
         grandchild_pid = int(pid_file.read_text())
         assert _alive(grandchild_pid)
         os.kill(parent.pid, signal.SIGKILL)
