@@ -9,7 +9,6 @@ same 8 pairs).
 from __future__ import annotations
 
 import json
-import time
 
 import pandas as pd
 import pytest
