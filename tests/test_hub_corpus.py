@@ -144,3 +144,15 @@ def test_prompts_from_a_hub_dataset_read_its_text_column_alone(hub_datasets):
     serve, _ = hub_datasets
     serve("nyu-mll/glue", sst2_like())
     assert load_texts("nyu-mll/glue", subset="sst2", split="test") == [POS[0], NEG[0]]
+
+
+def test_a_class_id_chosen_as_positive_means_that_class(hub_datasets):
+    """`--positive 1` (the id, as it would be for a file of int labels) picks class 1 by its name."""
+    serve, _ = hub_datasets
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["sad", "joy", "anger"])}
+    )
+    rows = {"text": ["a", "b", "c", "d"], "label": [0, 1, 2, 1]}
+    serve("someone/moods", datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}))
+    for positive in (1, "1", [1], "joy"):
+        assert load_labelled_texts("someone/moods", positive=positive) == (["a", "b", "c", "d"], [0, 1, 0, 1])

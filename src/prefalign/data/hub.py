@@ -60,4 +60,21 @@ def load_hub_corpus(
     if isinstance(feature, datasets.ClassLabel):
         # Class ids -> names, so label order never matters ("neg"/"pos" or "positive"/"negative").
         labels = [feature.int2str(v) if v is not None and v >= 0 else -1 for v in labels]
+        positive = class_names(positive, feature.names)
     return finish(zip(ds[text_column], labels), label_mapper(positive, f"corpus {name!r} column {label_column!r}"))
+
+
+def class_names(positive, names: list[str]):
+    """`positive` (a value or values) with every class id (an int, or digits that are no class's
+    name) turned into that class's name: labels are compared as names once ids are read."""
+    if positive is None:
+        return None
+    values = [positive] if isinstance(positive, (str, int)) else list(positive)
+
+    def named(value):
+        is_id = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.strip().isdigit() and value not in names
+        )
+        return names[int(value)] if is_id and 0 <= int(value) < len(names) else value
+
+    return [named(v) for v in values]
