@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from prefalign.models import builtin as B
+from prefalign.models.specs import SPECS
 
 # Small enough for seconds on 2 cores: a 320-token vocabulary (the byte alphabet is 256 + 6 specials).
 SMALL = dict(
@@ -133,11 +134,11 @@ def test_policy_and_classifier_run_on_the_built_models(built):
 
 
 def test_demo_spec():
-    spec = B.SPECS["demo"]
+    spec = SPECS["demo"]
     assert spec.name == "demo" and spec.corpus == "rotten_tomatoes"
     # TRL appends EOS to 63 sampled tokens after the BOS prompt: 65 positions at least.
     assert spec.lm_positions > 65
-    assert spec.key() != B.SPECS["tiny"].key() and spec.key().startswith("demo-")
+    assert spec.key() != SPECS["tiny"].key() and spec.key().startswith("demo-")
     assert spec.held_out >= 1000  # accuracy and perplexity are measured on enough texts to compare specs
 
 
@@ -207,6 +208,6 @@ def test_a_classifier_fine_tuned_from_a_pretrained_encoder(corpus_csv, tmp_path)
     start = encoder.embeddings.word_embeddings.weight
     assert not torch.equal(tuned, start) and torch.allclose(tuned, start, atol=0.2)  # fine-tuned, not trained anew
     # the defaults leave every existing build's cache key as it was
-    assert B.SPECS["demo"].key() == "demo-27b89c6c0171" and B.SPECS["tiny"].key() == "tiny-a181fa402724"
+    assert SPECS["demo"].key() == "demo-27b89c6c0171" and SPECS["tiny"].key() == "tiny-a181fa402724"
     with pytest.raises(ModelLoadError, match="classifier only"):
         resolve("prefalign:demo-minilm", "policy")

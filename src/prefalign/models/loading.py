@@ -1,7 +1,7 @@
 """Loading the policy and the reward classifier, wherever they live.
 
 A model reference is one of:
-- `prefalign:NAME`: a model prefalign builds and caches itself (`prefalign.models.builtin.SPECS`);
+- `prefalign:NAME`: a model prefalign builds and caches itself (`prefalign.models.specs.SPECS`);
   `NAME` selects the spec and the policy or reward half is picked by the caller;
 - a local directory written by `save_pretrained`;
 - a Hugging Face hub id (with an optional revision). Offline, loading fails at once with a message
