@@ -148,7 +148,7 @@ def _format_error(err: ValidationError) -> str:
     for loc, msgs in lines.items():
         # A value that fails every member of a union: keep the member's real complaint, not "not a string".
         real = [m for m in msgs if not m.startswith(("Input should be a valid", "Input should be an instance"))]
-        out += [f"  `{loc}`: {m}" for m in dict.fromkeys(real or msgs)]
+        out += [f"  `{loc}`: {m}" if loc else f"  {m}" for m in dict.fromkeys(real or msgs)]
     return "invalid config:\n" + "\n".join(out)
 
 

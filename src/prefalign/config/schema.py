@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from prefalign.config.evidence import BaselinesConfig, DuringTrainingConfig, FluencyConfig, JudgeConfig, unique_judges
 from prefalign.config.recipes import RECIPE_NAMES
 from prefalign.config.section import Section
 from prefalign.config.train import ExtraPoint, LossMix, TrainConfig
@@ -220,6 +221,19 @@ class EvaluateConfig(Section):
         description="Estimate KL(policy || original) on each run's samples (one extra forward of the original; of "
         "the policy too with `sampling.engine: hf`).",
     )
+    during_training: DuringTrainingConfig | None = Field(
+        None, description="Score the model while it trains (a reward-KL curve per model). Empty: off."
+    )
+    judges: list[JudgeConfig] = Field(
+        default_factory=list,
+        description="Classifiers that score every evaluation text (and the best-of-N choices) but are never "
+        "trained on: the gap between the reward and a judge's score shows over-optimisation. Empty: none.",
+    )
+    fluency: FluencyConfig | None = Field(
+        None, description="A language model that scores how fluent the evaluation texts are. Empty: off."
+    )
+
+    _judges = field_validator("judges")(classmethod(lambda cls, v: unique_judges(v)))
 
 
 class IterativeConfig(Section):
@@ -320,6 +334,9 @@ class Config(Section):
     iterative: IterativeConfig = Field(default_factory=IterativeConfig, description="On-policy DPO rounds.")
     online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL baseline (TRL's RLOOTrainer).")
     report: ReportConfig = Field(default_factory=ReportConfig, description="Report stage.")
+    baselines: BaselinesConfig = Field(
+        default_factory=BaselinesConfig, description="Reference policies evaluated beside the trained models."
+    )
 
     @model_validator(mode="after")
     def _losses_fit_settings(self):
@@ -333,6 +350,16 @@ class Config(Section):
             raise ValueError("loss `exo_pair` needs train.dpo.label_smoothing > 0 (the EXO paper suggests 1e-3)")
         if "robust" in types and not 0 <= self.train.dpo.get("label_smoothing", 0.0) < 0.5:
             raise ValueError("loss `robust` needs train.dpo.label_smoothing in [0, 0.5)")
+        return self
+
+    @model_validator(mode="after")
+    def _counts_within_a_run(self):
+        e, chosen = self.evaluate, self.baselines.best_of_n_samples
+        if chosen is not None and chosen > e.samples:
+            raise ValueError(
+                f"baselines.best_of_n_samples {chosen} is more than evaluate.samples {e.samples}: the chosen "
+                "texts of best-of-1 are the original's evaluation texts; lower it or raise evaluate.samples"
+            )
         return self
 
     @property
