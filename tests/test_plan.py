@@ -48,12 +48,19 @@ def test_demo_plan_has_the_original_grid_and_every_stage():
 
 
 def test_every_item_type_has_a_stage_function():
-    items = items_of("iterative.rounds=3", "online.kl_coefs=[0.1]")
+    judge = "evaluate.judges=[{name: j, model: 'prefalign:tiny'}]"
+    items = items_of("iterative.rounds=3", "online.kl_coefs=[0.1]", "baselines.best_of_n=[2]", judge)
     assert {type(i) for i in items} == set(STAGES)
 
 
 def test_items_come_after_their_inputs_and_stages_in_order():
-    items = items_of("iterative.rounds=3", "online.kl_coefs=[0.1]", "pairs.strategies=[random, quantile]")
+    items = items_of(
+        "iterative.rounds=3",
+        "online.kl_coefs=[0.1]",
+        "pairs.strategies=[random, quantile]",
+        "baselines.best_of_n=[2, 4]",
+        "evaluate.judges=[{name: j, model: 'prefalign:tiny'}]",
+    )
     position = {id(item): i for i, item in enumerate(items)}
     for i, item in enumerate(items):
         for needed in item.inputs:

@@ -127,3 +127,15 @@ def pareto_mask(maximize: np.ndarray, minimize: np.ndarray | None = None) -> np.
     ge = (x[:, None, :] >= x[None, :, :]).all(-1)  # ge[j, i]: j at least as good as i everywhere
     gt = (x[:, None, :] > x[None, :, :]).any(-1)
     return ~(ge & gt).any(0)
+
+
+def best_of_n_choice(rewards: np.ndarray, n: int) -> np.ndarray:
+    """For each column (a row of chosen texts), the draw best-of-n keeps: the highest reward among
+    draws 0..n-1, the first of them on a tie.
+
+    `rewards`: (draws, rows), draw j's reward of row i. Returns (rows,) draw indices.
+    """
+    rewards = np.asarray(rewards)
+    if not 1 <= n <= len(rewards):
+        raise ValueError(f"best-of-{n} needs 1..{len(rewards)} draws")
+    return np.argmax(rewards[:n], axis=0)

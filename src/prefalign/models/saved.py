@@ -42,16 +42,18 @@ def check_saved_model(
     positive_label: str | None = None,
     single_logit: bool = False,
     trust_remote_code: bool = False,
+    key: str | None = None,
 ) -> None:
     """Before any work, what a local model directory's own files already refuse: no weights, no
     tokenizer saved beside them, a model of another kind than the role needs (_wrong_kind), a policy with fewer
     positions than `max_length` needs (check_context), a classifier without the class
-    `positive_label` (reward_index). Raised as ModelPathError (exit 2). Reads the listing and
+    `positive_label` (reward_index). Raised as ModelPathError (exit 2), naming `key` (default
+    `<role>.model`). Reads the listing and
     config.json only; hub and built-in models are checked when they are loaded."""
     path = None if ref.startswith("prefalign:") else local_path(ref)
     if path is None or not (path / "config.json").is_file():
         return
-    key = f"{role}.model"
+    key = key or f"{role}.model"
     missing = no_weights(path)
     if missing:
         raise ModelPathError(f"{key}: {missing}")

@@ -25,13 +25,14 @@ from prefalign.config.train import LossMix, loss_label
 from prefalign.pipeline.store import is_done, key_of
 
 # The columns that describe a model in results.csv, before `run` and the metrics.
-# `group`: the model's name without its training-seed suffix (what repeats of one model share).
-RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef", "training_seed")
+# `group`: the model's name without its training-seed suffix; `best_of`: N of a best-of-N policy.
+RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recipe", "round", "kl_coef")
+RESULT_COLUMNS += ("training_seed", "best_of")
 # Part of every evaluation's key: raised when a metric's definition changes or one is added, so
 # stored evaluations are redone.
 METRICS_VERSION = "metrics-v3"
 # Part of the report's key: raised when what the report writes changes, so finished runs get the new report.
-REPORT_VERSION = "report-v11"
+REPORT_VERSION = "report-v12"
 
 
 def _row(
@@ -39,7 +40,7 @@ def _row(
 ) -> dict:
     """A model's describing columns of results.csv, in RESULT_COLUMNS order."""
     seed, group = getattr(model, "seed", None), getattr(model, "group", model.name)
-    values = (model.name, group, method, strategy, loss, beta, recipe, round, kl_coef, seed)
+    values = (model.name, group, method, strategy, loss, beta, recipe, round, kl_coef, seed, None)
     return dict(zip(RESULT_COLUMNS, values, strict=True))
 
 
@@ -387,6 +388,7 @@ class Report(_MetaBeside):
     chains: tuple[tuple[DpoModel, ...], ...]  # each iterative chain, round 1 first
     config: Config  # what the report's text describes
     path: Path  # report.md; report.meta.json beside it holds the key
+    evidence: tuple = ()  # the BestOfN and TextScores items (pipeline/evidence_items.py) it reads
 
     name = "report"
     stage = "report"
@@ -395,11 +397,14 @@ class Report(_MetaBeside):
     def key(self) -> str:
         # report.baseline `seed` (what every report compared with before the setting existed) keeps earlier keys
         compared = [] if self.config.report.baseline == "seed" else [("baseline", self.config.report.baseline)]
-        return key_of("report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations], *compared)
+        evidence = [("evidence", [x.key for x in self.evidence])] if self.evidence else []
+        return key_of(
+            "report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations], *compared, *evidence
+        )
 
     @property
     def inputs(self) -> tuple:
-        return self.evaluations
+        return self.evaluations + self.evidence
 
 
 Item = Union[Samples, Pairs, DpoModel, IterativeRound, RlooModel, Evaluation, Report]

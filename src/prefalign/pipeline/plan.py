@@ -18,6 +18,7 @@ from pathlib import Path
 from prefalign.config.schema import Config
 from prefalign.engine.pair_rules import most_distinct_pairs
 from prefalign.errors import PrefalignError
+from prefalign.pipeline.evidence_plan import evidence_items
 from prefalign.pipeline.items import (
     DpoModel,
     Evaluation,
@@ -89,7 +90,8 @@ def plan(cfg: Config, original: Original | None = None, reward: RewardModel | No
     trained += [model for chain in chains for model in chain]  # round 1 is often a grid model: kept once
     trained += planner.rloo_models()
     evaluations = planner.evaluations([original, *{m.key: m for m in trained}.values()])
-    planner.add(Report(tuple(evaluations), tuple(chains), cfg, cfg.run_path / "report.md"))
+    evidence = [planner.add(x) for x in evidence_items(cfg, evaluations, reward)]
+    planner.add(Report(tuple(evaluations), tuple(chains), cfg, cfg.run_path / "report.md", tuple(evidence)))
     items = list(planner.items.values())
     check_items(items, planner.main)
     # Stage by stage (all pairs before any training, as `prefalign pairs` stops there); a stable sort

@@ -34,6 +34,7 @@ from prefalign.config.recipes import RECIPES
 from prefalign.config.schema import Config
 from prefalign.errors import PrefalignError
 from prefalign.pipeline.distributed import Ranks, join
+from prefalign.pipeline.evidence_items import BestOfN, TextScores
 from prefalign.pipeline.items import (
     TRAINED,
     DpoModel,
@@ -56,7 +57,9 @@ from prefalign.pipeline.provenance import (
 from prefalign.pipeline.services import Services
 from prefalign.pipeline.side_by_side import train_side_by_side
 from prefalign.pipeline.store import is_done, remove_stale
+from prefalign.stages.best_of_n import best_of_n
 from prefalign.stages.evaluate import evaluate
+from prefalign.stages.judge import score_stage
 from prefalign.stages.pairs import make_pairs
 from prefalign.stages.report import write_report
 from prefalign.stages.sample import sample
@@ -72,6 +75,8 @@ STAGES = {
     IterativeRound: train_dpo,
     RlooModel: train_rloo_model,
     Evaluation: evaluate,
+    BestOfN: best_of_n,
+    TextScores: score_stage,
     Report: write_report,
 }
 
@@ -174,7 +179,7 @@ def run_directory(root: Path, ranks: Ranks):
 
 
 # Items only the main process makes; the others wait for them.
-MAIN_ONLY = (Pairs, Report)
+MAIN_ONLY = (Pairs, TextScores, Report)
 
 
 def _walk(items: list[Item], cfg: Config, services: Services) -> None:
@@ -306,6 +311,10 @@ def describe(item: Item) -> str:
         return f"RLOO, kl_coef {item.kl_coef:g}, {item.steps} steps"
     if isinstance(item, Evaluation):
         return f"{item.runs} runs x {item.samples} texts"
+    if isinstance(item, BestOfN):
+        return f"N in {list(item.ladder)}, {item.runs} runs x {item.chosen} texts, pools of {item.draws} draws"
+    if isinstance(item, TextScores):
+        return f"{item.scorer.kind} {item.scorer.ref}, {item.runs} runs"
     return f"results of {len(item.evaluations)} models, the original included"
 
 

@@ -77,6 +77,30 @@ class Services:
             self._loaded["classifier"] = Classifier(model, tokenizer, index, r.positive_label)
         return self._loaded["classifier"]
 
+    def judge(self, judge) -> Classifier:
+        """An `evaluate.judges` classifier (a pipeline.evidence_items.Judge), loaded once."""
+        key = ("judge", judge.ref, judge.revision, judge.positive_label, judge.single_logit)
+        if key not in self._loaded:
+            from prefalign.models.loading import load_classifier, reward_index
+
+            j = judge
+            model, tokenizer = load_classifier(j.ref, j.revision, self.device, self.dtype, j.trust_remote_code)
+            index = reward_index(model.config, j.positive_label, j.single_logit)
+            self._loaded[key] = Classifier(model, tokenizer, index, j.positive_label)
+        return self._loaded[key]
+
+    def fluency_model(self, scorer):
+        """(the `evaluate.fluency` causal LM in eval mode, its tokenizer), loaded once."""
+        key = ("fluency", scorer.ref, scorer.revision)
+        if key not in self._loaded:
+            from prefalign.models.loading import load_policy
+
+            s = scorer
+            self._loaded[key] = load_policy(
+                s.ref, s.revision, self.device, self.dtype, trust_remote_code=s.trust_remote_code
+            )
+        return self._loaded[key]
+
     def reference_policy(self):
         """The original policy in eval mode: what KL is measured against."""
         if "reference" not in self._loaded:

@@ -50,7 +50,7 @@ def baseline_and_challengers(summary: pd.DataFrame, baseline: str) -> tuple[pd.D
     """The baseline's models and their challengers (every other trained model). A recipe names the
     DPO models trained with it (the grid and train.extra), whose challengers are the models of other
     recipes and methods; a method names its models, whose challengers are the other methods' models."""
-    trained = summary.method != "original"
+    trained = ~summary.method.isin(["original", "best_of_n"])  # best-of-N policies are references, not trained
     if baseline in RECIPE_NAMES:
         return summary[(summary.method == "dpo") & (summary.recipe == baseline)], summary[
             (summary.recipe != baseline) & trained

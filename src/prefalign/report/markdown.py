@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from prefalign.report.comparison import Comparison
+from prefalign.report.evidence import EvidenceSection, judge_names
 from prefalign.report.sections import (
     Examples,
     FrontierSection,
@@ -28,19 +29,29 @@ def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f} ({sd:.3f})" if np.isfinite(sd) else f"{mean:.3f}"
 
 
+def scored_columns(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, heading) of the judges' mean rewards and the fluency score, where the rows have them."""
+    out = [(f"judge_{j}_reward_mean", f"judge {j}") for j in judge_names(rows.columns)]
+    return out + ([("fluency", "fluency")] if "fluency" in rows.columns else [])
+
+
 def table(rows: pd.DataFrame, label) -> str:
-    """Markdown table of the main metrics; `label(row)` names each line."""
-    has_kl = "kl_seq" in rows.columns
+    """Markdown table of the main metrics (and the judges' and fluency scores, when measured);
+    `label(row)` names each line."""
+    has_kl, scored = "kl_seq" in rows.columns, scored_columns(rows)
     head = "| model | reward | diversity | distinct-2 | positive rate |" + (
         " KL (seq) | KL / token |" if has_kl else ""
     )
+    head += "".join(f" {name} |" for _, name in scored)
     lines = [head + " mean length | broken texts |", "|---" * (head.count("|") - 1 + 2) + "|"]
     for _, r in rows.iterrows():
-        kl = f" {_cell(r.kl_seq, r.kl_seq_sd)} | {r.kl_token:.4f} |" if has_kl else ""
+        kl_token = f"{r.kl_token:.4f}" if np.isfinite(r.kl_token) else "n/a"  # best-of-N: no per-token value
+        kl = f" {_cell(r.kl_seq, r.kl_seq_sd)} | {kl_token} |" if has_kl else ""
+        extra = "".join(f" {_cell(r[c], r.get(f'{c}_sd', np.nan))} |" for c, _ in scored)
         broken = r.get("broken_share", float("nan"))  # absent from evaluations older than metrics-v3
         lines.append(
             f"| {label(r)} | {_cell(r.reward_mean, r.reward_mean_sd)} | {_cell(r.diversity, r.diversity_sd)} | "
-            f"{r.distinct_2:.3f} | {_cell(r.positive_rate, r.positive_rate_sd)} |{kl} {r.mean_tokens:.1f} | "
+            f"{r.distinct_2:.3f} | {_cell(r.positive_rate, r.positive_rate_sd)} |{kl}{extra} {r.mean_tokens:.1f} | "
             f"{f'{100 * broken:.1f}%' if np.isfinite(broken) else 'n/a'} |"
         )
     return "\n".join(lines)
@@ -185,6 +196,63 @@ def frontier(s: FrontierSection) -> list[str]:
     return lines + [""]
 
 
+def judged_table(rows: pd.DataFrame) -> str:
+    """Each model's reward and positive rate beside each judge's, and its fluency."""
+    judges = judge_names(rows.columns)
+    head = "| model | reward | positive rate |" + "".join(f" judge {j} | judge {j} positive rate |" for j in judges)
+    head += " fluency | not fluent |" if "fluency" in rows.columns else ""
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for _, r in rows.iterrows():
+        cells = [_cell(r.reward_mean, r.reward_mean_sd), f"{r.positive_rate:.3f}"]
+        for j in judges:
+            c = f"judge_{j}_"
+            cells += [_cell(r[c + "reward_mean"], r[c + "reward_mean_sd"]), f"{r[c + 'positive_rate']:.3f}"]
+        if "fluency" in rows.columns:
+            cells += [_cell(r.fluency, r.fluency_sd), f"{100 * r.fluency_low_share:.1f}%"]
+        lines.append(f"| {r.model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evidence(s: EvidenceSection) -> list[str]:
+    """The best-of-N ladder, each trained model against its curve, the judges' scores."""
+    lines = ["## Evidence: best-of-N, judges, fluency", ""]
+    if len(s.ladder):
+        lines += [
+            "Best-of-N policies of the original: each evaluation run draws N texts per chosen text and keeps the "
+            "highest-reward one (draw 0 is the original's own evaluation run). Their KL is the analytic "
+            "log N - (N-1)/N nats, an upper bound on the true KL (no sample estimate exists for it).",
+            "",
+            table(s.ladder, lambda r: r.model),
+            "",
+        ]
+    if len(s.versus):
+        lines += [
+            "Each trained model against the best-of-N curve at its KL (linear in log(1 + KL) between the ladder's "
+            "points; beyond the ladder, its largest N). Above it: a gain a reranker of the original's samples "
+            "would not match at that KL. `beaten by`: the smallest N scoring at least as high at no more KL.",
+            "",
+            "| model | KL (seq) | reward | best-of-N at that KL | margin | above the curve | beaten by |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.model} | {r.kl_seq:.3f} | {_cell(r.reward_mean, r.reward_mean_sd)} | {r.curve_reward:.3f} | "
+            f"{r.margin:+.3f} | {'yes' if r.above else 'no'} | {r.beaten_by or '-'} |"
+            for _, r in s.versus.iterrows()
+        ]
+        lines += [""]
+    if len(s.judged):
+        what = [f"`{j}`" for j in s.judges] + (["the fluency model"] if s.fluency else [])
+        lines += [
+            f"Scored by {', '.join(what)}, never trained on: a reward gain that the judges do not share, or "
+            "that costs fluency (mean log-probability per token under a language model that is not the "
+            "policy), is the classifier being gamed.",
+            "",
+            judged_table(s.judged),
+            "",
+        ]
+    return lines + [line for figure in s.figures for line in image(figure)]
+
+
 def training(rows: tuple[TrainingRow, ...]) -> list[str]:
     lines = ["## Training", "", "| model | pairs / steps | seconds | pairs/s | final loss |", "|---|---|---|---|---|"]
     lines += [f"| {r.model} | {r.amount} | {r.seconds} | {r.pairs_per_second} | {r.final_loss:.4f} |" for r in rows]
@@ -203,5 +271,6 @@ def render_markdown(content: ReportContent) -> str:
     lines = intro(content.intro) + models(content.models)
     lines += [line for section in content.pairs for line in pairs(section)]
     lines += online(content.online) if content.online else []
-    lines += frontier(content.frontier) + training(content.training) + examples(content.examples)
+    lines += frontier(content.frontier) + (evidence(content.evidence) if content.evidence else [])
+    lines += training(content.training) + examples(content.examples)
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from prefalign.engine.pair_rules import PAIR_RULES
 from prefalign.pipeline.store import atomic_path, read_json
+from prefalign.report.tables import BEST_OF_N, best_of_n_curve
 
 
 def method_of(r) -> str:
@@ -52,6 +53,8 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
     `colour_by(row)`), marker = pair rule (RLOO: a cross; the original: a star, black by default)."""
     group = colour_by or method_of
     plt = pyplot()
+    best = best_of_n_curve(summary)  # drawn as a curve, not as points
+    summary = summary[summary.method != BEST_OF_N]
 
     markers = dict(zip(PAIR_RULES, "osD^vPh"))
     marker = lambda r: "*" if r.method == "original" else "X" if r.method == "rloo" else markers.get(r.strategy, "o")  # noqa: E731
@@ -85,6 +88,14 @@ def plot_frontier(summary: pd.DataFrame, x: str, out: Path, xlabel: str, log_x: 
         for s, mk in markers.items()
         if s in set(summary.strategy)
     ]
+    if len(best):
+        # The best-of-N policies of the original: a reference curve, each point marked with its N.
+        ax.plot(best[x], best.reward_mean, linestyle="--", marker=".", color="0.4", zorder=1)
+        for _, r in best.iterrows():
+            ax.annotate(
+                f"{int(r.best_of)}", (r[x], r.reward_mean), xytext=(2, 3), textcoords="offset points", fontsize=6
+            )
+        handles.append(plt.Line2D([], [], linestyle="--", marker=".", color="0.4", label="best-of-N (N marked)"))
     ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if log_x:
         # KL spans from 0 (the original) to hundreds of nats for collapsed models: linear near 0, log beyond.

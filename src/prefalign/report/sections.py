@@ -19,6 +19,7 @@ import pandas as pd
 
 from prefalign.pipeline.items import DpoModel, IterativeRound, Original, Pairs, Report, RlooModel
 from prefalign.report.comparison import Comparison, beaten_by, compare_to_baseline
+from prefalign.report.evidence import EvidenceSection, evidence_section
 from prefalign.report.plots import (
     DPO_CURVES,
     RLOO_CURVES,
@@ -143,11 +144,13 @@ class ReportContent:
     frontier: FrontierSection
     training: tuple[TrainingRow, ...]
     examples: tuple[Examples, ...]
+    evidence: EvidenceSection | None = None
 
     def figures(self) -> list[Figure]:
         """Every figure the report shows, in its order."""
         pairs = [figure for section in self.pairs for figure in (section.rewards, section.curves)]
-        return pairs + list(self.online.curves if self.online else ()) + list(self.frontier.figures)
+        evidence = list(self.evidence.figures) if self.evidence else []
+        return pairs + list(self.online.curves if self.online else ()) + list(self.frontier.figures) + evidence
 
 
 def grid_of(item: Report) -> list[DpoModel]:
@@ -325,4 +328,5 @@ def build_report(item: Report, summary: pd.DataFrame, inputs: Inputs) -> ReportC
         frontier_section(item, summary),
         tuple(training_rows(item, inputs)),
         tuple(examples(summary, inputs)),
+        evidence_section(summary),
     )

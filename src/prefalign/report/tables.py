@@ -20,6 +20,7 @@ from prefalign.pipeline.items import RESULT_COLUMNS
 # Above this share of texts with undecodable bytes (metrics.broken_share) a model's diversity is
 # garbage's, not text's: it takes no part in the Pareto front or in who beats whom.
 UNREADABLE_SHARE = 0.05
+BEST_OF_N = "best_of_n"  # results.csv's method of a best-of-N policy (pipeline/evidence_items.BestOfN)
 
 
 def readable(row) -> bool:
@@ -91,3 +92,13 @@ def pareto_front(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     candidates, unreadable = summary[is_readable], list(summary.model[~is_readable])
     mins = candidates[["kl_seq"]].to_numpy() if "kl_seq" in summary.columns else None
     return candidates[pareto_mask(candidates[["reward_mean", "diversity"]].to_numpy(), mins)], unreadable
+
+
+def best_of_n_curve(summary: pd.DataFrame) -> pd.DataFrame:
+    """The best-of-N rows by N, with the original as N = 1 (KL 0) when the ladder has no N = 1."""
+    if "best_of" not in summary.columns:
+        return summary.iloc[:0]
+    best = summary[summary.method == BEST_OF_N].sort_values("best_of")
+    if len(best) and 1 not in set(best.best_of):
+        best = pd.concat([summary[summary.method == "original"].assign(best_of=1), best])
+    return best.reset_index(drop=True)

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from prefalign.pipeline.evidence_items import BestOfN, TextScores
 from prefalign.pipeline.items import DpoModel, Original, Report
 from prefalign.pipeline.services import Services, model_info
 from prefalign.pipeline.store import atomic_path, read_json, read_parquet, write_json, write_text
@@ -25,7 +26,9 @@ from prefalign.report.markdown import render_markdown
 from prefalign.report.plots import draw_figures
 from prefalign.report.sections import Inputs, build_report, pair_files
 from prefalign.report.tables import across_seeds, results_table, summarize
+from prefalign.stages.best_of_n import best_of_n_results
 from prefalign.stages.evaluate import run_results
+from prefalign.stages.judge import stored_scores
 
 
 def run_rewards(evaluation) -> np.ndarray:
@@ -50,8 +53,41 @@ def read_inputs(item: Report, summary: pd.DataFrame) -> Inputs:
             for e in evaluations
             if not isinstance(e.model, Original)
         },
-        examples={e.model.name: read_parquet(e.run_path(0, ".parquet")) for e in evaluations if e.model.name in shown},
+        examples={
+            **{e.model.name: read_parquet(e.run_path(0, ".parquet")) for e in evaluations if e.model.name in shown},
+            **best_of_n_examples(item, shown),
+        },
     )
+
+
+def best_of_n_examples(item: Report, shown: set[str]) -> dict[str, pd.DataFrame]:
+    """Run 0's chosen texts of every best-of-N policy shown."""
+    out = {}
+    for best in (x for x in item.evidence if isinstance(x, BestOfN)):
+        table = read_parquet(best.run_path(0, "-choices.parquet"))
+        out.update({best.model_name(n): table[table.n == n] for n in best.ladder if best.model_name(n) in shown})
+    return out
+
+
+def model_runs(item: Report) -> list[tuple[dict, list[dict]]]:
+    """(a model's describing columns, the metrics of each of its runs) of every evaluated model and
+    best-of-N policy, each run's judge and fluency metrics beside its own."""
+    scores: dict[int, list[list[dict]]] = {}  # id(source) -> that source's TextScores, run by run
+    for x in item.evidence:
+        if isinstance(x, TextScores):
+            scores.setdefault(id(x.source), []).append(stored_scores(x))
+    out = []
+    for e in item.evaluations:
+        runs = run_results(e)
+        for scored in scores.get(id(e), []):
+            runs = [{**run, **extra} for run, extra in zip(runs, scored, strict=True)]
+        out.append((e.model.row(), runs))
+    for best in (x for x in item.evidence if isinstance(x, BestOfN)):
+        for row, runs in best_of_n_results(best):
+            for scored in scores.get(id(best), []):
+                runs = [{**run, **extra[str(row["best_of"])]} for run, extra in zip(runs, scored, strict=True)]
+            out.append((row, runs))
+    return out
 
 
 def write_csv(table: pd.DataFrame, path) -> None:
@@ -62,7 +98,7 @@ def write_csv(table: pd.DataFrame, path) -> None:
 def write_report(item: Report, services: Services) -> None:
     """The `report` stage: results.csv, summary.csv, the plots, report.md and report.html, then report.meta.json."""
     root, cfg = item.path.parent, item.config
-    results = results_table((e.model.row(), run_results(e)) for e in item.evaluations)
+    results = results_table(model_runs(item))
     write_csv(results, root / "results.csv")
     summary = across_seeds(summarize(results))  # what the tables, plots and checks show: one row per model group
     write_csv(summary, root / "summary.csv")

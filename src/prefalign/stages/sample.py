@@ -39,14 +39,25 @@ def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
 
 
 def sample_in_shards(
-    policy, policy_tokenizer, services: Services, n: int, sampling, seed: int, out_path: Path, desc: str, reference=None
+    policy,
+    policy_tokenizer,
+    services: Services,
+    n: int,
+    sampling,
+    seed: int,
+    out_path: Path,
+    desc: str,
+    reference=None,
+    prompts=None,
 ) -> pd.DataFrame | None:
     """sample_and_score over the run's processes: n texts in `out_path`. Each process samples its
-    shard of the rows (their prompts: rows of the one prompt list drawn for all n) into a part file;
+    shard of the rows (their prompts: rows of the one prompt list drawn for all n with `seed`, or the
+    `prompts` given, one per row) into a part file;
     the main process merges the parts in shard order and returns the whole table (`attrs["seconds"]`:
     the wall time; `attrs["phase_seconds"]`: its own shard's, by phase), the others return None."""
     classifier, ranks = services.classifier(), services.ranks
-    prompts = corpus_prompts_for(sampling, policy_tokenizer, n, seed)
+    if prompts is None:
+        prompts = corpus_prompts_for(sampling, policy_tokenizer, n, seed)
     start, stop = ranks.shard(n)
     part = out_path if ranks.count == 1 else scratch_beside(out_path, f"part-{ranks.index}-of-{ranks.count}")
     t0 = time.time()
