@@ -34,7 +34,7 @@ def local_path(ref: str) -> Path | None:
     return None
 
 
-def _checked_local(ref: str, role: str) -> str:
+def _checked_local(ref: str, role: str, key: str | None = None) -> str:
     path = local_path(ref)
     if path is None:
         return ref
@@ -46,7 +46,7 @@ def _checked_local(ref: str, role: str) -> str:
             if path.exists()
             else "no such directory"
         )
-        key = "policy.model" if role == "policy" else "reward.model"
+        key = key or ("policy.model" if role == "policy" else "reward.model")
         raise ModelPathError(
             f"{key}: {ref!r}: {what} (a local path; a hub id looks like `owner/name`). Point "
             f"`{key}` at a directory holding config.json and the weights (save_pretrained's output)."
@@ -69,8 +69,9 @@ def resolve(ref: str, role: str) -> str:
     return _checked_local(ref, role)
 
 
-def identity(ref: str, revision: str | None = None, role: str = "policy") -> str:
-    """A string that changes when the model behind `ref` changes (a stage cache key).
+def identity(ref: str, revision: str | None = None, role: str = "policy", key: str | None = None) -> str:
+    """A string that changes when the model behind `ref` changes (a stage cache key); a local path
+    that holds no model is refused, naming the config `key` (default: the role's `.model`).
 
     Hub ids are identified by id + revision; local directories by their files' names, sizes and
     modification times, so retraining a local model invalidates every stage built on it.
@@ -80,7 +81,7 @@ def identity(ref: str, revision: str | None = None, role: str = "policy") -> str
 
         spec = SPECS.get(ref.split(":", 1)[1])
         return f"{ref}@{spec.key() if spec else '?'}"
-    path = Path(_checked_local(ref, role))
+    path = Path(_checked_local(ref, role, key))
     if path.is_dir():
         stats = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
         return f"dir:{path.resolve()}:{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
@@ -353,28 +354,29 @@ def untrained_head_weights(model, missing_keys) -> list[str]:
     return sorted(k for k in missing_keys if base is None or not k.startswith(base))
 
 
-def reward_index(config, positive_label: str, single_logit: bool = False) -> int:
+def reward_index(config, positive_label: str, single_logit: bool = False, section: str = "reward") -> int:
     """Which output of the classifier is the reward: the class named `positive_label`, or the only
-    output of a one-output classifier when `reward.single_logit` says that is intended."""
+    output of a one-output classifier when `reward.single_logit` says that is intended. `section`:
+    the config section the messages name (`reward`, or a judge's `evaluate.judges[i]`)."""
     outputs = getattr(config, "num_labels", None) or len(getattr(config, "id2label", {}) or {})
     if outputs == 1:
         if not single_logit:
             raise ModelLoadError(
-                "reward.model has a single output: it has no positive class to look up, and a positive rate "
+                f"{section}.model has a single output: it has no positive class to look up, and a positive rate "
                 "needs two classes (with one, softmax calls every text positive). If its one logit is the reward "
-                "you want, set `reward.single_logit: true` (positive then means logit > 0); otherwise use a "
+                f"you want, set `{section}.single_logit: true` (positive then means logit > 0); otherwise use a "
                 "classifier with a positive and a negative class."
             )
         return 0
     if single_logit:
         raise ModelLoadError(
-            f"reward.single_logit is set but reward.model has {outputs} outputs; unset it and name "
-            "the positive class in reward.positive_label"
+            f"{section}.single_logit is set but {section}.model has {outputs} outputs; unset it and name "
+            f"the positive class in {section}.positive_label"
         )
-    return positive_class_index(config.id2label, positive_label)
+    return positive_class_index(config.id2label, positive_label, section)
 
 
-def positive_class_index(id2label: dict, name: str) -> int:
+def positive_class_index(id2label: dict, name: str, section: str = "reward") -> int:
     """Index of the class called `name` in `config.id2label` (exact match, else a unique case-insensitive one)."""
     labels = {int(k): str(v) for k, v in id2label.items()}
     exact = [i for i, v in labels.items() if v == name]
@@ -385,6 +387,6 @@ def positive_class_index(id2label: dict, name: str) -> int:
         return folded[0]
     shown = ", ".join(f"{i}: {v!r}" for i, v in sorted(labels.items()))
     raise ModelLoadError(
-        f"reward.positive_label {name!r} is not a label of the classifier (its id2label is {{{shown}}}); "
-        "set reward.positive_label to one of those names"
+        f"{section}.positive_label {name!r} is not a label of the classifier (its id2label is {{{shown}}}); "
+        f"set {section}.positive_label to one of those names"
     )

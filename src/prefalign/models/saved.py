@@ -76,7 +76,7 @@ def check_saved_model(
         if role == "policy" and max_length is not None:
             check_context(config, max_length, ref)
         elif role == "reward":
-            reward_index(config, positive_label, single_logit)
+            reward_index(config, positive_label, single_logit, key.removesuffix(".model"))
     except ModelLoadError as e:
         raise ModelPathError(str(e)) from None
 

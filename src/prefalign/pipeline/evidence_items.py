@@ -136,12 +136,14 @@ class Judge:
     identity: str
     single_logit: bool = False
     trust_remote_code: bool = False
+    section: str = "evaluate.judges"  # the config section its messages name (evaluate.judges[i])
 
     kind = "judge"
 
     @property
     def key(self) -> str:
-        return key_of("judge", self.identity, "single-logit" if self.single_logit else self.positive_label)
+        # The name too: two judges of one model under two names are two items (two folders, two columns).
+        return key_of("judge", self.name, self.identity, "single-logit" if self.single_logit else self.positive_label)
 
     @property
     def folder(self) -> str:

@@ -21,10 +21,11 @@ def judges(cfg: Config, reward: RewardModel) -> list[Judge]:
 
     out = []
     for i, j in enumerate(cfg.evaluate.judges):
+        where = f"evaluate.judges[{i}].model"
         check_saved_model(
             j.model,
             "reward",
-            key=f"evaluate.judges[{i}].model ({j.name})",
+            key=where,
             positive_label=j.positive_label,
             single_logit=j.single_logit,
             trust_remote_code=j.trust_remote_code,
@@ -34,11 +35,16 @@ def judges(cfg: Config, reward: RewardModel) -> list[Judge]:
             j.model,
             j.revision,
             j.positive_label,
-            identity(j.model, j.revision, "reward"),
+            identity(j.model, j.revision, "reward", where),
             j.single_logit,
             j.trust_remote_code,
+            f"evaluate.judges[{i}]",
         )
-        if judge.key == reward.key:
+        if (judge.identity, judge.positive_label, judge.single_logit) == (
+            reward.identity,
+            reward.positive_label,
+            reward.single_logit,
+        ):
             log(
                 f"note: judge {j.name!r} is the reward model itself: its scores equal the reward (a sanity "
                 "row, not evidence)"
@@ -54,9 +60,10 @@ def fluency_scorer(cfg: Config) -> FluencyScorer | None:
     f = cfg.evaluate.fluency
     if f is None:
         return None
-    check_saved_model(f.model, "policy", trust_remote_code=f.trust_remote_code, key="evaluate.fluency.model")
+    where = "evaluate.fluency.model"
+    check_saved_model(f.model, "policy", trust_remote_code=f.trust_remote_code, key=where)
     return FluencyScorer(
-        f.model, f.revision, identity(f.model, f.revision, "policy"), f.samples, f.threshold, f.trust_remote_code
+        f.model, f.revision, identity(f.model, f.revision, "policy", where), f.samples, f.threshold, f.trust_remote_code
     )
 
 

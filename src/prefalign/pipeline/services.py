@@ -85,7 +85,7 @@ class Services:
 
             j = judge
             model, tokenizer = load_classifier(j.ref, j.revision, self.device, self.dtype, j.trust_remote_code)
-            index = reward_index(model.config, j.positive_label, j.single_logit)
+            index = reward_index(model.config, j.positive_label, j.single_logit, j.section)
             self._loaded[key] = Classifier(model, tokenizer, index, j.positive_label)
         return self._loaded[key]
 

@@ -1,0 +1,185 @@
+"""The best-of-N reference and the judges: choices, KL values, resume, and scores equal to scoring
+the saved texts directly (on the session's `prefalign run tiny`, whose preset sets both)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prefalign.engine.metrics import best_of_n_choice
+from prefalign.engine.scoring import score_texts
+from prefalign.pipeline.evidence_items import best_of_n_kl
+
+LADDER = [1, 2, 4, 8]
+CHOSEN = 100  # baselines.best_of_n_samples of the tiny preset
+
+
+def test_best_of_n_choice_is_the_first_highest_reward_of_the_first_n_draws():
+    rewards = np.array([[0.0, 5.0, 1.0, 2.0], [3.0, 5.0, 0.5, 2.0], [1.0, 9.0, 4.0, 2.0]])  # (draws, rows)
+    assert best_of_n_choice(rewards, 1).tolist() == [0, 0, 0, 0]
+    assert best_of_n_choice(rewards, 2).tolist() == [1, 0, 0, 0]  # a tie keeps the earlier draw
+    assert best_of_n_choice(rewards, 3).tolist() == [1, 2, 2, 0]
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(16, 50))
+    for n in (1, 3, 16):
+        picked = best_of_n_choice(many, n)
+        assert np.array_equal(many[picked, np.arange(50)], many[:n].max(axis=0))
+    with pytest.raises(ValueError):
+        best_of_n_choice(many, 17)
+
+
+def test_best_of_n_kl_is_the_analytic_bound():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert best_of_n_kl(64) == pytest.approx(math.log(64) - 63 / 64)
+
+
+def draws_of(root, k: int) -> list[pd.DataFrame]:
+    first = pd.read_parquet(root / "eval" / "original" / f"run-{k:02d}.parquet").head(CHOSEN)
+    rest = [
+        pd.read_parquet(root / "eval" / "best-of-n" / f"run-{k:02d}" / f"draw-{j:02d}.parquet") for j in range(1, 8)
+    ]
+    return [first, *rest]
+
+
+def test_best_of_n_choices_are_the_max_of_each_pool_group(tiny_run):
+    root, _ = tiny_run
+    for k in range(2):
+        draws = draws_of(root, k)
+        assert all(len(d) == CHOSEN for d in draws)
+        rewards = np.stack([d.reward.to_numpy() for d in draws])
+        choices = pd.read_parquet(root / "eval" / "best-of-n" / f"run-{k:02d}-choices.parquet")
+        assert sorted(set(choices.n)) == LADDER
+        for n in LADDER:
+            chosen = choices[choices.n == n].sort_values("row")
+            assert np.array_equal(chosen.reward.to_numpy(), rewards[:n].max(axis=0))
+            texts = [draws[j].text.iloc[i] for i, j in zip(chosen.row, chosen.draw)]
+            assert chosen.text.tolist() == texts
+        # the draws are different samples, not one sample repeated
+        assert draws[1].text.tolist() != draws[2].text.tolist()
+
+
+def test_best_of_1_is_the_original_evaluation_and_kl_is_the_formula(tiny_run):
+    root, _ = tiny_run
+    results = pd.read_csv(root / "results.csv")
+    best = results[results.method == "best_of_n"]
+    assert sorted(set(best.model)) == [f"best-of-{n}" for n in LADDER]
+    for n in LADDER:
+        rows = best[best.best_of == n]
+        assert len(rows) == 2  # one per evaluation run
+        assert np.allclose(rows.kl_seq, best_of_n_kl(n))
+    for k in range(2):
+        choices = pd.read_parquet(root / "eval" / "best-of-n" / f"run-{k:02d}-choices.parquet")
+        original = pd.read_parquet(root / "eval" / "original" / f"run-{k:02d}.parquet").head(CHOSEN)
+        one = choices[choices.n == 1].sort_values("row")
+        assert one.text.tolist() == original.text.tolist()
+        assert np.array_equal(one.reward.to_numpy(), original.reward.to_numpy())
+    by_n = best.groupby("best_of").reward_mean.mean()
+    assert by_n.is_monotonic_increasing  # nested pools: a larger N never keeps a lower reward
+    report = (root / "report.md").read_text()
+    assert "| best-of-8 |" in report and (root / "plots" / "judges.png").exists()
+
+
+def test_judge_scores_equal_scoring_the_saved_texts(tiny_run, tiny_classifier):
+    root, _ = tiny_run
+    model, tokenizer = tiny_classifier
+    positive = model.config.label2id["POSITIVE"]
+    results = pd.read_csv(root / "results.csv")
+    for name in ("original", "random-sigmoid-beta0.1-default"):
+        for k in range(2):
+            texts = pd.read_parquet(root / "eval" / name / f"run-{k:02d}.parquet").text.tolist()
+            direct = score_texts(texts, model, tokenizer, positive)["reward"]
+            stored = pd.read_parquet(root / "eval" / name / "judge-self" / f"run-{k:02d}.parquet")
+            assert np.allclose(stored.reward.to_numpy(), direct, atol=1e-5)
+            row = results[(results.model == name) & (results.run == k)].iloc[0]
+            assert row.judge_self_reward_mean == pytest.approx(float(np.mean(direct)), abs=1e-5)
+            # this judge is the reward model itself: its scores are the rewards
+            assert row.judge_self_reward_mean == pytest.approx(row.reward_mean, abs=1e-5)
+    choices = pd.read_parquet(root / "eval" / "best-of-n" / "run-00-choices.parquet")
+    judged = pd.read_parquet(root / "eval" / "best-of-n" / "judge-self" / "run-00.parquet")
+    assert len(judged) == len(choices)
+    assert np.allclose(judged.reward.to_numpy(), choices.reward.to_numpy(), atol=1e-5)
+
+
+def test_adding_a_judge_scores_only_what_is_new_and_an_interrupted_pool_resumes(tiny_run, tmp_path, cli):
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    evaluations = {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("run-*.json") if "judge" not in str(p)}
+    best_json = root / "eval" / "best-of-n" / "run-01.json"
+    before = json.loads(best_json.read_text())
+    # Run 1's pool lost a draw and its metrics (a kill mid-pool): only that draw is sampled again.
+    (root / "eval" / "best-of-n" / "run-01" / "draw-05.parquet").unlink()
+    best_json.unlink()
+    kept = (root / "eval" / "best-of-n" / "run-01" / "draw-04.parquet").stat().st_mtime_ns
+    judge = "evaluate.judges=[{name: self, model: 'prefalign:tiny'}, {name: again, model: 'prefalign:tiny'}]"
+    cli("run", "tiny", "--set", f"run_dir={root}", "--set", judge)
+    assert (root / "eval" / "best-of-n" / "run-01" / "draw-04.parquet").stat().st_mtime_ns == kept
+    assert json.loads(best_json.read_text())["per_n"] == before["per_n"]  # the same draw again: same texts
+    for path, mtime in evaluations.items():
+        if path != best_json:
+            assert path.stat().st_mtime_ns == mtime, path  # no evaluation redone
+    results = pd.read_csv(root / "results.csv")
+    assert np.allclose(results.judge_again_reward_mean, results.judge_self_reward_mean)
+    assert (root / "eval" / "original" / "judge-again" / "run-01.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("baselines.best_of_n=[0, 2]", "baselines.best_of_n"),
+        ("baselines.best_of_n=[2.5]", "baselines.best_of_n"),
+        ("baselines.best_of_n_samples=0", "baselines.best_of_n_samples"),
+        ("baselines.best_of_n_samples=999", "baselines.best_of_n_samples"),
+        ("evaluate.judges=[{name: a, model: 'prefalign:tiny'}, {name: a, model: 'prefalign:tiny'}]", "two judges"),
+        ("evaluate.judges=[{name: 'a b', model: 'prefalign:tiny'}]", "evaluate.judges.0.name"),
+        ("evaluate.judges=[{name: a, model: 'prefalign:nope'}]", "evaluate.judges.0.model"),
+        ("evaluate.judges=[{name: a, model: /no/such/dir}]", "evaluate.judges"),
+        ("evaluate.fluency={model: 'prefalign:tiny', samples: 0}", "evaluate.fluency.samples"),
+        ("evaluate.during_training={every: 0, samples: 10}", "evaluate.during_training.every"),
+    ],
+)
+def test_bad_evidence_settings_exit_2_naming_the_key(override, key, cli, tmp_path):
+    result = cli("plan", "tiny", "--set", f"run_dir={tmp_path}", "--set", override, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_judge_without_the_positive_label_is_refused_while_planning(tiny_dir, tmp_path, cli):
+    judge = f"evaluate.judges=[{{name: a, model: '{tiny_dir / 'reward'}', positive_label: GOOD}}]"
+    result = cli("plan", "tiny", "--set", f"run_dir={tmp_path}", "--set", judge, check=False)
+    assert result.returncode == 2 and "evaluate.judges[0].positive_label 'GOOD'" in result.stderr
+
+
+def test_a_judge_with_another_tokenizer_scores_with_its_own(tmp_path, cli, tiny_run, tiny_dir):
+    """A judge is any classifier with its own tokenizer and label names: here a DistilBERT reading the
+    policy's byte-level BPE (the reward reads WordPiece), classes `bad` / `good`."""
+    torch.manual_seed(0)
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_dir / "policy")
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer), dim=32, hidden_dim=64, n_layers=1, n_heads=2, max_position_embeddings=64
+    )
+    config.id2label, config.label2id = {0: "bad", 1: "good"}, {"bad": 0, "good": 1}
+    judge_dir = tmp_path / "judge"
+    DistilBertForSequenceClassification(config).save_pretrained(judge_dir)
+    tokenizer.save_pretrained(judge_dir)
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run[0], root)
+    cli(
+        "run",
+        "tiny",
+        "--set",
+        f"run_dir={root}",
+        "--set",
+        f"evaluate.judges=[{{name: other, model: '{judge_dir}', positive_label: good}}]",
+    )
+    results = pd.read_csv(root / "results.csv")
+    assert results.judge_other_reward_mean.notna().all() and "judge_self_reward_mean" not in results.columns
