@@ -47,6 +47,10 @@ class BuildSpec:
     # keeps its own tokenizer; clf_layers/dim/heads are then unused.
     clf_base: str | None = None
     policy: bool = True  # False: build the classifier alone (pair it with another build's policy)
+    # A judge: a second classifier of another build's task, trained on other data with another seed.
+    data_seed: int | None = None  # seed of the held-out split (and of the synthetic corpus); None: `seed`
+    clf_half: int | None = None  # 0 or 1: the classifier trains on that half of the kept texts only
+    compare_with: str | None = None  # a SPECS name: info.json records agreement with its classifier
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
@@ -57,11 +61,19 @@ class BuildSpec:
             "positive",
             "clf_base",
             "policy",
+            "data_seed",
+            "clf_half",
+            "compare_with",
         ):  # at their defaults they leave the key as it was
             if fields[name] == BuildSpec.__dataclass_fields__[name].default:
                 del fields[name]
         blob = json.dumps(fields, sort_keys=True).encode()
         return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def split(self) -> tuple:
+        """What decides the corpus and its held-out texts: two specs with the same split hold out the same texts."""
+        corpus = (self.corpus, self.text_column, self.label_column, self.subset, self.positive)
+        return (*corpus, self.seed if self.data_seed is None else self.data_seed, self.held_out)
 
 
 SPECS = {
@@ -104,6 +116,16 @@ SPECS["demo-minilm"] = dataclasses.replace(
     max_text_tokens=64,
     policy=False,
 )
+# Judges (`evaluate.judges`): a second classifier of the same task, which no policy is aligned to. It holds out
+# the same texts as the build it is compared with (data_seed), trains on one half of the others (with its own
+# tokenizer) from another seed, and info.json records how often it agrees with that build's classifier on the
+# held-out texts. Figures: docs/builtin-models.md.
+SPECS["tiny-judge"] = dataclasses.replace(
+    SPECS["tiny"], name="tiny-judge", seed=1, data_seed=0, clf_half=1, compare_with="tiny", policy=False
+)
+SPECS["demo-judge"] = dataclasses.replace(
+    SPECS["demo"], name="demo-judge", seed=1, data_seed=0, clf_half=1, compare_with="demo", policy=False
+)
 
 
 def cache_dir() -> Path:
@@ -121,8 +143,11 @@ def builtin_checked(ref: str, role: str) -> str:
     name = ref.split(":", 1)[1]
     if name not in SPECS:
         raise ValueError(f"unknown built-in model {ref!r}; available: {', '.join('prefalign:' + k for k in SPECS)}")
-    if role == "policy" and not SPECS[name].policy:
-        policies = ", ".join(f"prefalign:{k}" for k, spec in SPECS.items() if spec.policy)
+    spec = SPECS[name]
+    if role == "policy" and not spec.policy:
+        policies = ", ".join(
+            f"prefalign:{k}" for k, spec in SPECS.items() if isinstance(spec, BuildSpec) and spec.policy
+        )
         raise ValueError(
             f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} as policy.model"
         )
