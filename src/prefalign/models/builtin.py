@@ -31,7 +31,7 @@ import torch
 from prefalign.errors import CorpusError, ModelLoadError
 from prefalign.models.agreement import compared
 from prefalign.models.build_cache import build_target, built, save_build
-from prefalign.models.specs import POLICY_DIR, REWARD_DIR, BuildSpec
+from prefalign.models.specs import POLICY_DIR, REWARD_DIR, BuildSpec, PackagedSpec
 
 BOS = "<|endoftext|>"
 
@@ -286,8 +286,12 @@ def _accuracy(model, held, batch_of, batch: int = 128) -> float:
 # Build + cache
 
 
-def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
+def build(spec: BuildSpec | PackagedSpec, root: Path | None = None, log=print) -> Path:
     """Return the directory holding `policy/`, `reward/` and `info.json`, building it if missing."""
+    if isinstance(spec, PackagedSpec):  # converted from a package's file, not trained
+        from prefalign.models.packaged import build_packaged
+
+        return build_packaged(spec, root, log)
     target = build_target(spec.key(), root)
     if built(target):
         return target

