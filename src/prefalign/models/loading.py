@@ -62,6 +62,8 @@ def resolve(ref: str, role: str) -> str:
 
         try:
             builtin_checked(ref, role)  # configs are checked when loaded; refs from elsewhere here
+        except ModelLoadError:  # a package to install (exit 2), said as it is
+            raise
         except ValueError as e:
             raise ModelLoadError(str(e)) from None
         root = build(SPECS[ref.split(":", 1)[1]])
