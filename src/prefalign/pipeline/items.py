@@ -23,6 +23,7 @@ from typing import Any, Union
 from prefalign.config.schema import Config, SamplingConfig
 from prefalign.config.train import LossMix, loss_label
 from prefalign.pipeline.store import is_done, key_of
+from prefalign.pipeline.trajectory import TrainedMarkers, Trajectory
 
 # The columns that describe a model in results.csv, before `run` and the metrics.
 # `group`: the model's name without its training-seed suffix (what repeats of one model share).
@@ -31,7 +32,7 @@ RESULT_COLUMNS = ("model", "group", "method", "strategy", "loss", "beta", "recip
 # stored evaluations are redone.
 METRICS_VERSION = "metrics-v3"
 # Part of the report's key: raised when what the report writes changes, so finished runs get the new report.
-REPORT_VERSION = "report-v11"
+REPORT_VERSION = "report-v12"
 
 
 def _row(
@@ -112,7 +113,7 @@ class RewardModel:
 
 
 @dataclass(frozen=True)
-class DpoModel:
+class DpoModel(TrainedMarkers):
     """A policy trained with TRL's DPOTrainer from `start` on one pair file, against `reference`."""
 
     pairs: Pairs
@@ -130,6 +131,7 @@ class DpoModel:
     checkpoint_steps: int | None = None
     lora: dict[str, Any] | None = None  # train.lora: LoRA adapters instead of full training
     repeat: int = 0  # which of train.repeats (its seed is in `seed`); names only
+    trajectory: Trajectory | None = None  # evaluate.during_training; not in the key, one of the markers
 
     stage = "train"
     revision = None  # a trained model loads from its directory (`ref`)
@@ -164,9 +166,6 @@ class DpoModel:
     def inputs(self) -> tuple:
         return (self.pairs, self.start)
 
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path / "train.json", self.key)]
-
     def row(self) -> dict:
         return _row(self, "dpo", self.pairs.strategy, self.loss_label, self.beta, self.recipe)
 
@@ -188,7 +187,7 @@ class IterativeRound(DpoModel):
 
 
 @dataclass(frozen=True)
-class RlooModel:
+class RlooModel(TrainedMarkers):
     """A policy trained online with TRL's RLOOTrainer from the original, the classifier as reward."""
 
     start: Original
@@ -200,6 +199,7 @@ class RlooModel:
     seed: int
     path: Path
     repeat: int = 0  # which of train.repeats (its seed is in `seed`); names only
+    trajectory: Trajectory | None = None  # evaluate.during_training; not in the key, one of the markers
 
     stage = "train"
     revision = None
@@ -232,9 +232,6 @@ class RlooModel:
     @property
     def inputs(self) -> tuple:
         return ()
-
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path / "train.json", self.key)]
 
     def row(self) -> dict:
         return _row(self, "rloo", kl_coef=self.kl_coef)
@@ -395,6 +392,10 @@ class Report(_MetaBeside):
     def key(self) -> str:
         # report.baseline `seed` (what every report compared with before the setting existed) keeps earlier keys
         compared = [] if self.config.report.baseline == "seed" else [("baseline", self.config.report.baseline)]
+        traced = [
+            m.trajectory.key(m.key) for m in (e.model for e in self.evaluations) if getattr(m, "trajectory", None)
+        ]
+        compared += [("trajectories", traced)] if traced else []  # evaluate.during_training: the curves it draws
         return key_of("report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations], *compared)
 
     @property
