@@ -177,8 +177,8 @@ def test_lora_trained_by_two_processes_together_samples_with_its_adapters(tiny_d
     assert json.loads((root / "models" / name / "train.json").read_text())["world_size"] == 2
     rows = trajectory(root, name)
     assert list(rows.step) == [0, 10, 20, 25]
-    # Only the adapters train: a KL above 0 after step 0 is the adapters' doing.
-    assert rows.kl_seq.iloc[0] == 0 and (rows.kl_seq.iloc[1:] > 0).all()
+    # Only the adapters train: a KL after step 0 (~0.06 nats here; without them |KL| < 1e-6, rounding) is theirs.
+    assert rows.kl_seq.iloc[0] == 0 and (rows.kl_seq.iloc[1:] > 0.01).all()
 
 
 # ---- the plan ----------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ step, `samples` texts are sampled from its current weights with the run's sample
 scored and measured like an evaluation run (stages/trajectory.py): one row per point in
 `eval/<model>/trajectory.csv`, and `trajectory.json` beside it holding the key (the model's key and
 these settings). The trajectory is not part of the model's key (the weights come out the same with
-or without it, so the model's evaluations keep their keys), but it is one of the model's markers:
-a finished model without its trajectory, or with one made under other settings, is trained again to
-draw it.
+or without it, on a GPU up to its nondeterministic kernels, so the model's evaluations keep their
+keys), but it is one of the model's markers: a finished model without its trajectory, or with one
+made under other settings, is trained again to draw it.
 """
 
 from __future__ import annotations
@@ -38,10 +38,6 @@ class Trajectory:
     def key(self, model_key: str) -> str:
         """The key of the trajectory of the model whose key is `model_key`."""
         return key_of("trajectory", model_key, self.every, self.samples, self.seed, self.sampler)
-
-    def points(self, steps: int) -> list[int]:
-        """The steps with a row after `steps` optimizer steps: 0, every, 2 x every, ..., and `steps`."""
-        return sorted({0, *range(self.every, steps + 1, self.every), steps})
 
 
 class TrainedMarkers:

@@ -67,10 +67,12 @@ def random_state_kept(device: torch.device):
     """Put the random number generators (torch's on the CPU and on `device`, numpy's, Python's)
     back as they were when the block ends."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 class TrajectoryPoints(TrainerCallback):
