@@ -213,3 +213,40 @@ def test_optimizer_steps_count_as_the_trainer_does():
     assert optimizer_steps(200, "default", {"gradient_accumulation_steps": 3}) == 9
     assert optimizer_steps(200, "default", {"num_train_epochs": 0.5}) == 13
     assert optimizer_steps(200, "default", {"max_steps": 7, "num_train_epochs": 4}) == 7
+
+
+# ---- the figure ----------------------------------------------------------------------------------
+
+
+def test_the_figure_draws_each_curve_to_its_final_point_and_best_of_n_dashed(monkeypatch, tmp_path):
+    from prefalign.report import trajectories
+
+    drawn = {}
+    monkeypatch.setattr(trajectories, "save_figure", lambda fig, out: drawn.update(fig=fig, out=out))
+    points = pd.DataFrame({"kl_seq": [0.0, 0.5, 2.0, 2.0, 3.0], "reward_mean": [0.1, 0.8, 1.2, 1.2, 1.5]})
+    chain = trajectories.Curve("iter-x (rounds 1-2)", points, (3,), (3.2, 1.4))
+    rloo = trajectories.Curve("rloo-kl0.1", points.iloc[:2], (), None)
+    summary = pd.DataFrame(
+        {
+            "model": ["original", "best-of-4", "best-of-2"],
+            "method": ["original", "best_of_n", "best_of_n"],
+            "reward_mean": [0.2, 1.0, 0.7],
+            "kl_seq": [0.0, 0.636, 0.193],
+        }
+    )
+    trajectories.plot_trajectories([chain, rloo], summary, tmp_path / "t.png")
+    ax = drawn["fig"].axes[0]
+    legend = {text.get_text() for text in ax.get_legend().get_texts()}
+    assert legend == {"iter-x (rounds 1-2)", "rloo-kl0.1", "original", "best-of-N"}
+    (best_of_n,) = [line for line in ax.get_lines() if line.get_label() == "best-of-N"]
+    assert best_of_n.get_linestyle() == "--" and list(best_of_n.get_xdata()) == [0.193, 0.636]  # in KL order
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "iter-x (rounds 1-2)"]
+    assert list(line.get_xdata()) == [0.0, 0.5, 2.0, 2.0, 3.0, 3.2]  # ends at the final evaluation
+    assert ax.get_xscale() == "symlog"
+
+
+def test_the_kl_axis_is_linear_below_the_smallest_positive_kl():
+    from prefalign.report.trajectories import linear_below
+
+    assert linear_below([0.0, 0.034, 5.0]) == 0.01
+    assert linear_below([0.0, 1e-6]) == 1e-3 and linear_below([0.0, 7.0]) == 1.0 and linear_below([0.0]) == 1.0
