@@ -86,47 +86,67 @@ def test_best_of_1_is_the_original_evaluation_and_kl_is_the_formula(tiny_run):
     assert "| best-of-8 |" in report and (root / "plots" / "judges.png").exists()
 
 
-def test_judge_scores_equal_scoring_the_saved_texts(tiny_run, tiny_classifier):
+def test_judge_scores_equal_scoring_the_saved_texts(tiny_run):
+    from prefalign.models.loading import load_classifier
+
     root, _ = tiny_run
-    model, tokenizer = tiny_classifier
+    model, tokenizer = load_classifier("prefalign:tiny-judge", None, torch.device("cpu"))
     positive = model.config.label2id["POSITIVE"]
     results = pd.read_csv(root / "results.csv")
     for name in ("original", "random-sigmoid-beta0.1-default"):
         for k in range(2):
             texts = pd.read_parquet(root / "eval" / name / f"run-{k:02d}.parquet").text.tolist()
             direct = score_texts(texts, model, tokenizer, positive)["reward"]
-            stored = pd.read_parquet(root / "eval" / name / "judge-self" / f"run-{k:02d}.parquet")
+            stored = pd.read_parquet(root / "eval" / name / "judge-other" / f"run-{k:02d}.parquet")
             assert np.allclose(stored.reward.to_numpy(), direct, atol=1e-5)
             row = results[(results.model == name) & (results.run == k)].iloc[0]
-            assert row.judge_self_reward_mean == pytest.approx(float(np.mean(direct)), abs=1e-5)
-            # this judge is the reward model itself: its scores are the rewards
-            assert row.judge_self_reward_mean == pytest.approx(row.reward_mean, abs=1e-5)
+            assert row.judge_other_reward_mean == pytest.approx(float(np.mean(direct)), abs=1e-5)
+            assert row.judge_other_reward_mean != pytest.approx(row.reward_mean, abs=1e-3)  # another classifier
     choices = pd.read_parquet(root / "eval" / "best-of-n" / "run-00-choices.parquet")
-    judged = pd.read_parquet(root / "eval" / "best-of-n" / "judge-self" / "run-00.parquet")
+    judged = pd.read_parquet(root / "eval" / "best-of-n" / "judge-other" / "run-00.parquet")
     assert len(judged) == len(choices)
-    assert np.allclose(judged.reward.to_numpy(), choices.reward.to_numpy(), atol=1e-5)
+    direct = score_texts(choices.text.tolist(), model, tokenizer, positive)["reward"]
+    assert np.allclose(judged.reward.to_numpy(), direct, atol=1e-5)
+
+
+def test_fluency_equals_scoring_the_first_texts_with_the_scorer(tiny_run):
+    from prefalign.engine.fluency import fluency_scores
+    from prefalign.models.loading import load_policy
+
+    root, _ = tiny_run
+    model, tokenizer = load_policy("prefalign:tiny", None, torch.device("cpu"))
+    results = pd.read_csv(root / "results.csv")
+    texts = pd.read_parquet(root / "eval" / "margin-hinge-beta0.1-default" / "run-01.parquet").text.tolist()[:50]
+    direct = fluency_scores(texts, model, tokenizer)
+    stored = pd.read_parquet(root / "eval" / "margin-hinge-beta0.1-default" / "fluency" / "run-01.parquet")
+    assert len(stored) == 50 and np.allclose(stored.fluency.to_numpy(), direct, atol=1e-4, equal_nan=True)
+    row = results[(results.model == "margin-hinge-beta0.1-default") & (results.run == 1)].iloc[0]
+    assert row.fluency == pytest.approx(float(np.nanmean(direct)), abs=1e-4)
+    assert row.fluency_low_share == pytest.approx(float(np.mean(direct[~np.isnan(direct)] < -6.0)), abs=1e-9)
+    assert results.fluency.notna().all()
 
 
 def test_adding_a_judge_scores_only_what_is_new_and_an_interrupted_pool_resumes(tiny_run, tmp_path, cli):
     root = tmp_path / "run"
     shutil.copytree(tiny_run[0], root)
-    evaluations = {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("run-*.json") if "judge" not in str(p)}
+    evaluations = {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("run-*.json")}  # judges' and fluency's too
     best_json = root / "eval" / "best-of-n" / "run-01.json"
     before = json.loads(best_json.read_text())
     # Run 1's pool lost a draw and its metrics (a kill mid-pool): only that draw is sampled again.
     (root / "eval" / "best-of-n" / "run-01" / "draw-05.parquet").unlink()
     best_json.unlink()
     kept = (root / "eval" / "best-of-n" / "run-01" / "draw-04.parquet").stat().st_mtime_ns
-    judge = "evaluate.judges=[{name: self, model: 'prefalign:tiny'}, {name: again, model: 'prefalign:tiny'}]"
+    judge = "evaluate.judges=[{name: other, model: 'prefalign:tiny-judge'}, {name: self, model: 'prefalign:tiny'}]"
     cli("run", "tiny", "--set", f"run_dir={root}", "--set", judge)
     assert (root / "eval" / "best-of-n" / "run-01" / "draw-04.parquet").stat().st_mtime_ns == kept
     assert json.loads(best_json.read_text())["per_n"] == before["per_n"]  # the same draw again: same texts
     for path, mtime in evaluations.items():
         if path != best_json:
-            assert path.stat().st_mtime_ns == mtime, path  # no evaluation redone
+            assert path.stat().st_mtime_ns == mtime, path  # nothing redone but what was lost
     results = pd.read_csv(root / "results.csv")
-    assert np.allclose(results.judge_again_reward_mean, results.judge_self_reward_mean)
-    assert (root / "eval" / "original" / "judge-again" / "run-01.json").exists()
+    # a judge that is the reward model itself (a sanity row): its scores are the rewards
+    assert np.allclose(results.judge_self_reward_mean, results.reward_mean, atol=1e-5)
+    assert (root / "eval" / "original" / "judge-self" / "run-01.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -179,7 +199,7 @@ def test_a_judge_with_another_tokenizer_scores_with_its_own(tmp_path, cli, tiny_
         "--set",
         f"run_dir={root}",
         "--set",
-        f"evaluate.judges=[{{name: other, model: '{judge_dir}', positive_label: good}}]",
+        f"evaluate.judges=[{{name: bpe, model: '{judge_dir}', positive_label: good}}]",
     )
     results = pd.read_csv(root / "results.csv")
-    assert results.judge_other_reward_mean.notna().all() and "judge_self_reward_mean" not in results.columns
+    assert results.judge_bpe_reward_mean.notna().all() and "judge_other_reward_mean" not in results.columns

@@ -23,6 +23,7 @@ from typing import Any, Union
 from prefalign.config.schema import Config, SamplingConfig
 from prefalign.config.train import LossMix, loss_label
 from prefalign.pipeline.store import is_done, key_of
+from prefalign.pipeline.trajectory import TrainedMarkers, Trajectory
 
 # The columns that describe a model in results.csv, before `run` and the metrics.
 # `group`: the model's name without its training-seed suffix; `best_of`: N of a best-of-N policy.
@@ -113,7 +114,7 @@ class RewardModel:
 
 
 @dataclass(frozen=True)
-class DpoModel:
+class DpoModel(TrainedMarkers):
     """A policy trained with TRL's DPOTrainer from `start` on one pair file, against `reference`."""
 
     pairs: Pairs
@@ -131,6 +132,7 @@ class DpoModel:
     checkpoint_steps: int | None = None
     lora: dict[str, Any] | None = None  # train.lora: LoRA adapters instead of full training
     repeat: int = 0  # which of train.repeats (its seed is in `seed`); names only
+    trajectory: Trajectory | None = None  # evaluate.during_training; not in the key, one of the markers
 
     stage = "train"
     revision = None  # a trained model loads from its directory (`ref`)
@@ -165,9 +167,6 @@ class DpoModel:
     def inputs(self) -> tuple:
         return (self.pairs, self.start)
 
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path / "train.json", self.key)]
-
     def row(self) -> dict:
         return _row(self, "dpo", self.pairs.strategy, self.loss_label, self.beta, self.recipe)
 
@@ -189,7 +188,7 @@ class IterativeRound(DpoModel):
 
 
 @dataclass(frozen=True)
-class RlooModel:
+class RlooModel(TrainedMarkers):
     """A policy trained online with TRL's RLOOTrainer from the original, the classifier as reward."""
 
     start: Original
@@ -201,6 +200,7 @@ class RlooModel:
     seed: int
     path: Path
     repeat: int = 0  # which of train.repeats (its seed is in `seed`); names only
+    trajectory: Trajectory | None = None  # evaluate.during_training; not in the key, one of the markers
 
     stage = "train"
     revision = None
@@ -233,9 +233,6 @@ class RlooModel:
     @property
     def inputs(self) -> tuple:
         return ()
-
-    def markers(self) -> list[tuple[Path, str]]:
-        return [(self.path / "train.json", self.key)]
 
     def row(self) -> dict:
         return _row(self, "rloo", kl_coef=self.kl_coef)
@@ -397,10 +394,12 @@ class Report(_MetaBeside):
     def key(self) -> str:
         # report.baseline `seed` (what every report compared with before the setting existed) keeps earlier keys
         compared = [] if self.config.report.baseline == "seed" else [("baseline", self.config.report.baseline)]
-        evidence = [("evidence", [x.key for x in self.evidence])] if self.evidence else []
-        return key_of(
-            "report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations], *compared, *evidence
-        )
+        traced = [
+            m.trajectory.key(m.key) for m in (e.model for e in self.evaluations) if getattr(m, "trajectory", None)
+        ]
+        compared += [("trajectories", traced)] if traced else []  # evaluate.during_training: the curves it draws
+        compared += [("evidence", [x.key for x in self.evidence])] if self.evidence else []
+        return key_of("report", REPORT_VERSION, self.config.name, [e.key for e in self.evaluations], *compared)
 
     @property
     def inputs(self) -> tuple:

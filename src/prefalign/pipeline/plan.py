@@ -13,6 +13,7 @@ with:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefalign.config.schema import Config
@@ -32,8 +33,11 @@ from prefalign.pipeline.items import (
     RlooModel,
     Samples,
     dpo_name,
+    sampler_settings,
     seed_suffix,
 )
+from prefalign.pipeline.trajectory import Trajectory
+from prefalign.training.dpo_settings import optimizer_steps, per_device_batch
 
 STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
 
@@ -107,6 +111,7 @@ class _Planner:
         self.cfg, self.original, self.reward = cfg, original, reward
         self.root, self.train, self.sampling = cfg.run_path, cfg.train, cfg.sampling
         self.items: dict[str, Item] = {}
+        self.sampler: dict | None = None  # sampler_settings(sampling), once a trajectory needs it
         s = self.sampling
         self.main = self.add(Samples(original, reward, s, s.num_samples, s.seed, self.root / "samples.parquet"))
 
@@ -149,7 +154,11 @@ class _Planner:
             repeat=repeat,
             **chain,
         )
-        return self.add(model)
+        steps = optimizer_steps(pairs.count, recipe, overrides)
+        batch = per_device_batch(recipe, overrides)
+        return self.add(
+            self.traced(model, steps, f"pairs.count {pairs.count} in batches of {batch}, recipe {recipe!r}")
+        )
 
     def grid_model(self, strategy: str, loss, beta: float, recipe: str, repeat: int, overrides: dict) -> DpoModel:
         pairs = self.pairs_of(self.main, strategy, self.cfg.pairs.seed, self.root / "pairs" / f"{strategy}.parquet")
@@ -211,25 +220,35 @@ class _Planner:
             )
         return tuple(chain)
 
+    def traced(self, model, steps: int, source: str):
+        """`model` with its trajectory when evaluate.during_training is set; a PlanError when `every`
+        is more than the `steps` optimizer steps of its training (`source`: what gives them)."""
+        during = self.cfg.evaluate.during_training
+        if during is None:
+            return model
+        if during.every > steps:
+            raise PlanError(
+                f"evaluate.during_training.every {during.every} is more than the {steps} optimizer steps of "
+                f"{model.name} ({source}): set it to at most {steps}"
+            )
+        if self.sampler is None:
+            self.sampler = sampler_settings(self.sampling)
+        path = self.root / "eval" / model.name / "trajectory.csv"
+        trajectory = Trajectory(during.every, during.samples, during.seed, self.sampling, self.sampler, path)
+        return dataclasses.replace(model, trajectory=trajectory)
+
     def rloo_models(self) -> list[RlooModel]:
         online, t = self.cfg.online, self.train
-        return [
-            self.add(
-                RlooModel(
-                    self.original,
-                    self.reward,
-                    kl_coef,
-                    online.steps,
-                    online.rloo,
-                    self.sampling,
-                    t.seed + repeat,
-                    self.root / "models" / (f"rloo-kl{kl_coef:g}" + seed_suffix(t.seed + repeat, repeat)),
-                    repeat,
+        models = []
+        for kl_coef in online.kl_coefs:
+            for repeat in range(t.repeats):
+                seed = t.seed + repeat
+                path = self.root / "models" / (f"rloo-kl{kl_coef:g}" + seed_suffix(seed, repeat))
+                model = RlooModel(
+                    self.original, self.reward, kl_coef, online.steps, online.rloo, self.sampling, seed, path, repeat
                 )
-            )
-            for kl_coef in online.kl_coefs
-            for repeat in range(t.repeats)
-        ]
+                models.append(self.add(self.traced(model, online.steps, "online.steps")))
+        return models
 
     def evaluations(self, models: list[Policy]) -> list[Evaluation]:
         e = self.cfg.evaluate

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from prefalign.config.recipes import RECIPES
 from prefalign.config.schema import Config
 from prefalign.errors import PrefalignError
 from prefalign.pipeline.distributed import Ranks, join
@@ -65,6 +64,7 @@ from prefalign.stages.report import write_report
 from prefalign.stages.sample import sample
 from prefalign.stages.train_dpo import train_dpo
 from prefalign.stages.train_rloo import train_rloo_model
+from prefalign.training.dpo_settings import per_device_batch
 from prefalign.training.trackers import Tracking
 
 # The whole dispatch: each kind of item and the function that makes it.
@@ -290,11 +290,6 @@ def train_models(models: list[Item], cfg: Config, services: Services) -> None:
         # In worker processes that see no launcher: the Trainer would otherwise join the others' group.
         launch = {"world_size": ranks.count, "parallel": "grid", "process": ranks.index}
         train_side_by_side(mine, STAGES, dataclasses.replace(services, launch=launch), side_by_side, spread=False)
-
-
-def per_device_batch(recipe: str, overrides: dict) -> int:
-    """The pairs per training step of one process in a one-process run (the recipe's, or train.dpo's)."""
-    return int(overrides.get("per_device_train_batch_size", RECIPES[recipe]["per_device_train_batch_size"]))
 
 
 def describe(item: Item) -> str:

@@ -30,6 +30,7 @@ from prefalign.report.plots import (
     reward_span,
 )
 from prefalign.report.tables import pareto_front, strategy_rows
+from prefalign.report.trajectories import trajectory_figures
 
 NAN = float("nan")
 
@@ -104,7 +105,7 @@ class OnlineSection:
 class FrontierSection:
     """## Frontier: the figures, the Pareto front, the comparison with the baseline, who beats whom."""
 
-    figures: tuple[FrontierFigure, ...]
+    figures: tuple  # the FrontierFigures, then with evaluate.during_training the trajectories' (trajectories.py)
     kl: bool
     front: pd.DataFrame  # the Pareto-optimal models
     unreadable: list[str]  # left out of the front and the comparisons
@@ -282,7 +283,7 @@ def frontier_section(item: Report, summary: pd.DataFrame) -> FrontierSection:
         FrontierFigure(f"plots/frontier-reward-vs-{x.split('_')[0]}.png", f"reward vs {x}", summary, x, xlabel, log_x)
         for x, xlabel, log_x in FRONTIERS
         if x in summary.columns
-    )
+    ) + trajectory_figures(item, summary)
     front, unreadable = pareto_front(summary)
     comparison = compare_to_baseline(summary, item.config.report.baseline) if kl else None
     return FrontierSection(figures, kl, front, unreadable, item.config.train.repeats, comparison, beaten_by(summary))

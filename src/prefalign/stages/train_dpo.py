@@ -45,6 +45,7 @@ from prefalign.pipeline.distributed import weights_digest
 from prefalign.pipeline.items import DpoModel
 from prefalign.pipeline.services import Services, release_memory
 from prefalign.pipeline.store import read_parquet
+from prefalign.stages.trajectory import trajectory_callbacks
 from prefalign.training.dpo_data import drop_shared, length_grouped, pairs_dataset
 from prefalign.training.dpo_settings import device_traits, dpo_settings, resolve_loss
 from prefalign.training.job import DpoJob
@@ -64,9 +65,10 @@ from prefalign.training.trained_model import (
 
 
 def train_dpo(item: DpoModel, services: Services) -> None:
-    """Train a `DpoModel` (or `IterativeRound`) item into its directory."""
+    """Train a `DpoModel` (or `IterativeRound`) item into its directory (with evaluate.during_training,
+    its trajectory too: stages/trajectory.py)."""
     services.log(f"train {item.name}")
-    train_one(DpoJob.from_item(item, services), log=services.log)
+    train_one(DpoJob.from_item(item, services), log=services.log, callbacks=trajectory_callbacks(item, services))
     release_memory()
 
 
@@ -84,7 +86,8 @@ def train_one(job: DpoJob, log=print, callbacks=()) -> dict:
     """Train one model on one pair file; write it, its card and its train.json (holding `job.key`) to
     `job.out_dir` atomically, and return what train.json holds.
 
-    `callbacks`: extra transformers TrainerCallbacks (benchmarks time the steps with one). With
+    `callbacks`: extra transformers TrainerCallbacks (benchmarks time the steps with one; a callback
+    with a `resumes_from(step)` method that says no keeps a checkpoint of that step from being resumed). With
     `job.checkpoint_steps`, a Trainer checkpoint is saved that often into `.<out_dir name>.checkpoints/`
     beside `out_dir` (holding the key); a later call with the same key resumes from the last one,
     and they are removed once the model is saved. Every process of `job.ranks` calls this; the main
@@ -96,7 +99,7 @@ def train_one(job: DpoJob, log=print, callbacks=()) -> dict:
 
     models = _load_models(job, log)
     pairs = read_parquet(job.pairs_path, columns=["prompt", "chosen", "rejected"])
-    scratch, resume = _trainer_dir(job)
+    scratch, resume = _trainer_dir(job, callbacks, log)
     tracker = contextlib.ExitStack()  # the trackers' environment, set until the training is over
     shared = None
     try:
@@ -162,16 +165,22 @@ def _load_models(job: DpoJob, log) -> _Models:
     return _Models(model, tokenizer, loaded, peft_config, ref_model)
 
 
-def _trainer_dir(job: DpoJob) -> tuple[str, str | None]:
+def _trainer_dir(job: DpoJob, callbacks=(), log=print) -> tuple[str, str | None]:
     """(the Trainer's output directory, the checkpoint to resume from or None): a temporary
     directory, or with `job.checkpoint_steps` the model's checkpoint folder (checkpoints of another
-    key and a partial last one removed first)."""
+    key and a partial last one removed first, and every one when a callback cannot resume from the last)."""
     if not job.checkpoint_steps:
         return tempfile.mkdtemp(prefix="prefalign-trainer-"), None
     out_dir = Path(job.out_dir)
     resume = None
     if job.ranks.main:  # the main process empties stale checkpoints and drops a partial one ...
         resume = last_complete_checkpoint(checkpoint_dir(out_dir, job.key))
+        step = int(Path(resume).name.split("-")[-1]) if resume else 0
+        if resume and not all(getattr(c, "resumes_from", lambda _: True)(step) for c in callbacks):
+            log(f"  not resuming from {Path(resume).name}: the trajectory's rows up to it are not on disk")
+            shutil.rmtree(checkpoint_path(out_dir))
+            checkpoint_dir(out_dir, job.key)
+            resume = None
     job.ranks.wait()  # ... before any process reads the folder
     return str(checkpoint_path(out_dir)), resume or last_complete_checkpoint(checkpoint_path(out_dir))
 
