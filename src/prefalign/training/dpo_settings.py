@@ -10,7 +10,6 @@ sharing each batch, the policy's position limit). What the device can do is pass
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,19 +46,6 @@ def device_traits(device: torch.device) -> DeviceTraits:
 def per_device_batch(recipe: str, overrides: dict) -> int:
     """The pairs per training step of one process in a one-process run (the recipe's, or train.dpo's)."""
     return int(overrides.get("per_device_train_batch_size", RECIPES[recipe]["per_device_train_batch_size"]))
-
-
-def optimizer_steps(pairs: int, recipe: str, overrides: dict) -> int:
-    """The optimizer steps of a DPO training on `pairs` pairs, as transformers' Trainer counts them:
-    `max_steps` when set, else epochs x updates per epoch rounded up, an update being
-    `gradient_accumulation_steps` batches (an epoch's last batch and update may be short). Processes
-    training one model together split each batch, so they take the same steps."""
-    settings = {"num_train_epochs": 3.0, "gradient_accumulation_steps": 1, **RECIPES[recipe], **overrides}
-    if settings.get("max_steps", -1) > 0:
-        return int(settings["max_steps"])
-    batches = math.ceil(pairs / per_device_batch(recipe, overrides))
-    updates = max(math.ceil(batches / int(settings["gradient_accumulation_steps"])), 1)
-    return math.ceil(float(settings["num_train_epochs"]) * updates)
 
 
 def resolve_loss(entry, slic_sft_weight: float = 0.1) -> tuple[str, list[str], list[float] | None]:
