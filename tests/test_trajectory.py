@@ -51,7 +51,7 @@ def traced(tiny_dir, tmp_path_factory):
     from prefalign.cli import main
 
     root = tmp_path_factory.mktemp("traced") / "run"
-    assert main(["run", "tiny", *sets(f"run_dir={root}", *SMALL)]) == 0
+    assert main(["run", "tiny", *sets(f"run_dir={root}", *SMALL, "evaluate.during_training=null")]) == 0
     before = {
         "data": files(root, "**/*.parquet") | files(root, "*.meta.json") | files(root, "eval/*/run-*.json"),
         "trained": files(root, "models/*/train.json"),
