@@ -41,11 +41,11 @@ def test_best_of_n_kl_is_the_analytic_bound():
 
 
 def draws_of(root, k: int) -> list[pd.DataFrame]:
+    """Run k's 8 draws: the original's evaluation run, then the pool's rows in blocks of CHOSEN."""
     first = pd.read_parquet(root / "eval" / "original" / f"run-{k:02d}.parquet").head(CHOSEN)
-    rest = [
-        pd.read_parquet(root / "eval" / "best-of-n" / f"run-{k:02d}" / f"draw-{j:02d}.parquet") for j in range(1, 8)
-    ]
-    return [first, *rest]
+    pool = pd.read_parquet(root / "eval" / "best-of-n" / f"run-{k:02d}-pool.parquet")
+    assert len(pool) == 7 * CHOSEN
+    return [first, *(pool.iloc[j * CHOSEN : (j + 1) * CHOSEN].reset_index(drop=True) for j in range(7))]
 
 
 def test_best_of_n_choices_are_the_max_of_each_pool_group(tiny_run):
@@ -132,16 +132,19 @@ def test_adding_a_judge_scores_only_what_is_new_and_an_interrupted_pool_resumes(
     evaluations = {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("run-*.json")}  # judges' and fluency's too
     best_json = root / "eval" / "best-of-n" / "run-01.json"
     before = json.loads(best_json.read_text())
-    # Run 1's pool lost a draw and its metrics (a kill mid-pool): only that draw is sampled again.
-    (root / "eval" / "best-of-n" / "run-01" / "draw-05.parquet").unlink()
+    # A kill after run 0's pool and before its metrics; run 1's pool lost (a kill while sampling it).
+    pool_0, pool_1 = (root / "eval" / "best-of-n" / f"run-0{k}-pool.parquet" for k in (0, 1))
+    (root / "eval" / "best-of-n" / "run-00.json").unlink()
+    pool_1.unlink()
     best_json.unlink()
-    kept = (root / "eval" / "best-of-n" / "run-01" / "draw-04.parquet").stat().st_mtime_ns
+    kept, lost = pool_0.stat().st_mtime_ns, pd.read_parquet(root / "eval" / "best-of-n" / "run-01-choices.parquet")
     judge = "evaluate.judges=[{name: other, model: 'prefalign:tiny-judge'}, {name: self, model: 'prefalign:tiny'}]"
     cli("run", "tiny", "--set", f"run_dir={root}", "--set", judge)
-    assert (root / "eval" / "best-of-n" / "run-01" / "draw-04.parquet").stat().st_mtime_ns == kept
-    assert json.loads(best_json.read_text())["per_n"] == before["per_n"]  # the same draw again: same texts
+    assert pool_0.stat().st_mtime_ns == kept  # a finished pool is not sampled again
+    assert json.loads(best_json.read_text())["per_n"] == before["per_n"]  # the same seed again: the same texts
+    assert pd.read_parquet(root / "eval" / "best-of-n" / "run-01-choices.parquet").equals(lost)
     for path, mtime in evaluations.items():
-        if path != best_json:
+        if path.name not in ("run-00.json", "run-01.json", "run-01-pool.json") or path.parent.name != "best-of-n":
             assert path.stat().st_mtime_ns == mtime, path  # nothing redone but what was lost
     results = pd.read_csv(root / "results.csv")
     # a judge that is the reward model itself (a sanity row): its scores are the rewards

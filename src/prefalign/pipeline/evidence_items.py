@@ -26,9 +26,9 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def pool_seed(run_seed: int, draw: int) -> int:
-    """The sampling seed of draw `draw` >= 1 of a best-of-N pool (draw 0 is the original's evaluation run)."""
-    return int(key_of("best-of-n pool", run_seed, draw)[:8], 16)
+def pool_seed(run_seed: int) -> int:
+    """The sampling seed of a best-of-N pool's draws 1.. (draw 0 is the original's evaluation run)."""
+    return int(key_of("best-of-n pool", run_seed)[:8], 16)
 
 
 class _PerRun:
@@ -59,15 +59,15 @@ class BestOfN(_PerRun):
     """Best-of-N policies of the original, for every N of `ladder`, evaluated like any model.
 
     Run k's pool is `max(ladder)` draws of `chosen` texts: draw 0 is the first `chosen` texts of
-    the original's evaluation run k, draw j >= 1 is sampled with pool_seed(seed + k, j) from the
-    same prompts. Best-of-N keeps, for each row, the draw with the highest reward among draws
+    the original's evaluation run k; draws 1.. are sampled in one pass with pool_seed(seed + k), draw
+    j's row i from row i's prompt. Best-of-N keeps, for each row, the draw with the highest reward among draws
     0..N-1 (the first such draw on a tie), so the ladder's policies share one pool.
     """
 
     evaluation: Evaluation  # the original's evaluation: its runs are the pool's draw 0
     ladder: tuple[int, ...]
     chosen: int  # texts per run of every best-of-N policy
-    path: Path  # eval/best-of-n/: run-<k>/draw-<j>.parquet, run-<k>-choices.parquet, run-<k>.json
+    path: Path  # eval/best-of-n/: run-<k>-pool.parquet (+ .json), run-<k>-choices.parquet, run-<k>.json
 
     name = "best-of-N"
     stage = "evaluate"
@@ -96,7 +96,7 @@ class BestOfN(_PerRun):
         return self.evaluation.seed + k
 
     def pool_key(self, k: int) -> str:
-        """What run k's pool depends on (the draws' files hold it: other settings redo them)."""
+        """What run k's pool depends on (run-<k>-pool.json holds it: other settings sample it again)."""
         return key_of(
             "best-of-n pool",
             self.original.key,
@@ -104,14 +104,12 @@ class BestOfN(_PerRun):
             sampler_settings(self.sampling),
             self.evaluation.samples,
             self.chosen,
+            self.draws,
             self.run_seed(k),
         )
 
     def run_key(self, k: int) -> str:
         return key_of("best-of-n", self.evaluation.run_key(k), self.pool_key(k), self.ladder)
-
-    def draw_path(self, k: int, j: int) -> Path:
-        return self.path / f"run-{k:02d}" / f"draw-{j:02d}.parquet"
 
     @property
     def inputs(self) -> tuple:

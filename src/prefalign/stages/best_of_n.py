@@ -5,10 +5,10 @@ classic reward-KL baseline a trained model has to beat (a method that does not b
 KL buys nothing a reranker could not). For evaluation run k:
 
 - the pool: `max(ladder)` draws of `chosen` texts each. Draw 0 is the first `chosen` texts of the
-  original's evaluation run k (so best-of-1 is the original's evaluation, text for text); draw
-  j >= 1 samples the same prompts (with prompts: row i's draws share row i's prompt) with seed
-  pool_seed(evaluate.seed + k, j). Each draw is its own file (`run-<k>/draw-<j>.parquet`), so an
-  interrupted pool resumes at the first missing draw;
+  original's evaluation run k (so best-of-1 is the original's evaluation, text for text); draws
+  1.. are sampled in one pass with seed pool_seed(evaluate.seed + k) into `run-<k>-pool.parquet`,
+  draw j's row i (pool row (j - 1) x chosen + i) from row i's prompt, so a row's draws share its
+  prompt; `run-<k>-pool.json` (its key) is written after it, and a finished pool is not sampled again;
 - the choice: for each N of the ladder and each row, the draw with the highest reward among draws
   0..N-1 (metrics.best_of_n_choice): nested prefixes of one pool, so the ladder costs one pass;
   `run-<k>-choices.parquet` holds every choice (`n`, `row`, `draw` and the chosen text's columns),
@@ -22,7 +22,6 @@ KL buys nothing a reranker could not). For evaluation run k:
 from __future__ import annotations
 
 import math
-import shutil
 import time
 
 import numpy as np
@@ -32,7 +31,7 @@ from prefalign.engine.metrics import best_of_n_choice
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.evidence_items import BestOfN, best_of_n_kl, pool_seed
 from prefalign.pipeline.services import Services, release_memory
-from prefalign.pipeline.store import read_json, read_parquet, write_json, write_parquet
+from prefalign.pipeline.store import is_done, read_json, read_parquet, write_json, write_parquet
 from prefalign.stages.evaluate import run_metrics
 from prefalign.stages.sample import corpus_prompts_for, sample_in_shards
 
@@ -47,16 +46,14 @@ def best_of_n(item: BestOfN, services: Services) -> None:
         return
     services.log(
         f"best-of-N {list(item.ladder)}: {item.runs} runs, pools of {item.draws} x {item.chosen} texts "
-        f"({item.draws - 1} draws to sample per run)"
+        f"({(item.draws - 1) * item.chosen} to sample per run)"
     )
     policy = None
     for k in todo:
         start = time.time()
-        missing = _missing_draws(item, k, services)
-        if missing and policy is None:
-            policy = _load_original(item, services)
-        for j in missing:
-            _sample_draw(item, k, j, policy, services)
+        if item.draws > 1 and not services.ranks.all_true(pool_done(item, k)):
+            policy = policy or _load_original(item, services)
+            _sample_pool(item, k, policy, services)
         if services.ranks.main:
             _choose_and_measure(item, k, services, time.time() - start)
         services.ranks.wait()
@@ -64,16 +61,8 @@ def best_of_n(item: BestOfN, services: Services) -> None:
     release_memory()
 
 
-def _missing_draws(item: BestOfN, k: int, services: Services) -> list[int]:
-    """Draws 1.. of run k not on disk under the pool's current key (a pool of other settings is removed)."""
-    folder, key = item.path / f"run-{k:02d}", item.pool_key(k)
-    if services.ranks.main:
-        stored = read_json(folder / "pool.json")
-        if stored is None or stored.get("key") != key:
-            shutil.rmtree(folder, ignore_errors=True)
-            write_json(folder / "pool.json", {"key": key})
-    services.ranks.wait()
-    return [j for j in range(1, item.draws) if not services.ranks.all_true(item.draw_path(k, j).exists())]
+def pool_done(item: BestOfN, k: int) -> bool:
+    return is_done(item.run_path(k, "-pool.json"), item.pool_key(k)) and item.run_path(k, "-pool.parquet").exists()
 
 
 def _load_original(item: BestOfN, services: Services):
@@ -83,27 +72,33 @@ def _load_original(item: BestOfN, services: Services):
     )
 
 
-def _sample_draw(item: BestOfN, k: int, j: int, policy, services: Services) -> None:
-    """Draw j of run k: `chosen` texts from the original, on the prompts of the evaluation run's rows."""
+def _sample_pool(item: BestOfN, k: int, policy, services: Services) -> None:
+    """Run k's draws 1..: (draws - 1) x chosen texts from the original, row i of each draw on the
+    prompt of the evaluation run's row i."""
     model, tokenizer = policy
     prompts = corpus_prompts_for(item.sampling, tokenizer, item.evaluation.samples, item.run_seed(k))
-    sample_in_shards(
+    df = sample_in_shards(
         model,
         tokenizer,
         services,
-        item.chosen,
+        (item.draws - 1) * item.chosen,
         item.sampling,
-        pool_seed(item.run_seed(k), j),
-        item.draw_path(k, j),
-        f"best-of-N run {k} draw {j}/{item.draws - 1}",
-        prompts=prompts[: item.chosen] if prompts is not None else None,
+        pool_seed(item.run_seed(k)),
+        item.run_path(k, "-pool.parquet"),
+        f"best-of-N run {k} pool",
+        prompts=prompts[: item.chosen] * (item.draws - 1) if prompts is not None else None,
     )
+    if df is not None:  # the main process: the pool is whole
+        write_json(item.run_path(k, "-pool.json"), {"key": item.pool_key(k), "seconds": round(df.attrs["seconds"], 2)})
 
 
 def read_pool(item: BestOfN, k: int) -> list[pd.DataFrame]:
     """Run k's draws, draw 0 (the original's evaluation run) first, each `chosen` rows."""
     first = read_parquet(item.evaluation.run_path(k, ".parquet")).head(item.chosen)
-    draws = [first] + [read_parquet(item.draw_path(k, j)) for j in range(1, item.draws)]
+    draws = [first]
+    if item.draws > 1:
+        pool = read_parquet(item.run_path(k, "-pool.parquet"))
+        draws += [pool.iloc[j * item.chosen : (j + 1) * item.chosen] for j in range(item.draws - 1)]
     return [d[[c for c in POOL_COLUMNS if c in d.columns]].reset_index(drop=True) for d in draws]
 
 
