@@ -16,6 +16,8 @@ import pytest
 import torch
 from helpers import MODELS, STRATEGIES, prefalign
 
+BEST_OF = [1, 2, 4, 8]  # the tiny preset's baselines.best_of_n
+
 
 def terminal_sigint() -> None:
     """In the child: SIGINT as a terminal delivers it, even when the tests run in a background job
@@ -39,7 +41,7 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
         assert json.loads((d / "train.json").read_text())["pairs"] == 200
     results = pd.read_csv(root / "results.csv")
-    assert list(results.columns[:13]) == [
+    assert list(results.columns[:13]) == [  # the describing columns, the run, the metrics
         "model",
         "group",
         "method",
@@ -50,12 +52,12 @@ def test_run_tiny_writes_every_output(tiny_run):
         "round",
         "kl_coef",
         "training_seed",
+        "best_of",
         "run",
         "reward_mean",
-        "reward_std",
     ]
     assert (results.group == results.model).all()  # one training seed: each model is its own group
-    assert set(results[results.model != "original"].training_seed) == {0}
+    assert set(results[results.method.isin(["dpo", "iterative", "rloo"])].training_seed) == {0}
     assert {
         "diversity",
         "positive_rate",
@@ -70,7 +72,12 @@ def test_run_tiny_writes_every_output(tiny_run):
         "mean_tokens",
         "broken_share",
     } <= set(results.columns)
-    assert len(results) == (1 + len(MODELS)) * 2
+    assert len(results) == (1 + len(MODELS) + len(BEST_OF)) * 2
+    assert {f"judge_other_{m}" for m in ("reward_mean", "reward_std", "positive_rate")} <= set(results.columns)
+    assert {"fluency", "fluency_low_share"} <= set(results.columns)
+    best = results[results.method == "best_of_n"]
+    results = results[results.method != "best_of_n"]  # the rows of models, each with its texts in eval/<model>/
+    assert sorted(set(best.best_of)) == BEST_OF and results.best_of.isna().all()
     for row in results.itertuples():  # each run's rates are those of its own texts
         texts = pd.read_parquet(root / "eval" / row.model / f"run-{row.run:02d}.parquet")
         assert row.positive_rate == pytest.approx(texts.is_positive.mean())
@@ -107,7 +114,8 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert card.startswith('---\nlibrary_name: transformers\nbase_model: "prefalign:tiny"')
         assert "`report.md` and `results.csv`" in card and "| mean reward |" not in card
     page = (root / "report.html").read_text()  # self-contained: every plot embedded, nothing fetched
-    assert page.count('<img src="data:image/png;base64,') == 2 * len(STRATEGIES) + 2 and 'src="plots/' not in page
+    # rewards and training per strategy, two frontiers, the training trajectories, the judges
+    assert page.count('<img src="data:image/png;base64,') == 2 * len(STRATEGIES) + 4 and 'src="plots/' not in page
     assert "<script" not in page and "http" not in page.split("<h2>Provenance</h2>")[0].split("</style>")[1]
     assert "Resolved config" in page and f"<td>trl</td><td>{__import__('trl').__version__}</td>" in page
     models = json.loads((root / "models.json").read_text())
@@ -143,12 +151,11 @@ def test_second_run_does_no_work(tiny_run, tmp_path, cli):
     # Nothing to do, nothing written, not even the lock: a finished run on a read-only disk still reports.
     assert not (root / ".lock").exists()
     assert {p: p.stat().st_mtime_ns for p in provenance} == provenance
-    # every item of the plan is current: 1 samples + 3 pair files + the models + their evaluations + the report
+    # every item of the plan is current: 1 samples + 3 pair files + the models + their evaluations + the
+    # best-of-N reference + the judge's and fluency model's scores of those evaluations + the report
     plan = cli("plan", "tiny", "--set", f"run_dir={root}").stdout
-    assert (
-        f"{1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} items, {1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1} up to date"
-        in plan
-    )
+    items = 1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1 + 2 * (1 + len(MODELS) + 1) + 1
+    assert f"{items} items, {items} up to date" in plan
 
 
 def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, tmp_path, cli):
@@ -160,14 +167,25 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, tmp_path, c
     after = outputs(root)
     changed = {p.relative_to(root).as_posix() for p in before if after[p] != before[p]}
     added = {p.relative_to(root).as_posix() for p in set(after) - set(before)}
-    # only a third evaluation run per model, and the report that reads them
-    assert added == {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
+    # only a third evaluation run per model, of the best-of-N reference, their judge's and fluency
+    # model's scores, and the report that reads them
+    evaluated = ["original", *MODELS, "best-of-n"]
+    assert added == (
+        {f"eval/{m}/run-02.{ext}" for m in ["original", *MODELS] for ext in ("json", "parquet")}
+        | {f"eval/best-of-n/run-02{end}" for end in (".json", "-choices.parquet", "-pool.parquet", "-pool.json")}
+        | {
+            f"eval/{m}/{s}/run-02.{ext}"
+            for m in evaluated
+            for s in ("judge-other", "fluency")
+            for ext in ("json", "parquet")
+        }
+    )
     assert "results.csv" in changed
     assert all(
         p in ("results.csv", "summary.csv", "report.md", "report.html", "report.meta.json") or p.startswith("plots/")
         for p in changed
     ), changed
-    assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 3
+    assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS) + len(BEST_OF)) * 3
 
 
 def test_killed_mid_training_resumes_and_completes(tiny_dir, tmp_path, cli):
@@ -191,7 +209,7 @@ def test_killed_mid_training_resumes_and_completes(tiny_dir, tmp_path, cli):
     # the two finished models are kept, the others trained
     assert {m: (root / "models" / m / "model.safetensors").stat().st_mtime_ns for m in MODELS[:2]} == first_two
     assert all((root / "models" / m / "train.json").exists() for m in MODELS)
-    assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS)) * 2
+    assert len(pd.read_csv(root / "results.csv")) == (1 + len(MODELS) + len(BEST_OF)) * 2
     assert not list(root.rglob(".*tmp*"))
 
 

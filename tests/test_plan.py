@@ -167,18 +167,24 @@ def test_a_pair_rule_setting_changes_only_that_rule_and_what_follows():
         {"Pairs pairs margin", "Report report"}
         | {f"DpoModel {m}" for m in margin_models}
         | {f"Evaluation evaluate {m}" for m in margin_models}
+        | {f"TextScores {scorer} scores of {m}" for m in margin_models for scorer in ("judge", "fluency")}
     )
 
 
 def test_a_training_setting_keeps_samples_and_pairs():
     changed = changed_keys("train.dpo.learning_rate=1e-4")
     assert not any(name.startswith(("Samples", "Pairs")) for name in changed)
-    assert "Evaluation evaluate original" not in changed and len(changed) == 12 + 12 + 1
+    assert "Evaluation evaluate original" not in changed and not any(name.endswith("best-of-N") for name in changed)
+    assert len(changed) == 12 + 12 + 2 * 12 + 1  # models, evaluations, their judge and fluency scores, report
 
 
 def test_the_sample_seed_changes_everything_but_the_original_evaluation():
     changed = changed_keys("sampling.seed=1")
-    assert set(keys(items_of())) - changed == {"Evaluation evaluate original"}
+    of_the_original = {"Evaluation evaluate original", "BestOfN best-of-N"}  # the best-of-N draws are the original's
+    of_the_original |= {
+        f"TextScores {s} scores of {m}" for s in ("judge", "fluency") for m in ("original", "best-of-N")
+    }
+    assert set(keys(items_of())) - changed == of_the_original
 
 
 def test_more_evaluation_runs_keep_the_runs_already_done():
@@ -222,9 +228,10 @@ def test_plan_command_lists_the_demo_models_and_stages(capsys):
 
     assert main(["plan", "demo", "--set", "run_dir=/nonexistent/run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("plan of 'demo': 30 items, 0 up to date")
+    # 13 evaluations, the best-of-N reference, and the judge's and the fluency model's scores of those 14
+    assert lines[0].startswith("plan of 'demo': 59 items, 0 up to date")
     rows = [line.split() for line in lines[3:]]
-    assert [row[0] for row in rows] == ["sample"] + ["pairs"] * 3 + ["train"] * 12 + ["evaluate"] * 13 + ["report"]
+    assert [row[0] for row in rows] == ["sample"] + ["pairs"] * 3 + ["train"] * 12 + ["evaluate"] * 42 + ["report"]
     assert all(row[1] == ("0/3" if row[3] == "Evaluation" else "todo") for row in rows)
     models = [row[4] for row in rows if row[3] == "DpoModel"]
     assert len(models) == 12 and models[0] == "models/random-sigmoid-beta0.1-seed"
@@ -274,7 +281,8 @@ def test_the_report_baseline_changes_the_report_key_alone():
     from prefalign.pipeline.store import key_of
 
     # `seed`, the comparison every report made before the setting existed: the keys of earlier runs
-    report = items_of("report.baseline=seed")[-1]
+    plain = ("baselines.best_of_n=[]", "evaluate.judges=[]", "evaluate.fluency=null", "evaluate.during_training=null")
+    report = items_of("report.baseline=seed", *plain)[-1]
     assert report.key == key_of("report", REPORT_VERSION, "demo", [e.key for e in report.evaluations])
     assert changed_keys("report.baseline=seed") == set()
     for other in ("default", "iterative", ""):  # another baseline, or none: only the report is redone
