@@ -94,7 +94,7 @@ def test_other_architectures_run_every_stage(tiny_dir, tmp_path, cli, policy, cl
         *compile_settings,
     )
     results = pd.read_csv(run_dir / "results.csv")
-    assert set(results.model) == {"original", "random-sigmoid-beta0.1-default"}
+    assert set(results[results.method != "best_of_n"].model) == {"original", "random-sigmoid-beta0.1-default"}
     trained = results[results.model != "original"].iloc[0]
     assert trained.kl_seq > 0 and trained.diversity > 0
     texts = pd.read_parquet(run_dir / "eval" / "random-sigmoid-beta0.1-default" / "run-00.parquet")
@@ -171,7 +171,7 @@ def test_checkpoints_with_their_own_code_run_only_when_trusted(tiny_dir, tmp_pat
 
     cli("run", "tiny", *settings, "--set", "policy.trust_remote_code=true", "--set", "reward.trust_remote_code=true")
     results = pd.read_csv(run_dir / "results.csv")
-    assert set(results.model) == {"original", "random-sigmoid-beta0.1-default"}
+    assert set(results[results.method != "best_of_n"].model) == {"original", "random-sigmoid-beta0.1-default"}
     assert results.kl_seq.iloc[-1] > 0 and results.diversity.gt(0).all()
     model_dir = run_dir / "models" / "random-sigmoid-beta0.1-default"
     # The trained model carries the code it needs (its model card, written by training, says how to load it).

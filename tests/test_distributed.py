@@ -82,7 +82,10 @@ def test_two_processes_in_grid_mode_make_every_output_once(tiny_dir, tmp_path):
             assert run["samples"] == 200 and run["world_size"] == 2
             assert len(pd.read_parquet(root / "eval" / model / f"run-{k:02d}.parquet")) == 200
     results = pd.read_csv(root / "results.csv")
-    assert len(results) == (1 + 4) * 2 and (root / "report.md").exists()
+    assert len(results) == (1 + 4 + 4) * 2 and (root / "report.md").exists()  # the models, best-of-1/2/4/8
+    # the best-of-N pool, sampled in shards by both processes: draws 1..7 of 100 texts each run
+    for k in (0, 1):
+        assert len(pd.read_parquet(root / "eval" / "best-of-n" / f"run-{k:02d}-pool.parquet")) == 700
     assert not list(root.rglob(".*tmp*"))  # no shard parts or temporary files left
     # A second launch with the same seed samples the same texts; one of its processes then fails
     # (no pair can pass the threshold): the run stops with that process's message, not a hang.
@@ -192,6 +195,7 @@ def test_lora_changes_only_adapters_and_the_merged_model_evaluates(tiny_dir, tmp
     changed = {name for name in original if (merged[name] - original[name]).abs().max() > 0}
     assert changed and all("c_attn.weight" in name for name in changed), changed
     results = pd.read_csv(root / "results.csv")
+    results = results[results.method != "best_of_n"]
     assert set(results.model) == {"original", "margin-sigmoid-beta0.1-default"}
     assert (results[results.model != "original"].kl_seq > 0).all()
 

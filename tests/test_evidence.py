@@ -158,7 +158,6 @@ def test_adding_a_judge_scores_only_what_is_new_and_an_interrupted_pool_resumes(
         ("baselines.best_of_n=[0, 2]", "baselines.best_of_n"),
         ("baselines.best_of_n=[2.5]", "baselines.best_of_n"),
         ("baselines.best_of_n_samples=0", "baselines.best_of_n_samples"),
-        ("baselines.best_of_n_samples=999", "baselines.best_of_n_samples"),
         ("evaluate.judges=[{name: a, model: 'prefalign:tiny'}, {name: a, model: 'prefalign:tiny'}]", "two judges"),
         ("evaluate.judges=[{name: 'a b', model: 'prefalign:tiny'}]", "evaluate.judges.0.name"),
         ("evaluate.judges=[{name: a, model: 'prefalign:nope'}]", "evaluate.judges.0.model"),
@@ -171,6 +170,16 @@ def test_bad_evidence_settings_exit_2_naming_the_key(override, key, cli, tmp_pat
     result = cli("plan", "tiny", "--set", f"run_dir={tmp_path}", "--set", override, check=False)
     assert result.returncode == 2, result.stdout + result.stderr
     assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_best_of_n_chooses_at_most_the_evaluation_texts():
+    from prefalign.config.loader import load_config
+    from prefalign.pipeline.evidence_items import BestOfN
+    from prefalign.pipeline.plan import plan
+
+    cfg = load_config("tiny", ["evaluate.samples=64", "baselines.best_of_n_samples=100"])
+    (best,) = [item for item in plan(cfg) if isinstance(item, BestOfN)]
+    assert best.chosen == 64 and best.ladder == (1, 2, 4, 8)
 
 
 def test_a_judge_without_the_positive_label_is_refused_while_planning(tiny_dir, tmp_path, cli):

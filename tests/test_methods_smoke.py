@@ -67,6 +67,7 @@ def methods_run(tiny_dir, tmp_path_factory):
 def test_every_method_is_trained_and_evaluated(methods_run):
     root, proc, _ = methods_run
     results = pd.read_csv(root / "results.csv")
+    results = results[results.method != "best_of_n"]  # the tiny preset's best-of-N reference
     assert list(dict.fromkeys(results.model)) == ["original"] + MODELS
     assert set(results.method) == {"original", "dpo", "iterative", "rloo"}
     assert results[results.method == "iterative"]["round"].tolist() == [2, 2]

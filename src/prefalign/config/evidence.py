@@ -36,8 +36,8 @@ class BaselinesConfig(Section):
         None,
         gt=0,
         description="Chosen texts per evaluation run of every best-of-N policy (the pool holds the largest N "
-        "times this); at most evaluate.samples. Empty: evaluate.samples. The chosen texts of N = 1 are the "
-        "first ones of the original's evaluation runs.",
+        "times this); at most evaluate.samples (a larger value: evaluate.samples). Empty: evaluate.samples. The "
+        "chosen texts of N = 1 are the first ones of the original's evaluation runs.",
     )
 
     @field_validator("best_of_n", mode="before")

@@ -352,16 +352,6 @@ class Config(Section):
             raise ValueError("loss `robust` needs train.dpo.label_smoothing in [0, 0.5)")
         return self
 
-    @model_validator(mode="after")
-    def _counts_within_a_run(self):
-        e, chosen = self.evaluate, self.baselines.best_of_n_samples
-        if chosen is not None and chosen > e.samples:
-            raise ValueError(
-                f"baselines.best_of_n_samples {chosen} is more than evaluate.samples {e.samples}: the chosen "
-                "texts of best-of-1 are the original's evaluation texts; lower it or raise evaluate.samples"
-            )
-        return self
-
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name

@@ -74,7 +74,7 @@ def evidence_items(cfg: Config, evaluations: list[Evaluation], reward: RewardMod
     ladder = tuple(cfg.baselines.best_of_n)
     if ladder:
         original = next(e for e in evaluations if isinstance(e.model, Original))
-        chosen = cfg.baselines.best_of_n_samples or original.samples
+        chosen = min(cfg.baselines.best_of_n_samples or original.samples, original.samples)
         best = BestOfN(original, ladder, chosen, cfg.run_path / "eval" / "best-of-n")
         sources.append(best)
         out.append(best)
