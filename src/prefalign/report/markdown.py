@@ -241,11 +241,11 @@ def evidence(s: EvidenceSection) -> list[str]:
         ]
         lines += [""]
     if len(s.judged):
-        what = [f"`{j}`" for j in s.judges] + (["the fluency model"] if s.fluency else [])
+        what = [f"the judge `{j}`" for j in s.judges] + (["the fluency model"] if s.fluency else [])
         lines += [
-            f"Scored by {', '.join(what)}, never trained on: a reward gain that the judges do not share, or "
-            "that costs fluency (mean log-probability per token under a language model that is not the "
-            "policy), is the classifier being gamed.",
+            f"Scored by {' and '.join(what)}, which no model was trained on: a reward gain the judges do not "
+            "share, or one that costs fluency (mean log-probability per token under a language model that is "
+            "not the policy; `not fluent`: the share of texts below its threshold), is the classifier being gamed.",
             "",
             judged_table(s.judged),
             "",
