@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers import MODELS, STRATEGIES, prefalign
+from helpers import MODELS, STRATEGIES, kill_after_a_checkpoint, prefalign
 
 BEST_OF = [1, 2, 4, 8]  # the tiny preset's baselines.best_of_n
 
@@ -283,19 +283,8 @@ def test_a_training_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weigh
         "--set",
         "pairs.strategies=[random]",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefalign.cli", *train],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
-        assert proc.poll() is None, "training finished before a checkpoint was seen"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_a_checkpoint(train, checkpoints)
     assert not (root / "models" / MODELS[0] / "train.json").exists()  # killed mid-training
     cli(*train)
     info = json.loads((root / "models" / MODELS[0] / "train.json").read_text())

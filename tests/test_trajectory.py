@@ -4,16 +4,11 @@ the same weights as without it, resumes without a duplicate or a gap, and the re
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
-from helpers import prefalign
+from helpers import kill_after_a_checkpoint, prefalign
 
 from prefalign.config.loader import load_config
 from prefalign.pipeline.items import DpoModel, Original, RewardModel, RlooModel
@@ -121,19 +116,8 @@ def test_a_training_killed_after_a_checkpoint_resumes_with_one_row_per_point(tin
     cli("pairs", "tiny", *sets(f"run_dir={root}", *base))
     steps = ["train.checkpoint_steps=10", "evaluate.during_training={every: 5, samples: 40}"]
     train = ["train", "tiny", *sets(*base, *steps)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefalign.cli", *train, *sets(f"run_dir={root}")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     checkpoints = root / "models" / f".{DPO}.checkpoints"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
-        assert proc.poll() is None, "training finished before a checkpoint was seen"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_a_checkpoint([*train, *sets(f"run_dir={root}")], checkpoints)
     assert not (root / "models" / DPO / "train.json").exists()
     step = max(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json"))
     csv = root / "eval" / DPO / "trajectory.csv"

@@ -17,7 +17,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from prefalign.config.section import Section
+from prefalign.config.section import Section, label_name
 from prefalign.models.specs import builtin_checked
 
 # A judge's name becomes a column name (judge_<name>_reward_mean) and a directory name.
@@ -93,10 +93,7 @@ class JudgeConfig(Section):
     def _a_classifier(cls, v: str) -> str:
         return builtin_checked(v, "reward")
 
-    @field_validator("positive_label", mode="before")
-    @classmethod
-    def _a_number_is_a_name(cls, v):
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _label = field_validator("positive_label", mode="before")(classmethod(lambda cls, v: label_name(v)))
 
 
 class FluencyConfig(Section):

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from prefalign.config.evidence import BaselinesConfig, DuringTrainingConfig, FluencyConfig, JudgeConfig, unique_judges
 from prefalign.config.recipes import RECIPE_NAMES
-from prefalign.config.section import Section
+from prefalign.config.section import Section, label_name
 from prefalign.config.train import ExtraPoint, LossMix, TrainConfig
 from prefalign.config.trainer_fields import check_loss, dpo_fields, trainer_fields
 from prefalign.engine.pair_rules import PAIR_RULES
@@ -78,11 +78,7 @@ class RewardConfig(Section):
     def _a_builtin_or_other(cls, v: str) -> str:
         return builtin_checked(v, "reward")
 
-    @field_validator("positive_label", mode="before")
-    @classmethod
-    def _a_number_is_a_name(cls, v):
-        # A label named `5` (star ratings) reads as an int from YAML; the name is its text.
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _label = field_validator("positive_label", mode="before")(classmethod(lambda cls, v: label_name(v)))
 
 
 class PromptConfig(Section):

@@ -30,3 +30,9 @@ class Section(BaseModel):
                 if value is not None and not isinstance(value, (list, tuple)) and _is_list(field.annotation):
                     data = {**data, name: [value]}
         return data
+
+
+def label_name(v):
+    """A class label as written in a config: a label named `5` (star ratings) reads as an int from
+    YAML; the name is its text."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
