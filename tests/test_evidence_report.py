@@ -26,6 +26,8 @@ def summary() -> pd.DataFrame:
         {"model": "gentle", "method": "rloo", "best_of": math.nan, "reward_mean": 1.6, "kl_seq": 0.3},
         # at KL 0.4, below the curve there but above best-of-2
         {"model": "meh", "method": "iterative", "best_of": math.nan, "reward_mean": 1.1, "kl_seq": 0.4},
+        # a biased KL estimate below 0 (top-k / top-p samples): placed nowhere
+        {"model": "negative", "method": "dpo", "best_of": math.nan, "reward_mean": 0.9, "kl_seq": -0.45},
     ]
     out = pd.DataFrame(rows)
     out["reward_mean_sd"] = 0.01
@@ -44,18 +46,19 @@ def test_the_curve_starts_at_the_original_and_interpolates_in_log_kl():
 
 def test_each_trained_model_is_placed_against_the_curve():
     placed = versus_best_of_n(summary()).set_index("model")
-    assert list(placed.index) == ["salad", "gentle", "meh"]  # trained models only
+    assert list(placed.index) == ["salad", "gentle", "meh", "negative"]  # trained models only
     assert placed.loc["salad", "beaten_by"] == "best-of-4" and not placed.loc["salad", "above"]
     assert placed.loc["salad", "margin"] == pytest.approx(1.2 - 1.9)
     assert placed.loc["gentle", "above"] and placed.loc["gentle", "beaten_by"] == ""
     assert not placed.loc["meh", "above"] and placed.loc["meh", "beaten_by"] == ""  # nothing at KL <= 0.4 scores 1.1
+    assert placed.loc["negative", "above"] is None and placed.loc["negative", "beaten_by"] == ""
     assert versus_best_of_n(summary().drop(columns="kl_seq")).empty
     assert versus_best_of_n(summary()[summary().method != "best_of_n"]).empty
 
 
 def test_best_of_n_rows_are_references_not_challengers():
     base, challengers = baseline_and_challengers(summary(), "dpo")
-    assert base.model.tolist() == ["salad"] and "best-of-2" not in challengers.model.tolist()
+    assert base.model.tolist() == ["salad", "negative"] and "best-of-2" not in challengers.model.tolist()
 
 
 def test_the_evidence_section_needs_some_evidence():

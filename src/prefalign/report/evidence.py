@@ -38,15 +38,17 @@ def curve_at(curve: pd.DataFrame, kl: float) -> float:
 def versus_best_of_n(summary: pd.DataFrame) -> pd.DataFrame:
     """Each trained model against the best-of-N curve: model, kl_seq, reward_mean, reward_mean_sd,
     `curve_reward` (the curve at the model's KL), `margin` (reward - curve_reward), `above` (margin >
-    0), `beaten_by` (the smallest N whose best-of-N has at least the model's reward at no more KL,
-    else empty). Empty without best-of-N rows or KL."""
+    0; None when the model's KL estimate is negative: the estimate from top-k / top-p samples is
+    biased, and below 0 it places the model nowhere on the curve), `beaten_by` (the smallest N whose
+    best-of-N has at least the model's reward at no more KL, else empty). Empty without best-of-N
+    rows or KL."""
     curve = best_of_n_curve(summary)
     if curve.empty or "kl_seq" not in summary.columns:
         return pd.DataFrame()
     rows = []
     for _, r in summary[~summary.method.isin(["original", BEST_OF_N])].iterrows():
         level = curve_at(curve, r.kl_seq)
-        better = curve[(curve.reward_mean >= r.reward_mean) & (curve.kl_seq <= r.kl_seq)]
+        better = curve[(curve.reward_mean >= r.reward_mean) & (curve.kl_seq <= max(r.kl_seq, 0.0))]
         rows.append(
             {
                 "model": r.model,
@@ -55,7 +57,7 @@ def versus_best_of_n(summary: pd.DataFrame) -> pd.DataFrame:
                 "reward_mean_sd": r.get("reward_mean_sd", np.nan),
                 "curve_reward": level,
                 "margin": r.reward_mean - level,
-                "above": bool(r.reward_mean > level),
+                "above": bool(r.reward_mean > level) if r.kl_seq >= 0 else None,
                 "beaten_by": f"best-of-{int(better.best_of.iloc[0])}" if len(better) else "",
             }
         )

@@ -213,6 +213,10 @@ def judged_table(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# The "above the curve" cell: None is a negative KL estimate (biased: see metrics.kl_estimate).
+ABOVE = {True: "yes", False: "no", None: "n/a: KL estimate < 0"}
+
+
 def evidence(s: EvidenceSection) -> list[str]:
     """The best-of-N ladder, each trained model against its curve, the judges' scores."""
     lines = ["## Evidence: best-of-N, judges, fluency", ""]
@@ -236,7 +240,7 @@ def evidence(s: EvidenceSection) -> list[str]:
         ]
         lines += [
             f"| {r.model} | {r.kl_seq:.3f} | {_cell(r.reward_mean, r.reward_mean_sd)} | {r.curve_reward:.3f} | "
-            f"{r.margin:+.3f} | {'yes' if r.above else 'no'} | {r.beaten_by or '-'} |"
+            f"{r.margin:+.3f} | {ABOVE[r.above]} | {r.beaten_by or '-'} |"
             for _, r in s.versus.iterrows()
         ]
         lines += [""]
