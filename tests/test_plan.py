@@ -167,7 +167,7 @@ def test_a_pair_rule_setting_changes_only_that_rule_and_what_follows():
         {"Pairs pairs margin", "Report report"}
         | {f"DpoModel {m}" for m in margin_models}
         | {f"Evaluation evaluate {m}" for m in margin_models}
-        | {f"TextScores {scorer} scores of {m}" for m in margin_models for scorer in ("judge", "fluency")}
+        | {f"TextScores {scorer} scores of {m}" for m in margin_models for scorer in ("other", "fluency")}
     )
 
 
@@ -182,7 +182,7 @@ def test_the_sample_seed_changes_everything_but_the_original_evaluation():
     changed = changed_keys("sampling.seed=1")
     of_the_original = {"Evaluation evaluate original", "BestOfN best-of-N"}  # the best-of-N draws are the original's
     of_the_original |= {
-        f"TextScores {s} scores of {m}" for s in ("judge", "fluency") for m in ("original", "best-of-N")
+        f"TextScores {s} scores of {m}" for s in ("other", "fluency") for m in ("original", "best-of-N")
     }
     assert set(keys(items_of())) - changed == of_the_original
 
