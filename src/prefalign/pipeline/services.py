@@ -68,49 +68,43 @@ class Services:
         return inference_dtype(self.device)
 
     def classifier(self) -> Classifier:
-        if "classifier" not in self._loaded:
-            from prefalign.models.loading import load_classifier, reward_index
-
-            r = self.reward
-            model, tokenizer = load_classifier(r.ref, r.revision, self.device, self.dtype, r.trust_remote_code)
-            index = reward_index(model.config, r.positive_label, r.single_logit)
-            self._loaded["classifier"] = Classifier(model, tokenizer, index, r.positive_label)
-        return self._loaded["classifier"]
+        """The reward model, loaded once."""
+        r = self.reward
+        return self._classifier("classifier", r.ref, r.revision, r.positive_label, r.single_logit, r.trust_remote_code)
 
     def judge(self, judge) -> Classifier:
         """An `evaluate.judges` classifier (a pipeline.evidence_items.Judge), loaded once."""
-        key = ("judge", judge.ref, judge.revision, judge.positive_label, judge.single_logit)
+        j = judge
+        key = ("judge", j.ref, j.revision, j.positive_label, j.single_logit)
+        return self._classifier(
+            key, j.ref, j.revision, j.positive_label, j.single_logit, j.trust_remote_code, j.section
+        )
+
+    def _classifier(self, key, ref, revision, positive_label, single_logit, trust_remote_code, section="reward"):
         if key not in self._loaded:
             from prefalign.models.loading import load_classifier, reward_index
 
-            j = judge
-            model, tokenizer = load_classifier(j.ref, j.revision, self.device, self.dtype, j.trust_remote_code)
-            index = reward_index(model.config, j.positive_label, j.single_logit, j.section)
-            self._loaded[key] = Classifier(model, tokenizer, index, j.positive_label)
-        return self._loaded[key]
-
-    def fluency_model(self, scorer):
-        """(the `evaluate.fluency` causal LM in eval mode, its tokenizer), loaded once."""
-        key = ("fluency", scorer.ref, scorer.revision)
-        if key not in self._loaded:
-            from prefalign.models.loading import load_policy
-
-            s = scorer
-            self._loaded[key] = load_policy(
-                s.ref, s.revision, self.device, self.dtype, trust_remote_code=s.trust_remote_code
-            )
+            model, tokenizer = load_classifier(ref, revision, self.device, self.dtype, trust_remote_code)
+            index = reward_index(model.config, positive_label, single_logit, section)
+            self._loaded[key] = Classifier(model, tokenizer, index, positive_label)
         return self._loaded[key]
 
     def reference_policy(self):
         """The original policy in eval mode: what KL is measured against."""
-        if "reference" not in self._loaded:
+        o = self.original
+        return self._policy("reference", o.ref, o.revision, o.trust_remote_code)[0]
+
+    def fluency_model(self, scorer):
+        """(the `evaluate.fluency` causal LM in eval mode, its tokenizer), loaded once."""
+        s = scorer
+        return self._policy(("fluency", s.ref, s.revision), s.ref, s.revision, s.trust_remote_code)
+
+    def _policy(self, key, ref, revision, trust_remote_code):
+        if key not in self._loaded:
             from prefalign.models.loading import load_policy
 
-            o = self.original
-            self._loaded["reference"] = load_policy(
-                o.ref, o.revision, self.device, self.dtype, trust_remote_code=o.trust_remote_code
-            )[0]
-        return self._loaded["reference"]
+            self._loaded[key] = load_policy(ref, revision, self.device, self.dtype, trust_remote_code=trust_remote_code)
+        return self._loaded[key]
 
     def policy_tokenizer(self, ref: str, revision: str | None):
         key = ("tokenizer", ref, revision)

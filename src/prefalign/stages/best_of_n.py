@@ -31,8 +31,8 @@ from prefalign.engine.metrics import best_of_n_choice
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.evidence_items import BestOfN, best_of_n_kl, pool_seed
 from prefalign.pipeline.services import Services, release_memory
-from prefalign.pipeline.store import is_done, read_json, read_parquet, write_json, write_parquet
-from prefalign.stages.evaluate import run_metrics
+from prefalign.pipeline.store import is_done, read_parquet, write_json, write_parquet
+from prefalign.stages.evaluate import run_metrics, stored_runs
 from prefalign.stages.sample import corpus_prompts_for, sample_in_shards
 
 # The columns a pool keeps of each sampled text (an evaluation run's KL columns are not needed).
@@ -139,12 +139,5 @@ def _choose_and_measure(item: BestOfN, k: int, services: Services, seconds: floa
 
 def best_of_n_results(item: BestOfN) -> list[tuple[dict, list[dict]]]:
     """(describing columns, the metrics of each run) of every best-of-N policy, as stored."""
-    from prefalign.stages.evaluate import EvaluationMissing
-
-    runs = []
-    for k in range(item.runs):
-        stored = read_json(item.run_path(k, ".json"))
-        if stored is None or stored.get("key") != item.run_key(k):
-            raise EvaluationMissing(f"best-of-N run {k} is missing or stale; run `prefalign evaluate` first")
-        runs.append(stored["per_n"])
+    runs = [run["per_n"] for run in stored_runs(item, "best-of-N")]
     return [(item.row(n), [run[str(n)] for run in runs]) for n in item.ladder]

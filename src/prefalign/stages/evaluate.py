@@ -117,17 +117,22 @@ def evaluate(item: Evaluation, services: Services) -> None:
     release_memory()
 
 
-def run_results(item: Evaluation) -> list[dict]:
-    """The metrics of every run of `item`, as stored (raises EvaluationMissing for a missing or stale run)."""
+def stored_runs(item, what: str) -> list[dict]:
+    """Every run-<k>.json of an item kept run by run under its own key (an Evaluation, a BestOfN, a
+    TextScores), as stored; EvaluationMissing, naming `what`, for a missing or stale run."""
     out = []
     for k in range(item.runs):
         stored = read_json(item.run_path(k, ".json"))
         if stored is None or stored.get("key") != item.run_key(k):
-            raise EvaluationMissing(
-                f"evaluation of {item.model.name}, run {k}, is missing or stale; run `prefalign evaluate` first"
-            )
-        out.append({name: value for name, value in stored.items() if name not in RUN_INFO})
+            raise EvaluationMissing(f"{what}, run {k}, is missing or stale; run `prefalign evaluate` first")
+        out.append(stored)
     return out
+
+
+def run_results(item: Evaluation) -> list[dict]:
+    """The metrics of every run of `item`, as stored (raises EvaluationMissing for a missing or stale run)."""
+    stored = stored_runs(item, f"evaluation of {item.model.name}")
+    return [{name: value for name, value in run.items() if name not in RUN_INFO} for run in stored]
 
 
 class EvaluationMissing(PrefalignError, RuntimeError):

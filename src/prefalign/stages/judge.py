@@ -23,7 +23,8 @@ from prefalign.engine.scoring import score_texts
 from prefalign.pipeline.evidence_items import BestOfN, FluencyScorer, Judge, TextScores
 from prefalign.pipeline.items import Evaluation
 from prefalign.pipeline.services import Services
-from prefalign.pipeline.store import read_json, read_parquet, write_json, write_parquet
+from prefalign.pipeline.store import read_parquet, write_json, write_parquet
+from prefalign.stages.evaluate import stored_runs
 
 
 def score_stage(item: TextScores, services: Services) -> None:
@@ -93,12 +94,7 @@ def metrics_of(scorer: Judge | FluencyScorer, scores: pd.DataFrame) -> dict[str,
 
 def stored_scores(item: TextScores) -> list[dict]:
     """Each run's stored metrics (for a BestOfN: {N: metrics}); raises EvaluationMissing if stale."""
-    from prefalign.stages.evaluate import EvaluationMissing
-
-    out = []
-    for k in range(item.runs):
-        stored = read_json(item.run_path(k, ".json"))
-        if stored is None or stored.get("key") != item.run_key(k):
-            raise EvaluationMissing(f"{item.name}, run {k}, is missing or stale; run `prefalign evaluate` first")
-        out.append(stored.get("per_n") or {m: v for m, v in stored.items() if m not in ("key", "run")})
-    return out
+    return [
+        run.get("per_n") or {m: v for m, v in run.items() if m not in ("key", "run")}
+        for run in stored_runs(item, item.name)
+    ]
