@@ -109,6 +109,32 @@ def test_judge_scores_equal_scoring_the_saved_texts(tiny_run):
     assert np.allclose(judged.reward.to_numpy(), direct, atol=1e-5)
 
 
+def test_judge_and_fluency_score_every_training_curve_point_as_scoring_its_texts(tiny_run):
+    from prefalign.engine.fluency import fluency_scores
+    from prefalign.models.loading import load_classifier, load_policy
+
+    root, _ = tiny_run
+    judge, judge_tokenizer = load_classifier("prefalign:tiny-judge", None, torch.device("cpu"))
+    scorer, scorer_tokenizer = load_policy("prefalign:tiny", None, torch.device("cpu"))
+    folder = root / "eval" / "margin-hinge-beta0.1-default"
+    points, texts = pd.read_csv(folder / "trajectory.csv"), pd.read_parquet(folder / "trajectory-texts.parquet")
+    judged, fluency = (
+        pd.read_csv(folder / "judge-other" / "trajectory.csv"),
+        pd.read_csv(folder / "fluency" / "trajectory.csv"),
+    )
+    assert list(judged.step) == list(fluency.step) == list(points.step) == sorted(set(texts.step))
+    for step, part in texts.groupby("step"):
+        assert len(part) == 40  # evaluate.during_training.samples of the tiny preset
+        assert points.set_index("step").reward_mean[step] == pytest.approx(float(part.reward.mean()), abs=1e-5)
+        direct = score_texts(part.text.tolist(), judge, judge_tokenizer, judge.config.label2id["POSITIVE"])
+        row = judged.set_index("step").loc[step]
+        assert row.judge_other_reward_mean == pytest.approx(float(np.mean(direct["reward"])), abs=1e-5)
+        assert row.judge_other_positive_rate == pytest.approx(float(np.mean(direct["is_positive"])), abs=1e-9)
+        direct = fluency_scores(part.text.tolist(), scorer, scorer_tokenizer)
+        assert fluency.set_index("step").fluency[step] == pytest.approx(float(np.nanmean(direct)), abs=1e-4)
+    assert (root / "plots" / "judges-along-training.png").stat().st_size > 0
+
+
 def test_fluency_equals_scoring_the_first_texts_with_the_scorer(tiny_run):
     from prefalign.engine.fluency import fluency_scores
     from prefalign.models.loading import load_policy
@@ -130,6 +156,7 @@ def test_adding_a_judge_scores_only_what_is_new_and_an_interrupted_pool_resumes(
     root = tmp_path / "run"
     shutil.copytree(tiny_run[0], root)
     evaluations = {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("run-*.json")}  # judges' and fluency's too
+    trained = {p: p.stat().st_mtime_ns for p in [*root.glob("models/*/*"), *root.glob("eval/*/trajectory*")]}
     best_json = root / "eval" / "best-of-n" / "run-01.json"
     before = json.loads(best_json.read_text())
     # A kill after run 0's pool and before its metrics; run 1's pool lost (a kill while sampling it).
@@ -150,6 +177,11 @@ def test_adding_a_judge_scores_only_what_is_new_and_an_interrupted_pool_resumes(
     # a judge that is the reward model itself (a sanity row): its scores are the rewards
     assert np.allclose(results.judge_self_reward_mean, results.reward_mean, atol=1e-5)
     assert (root / "eval" / "original" / "judge-self" / "run-01.json").exists()
+    # The new judge scores the training curves' saved texts: nothing is trained or sampled again.
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained
+    folder = root / "eval" / "random-sigmoid-beta0.1-default"
+    by_self = pd.read_csv(folder / "judge-self" / "trajectory.csv")
+    assert np.allclose(by_self.judge_self_reward_mean, pd.read_csv(folder / "trajectory.csv").reward_mean, atol=1e-5)
 
 
 @pytest.mark.parametrize(

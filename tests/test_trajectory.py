@@ -127,12 +127,18 @@ def test_a_training_killed_after_a_checkpoint_resumes_with_one_row_per_point(tin
     # A row written after the checkpoint (made here when the kill came first): made again on resume.
     later = pd.DataFrame([{**written.iloc[-1].to_dict(), "step": step + 5, "reward_mean": 999.0}])
     pd.concat([kept, later]).to_csv(csv, index=False)
+    kept_texts = pd.read_parquet(root / "eval" / DPO / "trajectory-texts.parquet")
+    kept_texts = kept_texts[kept_texts.step <= step].reset_index(drop=True)
     shutil.copytree(root, copy)
     cli(*train, *sets(f"run_dir={root}"))
     assert json.loads((root / "models" / DPO / "train.json").read_text())["resumed_from"] == f"checkpoint-{step}"
     rows = trajectory(root, DPO)
     assert list(rows.step) == [0, 5, 10, 15, 20, 25] and 999.0 not in set(rows.reward_mean)
     pd.testing.assert_frame_equal(rows[rows.step <= step].reset_index(drop=True), kept)
+    # The points' texts likewise: those up to the checkpoint kept, one set of 40 per point.
+    texts = pd.read_parquet(root / "eval" / DPO / "trajectory-texts.parquet")
+    assert texts.groupby("step").size().to_dict() == dict.fromkeys(rows.step, 40)
+    pd.testing.assert_frame_equal(texts[texts.step <= step].reset_index(drop=True), kept_texts)
     # The same checkpoint without its trajectory: not resumed from, the training starts afresh.
     (copy / "eval" / DPO / "trajectory.json").unlink()
     out = cli(*train, *sets(f"run_dir={copy}")).stdout

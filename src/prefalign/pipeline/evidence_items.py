@@ -3,10 +3,13 @@
     BestOfN(original evaluation)   best-of-N policies of the original, one pool per run -> stages/best_of_n.py
     TextScores(source, scorer)     a judge's or the fluency model's scores of the texts
                                    of an Evaluation or of a BestOfN's choices            -> stages/judge.py
+    TrajectoryScores(model, scorer)  the same scorer's scores of the texts of a trained
+                                   model's training-curve points (evaluate.during_training) -> stages/judge.py
 
-Both keep one output per evaluation run with its own key (run-<k>.json), so an interrupted run
-resumes at the first unfinished one, and adding a judge to a finished run scores only what is new:
-the evaluations' keys do not depend on the judges.
+BestOfN and TextScores keep one output per evaluation run with its own key (run-<k>.json), so an
+interrupted run resumes at the first unfinished one; TrajectoryScores one per model. Adding a judge
+to a finished run scores only what is new: the evaluations' and trajectories' keys do not depend on
+the judges.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefalign.config.schema import SamplingConfig
-from prefalign.pipeline.items import Evaluation, Original, RewardModel, _row, sampler_settings
+from prefalign.pipeline.items import DpoModel, Evaluation, Original, RewardModel, RlooModel, _row, sampler_settings
 from prefalign.pipeline.store import is_done, key_of
 
 
@@ -193,3 +196,38 @@ class TextScores(_PerRun):
     @property
     def inputs(self) -> tuple:
         return (self.source,)
+
+
+@dataclass(frozen=True)
+class TrajectoryScores:
+    """`scorer`'s scores of the texts of every training-curve point of `model` (its
+    eval/<model>/trajectory-texts.parquet), a row per point."""
+
+    model: DpoModel | RlooModel  # a trained model with evaluate.during_training (an IterativeRound is a DpoModel)
+    scorer: Judge | FluencyScorer
+    path: Path  # eval/<model>/judge-<name>/trajectory.csv (or fluency/); trajectory.json beside it
+
+    stage = "evaluate"
+
+    @property
+    def name(self) -> str:
+        return f"{self.scorer.name} scores of {self.model.name}'s training curve"
+
+    @property
+    def meta(self) -> Path:
+        return self.path.with_name("trajectory.json")
+
+    @property
+    def trajectory_key(self) -> str:
+        return self.model.trajectory.key(self.model.key)
+
+    @property
+    def key(self) -> str:
+        return key_of("trajectory scores", self.trajectory_key, self.scorer.key)
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.model,)
+
+    def markers(self) -> list[tuple[Path, str]]:
+        return [(self.meta, self.key)]

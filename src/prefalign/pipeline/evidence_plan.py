@@ -1,7 +1,8 @@
 """The plan's evidence items: the best-of-N reference and the judges' and fluency model's scores.
 
 From the evaluations plan.py made: one BestOfN beside the original's evaluation (when
-`baselines.best_of_n` is set), then one TextScores per (evaluation or BestOfN) x (judge, fluency).
+`baselines.best_of_n` is set), then one TextScores per (evaluation or BestOfN) x (judge, fluency),
+and one TrajectoryScores per (trained model with a training curve) x (judge, fluency).
 Every judge and the fluency model is checked here like the reward model (a missing path, a
 wrong label, code it would run), so a bad one stops the run before any work.
 """
@@ -9,7 +10,7 @@ wrong label, code it would run), so a bad one stops the run before any work.
 from __future__ import annotations
 
 from prefalign.config.schema import Config
-from prefalign.pipeline.evidence_items import BestOfN, FluencyScorer, Judge, TextScores
+from prefalign.pipeline.evidence_items import BestOfN, FluencyScorer, Judge, TextScores, TrajectoryScores
 from prefalign.pipeline.items import Evaluation, Original, RewardModel
 from prefalign.pipeline.logs import log
 
@@ -67,10 +68,12 @@ def fluency_scorer(cfg: Config) -> FluencyScorer | None:
     )
 
 
-def evidence_items(cfg: Config, evaluations: list[Evaluation], reward: RewardModel) -> list[BestOfN | TextScores]:
-    """The BestOfN item (if any), then every TextScores item, each after its source."""
+def evidence_items(
+    cfg: Config, evaluations: list[Evaluation], reward: RewardModel
+) -> list[BestOfN | TextScores | TrajectoryScores]:
+    """The BestOfN item (if any), then every TextScores and TrajectoryScores item, each after its source."""
     sources: list[Evaluation | BestOfN] = list(evaluations)
-    out: list[BestOfN | TextScores] = []
+    out: list[BestOfN | TextScores | TrajectoryScores] = []
     ladder = tuple(cfg.baselines.best_of_n)
     if ladder:
         original = next(e for e in evaluations if isinstance(e.model, Original))
@@ -82,4 +85,7 @@ def evidence_items(cfg: Config, evaluations: list[Evaluation], reward: RewardMod
     for source in sources:
         for scorer in scorers:
             out.append(TextScores(source, scorer, source.path / scorer.folder))
+    for model in (e.model for e in evaluations if getattr(e.model, "trajectory", None) is not None):
+        for scorer in scorers:
+            out.append(TrajectoryScores(model, scorer, model.trajectory.path.parent / scorer.folder / "trajectory.csv"))
     return out

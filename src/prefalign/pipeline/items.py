@@ -385,7 +385,7 @@ class Report(_MetaBeside):
     chains: tuple[tuple[DpoModel, ...], ...]  # each iterative chain, round 1 first
     config: Config  # what the report's text describes
     path: Path  # report.md; report.meta.json beside it holds the key
-    evidence: tuple = ()  # the BestOfN and TextScores items (pipeline/evidence_items.py) it reads
+    evidence: tuple = ()  # the BestOfN, TextScores and TrajectoryScores items (evidence_items.py) it reads
 
     name = "report"
     stage = "report"

@@ -33,7 +33,7 @@ import torch
 from prefalign.config.schema import Config
 from prefalign.errors import PrefalignError
 from prefalign.pipeline.distributed import Ranks, join
-from prefalign.pipeline.evidence_items import BestOfN, TextScores
+from prefalign.pipeline.evidence_items import BestOfN, TextScores, TrajectoryScores
 from prefalign.pipeline.items import (
     TRAINED,
     DpoModel,
@@ -58,7 +58,7 @@ from prefalign.pipeline.side_by_side import train_side_by_side
 from prefalign.pipeline.store import is_done, remove_stale
 from prefalign.stages.best_of_n import best_of_n
 from prefalign.stages.evaluate import evaluate
-from prefalign.stages.judge import score_stage
+from prefalign.stages.judge import score_stage, trajectory_stage
 from prefalign.stages.pairs import make_pairs
 from prefalign.stages.report import write_report
 from prefalign.stages.sample import sample
@@ -77,6 +77,7 @@ STAGES = {
     Evaluation: evaluate,
     BestOfN: best_of_n,
     TextScores: score_stage,
+    TrajectoryScores: trajectory_stage,
     Report: write_report,
 }
 
@@ -179,7 +180,7 @@ def run_directory(root: Path, ranks: Ranks):
 
 
 # Items only the main process makes; the others wait for them.
-MAIN_ONLY = (Pairs, TextScores, Report)
+MAIN_ONLY = (Pairs, TextScores, TrajectoryScores, Report)
 
 
 def _walk(items: list[Item], cfg: Config, services: Services) -> None:
@@ -310,6 +311,8 @@ def describe(item: Item) -> str:
         return f"N in {list(item.ladder)}, {item.runs} runs x {item.chosen} texts, pools of {item.draws} draws"
     if isinstance(item, TextScores):
         return f"{item.scorer.kind} {item.scorer.ref}, {item.runs} runs"
+    if isinstance(item, TrajectoryScores):
+        return f"{item.scorer.kind} {item.scorer.ref}, the points of {item.model.name}'s training curve"
     return f"results of {len(item.evaluations)} models, the original included"
 
 

@@ -4,8 +4,8 @@ what they depend on.
 While a model trains, at step 0 (the start model), every `every` optimizer steps and at its last
 step, `samples` texts are sampled from its current weights with the run's sampler under `seed`,
 scored and measured like an evaluation run (stages/trajectory.py): one row per point in
-`eval/<model>/trajectory.csv`, and `trajectory.json` beside it holding the key (the model's key and
-these settings). The trajectory is not part of the model's key (the weights come out the same with
+`eval/<model>/trajectory.csv`, the texts in `trajectory-texts.parquet`, and `trajectory.json` beside
+them holding the key (the model's key and these settings). The trajectory is not part of the model's key (the weights come out the same with
 or without it, on a GPU up to its nondeterministic kernels, so the model's evaluations keep their
 keys), but it is one of the model's markers: a finished model without its trajectory, or with one
 made under other settings, is trained again to draw it.
@@ -35,9 +35,14 @@ class Trajectory:
     def meta(self) -> Path:
         return self.path.with_name("trajectory.json")
 
+    @property
+    def texts(self) -> Path:
+        return self.path.with_name("trajectory-texts.parquet")
+
     def key(self, model_key: str) -> str:
-        """The key of the trajectory of the model whose key is `model_key`."""
-        return key_of("trajectory", model_key, self.every, self.samples, self.seed, self.sampler)
+        """The key of the trajectory of the model whose key is `model_key` ("texts": one made before
+        the texts were kept is made again)."""
+        return key_of("trajectory", model_key, self.every, self.samples, self.seed, self.sampler, "texts")
 
 
 class TrainedMarkers:

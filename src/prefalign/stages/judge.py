@@ -11,7 +11,9 @@ run-<k>-choices.parquet) and score the text as the reward classifier read it (pr
 Per run: `run-<k>.parquet` (one score per text, in the source's row order) and then `run-<k>.json`
 (its key and metrics: judge_<name>_reward_mean / _reward_std / _positive_rate, or fluency /
 fluency_low_share). For a BestOfN, metrics per N under `per_n`; a text chosen for several N is
-scored once. The main process does it all.
+scored once. A TrajectoryScores reads a trained model's trajectory-texts.parquet (the training-curve
+points' texts, stages/trajectory.py) and writes `trajectory.csv` (a row per point: step and the same
+metrics) and then `trajectory.json` (its key). The main process does it all.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from prefalign.engine.scoring import score_texts
-from prefalign.pipeline.evidence_items import BestOfN, FluencyScorer, Judge, TextScores
+from prefalign.pipeline.evidence_items import BestOfN, FluencyScorer, Judge, TextScores, TrajectoryScores
 from prefalign.pipeline.items import Evaluation
 from prefalign.pipeline.services import Services
-from prefalign.pipeline.store import read_parquet, write_json, write_parquet
-from prefalign.stages.evaluate import stored_runs
+from prefalign.pipeline.store import atomic_path, read_json, read_parquet, write_json, write_parquet
+from prefalign.stages.evaluate import EvaluationMissing, stored_runs
 
 
 def score_stage(item: TextScores, services: Services) -> None:
@@ -45,6 +47,29 @@ def score_stage(item: TextScores, services: Services) -> None:
             write_json(item.run_path(k, ".json"), {"key": item.run_key(k), "run": k, "per_n": by_n})
         else:
             write_json(item.run_path(k, ".json"), {"key": item.run_key(k), "run": k, **metrics_of(item.scorer, scores)})
+
+
+def trajectory_stage(item: TrajectoryScores, services: Services) -> None:
+    """Score the texts of every training-curve point of `item.model`; a row per point."""
+    trajectory = item.model.trajectory
+    stored = read_json(trajectory.meta)
+    if stored is None or stored.get("key") != item.trajectory_key or not trajectory.texts.exists():
+        raise EvaluationMissing(
+            f"the training curve of {item.model.name} is missing or stale; run `prefalign train` first"
+        )
+    services.log(f"{item.name}: {len(stored['steps'])} point(s)")
+    texts = read_parquet(trajectory.texts)
+    texts["full"] = texts["prompt"] + texts["text"] if "prompt" in texts.columns else texts["text"]
+    limit = getattr(item.scorer, "samples", None)
+    if limit is not None:  # the fluency scorer's first `samples` texts of each point
+        texts = texts.groupby("step", sort=False).head(limit).reset_index(drop=True)
+    scores = pd.DataFrame(_score(item.scorer, texts["full"].tolist(), services))
+    rows = [
+        {"step": int(step), **metrics_of(item.scorer, part)} for step, part in scores.groupby(texts["step"].to_numpy())
+    ]
+    with atomic_path(item.path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    write_json(item.meta, {"key": item.key, "model": item.model.name, "steps": [row["step"] for row in rows]})
 
 
 def source_texts(item: TextScores, k: int) -> pd.DataFrame:

@@ -5,8 +5,9 @@ step, the callback samples `samples` texts from the current weights with the run
 seed `seed` (every point draws the same prompts), scores them with the reward classifier and measures
 them as an evaluation run does (stages.evaluate.run_metrics; KL against the original, from the same
 log-probs, and 0 by definition for a start that is the original). Each point appends a row to
-`eval/<model>/trajectory.csv`, written whole and atomically, then `trajectory.json` (the key and the
-steps written). The train stages (train_dpo.py, train_rloo.py) add it to their trainers. Run with:
+`eval/<model>/trajectory.csv` and its texts to `trajectory-texts.parquet` (step, prompt, text,
+reward: what the judges and the fluency model score later, stages/judge.py), both written whole and
+atomically, then `trajectory.json` (the key and the steps written). The train stages (train_dpo.py, train_rloo.py) add it to their trainers. Run with:
 
     prefalign train CONFIG --set "evaluate.during_training={every: 10, samples: 200}"
 
@@ -34,7 +35,7 @@ from transformers import TrainerCallback
 from prefalign.engine.sample_file import sample_and_score
 from prefalign.pipeline.items import Original
 from prefalign.pipeline.services import Services
-from prefalign.pipeline.store import atomic_path, read_json, scratch_beside, write_json
+from prefalign.pipeline.store import atomic_path, read_json, scratch_beside, write_json, write_parquet
 from prefalign.stages.evaluate import run_metrics
 from prefalign.stages.sample import corpus_prompts_for
 
@@ -52,6 +53,8 @@ COLUMNS = (
     "mean_tokens",
     "seconds",
 )
+# The columns of trajectory-texts.parquet (`prompt` only with prompts), one row per text of every point.
+TEXT_COLUMNS = ("step", "prompt", "text", "reward")
 
 
 def trajectory_callbacks(item, services: Services) -> list:
@@ -87,28 +90,31 @@ class TrajectoryPoints(TrainerCallback):
         self.sampling = item.trajectory.sampling.model_copy(update={"compile_step": "eager"})
         self.prompts = corpus_prompts_for(self.sampling, self.tokenizer, item.trajectory.samples, item.trajectory.seed)
         self.rows: list[dict] = []
+        self.texts: list[pd.DataFrame] = []  # one per row: that point's texts (TEXT_COLUMNS)
 
-    def stored_rows(self) -> list[dict]:
-        """The rows on disk, when trajectory.json says they were made under this key; else none."""
+    def stored_rows(self) -> tuple[list[dict], pd.DataFrame | None]:
+        """The rows and texts on disk, when trajectory.json says they were made under this key; else none."""
         meta = read_json(self.trajectory.meta)
         if meta is None or meta.get("key") != self.key:
-            return []
+            return [], None
         try:
-            return pd.read_csv(self.trajectory.path).to_dict("records")
+            return pd.read_csv(self.trajectory.path).to_dict("records"), pd.read_parquet(self.trajectory.texts)
         except (OSError, ValueError):  # missing or damaged: the points are made again
-            return []
+            return [], None
 
     def resumes_from(self, step: int) -> bool:
         """Whether a training resumed at `step` finds on disk the row of every point up to it."""
-        have = {int(row["step"]) for row in self.stored_rows()}
+        have = {int(row["step"]) for row in self.stored_rows()[0]}
         return {0, *range(self.trajectory.every, step + 1, self.trajectory.every)} <= have
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
-            self.rows = []
+            self.rows, self.texts = [], []
             self.point(model, state)
         else:  # resumed from a checkpoint: the rows of later steps are made again
-            self.rows = [row for row in self.stored_rows() if row["step"] <= state.global_step]
+            rows, texts = self.stored_rows()
+            self.rows = [row for row in rows if row["step"] <= state.global_step]
+            self.texts = [texts[texts.step == row["step"]] for row in self.rows]
             self.write()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -122,25 +128,28 @@ class TrajectoryPoints(TrainerCallback):
     def point(self, model, state) -> None:
         """Measure the model at this step, add its row and write the trajectory."""
         started = time.time()
-        metrics = self.measure(model, at_start=state.global_step == 0)
+        metrics, texts = self.measure(model, at_start=state.global_step == 0)
         row = {"step": state.global_step, "epoch": round(float(state.epoch or 0.0), 4)}
         row.update({column: metrics[column] for column in COLUMNS[2:-1]})
         row["seconds"] = round(time.time() - started, 2)
         self.rows.append(row)
+        texts = texts.assign(step=state.global_step)
+        self.texts.append(texts[[column for column in TEXT_COLUMNS if column in texts.columns]])
         self.write()
         self.services.log(
             f"  step {state.global_step}/{state.max_steps} point: reward {row['reward_mean']:.3f}, "
             f"KL {row['kl_seq']:.3f}, diversity {row['diversity']:.3f} ({row['seconds']:.1f}s)"
         )
 
-    def measure(self, model, at_start: bool) -> dict:
-        """run_metrics of `samples` texts of the model as it is now, its training mode left as it was."""
+    def measure(self, model, at_start: bool) -> tuple[dict, pd.DataFrame]:
+        """run_metrics of `samples` texts of the model as it is now, and the texts (as sample_and_score
+        gives them); its training mode is left as it was."""
         services, trajectory = self.services, self.trajectory
         classifier = services.classifier()
         reference = None if at_start and self.start_is_original else services.reference_policy()
         # With LoRA the model is peft's wrapper: its base model holds the adapters, active.
         policy = model.get_base_model() if hasattr(model, "get_base_model") else model
-        texts = scratch_beside(trajectory.path, "texts")
+        scratch = scratch_beside(trajectory.path, "texts")
         was_training = model.training
         model.eval()
         try:
@@ -155,21 +164,24 @@ class TrajectoryPoints(TrainerCallback):
                     self.sampling,
                     trajectory.seed,
                     services.reward_batch_size,
-                    texts,
+                    scratch,
                     desc=f"{self.name} point",
                     prompts=self.prompts,
                     reference=reference,
                 )
         finally:
             model.train(was_training)
-            texts.unlink(missing_ok=True)
+            scratch.unlink(missing_ok=True)
         metrics = run_metrics(df, self.tokenizer, thresholds=())
         if reference is None:
             metrics.update(kl_seq=0.0, kl_token=0.0)
-        return metrics
+        return metrics, df
 
     def write(self) -> None:
-        """trajectory.csv (every row so far), then trajectory.json (the key and the steps written)."""
+        """trajectory-texts.parquet and trajectory.csv (every point so far), then trajectory.json (the
+        key and the steps written)."""
+        texts = pd.concat(self.texts, ignore_index=True) if self.texts else pd.DataFrame(columns=["step", "text"])
+        write_parquet(texts, self.trajectory.texts)
         with atomic_path(self.trajectory.path) as tmp:
             pd.DataFrame(self.rows, columns=list(COLUMNS)).to_csv(tmp, index=False)
         trajectory = self.trajectory
