@@ -15,13 +15,17 @@ and the sizes differ):
 5. save both with `save_pretrained` under `<cache>/models/<name>-<hash of the spec>/`, written to
    a temporary directory and renamed, so a later run (or a killed build) reuses or rebuilds cleanly.
 
+Each training shows a progress bar within each epoch, and saves a checkpoint after it in the build's
+partial directory, beside the cache entry (prefalign.models.build_training): a build interrupted by
+Ctrl-C or a kill continues, when run again, after its last finished epoch, and ends with the weights an
+uninterrupted build has. One process at a time builds a spec; another waits for it (build_cache).
+
 Run with `prefalign build-demo` (or implicitly, by any config whose model is `prefalign:<name>`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from pathlib import Path
@@ -30,7 +34,8 @@ import torch
 
 from prefalign.errors import CorpusError, ModelLoadError
 from prefalign.models.agreement import compared
-from prefalign.models.build_cache import build_target, built, save_build
+from prefalign.models.build_cache import build_lock, build_target, built, partial_dir, remove_partial, save_build
+from prefalign.models.build_training import Checkpoints, accuracy, fit, perplexity
 from prefalign.models.specs import POLICY_DIR, REWARD_DIR, BuildSpec, PackagedSpec
 
 BOS = "<|endoftext|>"
@@ -75,8 +80,12 @@ def load_corpus(spec: BuildSpec) -> tuple[list[str], list[int]]:
 
 def train_tokenizers(texts: list[str], vocab_size: int):
     """Byte-level BPE; returns (policy tokenizer, classifier tokenizer) sharing one vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    return tokenizer_pair(train_bpe(texts, vocab_size).to_str())
+
+
+def train_bpe(texts: list[str], vocab_size: int):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `texts`, with the special tokens both models use."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -89,10 +98,18 @@ def train_tokenizers(texts: list[str], vocab_size: int):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def tokenizer_pair(bpe_json: str):
+    """(policy tokenizer, classifier tokenizer) around one trained BPE (its `to_str()` JSON)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
     policy_tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(tok.to_str()), bos_token=BOS, eos_token=BOS, unk_token=BOS
+        tokenizer_object=Tokenizer.from_str(bpe_json), bos_token=BOS, eos_token=BOS, unk_token=BOS
     )
-    classifier_tok = Tokenizer.from_str(tok.to_str())
+    classifier_tok = Tokenizer.from_str(bpe_json)
     cls_id, sep_id = classifier_tok.token_to_id("[CLS]"), classifier_tok.token_to_id("[SEP]")
     classifier_tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -108,16 +125,25 @@ def train_tokenizers(texts: list[str], vocab_size: int):
     return policy_tok, clf_tok
 
 
+def kept_tokenizers(partial: Path, texts: list[str], vocab_size: int):
+    """train_tokenizers' pair, its BPE kept in the partial build directory: trained and saved there once, then
+    read from there (so an interrupted build continues with the tokenizer its checkpoints were trained with)."""
+    from prefalign.pipeline.store import atomic_path
+
+    saved = partial / "tokenizer.json"
+    if not saved.is_file():
+        with atomic_path(saved) as tmp:
+            tmp.write_text(train_bpe(texts, vocab_size).to_str(), encoding="utf-8")
+    return tokenizer_pair(saved.read_text(encoding="utf-8"))
+
+
 # --------------------------------------------------------------------------------------------
-# Training loops (deliberately plain: a few hundred steps on CPU, no checkpoints to pickle)
+# Trainings (the loop, its progress bars and checkpoints: prefalign.models.build_training)
 
 
-def _batches(n: int, batch: int, rng: torch.Generator):
-    order = torch.randperm(n, generator=rng).tolist()
-    return [order[i : i + batch] for i in range(0, n, batch)]
-
-
-def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[str], log) -> tuple[object, float]:
+def train_policy(
+    spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[str], log, checkpoints: Checkpoints | None = None
+) -> tuple[object, float]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(spec.seed)
@@ -156,52 +182,25 @@ def train_policy(spec: BuildSpec, tok, train_texts: list[str], eval_texts: list[
         return loss
 
     def report(epoch, seconds):
-        ppl = _perplexity(model, eval_ids, loss_on)
+        ppl = perplexity(model, eval_ids, loss_on)
         log(f"policy epoch {epoch + 1}/{spec.lm_epochs}: held-out perplexity {ppl:.1f} ({seconds:.0f}s)")
         return ppl
 
-    ppl = _fit(model, step, report, len(train_ids), spec.lm_batch, spec.lm_epochs, spec.lm_lr, spec.seed, clip=1.0)
+    ppl = fit(
+        model,
+        step,
+        report,
+        len(train_ids),
+        spec.lm_batch,
+        spec.lm_epochs,
+        spec.lm_lr,
+        spec.seed,
+        clip=1.0,
+        log=log,
+        checkpoints=checkpoints,
+        desc="policy",
+    )
     return model, ppl
-
-
-def _fit(
-    model, step, report, n: int, batch: int, epochs: int, lr: float, seed: int, clip: float | None = None, log=None
-):
-    """AdamW with a one-cycle schedule over `epochs` shuffled passes; `report` runs after each epoch.
-
-    `step(indices)` returns the batch loss; the last `report` value is returned. `log`: told the
-    progress every tenth of a long training (a pretrained encoder's epoch takes minutes on a CPU).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    steps = epochs * math.ceil(n / batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    result, done, start = None, 0, time.time()
-    for epoch in range(epochs):
-        t0 = time.time()
-        for idx in _batches(n, batch, gen):
-            done += 1
-            if log is not None and steps >= 500 and done % (steps // 10) == 0:
-                log(f"  step {done}/{steps} ({time.time() - start:.0f}s)")
-            step(idx).backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        result = report(epoch, time.time() - t0)
-    model.eval()
-    return result
-
-
-@torch.inference_mode()
-def _perplexity(model, ids_list, loss_on, batch: int = 64) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(ids_list), batch):
-        loss, n = loss_on(ids_list[i : i + batch])
-        total, count = total + float(loss) * n, count + n
-    model.train()
-    return math.exp(total / max(count, 1))
 
 
 def encoder_path(base: str) -> Path:
@@ -219,7 +218,7 @@ def encoder_path(base: str) -> Path:
 
 
 def train_classifier(
-    spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log
+    spec: BuildSpec, tok, train: tuple[list, list], held: tuple[list, list], log, checkpoints: Checkpoints | None = None
 ) -> tuple[object, float, object]:
     """(classifier, held-out accuracy, its tokenizer): trained from scratch on `tok`, or fine-tuned
     from spec.clf_base with that encoder's own tokenizer."""
@@ -262,24 +261,24 @@ def train_classifier(
         return model(**enc, labels=y).loss
 
     def report(epoch, seconds):
-        acc = _accuracy(model, held, batch_of)
+        acc = accuracy(model, held, batch_of)
         log(f"classifier epoch {epoch + 1}/{spec.clf_epochs}: held-out accuracy {acc:.3f} ({seconds:.0f}s)")
         return acc
 
-    acc = _fit(model, step, report, len(texts), spec.clf_batch, spec.clf_epochs, spec.clf_lr, spec.seed, log=log)
+    acc = fit(
+        model,
+        step,
+        report,
+        len(texts),
+        spec.clf_batch,
+        spec.clf_epochs,
+        spec.clf_lr,
+        spec.seed,
+        log=log,
+        checkpoints=checkpoints,
+        desc="classifier",
+    )
     return model, acc, tok
-
-
-@torch.inference_mode()
-def _accuracy(model, held, batch_of, batch: int = 128) -> float:
-    model.eval()
-    texts, labels = held
-    correct = 0
-    for i in range(0, len(texts), batch):
-        enc, y = batch_of(texts[i : i + batch], labels[i : i + batch])
-        correct += int((model(**enc).logits.argmax(-1) == y).sum())
-    model.train()
-    return correct / max(len(texts), 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,8 +294,21 @@ def build(spec: BuildSpec | PackagedSpec, root: Path | None = None, log=print) -
     target = build_target(spec.key(), root)
     if built(target):
         return target
+    with build_lock(target, log):
+        if not built(target):  # else another process built it while this one waited
+            _build(spec, target, root, log)
+        remove_partial(target)
+    return target
+
+
+def _build(spec: BuildSpec, target: Path, root: Path | None, log) -> None:
+    """Train and save the models of `spec` to `target`, continuing from what an interrupted build left in
+    its partial directory (build_cache.partial_dir), which is removed once the build is in place."""
     t0 = time.time()
+    partial = partial_dir(target)
     log(f"building prefalign:{spec.name} models into {target}")
+    if partial.is_dir():
+        log(f"continuing the interrupted build kept in {partial}")
     texts, labels = load_corpus(spec)
     _check_corpus(spec, texts, labels)
     held, kept, clf_kept = split(spec, labels)
@@ -304,15 +316,29 @@ def build(spec: BuildSpec | PackagedSpec, root: Path | None = None, log=print) -
     # the classifier trains on when there is no policy); a pretrained encoder brings its own tokenizer.
     needs_tokenizers = spec.policy or not spec.clf_base
     tokenizer_texts = [texts[i] for i in (kept if spec.policy else clf_kept)]
-    policy_tok, clf_tok = train_tokenizers(tokenizer_texts, spec.vocab_size) if needs_tokenizers else (None, None)
+    policy_tok, clf_tok = (
+        kept_tokenizers(partial, tokenizer_texts, spec.vocab_size) if needs_tokenizers else (None, None)
+    )
     policy, ppl = None, None
     if spec.policy:
-        policy, ppl = train_policy(spec, policy_tok, [texts[i] for i in kept], [texts[i] for i in held], log)
+        policy, ppl = train_policy(
+            spec,
+            policy_tok,
+            [texts[i] for i in kept],
+            [texts[i] for i in held],
+            log,
+            checkpoints=Checkpoints(partial, "policy", log),
+        )
     labelled = [i for i in clf_kept if labels[i] >= 0]  # label -1: unlabelled text (LM only)
     held_l = [i for i in held if labels[i] >= 0]
     held_out = ([texts[i] for i in held_l], [labels[i] for i in held_l])
     classifier, acc, clf_tok = train_classifier(
-        spec, clf_tok, ([texts[i] for i in labelled], [labels[i] for i in labelled]), held_out, log
+        spec,
+        clf_tok,
+        ([texts[i] for i in labelled], [labels[i] for i in labelled]),
+        held_out,
+        log,
+        checkpoints=Checkpoints(partial, "classifier", log),
     )
     info = {
         "spec": dataclasses.asdict(spec),
@@ -329,7 +355,6 @@ def build(spec: BuildSpec | PackagedSpec, root: Path | None = None, log=print) -
     _save(target, (policy, policy_tok), (classifier, clf_tok), info)
     quality = (f"perplexity {ppl:.1f}, " if policy else "") + f"classifier accuracy {acc:.3f}"
     log(f"built in {time.time() - t0:.0f}s: {quality}")
-    return target
 
 
 def split(spec: BuildSpec, labels: list[int]) -> tuple[list[int], list[int], list[int]]:
