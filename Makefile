@@ -37,7 +37,7 @@ tiny: install
 demo: install
 	$(BIN)/prefalign run demo
 
-# The demo's grid against on-policy best-vs-worst DPO, two training seeds each (README: "Beating the original's recipe").
+# The demo's grid against on-policy best-vs-worst DPO, two training seeds each (docs/studies/aligned-headroom.md).
 aligned: install
 	$(BIN)/prefalign run aligned
 

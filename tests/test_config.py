@@ -162,12 +162,12 @@ def test_every_field_has_help_and_a_default():
         assert help_text, key
 
 
-def test_readme_config_reference_is_current(capsys):
+def test_the_config_reference_page_is_current(capsys):
     from pathlib import Path
 
     assert main(["config-help", "--markdown"]) == 0
     table = capsys.readouterr().out.strip()
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     start, end = readme.index("<!-- config-reference:start -->"), readme.index("<!-- config-reference:end -->")
     assert readme[start:end].split("\n", 1)[1].strip() == table
 

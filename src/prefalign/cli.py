@@ -97,7 +97,7 @@ def _add_helper_commands(sub) -> None:
     """The commands that read no experiment config (HELPER_COMMANDS)."""
     help_text = "list every config key with its default and help text"
     p = sub.add_parser("config-help", help=help_text, description=help_text)
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's reference)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/config.md)")
     help_text = "compare finished runs: one table and frontier plots (Markdown and HTML)"
     p = sub.add_parser("compare", help=help_text, description=help_text)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories with a results.csv")

@@ -81,11 +81,13 @@ def evidence_items(
         best = BestOfN(original, ladder, chosen, cfg.run_path / "eval" / "best-of-n")
         sources.append(best)
         out.append(best)
-    scorers = [*judges(cfg, reward), *filter(None, [fluency_scorer(cfg)])]
+    fluency = fluency_scorer(cfg)
+    scorers = [*judges(cfg, reward), *filter(None, [fluency])]
     for source in sources:
         for scorer in scorers:
             out.append(TextScores(source, scorer, source.path / scorer.folder))
+    along = [s for s in scorers if s is not fluency or cfg.evaluate.fluency.along_training]
     for model in (e.model for e in evaluations if getattr(e.model, "trajectory", None) is not None):
-        for scorer in scorers:
+        for scorer in along:
             out.append(TrajectoryScores(model, scorer, model.trajectory.path.parent / scorer.folder / "trajectory.csv"))
     return out
