@@ -125,7 +125,7 @@ def test_run_tiny_writes_every_output(tiny_run):
 
 def outputs(root) -> dict:
     """Every output file under a run dir with its modification time (provenance, rewritten each run, left out)."""
-    skip = ("config.yaml", "models.json", ".lock")
+    skip = ("config.yaml", "models.json", ".finished.json", ".lock")
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in skip}
 
 
@@ -307,11 +307,14 @@ def test_a_failed_run_leaves_the_provenance_of_the_last_good_one(tiny_run, tmp_p
     proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", check=False)
     assert proc.returncode == 2 and "pairs.threshold (0.0 there, 100.0 here)" in proc.stderr
     assert "pairs threshold" in proc.stderr and "--update" in proc.stderr and outputs(root) == files
-    # Asked to update, it redoes what depends on the threshold, which fails: the provenance stays the old run's.
-    proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", "--update", check=False)
+    # Asked to update, with new samples (those on disk would refuse the threshold before any work), it
+    # redoes what depends on the changed keys, which fails: the provenance stays the old run's.
+    again = ("--set", "sampling.seed=1", "--set", "pairs.threshold=100", "--update")
+    proc = cli("run", "tiny", "--set", f"run_dir={root}", *again, check=False)
     assert proc.returncode == 1 and "cannot build any pair" in proc.stderr
     assert ((root / "config.yaml").read_text(), (root / "models.json").read_text()) == before
     assert yaml.safe_load(before[0])["pairs"]["threshold"] == 0.0  # what results.csv was made with
+    files = outputs(root)  # the failed run's samples replaced the old ones; the old run's pairs are still there
     # Its config.yaml damaged (not UTF-8): still refused, without claiming which keys differ.
     (root / "config.yaml").write_bytes(b"\xff\xfe")
     proc = cli("run", "tiny", "--set", f"run_dir={root}", "--set", "pairs.threshold=100", check=False)

@@ -66,9 +66,9 @@ def test_impossible_values_are_rejected_with_their_key(tmp_path, text, key):
 
 
 def test_dpo_values_are_type_checked_before_anything_runs(tmp_path):
-    with pytest.raises(ConfigError, match="`learning_rate`: 'fast' is not a valid"):
+    with pytest.raises(ConfigError, match="`learning_rate`: 'fast' is not a number"):
         load_config(write(tmp_path, "train: {dpo: {learning_rate: fast}}"))
-    with pytest.raises(ConfigError, match="`per_device_train_batch_size`: 2.5"):
+    with pytest.raises(ConfigError, match="`per_device_train_batch_size`: 2.5 is not an integer"):
         load_config(write(tmp_path, "train: {dpo: {per_device_train_batch_size: 2.5}}"))
     cfg = load_config(write(tmp_path, "train: {dpo: {optim: adamw_torch, loss_weights: [1, 0.5], max_length: null}}"))
     assert cfg.train.dpo == {"optim": "adamw_torch", "loss_weights": [1.0, 0.5], "max_length": None}
@@ -130,7 +130,7 @@ def test_one_value_where_a_list_is_expected_is_a_list_of_one(tmp_path):
     assert cfg.train.lora.target_modules == "all-linear"  # a field that takes one value keeps it
     with pytest.raises(ConfigError, match="`pairs.interval`"):  # a pair is not a list of any length
         load_config(write(tmp_path, ""), ["pairs.interval=1"])
-    with pytest.raises(ConfigError, match=r"`train.betas.0`: Input should be a valid number"):  # still checked
+    with pytest.raises(ConfigError, match=r"`train.betas.0`: 'fast' is not a number"):  # still checked
         load_config(write(tmp_path, ""), ["train.betas=fast"])
 
 
@@ -152,7 +152,7 @@ def test_cli_exits_2_naming_the_key(tmp_path, capsys):
 
 def test_cli_set_error_exits_2(tmp_path, capsys):
     assert main(["train", write(tmp_path, ""), "--set", "train.betas=oops"]) == 2
-    assert "`train.betas.0`: Input should be a valid number" in capsys.readouterr().err  # as a list of one
+    assert "`train.betas.0`: 'oops' is not a number" in capsys.readouterr().err  # as a list of one
 
 
 def test_every_field_has_help_and_a_default():
@@ -336,3 +336,51 @@ def test_an_unknown_baseline_is_refused_naming_the_key():
     assert load_config("tiny").report.baseline == "seed"  # the default: the comparison every report made before
     for preset in ("aligned", "headroom", "frontier", "demo", "imdb"):  # the presets whose reports compare with `seed`
         assert load_config(preset).report.baseline == "seed"
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("train.dpo.learning_rate=fast", "`train.dpo`: `learning_rate`", "'fast' is not a number"),
+        ("train.dpo.per_device_train_batch_size=many", "`per_device_train_batch_size`", "'many' is not an integer"),
+        ("train.dpo.bf16=maybe", "`bf16`", "'maybe' is not true or false, or empty"),
+        ("train.dpo.label_names=3", "`label_names`", "3 is not a list or empty"),
+        ("online.rloo.num_generations=two", "`online.rloo`: `num_generations`", "'two' is not an integer"),
+        ("sampling.top_p=high", "`sampling.top_p`", "'high' is not a number"),
+        ("sampling.seed=abc", "`sampling.seed`", "'abc' is not an integer"),
+        ("sampling.num_samples=2.5", "`sampling.num_samples`", "2.5 is not an integer"),
+        ("evaluate.kl=maybe", "`evaluate.kl`", "'maybe' is not true or false"),
+        ("name=[1]", "`name`", r"\[1\] is not text"),
+        ("pairs.interval=x", "`pairs.interval`", "'x' is not a list"),
+        ("sampling.prompts=5", "`sampling.prompts`", "5 is not a mapping"),
+        ("train.losses=[3]", "`train.losses.0`", "3 is not text or a mapping"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_with_the_type_in_words(override, key, words):
+    with pytest.raises(ConfigError, match=f"{key}.*: {words}") as refused:
+        load_config("tiny", [override])
+    assert "<class" not in str(refused.value) and "Input should be" not in str(refused.value)
+
+
+def test_an_integer_given_to_a_float_trainer_field_stays_an_integer_in_the_resolved_config(tmp_path, capsys):
+    """`logging_steps: 5` (TRL types it float) is printed 5, not 5.0, wherever the resolved config is:
+    config.yaml, report.html and `prefalign config`; it is the same float to TRL and to every key."""
+    import json
+
+    import yaml
+
+    from prefalign.report.html import render
+
+    cfg = load_config("tiny", ["train.dpo.num_train_epochs=2", "iterative.dpo={max_grad_norm: 1}"])
+    dpo = cfg.train.dpo
+    assert dpo["logging_steps"] == 5.0 and isinstance(dpo["logging_steps"], float)
+    resolved = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    assert "logging_steps: 5\n" in resolved and "num_train_epochs: 2\n" in resolved
+    assert "max_grad_norm: 1\n" in resolved and "learning_rate: 0.001\n" in resolved
+    assert yaml.safe_load(resolved)["train"]["dpo"]["logging_steps"] == 5  # and read back, the same config
+    # The keys are those of a run made before: json writes the float as it did.
+    assert json.dumps(dpo, sort_keys=True) == '{"learning_rate": 0.001, "logging_steps": 5.0, "num_train_epochs": 2.0}'
+    page = render("# report", tmp_path, cfg.model_dump(), "cpu", "tiny")
+    assert "logging_steps: 5\n" in page and "logging_steps: 5.0" not in page
+    assert main(["config", "tiny"]) == 0
+    assert "logging_steps: 5\n" in capsys.readouterr().out

@@ -265,7 +265,7 @@ def _main(argv: list[str] | None) -> int:
 def _relaunch(args: argparse.Namespace, cfg, processes: int) -> int:
     """Check once what every process would refuse, then start `processes` of them (accelerate launch)."""
     from prefalign.pipeline.distributed import relaunch
-    from prefalign.pipeline.plan import plan
+    from prefalign.pipeline.plan import check_pairs_on_disk, plan
     from prefalign.pipeline.provenance import check_replacements
     from prefalign.pipeline.runner import check_parallel
 
@@ -273,6 +273,7 @@ def _relaunch(args: argparse.Namespace, cfg, processes: int) -> int:
     check_parallel(cfg, items, processes)
     if not args.update:
         check_replacements(cfg, items)
+    check_pairs_on_disk(items)
     again = ["--debug"] * args.debug + [args.command, args.config] + ["--update"] * args.update
     return relaunch(again + [x for o in args.overrides for x in ("--set", o)], processes)
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from prefalign.config.schema import Config
+from prefalign.config.words import ERROR_WORDS, joined, shown
 from prefalign.errors import PrefalignError
 
 
@@ -131,23 +132,31 @@ _UNION_TAG = re.compile(r"^(str|int|float|bool|dict\[.*\]|list\[.*\]|[A-Z]\w*|fu
 
 def _format_error(err: ValidationError) -> str:
     lines: dict[str, list[str]] = {}
+    wrong_type: dict[str, tuple[Any, list[str]]] = {}  # loc -> (the value, the types it is not, in words)
     for e in err.errors():
         # Union members add their own tag to the location (`losses.0.str`, `losses.0.LossMix`): drop it.
         loc_parts = tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         loc = ".".join(str(p) for p in loc_parts)
-        if e["type"] == "extra_forbidden":
+        msgs = lines.setdefault(loc, [])
+        if e["type"] in ERROR_WORDS:
+            wrong_type.setdefault(loc, (e.get("input"), []))[1].append(ERROR_WORDS[e["type"]])
+        elif e["type"] == "extra_forbidden":
             parent = _model_at(loc_parts[:-1])
             hint = difflib.get_close_matches(str(loc_parts[-1]), list(parent.model_fields), n=1) if parent else []
-            msg = "unknown key" + (
-                f" (did you mean `{'.'.join(map(str, loc_parts[:-1] + (hint[0],)))}`?)" if hint else ""
+            msgs.append(
+                "unknown key"
+                + (f" (did you mean `{'.'.join(map(str, loc_parts[:-1] + (hint[0],)))}`?)" if hint else "")
             )
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-        lines.setdefault(loc, []).append(msg)
+            msgs.append(e["msg"].removeprefix("Value error, "))
     out = []
     for loc, msgs in lines.items():
-        # A value that fails every member of a union: keep the member's real complaint, not "not a string".
-        real = [m for m in msgs if not m.startswith(("Input should be a valid", "Input should be an instance"))]
+        # A value that fails every member of a union: keep the member's real complaint, else say the
+        # types it may have in words ("'fast' is not a number").
+        real = [m for m in msgs if not m.startswith("Input should be an instance")]
+        if not real and loc in wrong_type:
+            value, words = wrong_type[loc]
+            real = [f"{shown(value)} is not {joined(words)}"]
         out += [f"  `{loc}`: {m}" if loc else f"  {m}" for m in dict.fromkeys(real or msgs)]
     return "invalid config:\n" + "\n".join(out)
 

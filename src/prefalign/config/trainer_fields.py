@@ -10,9 +10,11 @@ import enum
 import typing
 from typing import Any
 
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from prefalign.config.recipes import OWN_CHOICES, OWN_SETTINGS
+from prefalign.config.words import shown, type_words
 from prefalign.training.trackers import TRACKER_FIELDS
 
 # Every loss TRL 1.16's DPOTrainer implements (branches of `DPOTrainer._compute_loss`).
@@ -70,6 +72,20 @@ UNSUPPORTED_FIELDS = {
     "do_eval": ((False,), NO_EVAL_SET),
     "load_best_model_at_end": ((False,), NO_EVAL_SET),
 }
+
+
+class WrittenAsInt(float):
+    """A float field's value written as an integer (`logging_steps: 5`, `num_train_epochs: 1`): a float
+    to TRL and in every key (json writes it as 5.0, as before), the integer in the resolved config
+    (config.yaml, report.html, `prefalign config`) and in messages."""
+
+    def __repr__(self) -> str:
+        return str(int(self))
+
+    __str__ = __repr__
+
+
+yaml.SafeDumper.add_representer(WrittenAsInt, lambda dumper, value: dumper.represent_int(int(value)))
 
 
 def check_loss(entry):
@@ -135,8 +151,10 @@ def trainer_fields(
             continue
         try:
             checked[key] = adapter.validate_python(value)
-        except ValidationError as e:
-            raise ValueError(f"`{key}`: {value!r} is not a valid {hints[key]} ({e.errors()[0]['msg']})") from None
+        except ValidationError:
+            raise ValueError(f"`{key}`: {shown(value)} is not {type_words(hints[key])}") from None
+        if type(checked[key]) is float and isinstance(value, int) and not isinstance(value, bool):
+            checked[key] = WrittenAsInt(checked[key])
         bound = FIELD_BOUNDS.get(key)
         if bound and isinstance(checked[key], (int, float)) and not bound[0](checked[key]):  # None: the default
             raise ValueError(f"`{key}` must be {bound[1]}, not {value!r}")

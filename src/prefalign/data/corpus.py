@@ -36,9 +36,11 @@ from prefalign.data.files import (
     format_suffix,
     local_path,
     rotten_tomatoes,
+    table_columns,
     table_file,
     unsupported,
 )
+from prefalign.data.labels import pick_columns
 from prefalign.errors import CorpusError, CorpusPathError
 from prefalign.pipeline.store import key_of
 
@@ -115,6 +117,28 @@ def corpus_identity(source: str) -> str | None:
         raise CorpusPathError(ACL_LAYOUT.format(root=str(path)))
     folders = sorted({f"{top}/{label}" for parts in ACL_PARTS.values() for top, label in parts})
     return f"folder:{key_of([(f, (path / f).stat().st_mtime_ns) for f in folders if (path / f).is_dir()])}"
+
+
+def check_text_column(source: str, text_column: str, subset: str | None = None) -> None:
+    """Refuse, while planning (CorpusPathError, exit 2), a `sampling.prompts.text_column` that a table file
+    (read from its header, first rows or schema alone) or a hub dataset in the local `datasets` cache does
+    not have, naming the columns it has. Other corpora have no columns to choose: the built-in one, an
+    aclImdb folder and a `.txt` file (one text per line) read no text column."""
+    path = local_path(source) if source != "rotten_tomatoes" else None
+    if source == "rotten_tomatoes" or (path is not None and not path.is_file()):
+        return
+    if path is None:
+        from prefalign.data.hub import hub_columns
+
+        columns = hub_columns(source, subset)
+    else:
+        columns = table_columns(path) if format_suffix(path) not in (None, "lines") else None
+    if columns is None:
+        return
+    try:
+        pick_columns(columns, text_column, None, f"corpus {source!r}")
+    except CorpusError as e:
+        raise CorpusPathError(f"sampling.prompts.text_column: {e}") from None
 
 
 def no_split(source: str, split: str | None) -> None:

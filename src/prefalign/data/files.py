@@ -131,6 +131,28 @@ def table_file(path: Path, text_column: str, label_column: str, positive) -> tup
     return finish(zip(df[text_column].tolist(), df[label_column].tolist()), mapper)
 
 
+def table_columns(path: Path) -> list[str] | None:
+    """A table file's columns from its header (CSV, TSV), first rows (JSONL) or schema (Parquet) alone: the
+    planning check of a text column. None where that does not tell (a plain text file has no columns, a JSON
+    array is read whole) or the file cannot be read (the stage that reads it says why)."""
+    import pandas as pd
+
+    fmt = format_suffix(path)
+    try:
+        if fmt in ("csv", "tsv"):
+            return list(pd.read_csv(path, sep="," if fmt == "csv" else "\t", nrows=0, dtype=str).columns)
+        if fmt == "jsonl":
+            first = pd.read_json(path, lines=True, nrows=100)  # columns of the first rows: one object per line
+            return [str(c) for c in first.columns] if all(isinstance(c, str) for c in first.columns) else None
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+    except Exception:  # pandas and pyarrow raise many types for malformed files
+        return None
+    return None
+
+
 def unsupported(path: Path) -> str:
     suffix = "".join(path.suffixes) or "(no suffix)"
     return f"corpus {str(path)!r}: unsupported file type {suffix!r}; use {SUPPORTED_FILES}"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prefalign.data.labels import finish, label_mapper, pick_columns
 from prefalign.errors import CorpusError
 from prefalign.models.hub import hub_reachable, offline_requested
@@ -17,19 +19,13 @@ def load_hub_corpus(
     reason = "HF_HUB_OFFLINE is set" if offline_requested() else "the Hugging Face hub is unreachable"
     try:
         import datasets
-        import huggingface_hub.constants as hub_constants
     except ImportError:
         raise CorpusError(
             f"corpus {name!r} looks like a hub dataset id, but the `datasets` package is not installed"
         ) from None
-
-    saved = hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    if offline:
-        # Offline mode: the dataset can still come from the local `datasets` cache, and a miss fails
-        # at once instead of retrying the network for ~25 s.
-        hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
     try:
-        ds = datasets.load_dataset(name, subset or None, split=split or "train")
+        with _offline_if(offline):
+            ds = datasets.load_dataset(name, subset or None, split=split or "train")
     except Exception as e:
         cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if offline:
@@ -46,8 +42,6 @@ def load_hub_corpus(
             if not subset and "config" in str(e).lower():  # datasets: "Config name is missing ..."
                 msg += "; a dataset with several subsets needs one named: `sampling.prompts.subset` or `--subset`"
         raise CorpusError(f"{msg}.\n  Cause: {cause}") from None
-    finally:
-        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
     if not isinstance(ds, datasets.Dataset):
         raise CorpusError(
             f"corpus {name!r}: split {split!r} did not give one dataset ({type(ds).__name__}); name one split"
@@ -62,6 +56,35 @@ def load_hub_corpus(
         labels = [feature.int2str(v) if v is not None and v >= 0 else -1 for v in labels]
         positive = class_names(positive, feature.names)
     return finish(zip(ds[text_column], labels), label_mapper(positive, f"corpus {name!r} column {label_column!r}"))
+
+
+@contextlib.contextmanager
+def _offline_if(offline: bool):
+    """Offline mode while `offline`: a dataset can still come from the local `datasets` cache, and a miss
+    fails at once instead of retrying the network for ~25 s."""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    if offline:
+        hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def hub_columns(name: str, subset: str | None = None) -> list[str] | None:
+    """A hub dataset's columns as its local `datasets` cache describes them, or None when it is not there
+    (or `datasets` is not installed): planning never asks the hub, the sample stage loads the dataset."""
+    try:
+        import datasets
+
+        with _offline_if(True):
+            features = datasets.load_dataset_builder(name, subset or None).info.features
+    except Exception:  # not in the cache, or any other reason: the sample stage says it
+        return None
+    return list(features) if features else None
 
 
 def class_names(positive, names: list[str]):

@@ -44,13 +44,15 @@ class PairError(PrefalignError, ValueError):
     """The samples cannot give the pairs asked for (or the rule's settings are impossible)."""
 
 
-def most_distinct_pairs(n: int, strategy: str, group_size: int = 4, per_prompt: int | None = None) -> int:
-    """The most distinct pairs `strategy` can draw from `n` samples whatever their rewards (every
-    reward different): one per group of 2+ samples for `best_worst`, else every couple within a
-    group. Groups: prompts of `per_prompt` samples (the last one shorter), else all samples, or
-    blocks of `group_size` for `best_worst`. The plan checks `pairs.count` against it before sampling."""
+def most_distinct_pairs(
+    n: int, strategy: str, group_size: int = 4, per_prompt: int | None = None, sizes: list[int] | None = None
+) -> int:
+    """The most distinct pairs `strategy` can draw from `n` samples whatever their rewards (every reward
+    different): one per group of 2+ samples for `best_worst`, else every couple within a group. Groups:
+    `sizes` (one per distinct prompt) when known, else prompts of `per_prompt` samples (the last shorter),
+    all samples, or blocks of `group_size` for `best_worst`. The plan checks `pairs.count` against it."""
     size = max(1, per_prompt or (group_size if strategy == "best_worst" else n))
-    sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    sizes = sizes if sizes is not None else [size] * (n // size) + ([n % size] if n % size else [])
     if strategy == "best_worst":
         return sum(1 for g in sizes if g >= 2)
     return sum(g * (g - 1) // 2 for g in sizes)
@@ -282,11 +284,8 @@ def _best_worst(sample_rewards, group_of, grouped, group_size, count, rng) -> pd
     if len(qualify) < count:
         n_groups = int(np.sum(last > first))
         kind = "groups given" if grouped else f"blocks of group_size={group_size}"
-        fix = (
-            "sample more per group or lower pairs.count"
-            if grouped
-            else "sample more, use a smaller group_size, or lower pairs.count"
-        )
+        fix = "sample more per group" if grouped else "sample more, use a smaller group_size,"
+        fix += " or lower pairs.count"
         raise PairError(
             f"best_worst: asked for {count} pairs but only {len(qualify)} of the {n_groups} {kind} "
             f"(with 2+ samples, from {n} samples) hold two different rewards, one pair each; "

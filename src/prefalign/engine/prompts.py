@@ -36,10 +36,38 @@ def cut_prompts(
     return [p for p in prompts for _ in range(per_prompt)][:n]
 
 
-@functools.lru_cache(maxsize=4)
+class _SameTokenizer:
+    """A tokenizer as a cache key: two loads of the same files (the planner's, to count the distinct
+    prompts, and the sample stage's) are one key, so a corpus is tokenized once per process."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.key = (type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _SameTokenizer) and self.key == other.key
+
+
 def _corpus_ids(corpus: str, split: str | None, subset: str | None, text_column: str, tokenizer) -> list[list[int]]:
+    from prefalign.data.corpus import CorpusError, corpus_identity
+
+    try:  # the corpus's identity in the key too: a local file edited since is read again
+        identity = corpus_identity(corpus)
+    except CorpusError:  # no such file: load_texts says so
+        identity = None
+    return _cached_ids(corpus, split, subset, text_column, _SameTokenizer(tokenizer), identity)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_ids(
+    corpus: str, split: str | None, subset: str | None, text_column: str, same, identity
+) -> list[list[int]]:
     from prefalign.data.corpus import CorpusError, load_texts
 
+    tokenizer = same.tokenizer
     texts = load_texts(
         corpus, text_column=text_column, split=split, subset=subset
     )  # labels are neither read nor needed

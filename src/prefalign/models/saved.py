@@ -1,8 +1,8 @@
 """What a local model directory's own files rule out, read before any model is loaded: the planning
 step's check of `policy.model` and `reward.model` (exit 2 before any work, not 1 during it).
 
-Reads the file listing and config.json only; hub ids and built-in models are checked when loaded
-(loading.py), with the same messages.
+Reads the file listing and config.json only; hub ids are checked when loaded (loading.py), with the
+same messages, and built-in models too but for the policy's positions, which their specs give.
 """
 
 from __future__ import annotations
@@ -49,8 +49,13 @@ def check_saved_model(
     positions than `max_length` needs (check_context), a classifier without the class
     `positive_label` (reward_index). Raised as ModelPathError (exit 2), naming `key` (default
     `<role>.model`). Reads the listing and
-    config.json only; hub and built-in models are checked when they are loaded."""
-    path = None if ref.startswith("prefalign:") else local_path(ref)
+    config.json only; hub models are checked when they are loaded, built-in ones too but for the
+    policy's positions (_check_builtin_context)."""
+    if ref.startswith("prefalign:"):
+        if role == "policy" and max_length is not None:
+            _check_builtin_context(ref, max_length)
+        return
+    path = local_path(ref)
     if path is None or not (path / "config.json").is_file():
         return
     key = key or f"{role}.model"
@@ -77,6 +82,29 @@ def check_saved_model(
             check_context(config, max_length, ref)
         elif role == "reward":
             reward_index(config, positive_label, single_logit, key.removesuffix(".model"))
+    except ModelLoadError as e:
+        raise ModelPathError(str(e)) from None
+
+
+def _check_builtin_context(ref: str, max_length: int) -> None:
+    """check_context for a built-in policy, before it is built: a trained one's positions are in its spec
+    (`lm_positions`), a converted one's in its config.json once converted (before that: checked when loaded)."""
+    from prefalign.models.build_cache import built
+    from prefalign.models.specs import POLICY_DIR, SPECS, BuildSpec, cache_dir
+
+    spec = SPECS[ref.split(":", 1)[1]]  # a known name: the config's validation checked it
+    if isinstance(spec, BuildSpec):
+        config = SimpleNamespace(n_positions=spec.lm_positions)
+    else:
+        target = cache_dir() / "models" / spec.key()
+        try:
+            config = SimpleNamespace(**json.loads((target / POLICY_DIR / "config.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):  # not converted yet
+            return
+        if not built(target):
+            return
+    try:
+        check_context(config, max_length, ref)
     except ModelLoadError as e:
         raise ModelPathError(str(e)) from None
 

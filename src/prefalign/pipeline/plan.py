@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefalign.config.schema import Config
 from prefalign.engine.pair_rules import most_distinct_pairs
-from prefalign.errors import PrefalignError
+from prefalign.errors import CorpusError, PrefalignError
 from prefalign.pipeline.evidence_plan import evidence_items
 from prefalign.pipeline.items import (
     DpoModel,
@@ -55,11 +55,14 @@ class PlanError(PrefalignError, ValueError):
 def sources(cfg: Config) -> tuple[Original, RewardModel]:
     """The configured policy and reward model with their identities (for a local directory this
     reads its file listing and config.json: check_saved_model refuses, before any work, what its files
-    already rule out)."""
+    already rule out; so is a prompt corpus's missing text column)."""
+    from prefalign.data.corpus import check_text_column
     from prefalign.models.loading import identity
     from prefalign.models.saved import check_saved_model
 
-    p, r = cfg.policy, cfg.reward
+    p, r, prompts = cfg.policy, cfg.reward, cfg.sampling.prompts
+    if prompts is not None:  # a text column the corpus lacks (its header, or its cached hub info, tells)
+        check_text_column(prompts.corpus, prompts.text_column, prompts.subset)
     check_saved_model(p.model, "policy", max_length=cfg.sampling.max_length, trust_remote_code=p.trust_remote_code)
     check_saved_model(
         r.model,
@@ -264,9 +267,11 @@ class _Planner:
 
 def check_items(items: list[Item], main: Samples) -> None:
     """Refuse a plan whose pairs the samples cannot give, or two different items with one output path."""
+    sizes: dict = {}  # (count, seed) -> the prompt groups' sizes, cut once for every rule that needs them
     for item in items:
         if isinstance(item, Pairs):
-            check_pair_count(item, "sampling.num_samples" if item.samples is main else "iterative.samples")
+            samples_key = "sampling.num_samples" if item.samples is main else "iterative.samples"
+            check_pair_count(item, samples_key, sizes, main.policy)
     by_path: dict[Path, Item] = {}
     for item in items:
         other = by_path.setdefault(item.path, item)
@@ -277,29 +282,64 @@ def check_items(items: list[Item], main: Samples) -> None:
             )
 
 
-def check_pair_count(pairs: Pairs, samples_key: str) -> None:
-    """Refuse, before sampling, a `pairs.count` that no rewards could give from the samples planned."""
+def check_pair_count(
+    pairs: Pairs, samples_key: str, sizes: dict | None = None, original: Original | None = None
+) -> None:
+    """Refuse, before sampling, a `pairs.count` that no rewards could give from the samples planned.
+    `best_worst` with prompts counts the distinct prompts when they can be cut now (pair_bounds), as
+    two draws of one prompt are one group: `original` is the policy whose tokenizer cuts them."""
     prompts = pairs.samples.sampling.prompts
     per_prompt = prompts.per_prompt if prompts else None
     n = pairs.samples.count
-    most = most_distinct_pairs(n, pairs.strategy, pairs.rule.get("group_size", 4), per_prompt)
+    groups = None
+    if per_prompt and pairs.strategy == "best_worst" and original is not None:
+        groups = _prompt_groups(pairs.samples, original, {} if sizes is None else sizes)
+    most = most_distinct_pairs(n, pairs.strategy, pairs.rule.get("group_size", 4), per_prompt, groups)
     if pairs.count > most:
-        groups = (
-            f" in prompts of sampling.prompts.per_prompt={per_prompt}"
-            if per_prompt
-            else (
+        if groups is not None:
+            where = f" in {len(groups)} distinct prompts (of {-(-n // per_prompt)} drawn, {per_prompt} samples each)"
+        elif per_prompt:
+            where = f" in prompts of sampling.prompts.per_prompt={per_prompt}"
+        else:
+            where = (
                 f" in blocks of pairs.group_size={pairs.rule['group_size']}" if pairs.strategy == "best_worst" else ""
             )
-        )
         raise PlanError(
             f"pairs.count {pairs.count} is more than the `{pairs.strategy}` rule can draw from {samples_key}="
-            f"{n} samples{groups}: at most {most} distinct pairs; "
+            f"{n} samples{where}: at most {most} distinct pairs; "
             + (
                 "pairs are formed within a prompt: raise sampling.prompts.per_prompt"
                 if most == 0 and per_prompt
+                else "lower pairs.count, or sample more from a corpus with more texts"
+                if groups is not None
                 else "lower pairs.count or sample more"
             )
         )
+
+
+def _prompt_groups(samples: Samples, original: Original, sizes: dict) -> list[int] | None:
+    from prefalign.pipeline.pair_bounds import prompt_group_sizes
+
+    if (samples.count, samples.seed) not in sizes:
+        try:
+            sizes[samples.count, samples.seed] = prompt_group_sizes(samples, original)
+        except CorpusError as e:
+            raise PlanError(str(e)) from None
+    return sizes[samples.count, samples.seed]
+
+
+def check_pairs_on_disk(items: list[Item]) -> None:
+    """Refuse, before any work, pairs that samples already on disk (current) cannot give: the pairs stage's
+    rule function, run on their rewards now rather than after the stages before it."""
+    from prefalign.pipeline.pair_bounds import pairs_on_disk_problem
+
+    for item in items:
+        problem = pairs_on_disk_problem(item) if isinstance(item, Pairs) else None
+        if problem:
+            raise PlanError(
+                f"pairs.count {item.count} ({item.name}): the samples already in {item.samples.path} cannot give "
+                f"them: {problem}"
+            )
 
 
 def stage_of(item: Item) -> str:

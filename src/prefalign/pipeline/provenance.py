@@ -1,5 +1,6 @@
 """A run directory's provenance: the config.yaml and models.json its outputs were made with, and
-the check that refuses to overwrite another config's outputs without `--update`."""
+the check that refuses to overwrite another config's outputs without `--update`: outputs that a run which
+succeeded made (their keys are recorded in FINISHED), not what a failed run left."""
 
 from __future__ import annotations
 
@@ -13,12 +14,38 @@ from prefalign.pipeline.items import Item, Report
 from prefalign.pipeline.services import model_info
 from prefalign.pipeline.store import read_json, write_json, write_text
 
+# The keys of the outputs that runs which succeeded made here (their markers' keys): what `--update` guards.
+FINISHED = ".finished.json"
+# The names of every item's markers (items.py, evidence_items.py): the files that hold an output's key.
+MARKER_NAMES = ("*.meta.json", "train.json", "trajectory.json", "run-*.json")
 
-def write_provenance(cfg: Config) -> None:
-    """config.yaml (as resolved) and models.json (which models, and their quality when known)."""
+
+def write_provenance(cfg: Config, items: list[Item] = ()) -> None:
+    """config.yaml (as resolved) and models.json (which models, and their quality when known), and the keys
+    of `items` (the run's, all on disk now) added to the finished outputs' (FINISHED)."""
     root = cfg.run_path
+    finished = finished_keys(root)
+    if finished is None:  # the first record: where runs succeeded before it existed, what is on disk is theirs
+        finished = keys_on_disk(root) if (root / "config.yaml").exists() else set()
     write_text(root / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     write_json(root / "models.json", model_info(cfg))
+    made = {key for item in items for _, key in item.markers()}
+    if not (made <= finished and (root / FINISHED).exists()):
+        write_json(root / FINISHED, {"keys": sorted(finished | made)})
+
+
+def keys_on_disk(root) -> set[str]:
+    """The keys every output's marker in `root` holds."""
+    stored = (read_json(path) for pattern in MARKER_NAMES for path in root.rglob(pattern))
+    return {meta["key"] for meta in stored if meta is not None and isinstance(meta.get("key"), str)}
+
+
+def finished_keys(root) -> set[str] | None:
+    """The keys of the outputs that runs which succeeded in `root` made, or None where no run recorded them
+    (one made before the record existed, or none yet)."""
+    stored = read_json(root / FINISHED)
+    keys = stored.get("keys") if stored is not None else None
+    return set(map(str, keys)) if isinstance(keys, list) else None
 
 
 def provenance_is_current(cfg: Config) -> bool:
@@ -46,11 +73,22 @@ def _flat(tree, prefix: str = "") -> dict:
 
 
 def replaced_outputs(cfg: Config, items: list[Item]) -> list[Item]:
-    """The items whose output is on disk with another key: what running them would overwrite
-    (the report, a summary of whatever is there, is not counted)."""
+    """The items whose output is on disk with another key that a run which succeeded made: what running them
+    would overwrite (the report, a summary of whatever is there, is not counted). What a run that failed
+    left is no other config's: it is replaced without asking. A directory without the record of finished
+    keys (made before it) counts every output as finished once a run succeeded there (its config.yaml)."""
+    root = cfg.run_path
+    finished = finished_keys(root)
+    legacy = finished is None and (root / "config.yaml").exists()
+
+    def finished_there(key) -> bool:
+        return legacy or (finished is not None and key in finished)
 
     def replaces(item: Item) -> bool:
-        return any((stored := read_json(meta)) is not None and stored.get("key") != key for meta, key in item.markers())
+        return any(
+            (stored := read_json(meta)) is not None and stored.get("key") != key and finished_there(stored.get("key"))
+            for meta, key in item.markers()
+        )
 
     return [item for item in items if not isinstance(item, Report) and replaces(item)]
 

@@ -46,7 +46,7 @@ from prefalign.pipeline.items import (
     Samples,
 )
 from prefalign.pipeline.logs import log, quiet
-from prefalign.pipeline.plan import STAGE_NAMES, PlanError, sources, stage_of
+from prefalign.pipeline.plan import STAGE_NAMES, PlanError, check_pairs_on_disk, sources, stage_of
 from prefalign.pipeline.plan import plan as make_plan
 from prefalign.pipeline.provenance import (
     check_replacements,
@@ -120,6 +120,7 @@ def run(cfg: Config, until: str = "report", update: bool = False) -> list[Item]:
     root = cfg.run_path
     if not update:
         check_replacements(cfg, items)
+    check_pairs_on_disk(items)  # pairs that the samples already made cannot give: before any work too
     if root.is_dir() and all(is_current(item) for item in items) and provenance_is_current(cfg):
         # Nothing to do, so nothing is written (not even the lock): a finished run can be on a
         # read-only disk and `prefalign report` still answers.
@@ -146,7 +147,7 @@ def run(cfg: Config, until: str = "report", update: bool = False) -> list[Item]:
         _walk(items, cfg, services)
         ranks.wait()  # every process's outputs are written
         if ranks.main:
-            write_provenance(cfg)
+            write_provenance(cfg, items)
             log(f"{until}: finished in {time.time() - start:.1f}s with {ranks.count} process(es); outputs in {root}")
     return items
 
@@ -319,6 +320,7 @@ def describe(item: Item) -> str:
 def plan_table(cfg: Config) -> str:
     """The plan as `prefalign plan` prints it: one line per item (stage, state, key, type, output, what)."""
     items = make_plan(cfg)
+    check_pairs_on_disk(items)
     root = cfg.run_path
     done = [is_current(item) for item in items]
     lines = [
