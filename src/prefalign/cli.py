@@ -7,12 +7,14 @@
     prefalign plan CONFIG                                   what a run would do: items, keys, done or not
     prefalign config CONFIG                                 print the validated config
     prefalign config-help                                   every config key, its default and help
+    prefalign presets                                       the presets: what each runs, its time on 2 CPU cores
     prefalign build-demo [NAME] [--corpus SRC]              build (or find) the built-in models
     prefalign compare RUN_DIR RUN_DIR ... [--out DIR]       finished runs in one table and frontier plot
 
 CONFIG is a YAML path or a preset name (`prefalign presets` lists them). Exit codes: 0 done,
 1 a stage failed (model not loadable, pairs impossible, ...), 2 invalid config or arguments,
-130 interrupted (Ctrl-C; rerun the same command to resume).
+130 interrupted (Ctrl-C; rerun the same command to resume). Each command's --help ends with an
+example. The same from Python, with the same messages as exceptions: prefalign/api.py.
 """
 
 from __future__ import annotations
@@ -27,20 +29,58 @@ from prefalign import __version__
 from prefalign.errors import RESUME, PrefalignError, outside_problem
 from prefalign.pipeline.logs import quiet_libraries
 
+
+class UsageError(PrefalignError):
+    """Arguments of a command that cannot work together (found before any work)."""
+
+    exit_code = 2
+
+
+# Each command: its one line (in `prefalign --help` and atop its own --help) and an example.
 STAGE_HELP = {
-    "run": "run every stage (sample, pairs, train, evaluate, report); finished stages are skipped",
-    "sample": "sample texts from the policy and score them",
-    "pairs": "build chosen/rejected pairs (runs sample first if needed)",
-    "train": "train one model per (strategy, loss, beta) (runs earlier stages if needed)",
-    "evaluate": "evaluate the original and trained models over several seeded runs",
-    "report": "write results.csv, report.md and plots",
+    "run": (
+        "run every stage (sample, pairs, train, evaluate, report); finished stages are skipped",
+        "prefalign run tiny --set run_dir=/tmp/tiny",
+    ),
+    "sample": ("sample texts from the policy and score them", "prefalign sample demo --set sampling.num_samples=500"),
+    "pairs": ("build chosen/rejected pairs (runs sample first if needed)", "prefalign pairs tiny"),
+    "train": (
+        "train one model per (strategy, loss, beta) (runs earlier stages if needed)",
+        "prefalign train demo --set train.betas=[0.1]",
+    ),
+    "evaluate": (
+        "evaluate the original and trained models over several seeded runs",
+        "prefalign evaluate tiny --set evaluate.runs=3",
+    ),
+    "report": ("write results.csv, report.md and plots", "prefalign report tiny"),
 }
+CONFIG_COMMANDS = {
+    "plan": (
+        "list the work items of a config (stage, key, output, done or not) without running",
+        "prefalign plan demo --set train.betas=[0.1,1]",
+    ),
+    "config": ("validate a config and print it resolved", "prefalign config tiny --set sampling.top_k=10"),
+}
+
+
+def _command(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with its one line and ends with its example."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefalign",
         description="Align a text generator to a classifier's preferences (DPO / SLiC / IPO with TRL).",
+        epilog="examples:\n  prefalign presets\n  prefalign run tiny\n  prefalign run demo --set train.betas=[0.1]\n"
+        "  prefalign COMMAND --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"prefalign {__version__}")
     parser.add_argument(
@@ -49,13 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         help="show the Python traceback behind a user-error message too, for a bug report (or set PREFALIGN_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in STAGE_HELP.items():
-        _add_stage_command(sub, name, help_text)
-    for name, help_text in (
-        ("plan", "list the work items of a config (stage, key, output, done or not) without running"),
-        ("config", "validate a config and print it resolved"),
-    ):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, (help_text, example) in STAGE_HELP.items():
+        _add_stage_command(_command(sub, name, help_text, example))
+    for name, (help_text, example) in CONFIG_COMMANDS.items():
+        p = _command(sub, name, help_text, example)
         p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
         _add_overrides(p)
     _add_helper_commands(sub)
@@ -73,8 +110,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_stage_command(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text)
+def _add_stage_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config path or preset name (e.g. tiny)")
     _add_overrides(p)
     p.add_argument(
@@ -95,17 +131,30 @@ def _add_stage_command(sub, name: str, help_text: str) -> None:
 
 def _add_helper_commands(sub) -> None:
     """The commands that read no experiment config (HELPER_COMMANDS)."""
-    help_text = "list every config key with its default and help text"
-    p = sub.add_parser("config-help", help=help_text, description=help_text)
+    p = _command(
+        sub, "config-help", "list every config key with its default and help text", "prefalign config-help --markdown"
+    )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/config.md)")
-    help_text = "compare finished runs: one table and frontier plots (Markdown and HTML)"
-    p = sub.add_parser("compare", help=help_text, description=help_text)
+    p = _command(
+        sub,
+        "compare",
+        "compare finished runs: one table and frontier plots (Markdown and HTML)",
+        "prefalign compare runs/demo runs/frontier --out compare",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories with a results.csv")
     p.add_argument("--out", default="compare", help="where compare.md, compare.html and plots/ go (default: ./compare)")
-    help_text = "list the presets shipped with prefalign"
-    sub.add_parser("presets", help=help_text, description=help_text)
-    help_text = "build (or find in the cache) prefalign's own offline models"
-    p = sub.add_parser("build-demo", help=help_text, description=help_text)
+    _command(
+        sub,
+        "presets",
+        "list the presets shipped with prefalign: name, what each runs, its time on 2 CPU cores",
+        "prefalign presets",
+    )
+    p = _command(
+        sub,
+        "build-demo",
+        "build (or find in the cache) prefalign's own offline models",
+        "prefalign build-demo demo",
+    )
     p.add_argument("name", nargs="?", default="tiny", help="which built-in model set (default: tiny)")
     p.add_argument(
         "--corpus",
@@ -245,8 +294,7 @@ def _main(argv: list[str] | None) -> int:
     processes = getattr(args, "num_processes", 1)
     problem = launch_problem(processes, cfg.device) if processes != 1 else None
     if problem:
-        print(f"prefalign: --num-processes {processes}: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--num-processes {processes}: {problem}")
     quiet_libraries()
     if args.command == "plan":
         from prefalign.pipeline.runner import plan_table
@@ -301,9 +349,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from prefalign.config.loader import preset_names
+    from prefalign.config.loader import preset_descriptions
 
-    print("\n".join(preset_names()))
+    presets = preset_descriptions()
+    width = max(map(len, presets))
+    print("\n".join(f"{name:<{width}}  {about}".rstrip() for name, about in presets.items()))
     return 0
 
 
@@ -313,14 +363,10 @@ def _build_demo(args: argparse.Namespace) -> int:
     from prefalign.models.specs import SPECS, BuildSpec
 
     if args.name not in SPECS:
-        print(f"prefalign: unknown built-in model set {args.name!r} (have: {', '.join(SPECS)})", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown built-in model set {args.name!r} (have: {', '.join(SPECS)})")
     spec = SPECS[args.name]
     if args.corpus and not isinstance(spec, BuildSpec):
-        print(
-            f"prefalign: {args.name} is converted from a package, not trained: --corpus does not apply", file=sys.stderr
-        )
-        return 2
+        raise UsageError(f"{args.name} is converted from a package, not trained: --corpus does not apply")
     quiet_libraries()
     from prefalign.models.builtin import build
 
