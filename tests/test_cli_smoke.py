@@ -9,20 +9,24 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
-from helpers import MODELS, STRATEGIES, kill_after_a_checkpoint, prefalign
+from helpers import (
+    MODELS,
+    STRATEGIES,
+    in_session,
+    kill_after_a_checkpoint,
+    prefalign,
+    started,
+    terminal_sigint,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow  # the CLI, most tests on the built tiny models, some building them
 
 BEST_OF = [1, 2, 4, 8]  # the tiny preset's baselines.best_of_n
-
-
-def terminal_sigint() -> None:
-    """In the child: SIGINT as a terminal delivers it, even when the tests run in a background job
-    (which starts with SIGINT ignored, and a Python started so never raises KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_run_tiny_writes_every_output(tiny_run):
@@ -191,18 +195,18 @@ def test_changing_a_setting_redoes_only_what_depends_on_it(tiny_run, tmp_path, c
 def test_killed_mid_training_resumes_and_completes(tiny_dir, tmp_path, cli):
     root = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefalign.cli", "run", "tiny", "--set", f"run_dir={root}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=os.environ.copy(), text=True)
-    # Killed at the third model's first logged training step (the log is flushed line by line), so
-    # mid-training however fast this machine trains.
-    training_third = False
-    for line in proc.stdout:
-        training_third = training_third or line.rstrip().endswith(f"train {MODELS[2]}")
-        if training_third and "step " in line:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.stdout.close()
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        # Killed at the third model's first logged training step (the log is flushed line by line), so
+        # mid-training however fast this machine trains.
+        training_third = False
+        for line in proc.stdout:
+            training_third = training_third or line.rstrip().endswith(f"train {MODELS[2]}")
+            if training_third and "step " in line:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.stdout.close()
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
     assert not (root / "models" / MODELS[2] / "train.json").exists()
     first_two = {m: (root / "models" / m / "model.safetensors").stat().st_mtime_ns for m in MODELS[:2]}
     cli("run", "tiny", "--set", f"run_dir={root}")
@@ -337,21 +341,17 @@ def test_ctrl_c_during_training_exits_130_with_a_line_and_the_rerun_completes(ti
         "--set",
         "pairs.strategies=[random]",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefalign.cli", *train],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=terminal_sigint,
-    )
-    checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
-        assert proc.poll() is None, "training finished before it could be interrupted"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-    _, err = proc.communicate(timeout=120)
+    cmd = [sys.executable, "-m", "prefalign.cli", *train]
+    with started(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=terminal_sigint) as proc:
+        checkpoints = root / "models" / f".{MODELS[0]}.checkpoints"
+
+        def checkpointed():
+            assert proc.poll() is None, "training finished before it could be interrupted"
+            return list(checkpoints.glob("checkpoint-*/trainer_state.json"))
+
+        wait_until(checkpointed, timeout=300, what=f"a checkpoint under {checkpoints}")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "rerun the same command" in err and "Traceback" not in err
     cli(*train)
@@ -374,30 +374,25 @@ def test_stopping_several_processes_says_so_once_and_leaves_none_running(tiny_di
     (distributed.exit_with_parent: they get no signal), as after a SIGKILL."""
     log = tmp_path / "run.log"
     args = ["run", "tiny", "--set", f"run_dir={tmp_path / 'run'}", "--set", "train.dpo.num_train_epochs=20", *processes]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefalign.cli", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=terminal_sigint,
-        )
-    deadline = time.time() + 300
-    while "step 20/" not in log.read_text() and time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.05)
-    if stop == "ctrl-c":
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-    else:
-        os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=60) == (130 if stop == "ctrl-c" else 143)
-    time.sleep(1.5)
+    cmd = [sys.executable, "-m", "prefalign.cli", *args]
+    with open(log, "w") as out, started(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=terminal_sigint) as proc:
+
+        def training():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            return "step 20/" in log.read_text()
+
+        wait_until(training, timeout=300, what="step 20 in the run's log")
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == (130 if stop == "ctrl-c" else 143)
+        # Nothing of the run runs (its workers end with it), so nothing can write to the log any more.
+        wait_until(lambda: not in_session(proc.pid), timeout=60, what="the run's workers to end")
     text = log.read_text()
     said = "prefalign: interrupted; " if stop == "ctrl-c" else "prefalign: terminated (SIGTERM); "
     assert text.count(said + "finished outputs are kept, rerun the same command to resume") == 1, text[-2000:]
     assert "Traceback" not in text and "leaked semaphore" not in text
-    group = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert all(state.startswith("Z") for state in group), group  # nothing of the run runs (ended, maybe unreaped)
 
 
 def test_a_run_in_this_process_leaves_its_sigterm_handler_as_it_was(tiny_dir, tmp_path, cli):
@@ -661,21 +656,20 @@ def test_a_model_cache_that_cannot_be_created_is_a_message(tmp_path, monkeypatch
 
 def test_ctrl_c_while_building_the_demo_models_exits_130_with_a_line(tmp_path):
     log = tmp_path / "build.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefalign.cli", "build-demo", "tiny"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=terminal_sigint,
-            env={**os.environ, "PREFALIGN_CACHE": str(tmp_path / "cache")},
-        )
-    deadline = time.time() + 120
-    while "building prefalign:tiny" not in log.read_text() and time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    cmd = [sys.executable, "-m", "prefalign.cli", "build-demo", "tiny"]
+    env = {**os.environ, "PREFALIGN_CACHE": str(tmp_path / "cache")}
+    with (
+        open(log, "w") as out,
+        started(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=terminal_sigint, env=env) as proc,
+    ):
+
+        def building():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            return "building prefalign:tiny" in log.read_text()
+
+        wait_until(building, timeout=120, what="the build's first line")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
     text = log.read_text()
     assert "prefalign: interrupted;" in text and "Traceback" not in text
     assert not list((tmp_path / "cache" / "models").glob("tiny-*/info.json"))  # no half-built model set in use

@@ -12,6 +12,8 @@ import torch
 from prefalign.models import builtin as B
 from prefalign.models.specs import SPECS
 
+pytestmark = pytest.mark.slow  # builds (trains) models
+
 # Small enough for seconds on 2 cores: a 320-token vocabulary (the byte alphabet is 256 + 6 specials).
 SMALL = dict(
     vocab_size=320,

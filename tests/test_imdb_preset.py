@@ -1,23 +1,16 @@
 """The real-model preset: offline it fails fast and clearly; with local stand-ins it runs end to end."""
 
-import os
-import subprocess
-import sys
 import time
 
+import helpers
 import pandas as pd
+import pytest
 
 from prefalign.config.loader import load_config
 
 
 def prefalign(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "prefalign.cli", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=600,
-    )
+    return helpers.prefalign(*args, check=False)
 
 
 def test_imdb_preset_is_the_original_experiment():
@@ -32,6 +25,7 @@ def test_imdb_preset_is_the_original_experiment():
     assert cfg.train.recipe == "seed" and cfg.train.losses == ["sigmoid", "hinge"] and cfg.train.betas == [0.1, 1.0]
 
 
+@pytest.mark.slow  # the CLI in a new process
 def test_imdb_preset_offline_fails_fast_with_advice(tmp_path):
     t0 = time.time()
     proc = prefalign("run", "imdb", "--set", f"run_dir={tmp_path / 'run'}")

@@ -84,13 +84,13 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path, monkeypat
 
 def test_config_and_model_specs_import_without_torch():
     """A config is checked before any model loads: its schema and the built-in specs need no torch."""
-    import subprocess
+    from helpers import run
 
     code = (
         "import sys; import prefalign.config.loader, prefalign.models.specs, prefalign.errors; "
         "print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run([sys.executable, "-c", code], check=True).stdout
     assert out.strip() == "False"
 
 

@@ -18,6 +18,7 @@ import subprocess
 
 import pandas as pd
 import pytest
+from helpers import run
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 PLANTED = "<script>document.title='EXECUTED'; document.body.innerHTML='';</script>"
@@ -37,7 +38,7 @@ def chromium(page, tmp_path, *args: str) -> subprocess.CompletedProcess:
         *args,
         page.as_uri(),
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return run(command, timeout=120)  # chromium's helper processes end with it
 
 
 @pytest.mark.skipif(

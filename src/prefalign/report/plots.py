@@ -144,6 +144,18 @@ def curve_limits(models, panels) -> dict[str, tuple[float, float]]:
     return limits
 
 
+# A curve of this many points or fewer is drawn with its points marked: a short training logs a few
+# steps, and a line through one point is nothing to see, through two it reads as a trend, not as data.
+FEW_POINTS = 20
+
+
+def few_points_marked(n: int) -> dict:
+    """Line2D settings for a curve of `n` points: markers (larger for a single point) when n <= FEW_POINTS."""
+    if n > FEW_POINTS:
+        return {}
+    return {"marker": "o", "markersize": 6 if n == 1 else 3.5}
+
+
 def plot_training(models, title: str, out: Path, panels=DPO_CURVES, limits: dict | None = None) -> None:
     """Training curves from each model's logged history, one line per model (colour-blind-safe
     colours; the repeats of one model over training seeds share theirs), one panel per (key, label) of `panels` against the training step; `limits`: key ->
@@ -165,6 +177,7 @@ def plot_training(models, title: str, out: Path, panels=DPO_CURVES, limits: dict
                     label=None if group in labelled else group,
                     color=colours[groups.index(group) % len(colours)],
                     linewidth=1.3,
+                    **few_points_marked(len(points)),
                 )
         labelled.add(group)
     for ax, (key, label) in zip(axes, panels):
