@@ -119,7 +119,7 @@ def test_load_config_reads_presets_paths_mappings_and_overrides(tmp_path):
     ("source", "overrides", "said"),
     [
         ("tiny", {"train.betaz": [1]}, "`train.betaz`: unknown key (did you mean `train.betas`?)"),
-        ({"sampling": {"num_samples": "lots"}}, None, "`sampling.num_samples`: Input should be a valid integer"),
+        ({"sampling": {"num_samples": "lots"}}, None, "`sampling.num_samples`: 'lots' is not an integer"),
         ("tiny", ["evaluate.runs"], "--set 'evaluate.runs': expected key.path=value"),
         ("tiny", ["train.betas=[0.1"], "--set train.betas: value is not valid YAML"),
         ("tiny", {"name.x": 1}, "override 'name.x': `name` is not a section"),

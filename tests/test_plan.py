@@ -168,6 +168,7 @@ def test_a_pair_rule_setting_changes_only_that_rule_and_what_follows():
         | {f"DpoModel {m}" for m in margin_models}
         | {f"Evaluation evaluate {m}" for m in margin_models}
         | {f"TextScores {scorer} scores of {m}" for m in margin_models for scorer in ("other", "fluency")}
+        | {f"TrajectoryScores other scores of {m}'s training curve" for m in margin_models}  # demo: judge only
     )
 
 
@@ -175,7 +176,8 @@ def test_a_training_setting_keeps_samples_and_pairs():
     changed = changed_keys("train.dpo.learning_rate=1e-4")
     assert not any(name.startswith(("Samples", "Pairs")) for name in changed)
     assert "Evaluation evaluate original" not in changed and not any(name.endswith("best-of-N") for name in changed)
-    assert len(changed) == 12 + 12 + 2 * 12 + 1  # models, evaluations, their judge and fluency scores, report
+    # models, evaluations, their judge and fluency scores, the judge's scores of their training curves, report
+    assert len(changed) == 12 + 12 + 2 * 12 + 12 + 1
 
 
 def test_the_sample_seed_changes_everything_but_the_original_evaluation():
@@ -228,10 +230,11 @@ def test_plan_command_lists_the_demo_models_and_stages(capsys):
 
     assert main(["plan", "demo", "--set", "run_dir=/nonexistent/run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # 13 evaluations, the best-of-N reference, and the judge's and the fluency model's scores of those 14
-    assert lines[0].startswith("plan of 'demo': 59 items, 0 up to date")
+    # 13 evaluations, the best-of-N reference, the judge's and the fluency model's scores of those 14, and the
+    # judge's scores of the 12 training curves (the demo's fluency model scores no curve: along_training false)
+    assert lines[0].startswith("plan of 'demo': 71 items, 0 up to date")
     rows = [line.split() for line in lines[3:]]
-    assert [row[0] for row in rows] == ["sample"] + ["pairs"] * 3 + ["train"] * 12 + ["evaluate"] * 42 + ["report"]
+    assert [row[0] for row in rows] == ["sample"] + ["pairs"] * 3 + ["train"] * 12 + ["evaluate"] * 54 + ["report"]
     assert all(row[1] == ("0/3" if row[3] == "Evaluation" else "todo") for row in rows)
     models = [row[4] for row in rows if row[3] == "DpoModel"]
     assert len(models) == 12 and models[0] == "models/random-sigmoid-beta0.1-seed"

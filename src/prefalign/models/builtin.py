@@ -222,22 +222,17 @@ def train_classifier(
 ) -> tuple[object, float, object]:
     """(classifier, held-out accuracy, its tokenizer): trained from scratch on `tok`, or fine-tuned
     from spec.clf_base with that encoder's own tokenizer."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-    )
+    import transformers
 
     torch.manual_seed(spec.seed)
     labels_of = dict(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
     if spec.clf_base:
         base = encoder_path(spec.clf_base)
-        tok = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForSequenceClassification.from_pretrained(base, **labels_of)
+        tok = transformers.AutoTokenizer.from_pretrained(base)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(base, **labels_of)
         max_len = tok.model_max_length = min(spec.max_text_tokens, model.config.max_position_embeddings)
     else:
-        config = DistilBertConfig(
+        config = transformers.DistilBertConfig(
             vocab_size=len(tok),
             max_position_embeddings=max(spec.max_text_tokens, 64),
             dim=spec.clf_dim,
@@ -247,7 +242,7 @@ def train_classifier(
             pad_token_id=tok.pad_token_id,
             **labels_of,
         )
-        model = DistilBertForSequenceClassification(config)
+        model = transformers.DistilBertForSequenceClassification(config)
         max_len = tok.model_max_length = config.max_position_embeddings
 
     def batch_of(texts, labels):
