@@ -119,7 +119,7 @@ def test_run_tiny_writes_every_output(tiny_run):
         assert "`report.md` and `results.csv`" in card and "| mean reward |" not in card
     page = (root / "report.html").read_text()  # self-contained: every plot embedded, nothing fetched
     # rewards and training per strategy, two frontiers, the training trajectories, the judges
-    assert page.count('<img src="data:image/png;base64,') == 2 * len(STRATEGIES) + 4 and 'src="plots/' not in page
+    assert page.count('<img src="data:image/png;base64,') == 2 * len(STRATEGIES) + 5 and 'src="plots/' not in page
     assert "<script" not in page and "http" not in page.split("<h2>Provenance</h2>")[0].split("</style>")[1]
     assert "Resolved config" in page and f"<td>trl</td><td>{__import__('trl').__version__}</td>" in page
     models = json.loads((root / "models.json").read_text())
@@ -156,9 +156,10 @@ def test_second_run_does_no_work(tiny_run, tmp_path, cli):
     assert not (root / ".lock").exists()
     assert {p: p.stat().st_mtime_ns for p in provenance} == provenance
     # every item of the plan is current: 1 samples + 3 pair files + the models + their evaluations + the
-    # best-of-N reference + the judge's and fluency model's scores of those evaluations + the report
+    # best-of-N reference + the judge's and fluency model's scores of those evaluations and of the models'
+    # training curves + the report
     plan = cli("plan", "tiny", "--set", f"run_dir={root}").stdout
-    items = 1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1 + 2 * (1 + len(MODELS) + 1) + 1
+    items = 1 + 3 + len(MODELS) + (1 + len(MODELS)) + 1 + 2 * (1 + len(MODELS) + 1) + 2 * len(MODELS) + 1
     assert f"{items} items, {items} up to date" in plan
 
 

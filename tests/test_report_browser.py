@@ -65,7 +65,8 @@ def test_report_html_renders_in_chromium_with_texts_as_text(tiny_run, tmp_path, 
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
     images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', dom.stdout)
-    assert len(images) == 2 * 3 + 4  # rewards + training per strategy, two frontiers, trajectories, judges
+    # rewards + training per strategy, two frontiers, trajectories, judges, judges along training
+    assert len(images) == 2 * 3 + 5
     for data in images:
         width, height = Image.open(io.BytesIO(base64.b64decode(data))).size
         assert width > 100 and height > 100
