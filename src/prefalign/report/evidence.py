@@ -110,14 +110,19 @@ class EvidenceSection:
     figures: tuple
 
 
+def score_panels(judges: list[str], fluency: bool) -> tuple[tuple[str, str], ...]:
+    """(column, axis label) of each judge's mean reward and of the fluency score: a figure's panels."""
+    panels = tuple((f"judge_{j}_reward_mean", f"judge `{j}`: mean reward") for j in judges)
+    return panels + ((("fluency", "fluency (mean log-prob per token)"),) if fluency else ())
+
+
 def evidence_section(summary: pd.DataFrame) -> EvidenceSection | None:
     """The section, or None when the run has no best-of-N, judge or fluency numbers."""
     judges, fluency = judge_names(summary.columns), "fluency" in summary.columns
     ladder = summary[summary.method == BEST_OF_N]
     if ladder.empty and not judges and not fluency:
         return None
-    panels = tuple((f"judge_{j}_reward_mean", f"judge `{j}`: mean reward") for j in judges)
-    panels += (("fluency", "fluency (mean log-prob per token)"),) if fluency else ()
+    panels = score_panels(judges, fluency)
     figures = (JudgeFigure("plots/judges.png", "training reward vs judges", summary, panels),) if panels else ()
     return EvidenceSection(
         ladder, versus_best_of_n(summary), summary if panels else pd.DataFrame(), judges, fluency, figures

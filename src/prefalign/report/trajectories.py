@@ -25,6 +25,7 @@ import pandas as pd
 
 from prefalign.pipeline.evidence_items import TrajectoryScores
 from prefalign.pipeline.items import IterativeRound, Report
+from prefalign.report.evidence import score_panels
 from prefalign.report.plots import colourblind_safe, pyplot, save_figure
 
 TRAJECTORIES_PATH = "plots/frontier-trajectories.png"
@@ -57,15 +58,11 @@ def read_trajectory(model, scored: list[Path] = ()) -> pd.DataFrame | None:
     return points
 
 
-def score_columns(item: Report) -> list[tuple[str, str]]:
+def score_columns(item: Report) -> tuple[tuple[str, str], ...]:
     """(column, axis label) of each judge's and the fluency model's score of the training-curve texts."""
     scorers = {x.scorer.name: x.scorer for x in item.evidence if isinstance(x, TrajectoryScores)}
-    return [
-        ("fluency", "fluency (mean log-prob per token)")
-        if scorer.kind == "fluency"
-        else (f"judge_{name}_reward_mean", f"judge `{name}`: mean reward")
-        for name, scorer in scorers.items()
-    ]
+    judges = [name for name, scorer in scorers.items() if scorer.kind == "judge"]
+    return score_panels(judges, any(scorer.kind == "fluency" for scorer in scorers.values()))
 
 
 def final_point(summary: pd.DataFrame, group: str) -> tuple[float, float] | None:
@@ -202,7 +199,7 @@ def trajectory_figures(item: Report, summary: pd.DataFrame) -> tuple:
     if item.config.evaluate.during_training is None:
         return ()
     figures: tuple = (TrajectoriesFigure(TRAJECTORIES_PATH, "reward vs KL along training", item, summary),)
-    panels = tuple(score_columns(item))
+    panels = score_columns(item)
     if panels:
         figures += (JudgedFigure(JUDGED_PATH, "judges vs training reward along training", item, summary, panels),)
     return figures

@@ -58,11 +58,7 @@ def trajectory_stage(item: TrajectoryScores, services: Services) -> None:
             f"the training curve of {item.model.name} is missing or stale; run `prefalign train` first"
         )
     services.log(f"{item.name}: {len(stored['steps'])} point(s)")
-    texts = read_parquet(trajectory.texts)
-    texts["full"] = texts["prompt"] + texts["text"] if "prompt" in texts.columns else texts["text"]
-    limit = getattr(item.scorer, "samples", None)
-    if limit is not None:  # the fluency scorer's first `samples` texts of each point
-        texts = texts.groupby("step", sort=False).head(limit).reset_index(drop=True)
+    texts = as_read(read_parquet(trajectory.texts), item.scorer, by="step")
     scores = pd.DataFrame(_score(item.scorer, texts["full"].tolist(), services))
     rows = [
         {"step": int(step), **metrics_of(item.scorer, part)} for step, part in scores.groupby(texts["step"].to_numpy())
@@ -82,11 +78,18 @@ def source_texts(item: TextScores, k: int) -> pd.DataFrame:
     else:
         df = read_parquet(item.source.run_path(k, "-choices.parquet"))
         df["key"] = df["draw"].to_numpy() * (df["row"].max() + 1) + df["row"].to_numpy()
-    df["full"] = df["prompt"] + df["text"] if "prompt" in df.columns else df["text"]
-    limit = getattr(item.scorer, "samples", None)
+    df = as_read(df, item.scorer, by="n" if "n" in df.columns else None)
+    return df[[c for c in ("full", "key", "n") if c in df.columns]]
+
+
+def as_read(df: pd.DataFrame, scorer: Judge | FluencyScorer, by: str | None) -> pd.DataFrame:
+    """`df` with `full`, what the classifier read (prompt + completion), cut to the fluency scorer's
+    first `samples` texts (of each `by` group: a best-of-N's N, a training curve's step)."""
+    df = df.assign(full=df["prompt"] + df["text"] if "prompt" in df.columns else df["text"])
+    limit = getattr(scorer, "samples", None)
     if limit is not None:
-        df = df.groupby("n", sort=False).head(limit) if "n" in df.columns else df.head(limit)
-    return df[[c for c in ("full", "key", "n") if c in df.columns]].reset_index(drop=True)
+        df = df.groupby(by, sort=False).head(limit) if by else df.head(limit)
+    return df.reset_index(drop=True)
 
 
 def _score(scorer: Judge | FluencyScorer, texts: list[str], services: Services) -> dict[str, np.ndarray]:
