@@ -248,7 +248,8 @@ def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[st
     """(key, default, help) for every field, recursively: the config reference.
 
     A section that may be empty (`sampling.prompts`) lists its keys as `sampling.prompts.KEY`; a
-    list whose entries may be mappings (`train.losses`) as `train.losses[].KEY`.
+    list whose entries may be mappings (`train.losses`) as `train.losses[].KEY`, one of a tagged list's
+    kinds as `reward.terms[type=length].KEY`.
     """
     rows = []
     for name, field in model.model_fields.items():
@@ -264,5 +265,7 @@ def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[st
         rows.append((key, default, field.description or ""))
         entry = "[]." if typing.get_origin(field.annotation) is list else "."
         for section in _sections_in(field.annotation):
-            rows.extend(describe(section, key + entry))
+            kind = section.model_fields.get("type")  # one kind of a tagged list (reward.terms): named by its tag
+            tag = typing.get_args(kind.annotation)[0] if kind is not None and typing.get_args(kind.annotation) else None
+            rows.extend(describe(section, key + (f"[type={tag}]." if tag else entry)))
     return rows

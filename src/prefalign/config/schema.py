@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from prefalign.config.evidence import BaselinesConfig, DuringTrainingConfig, FluencyConfig, JudgeConfig, unique_judges
 from prefalign.config.recipes import RECIPE_NAMES
+from prefalign.config.reward_terms import RewardTerm, check_terms
 from prefalign.config.section import Section, label_name
 from prefalign.config.train import ExtraPoint, LossMix, TrainConfig
 from prefalign.config.trainer_fields import check_loss, dpo_fields, trainer_fields
@@ -72,11 +73,30 @@ class RewardConfig(Section):
         "refused: a positive rate needs two classes.",
     )
     trust_remote_code: bool = own_code_field("the classifier and its tokenizer")
+    terms: list[RewardTerm] = Field(
+        default_factory=list,
+        description="A reward composed of weighted terms (`classifier`, `length`, `fluency`, `broken`; "
+        'docs/guide.md, "Composed rewards"): each term\'s value is stored as column reward_<name> and `reward` is '
+        "their weighted sum, which pairs, iterative rounds, best-of-N and RLOO use. Empty: reward.model's positive "
+        "logit alone.",
+    )
+    normalize: bool = Field(
+        False,
+        description="With `terms`: standardise each term (minus its mean, over its std, both on the original's "
+        "samples, samples.parquet) before weighting, so weights compare terms of different scales.",
+    )
 
     @field_validator("model")
     @classmethod
     def _a_builtin_or_other(cls, v: str) -> str:
         return builtin_checked(v, "reward")
+
+    @model_validator(mode="after")
+    def _terms_fit_together(self):
+        check_terms(self.terms)
+        if self.normalize and not self.terms:
+            raise ValueError("normalize: needs reward.terms (one classifier's reward is used as it is)")
+        return self
 
     _label = field_validator("positive_label", mode="before")(classmethod(lambda cls, v: label_name(v)))
 

@@ -40,6 +40,9 @@ from prefalign.engine.scoring import tokenizer_threads
 # On a GPU, finished rows leave the decode batch every this many steps (one host sync each time).
 _DROP_EVERY = 8
 
+# On CPU, completion_logprobs' slices hold at least this many tokens (rows x width).
+MIN_SLICE_TOKENS = 256
+
 
 def auto_batch_size(model, max_length: int, device: torch.device) -> int:
     """Sequences per generate() call: bounded by memory for the KV cache and logits."""
@@ -208,7 +211,10 @@ def completion_logprobs(
         # in bf16): the larger the slice, the fewer small forward passes.
         budget, max_rows = 0.2 * torch.cuda.mem_get_info(ids.device)[0] / 6, 1024
     else:
-        budget, max_rows = 1.6e7, 256  # logits elements per slice: ~64 MB
+        # ~16 MB of logits per slice, which stays in cache (a 0.94M-parameter policy with a 4k vocabulary
+        # scores 1,000 texts ~25% faster than with 64 MB slices), but at least MIN_SLICE_TOKENS tokens a
+        # slice, so a 50k-vocabulary model still runs matrix products of a useful size.
+        budget, max_rows = 4e6, 256
     # Rows sorted by length and each slice cut after its longest completion: most texts stop far
     # before max_length, and the tokens after EOS would only cost vocabulary-wide logits.
     first_cpu = first.cpu()  # one copy: the slice widths below are read on the host
@@ -218,7 +224,10 @@ def completion_logprobs(
     i = 0
     while i < len(order):
         width = min(steps, int(first_cpu[order_cpu[min(i + max_rows - 1, len(order) - 1)]]) + 1)  # at most the longest
-        rows = max(1, min(max_rows, int(budget // ((p + width) * model.config.vocab_size))))
+        rows = int(budget // ((p + width) * model.config.vocab_size))
+        if ids.device.type != "cuda":
+            rows = max(rows, -(-MIN_SLICE_TOKENS // (p + width)))
+        rows = max(1, min(max_rows, rows))
         idx = order[i : i + rows]
         width = min(steps, int(first_cpu[order_cpu[i : i + rows]].max()) + 1)
         logits = model(input_ids=ids[idx, : p + width - 1]).logits[:, p - 1 :].float()

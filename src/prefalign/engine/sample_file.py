@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefalign.engine.decoding import generate
-from prefalign.engine.scoring import score_texts
+from prefalign.engine.reward_terms import ClassifierScorer
 from prefalign.pipeline.store import atomic_path
 
 # The phases of sample_and_score's wall time: decoding (until the tokens reach the host), ids to
@@ -34,17 +34,21 @@ def sample_and_score(
     desc: str = "sample",
     prompts: list[tuple[list[int], str]] | None = None,
     reference=None,
+    scorer=None,
 ) -> pd.DataFrame:
     """Generate and score n texts, streaming them to `out_path` (Parquet) atomically.
 
     `prompts`: one (token ids, text) per row, or None for BOS alone; the classifier then scores
     prompt text + completion. Columns: `text` (the completion), `reward`, `positive_prob`,
-    `is_positive`, `n_tokens` (generated tokens before EOS), `prompt` (with prompts), `logp`,
+    `is_positive` (the reward columns: `scorer`'s, by default the classifier's, engine/reward_terms.py; a
+    composed reward adds reward_<term>), `n_tokens` (generated tokens before EOS), `prompt` (with prompts), `logp`,
     `logp_ref` and `n_scored` (tokens in those sums: n_tokens plus the EOS when there is one), with
     a reference model. `attrs`: `seconds` (the wall time) and `phase_seconds` (the host's wall time
     by phase, PHASES; `kl` only with a reference; the rest is the Parquet file's closing and reading).
     """
-    schema = _schema(with_prompts=prompts is not None, with_reference=reference is not None)
+    if scorer is None:
+        scorer = ClassifierScorer(classifier, classifier_tokenizer, positive_index, reward_batch)
+    schema = _schema(scorer.fields, with_prompts=prompts is not None, with_reference=reference is not None)
     start = time.time()
     prompt_ids = [ids for ids, _ in prompts] if prompts is not None else None
     chunks = generate(policy, policy_tokenizer, n, sampling, seed, desc=desc, prompts=prompt_ids, reference=reference)
@@ -56,7 +60,7 @@ def sample_and_score(
             scoring = time.perf_counter()
             heads = [prompts[i][1] for i in chunk["index"]] if prompts is not None else None
             full = [h + t for h, t in zip(heads, chunk["text"])] if heads is not None else chunk["text"]
-            scores = score_texts(full, classifier, classifier_tokenizer, positive_index, reward_batch)
+            scores = scorer(full, chunk["text"], chunk["n_tokens"])
             writing = time.perf_counter()
             phases["score"] += writing - scoring
             columns = {"text": chunk["text"], **scores, "n_tokens": chunk["n_tokens"].astype(np.int32)}
@@ -74,14 +78,8 @@ def sample_and_score(
     return df
 
 
-def _schema(with_prompts: bool, with_reference: bool) -> pa.Schema:
-    fields = [
-        ("text", pa.string()),
-        ("reward", pa.float32()),
-        ("positive_prob", pa.float32()),
-        ("is_positive", pa.bool_()),
-        ("n_tokens", pa.int32()),
-    ]
+def _schema(reward_fields, with_prompts: bool, with_reference: bool) -> pa.Schema:
+    fields = [("text", pa.string()), *reward_fields[:3], ("n_tokens", pa.int32()), *reward_fields[3:]]
     fields += [("prompt", pa.string())] if with_prompts else []
     fields += [("logp", pa.float32()), ("logp_ref", pa.float32()), ("n_scored", pa.int32())] if with_reference else []
     return pa.schema(fields)

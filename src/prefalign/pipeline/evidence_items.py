@@ -103,7 +103,7 @@ class BestOfN(_PerRun):
         return key_of(
             "best-of-n pool",
             self.original.key,
-            self.reward.key,
+            self.reward.scores_key,  # reward.terms' weights only change the choice, not the pool
             sampler_settings(self.sampling),
             self.evaluation.samples,
             self.chosen,
@@ -112,7 +112,8 @@ class BestOfN(_PerRun):
         )
 
     def run_key(self, k: int) -> str:
-        return key_of("best-of-n", self.evaluation.run_key(k), self.pool_key(k), self.ladder)
+        weights = [("reward", self.reward.key)] if self.reward.terms else []  # the choice follows the weighted sum
+        return key_of("best-of-n", self.evaluation.run_key(k), self.pool_key(k), self.ladder, *weights)
 
     @property
     def inputs(self) -> tuple:

@@ -22,6 +22,7 @@ from typing import Any, Union
 
 from prefalign.config.schema import Config, SamplingConfig
 from prefalign.config.train import LossMix, loss_label
+from prefalign.pipeline.reward_model import RewardModel
 from prefalign.pipeline.store import is_done, key_of
 from prefalign.pipeline.trajectory import TrainedMarkers, Trajectory
 
@@ -62,6 +63,11 @@ def sampler_settings(sampling: SamplingConfig) -> dict:
     return settings
 
 
+def samples_texts_key(policy_key: str, scores_key: str, sampling: SamplingConfig, count: int, seed: int) -> str:
+    """Samples.texts_key (a function: the plan needs the original's before its Samples item exists)."""
+    return key_of("samples", policy_key, scores_key, sampler_settings(sampling), count, seed)
+
+
 def seed_suffix(seed: int, repeat: int) -> str:
     """What follows a trained model's group name: nothing for its first training seed, `-seed<s>` after."""
     return f"-seed{seed}" if repeat else ""
@@ -93,24 +99,6 @@ class Original:
 
     def row(self) -> dict:
         return _row(self, "original")
-
-
-@dataclass(frozen=True)
-class RewardModel:
-    """The classifier whose positive-class logit is the reward."""
-
-    ref: str
-    revision: str | None
-    positive_label: str
-    identity: str
-    single_logit: bool = False  # reward.single_logit: a one-output classifier's logit is the reward
-    trust_remote_code: bool = False  # reward.trust_remote_code; not in the key
-
-    @property
-    def key(self) -> str:
-        if self.single_logit:
-            return key_of(self.identity, "single-logit")
-        return key_of(self.identity, self.positive_label)
 
 
 @dataclass(frozen=True)
@@ -290,6 +278,12 @@ class Samples(_MetaBeside):
         )
 
     @property
+    def texts_key(self) -> str:
+        """What the texts and their term values depend on: the key but for the terms' weights (equal to
+        the key without reward.terms). Stored samples with this key are re-weighed, not sampled again."""
+        return samples_texts_key(self.policy.key, self.reward.scores_key, self.sampling, self.count, self.seed)
+
+    @property
     def inputs(self) -> tuple:
         return () if isinstance(self.policy, Original) else (self.policy,)
 
@@ -344,10 +338,17 @@ class Evaluation:
         return f"evaluate {self.model.name}"
 
     def run_key(self, k: int) -> str:
+        return self._run_key(k, self.reward.key)
+
+    def run_texts_key(self, k: int) -> str:
+        """Run k's key but for the reward terms' weights: a stored run with it is re-weighed, not sampled."""
+        return self._run_key(k, self.reward.scores_key)
+
+    def _run_key(self, k: int, reward_key: str) -> str:
         return key_of(
             "eval",
             self.model.key,
-            self.reward.key,
+            reward_key,
             self.reference.key,
             sampler_settings(self.sampling),
             self.samples,

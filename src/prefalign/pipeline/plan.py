@@ -36,6 +36,7 @@ from prefalign.pipeline.items import (
     sampler_settings,
     seed_suffix,
 )
+from prefalign.pipeline.reward_plan import resolve_reward
 from prefalign.pipeline.trajectory import Trajectory
 
 STAGE_NAMES = ("sample", "pairs", "train", "evaluate", "report")
@@ -60,28 +61,12 @@ def sources(cfg: Config) -> tuple[Original, RewardModel]:
     from prefalign.models.loading import identity
     from prefalign.models.saved import check_saved_model
 
-    p, r, prompts = cfg.policy, cfg.reward, cfg.sampling.prompts
+    p, prompts = cfg.policy, cfg.sampling.prompts
     if prompts is not None:  # a text column the corpus lacks (its header, or its cached hub info, tells)
         check_text_column(prompts.corpus, prompts.text_column, prompts.subset)
     check_saved_model(p.model, "policy", max_length=cfg.sampling.max_length, trust_remote_code=p.trust_remote_code)
-    check_saved_model(
-        r.model,
-        "reward",
-        positive_label=r.positive_label,
-        single_logit=r.single_logit,
-        trust_remote_code=r.trust_remote_code,
-    )
-    return (
-        Original(p.model, p.revision, identity(p.model, p.revision), p.trust_remote_code),
-        RewardModel(
-            r.model,
-            r.revision,
-            r.positive_label,
-            identity(r.model, r.revision, "reward"),
-            r.single_logit,
-            r.trust_remote_code,
-        ),
-    )
+    original = Original(p.model, p.revision, identity(p.model, p.revision), p.trust_remote_code)
+    return original, resolve_reward(cfg, original.key)
 
 
 def plan(cfg: Config, original: Original | None = None, reward: RewardModel | None = None) -> list[Item]:

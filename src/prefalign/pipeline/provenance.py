@@ -10,7 +10,7 @@ import yaml
 
 from prefalign.config.schema import Config
 from prefalign.errors import PrefalignError
-from prefalign.pipeline.items import Item, Report
+from prefalign.pipeline.items import Item, Report, Samples
 from prefalign.pipeline.services import model_info
 from prefalign.pipeline.store import read_json, write_json, write_text
 
@@ -85,6 +85,8 @@ def replaced_outputs(cfg: Config, items: list[Item]) -> list[Item]:
         return legacy or (finished is not None and key in finished)
 
     def replaces(item: Item) -> bool:
+        if isinstance(item, Samples) and (read_json(item.meta) or {}).get("texts_key") == item.texts_key:
+            return False  # only reward.terms' weights differ: its texts are kept and re-weighed
         return any(
             (stored := read_json(meta)) is not None and stored.get("key") != key and finished_there(stored.get("key"))
             for meta, key in item.markers()

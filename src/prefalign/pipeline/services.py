@@ -16,10 +16,15 @@ from typing import Any
 
 import torch
 
+from prefalign.errors import PrefalignError
 from prefalign.pipeline.distributed import Ranks
 from prefalign.pipeline.items import Original, RewardModel
 from prefalign.pipeline.logs import log
 from prefalign.training.trackers import Tracking
+
+
+class NormalizeStatsMissing(PrefalignError, RuntimeError):
+    """reward.normalize was asked for before the original's samples (its term stats) were written."""
 
 
 def release_memory() -> None:
@@ -68,9 +73,57 @@ class Services:
         return inference_dtype(self.device)
 
     def classifier(self) -> Classifier:
-        """The reward model, loaded once."""
+        """The reward model (with reward.terms: the first classifier term), loaded once."""
         r = self.reward
-        return self._classifier("classifier", r.ref, r.revision, r.positive_label, r.single_logit, r.trust_remote_code)
+        key = ("classifier", r.ref, r.revision, r.positive_label, r.single_logit)
+        return self._classifier(key, r.ref, r.revision, r.positive_label, r.single_logit, r.trust_remote_code)
+
+    def reward_scorer(self):
+        """The run's reward as sample_and_score's scorer (engine/reward_terms.py), its models loaded once:
+        the classifier's scores, or with reward.terms every term and their weighted sum (standardised
+        with the original's term stats under reward.normalize)."""
+        from prefalign.engine.reward_terms import ClassifierScorer, LoadedTerm, TermScorer
+
+        r = self.reward
+        if not r.terms:
+            c = self.classifier()
+            return ClassifierScorer(c.model, c.tokenizer, c.positive_index, self.reward_batch_size)
+        loaded = []
+        for i, t in enumerate(r.terms):
+            if t.type == "classifier":
+                key = ("classifier", t.ref, t.revision, t.positive_label, t.single_logit)
+                section = f"reward.terms[{i}]"
+                c = self._classifier(
+                    key, t.ref, t.revision, t.positive_label, t.single_logit, t.trust_remote_code, section
+                )
+                loaded.append(
+                    LoadedTerm(t, ClassifierScorer(c.model, c.tokenizer, c.positive_index, self.reward_batch_size))
+                )
+            elif t.type == "fluency":
+                loaded.append(
+                    LoadedTerm(t, self._policy(("policy", t.ref, t.revision), t.ref, t.revision, t.trust_remote_code))
+                )
+            else:
+                loaded.append(LoadedTerm(t))
+        stats = self.term_stats() if r.normalize and self._stats_ready() else None
+        return TermScorer(loaded, stats, r.normalize)
+
+    def _stats_ready(self) -> bool:
+        from prefalign.pipeline.store import read_json
+
+        meta = read_json(self.reward.stats_path) if self.reward.stats_path else None
+        return meta is not None and meta.get("texts_key") == self.reward.stats_key and "term_stats" in meta
+
+    def term_stats(self) -> dict:
+        """reward.normalize: each term's mean and std over the original's samples (samples.meta.json)."""
+        from prefalign.pipeline.store import read_json
+
+        if not self._stats_ready():
+            raise NormalizeStatsMissing(
+                "reward.normalize standardises each term on the original's samples (samples.parquet), which are "
+                "missing or were scored with other terms: run `prefalign sample` first"
+            )
+        return read_json(self.reward.stats_path)["term_stats"]
 
     def judge(self, judge) -> Classifier:
         """An `evaluate.judges` classifier (a pipeline.evidence_items.Judge), loaded once."""
@@ -92,12 +145,12 @@ class Services:
     def reference_policy(self):
         """The original policy in eval mode: what KL is measured against."""
         o = self.original
-        return self._policy("reference", o.ref, o.revision, o.trust_remote_code)[0]
+        return self._policy(("policy", o.ref, o.revision), o.ref, o.revision, o.trust_remote_code)[0]
 
     def fluency_model(self, scorer):
         """(the `evaluate.fluency` causal LM in eval mode, its tokenizer), loaded once."""
         s = scorer
-        return self._policy(("fluency", s.ref, s.revision), s.ref, s.revision, s.trust_remote_code)
+        return self._policy(("policy", s.ref, s.revision), s.ref, s.revision, s.trust_remote_code)
 
     def _policy(self, key, ref, revision, trust_remote_code):
         if key not in self._loaded:

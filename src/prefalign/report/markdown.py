@@ -30,8 +30,11 @@ def _cell(mean: float, sd: float) -> str:
 
 
 def scored_columns(rows: pd.DataFrame) -> list[tuple[str, str]]:
-    """(column, heading) of the judges' mean rewards and the fluency score, where the rows have them."""
-    out = [(f"judge_{j}_reward_mean", f"judge {j}") for j in judge_names(rows.columns)]
+    """(column, heading) of the reward terms' means (reward.terms), the judges' mean rewards and the fluency
+    score, where the rows have them."""
+    terms = [c for c in rows.columns if c.startswith("reward_") and c.endswith("_mean") and c != "reward_mean"]
+    out = [(c, f"term {c[len('reward_') : -len('_mean')]}") for c in terms]
+    out += [(f"judge_{j}_reward_mean", f"judge {j}") for j in judge_names(rows.columns)]
     return out + ([("fluency", "fluency")] if "fluency" in rows.columns else [])
 
 
@@ -92,8 +95,12 @@ def intro(s: Intro) -> list[str]:
     return [
         f"# prefalign report: {s.name}",
         "",
-        f"Generated {s.generated} from `{s.root}`. Rewards are the classifier's "
-        + ("single logit" if s.single_logit else f"`{s.positive_label}` logit")
+        f"Generated {s.generated} from `{s.root}`. Rewards are "
+        + (
+            "the weighted sum of the reward terms listed under Models (`term` columns: each term's mean value)"
+            if s.composed
+            else "the classifier's " + ("single logit" if s.single_logit else f"`{s.positive_label}` logit")
+        )
         + "; diversity is the entropy (nats) of the unigram distribution of "
         "policy token ids over each run's texts; distinct-2 is the share of distinct token bigrams; positive rate "
         "is the share of texts the classifier labels positive" + (kl if s.kl else "") + cells,
@@ -113,7 +120,25 @@ def models(s: ModelsSection) -> list[str]:
         f"- prompts: {prompts}",
         f"- pair samples: {s.pair_samples} texts, mean reward {s.pair_reward_mean:.3f}",
         "",
+    ] + (terms(s) if s.terms else [])
+
+
+def terms(s: ModelsSection) -> list[str]:
+    """The reward terms: weights, settings, and each term's scale on the original's samples (to set weights by)."""
+    how = "each term standardised on the original's samples, then weighted" if s.normalize else "weighted values"
+    lines = [
+        f"The reward is the sum of these terms ({how}; column `reward_<term>` of samples.parquet and of every "
+        "evaluation run holds a term's value):",
+        "",
+        "| term | type | weight | settings | mean on the original's samples | std |",
+        "|---|---|---|---|---|---|",
     ]
+    for t in s.terms:
+        lines.append(
+            f"| {t['name']} | {t['type']} | {t['weight']:g} | {settings_text(t['settings']) or '-'} | "
+            f"{t['mean']:.3f} | {t['std']:.3f} |"
+        )
+    return lines + [""]
 
 
 def pairs(s: PairsSection) -> list[str]:

@@ -61,6 +61,7 @@ class Intro:
     runs: int
     samples: int
     repeats: int
+    composed: bool = False  # reward.terms: the reward is a weighted sum (ModelsSection.terms)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class ModelsSection:
     prompts: dict | None  # sampling.prompts (None: BOS token only)
     pair_samples: Any  # how many texts the pair files draw from ('?' when not recorded)
     pair_reward_mean: float
+    # reward.terms: per term its name, type, weight, settings and mean / std over the original's samples
+    terms: tuple[dict, ...] = ()
+    normalize: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,6 +180,7 @@ def intro(item: Report, summary: pd.DataFrame, inputs: Inputs) -> Intro:
         cfg.evaluate.runs,
         cfg.evaluate.samples,
         cfg.train.repeats,
+        bool(cfg.reward.terms),
     )
 
 
@@ -191,6 +196,22 @@ def models_section(item: Report, inputs: Inputs) -> ModelsSection:
         None if cfg.sampling.prompts is None else cfg.sampling.prompts.model_dump(),
         inputs.samples_meta.get("samples", "?"),
         inputs.samples_meta.get("reward_mean", NAN),
+        tuple(_term_row(t, inputs.samples_meta.get("term_stats", {})) for t in cfg.reward.terms),
+        cfg.reward.normalize,
+    )
+
+
+def _term_row(term, stats: dict) -> dict:
+    """One reward term as the report lists it: its settings and its mean / std over the original's samples."""
+    settings = term.model_dump(exclude={"name", "type", "weight"}, exclude_defaults=True)
+    own = stats.get(term.label, {})
+    return dict(
+        name=term.label,
+        type=term.type,
+        weight=term.weight,
+        settings=settings,
+        mean=own.get("mean", NAN),
+        std=own.get("std", NAN),
     )
 
 

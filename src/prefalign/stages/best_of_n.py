@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from prefalign.engine.metrics import best_of_n_choice
+from prefalign.engine.reward_terms import term_column, weighted_reward
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.evidence_items import BestOfN, best_of_n_kl, pool_seed
 from prefalign.pipeline.services import Services, release_memory
@@ -92,14 +93,22 @@ def _sample_pool(item: BestOfN, k: int, policy, services: Services) -> None:
         write_json(item.run_path(k, "-pool.json"), {"key": item.pool_key(k), "seconds": round(df.attrs["seconds"], 2)})
 
 
-def read_pool(item: BestOfN, k: int) -> list[pd.DataFrame]:
-    """Run k's draws, draw 0 (the original's evaluation run) first, each `chosen` rows."""
+def read_pool(item: BestOfN, k: int, services: Services) -> list[pd.DataFrame]:
+    """Run k's draws, draw 0 (the original's evaluation run) first, each `chosen` rows. With reward.terms
+    the pool's rewards are the weighted sums under the weights of now (the evaluation run's already are)."""
     first = read_parquet(item.evaluation.run_path(k, ".parquet")).head(item.chosen)
     draws = [first]
     if item.draws > 1:
         pool = read_parquet(item.run_path(k, "-pool.parquet"))
+        if item.reward.terms:
+            values = {t.name: pool[term_column(t.name)].to_numpy() for t in item.reward.terms}
+            stats = services.term_stats() if item.reward.normalize else None
+            pool["reward"] = weighted_reward(values, {t.name: t.weight for t in item.reward.terms}, stats).astype(
+                "float32"
+            )
         draws += [pool.iloc[j * item.chosen : (j + 1) * item.chosen] for j in range(item.draws - 1)]
-    return [d[[c for c in POOL_COLUMNS if c in d.columns]].reset_index(drop=True) for d in draws]
+    columns = POOL_COLUMNS + item.reward.columns
+    return [d[[c for c in columns if c in d.columns]].reset_index(drop=True) for d in draws]
 
 
 def choices(draws: list[pd.DataFrame], ladder) -> pd.DataFrame:
@@ -116,7 +125,7 @@ def choices(draws: list[pd.DataFrame], ladder) -> pd.DataFrame:
 
 
 def _choose_and_measure(item: BestOfN, k: int, services: Services, seconds: float) -> None:
-    table = choices(read_pool(item, k), item.ladder)
+    table = choices(read_pool(item, k, services), item.ladder)
     write_parquet(table, item.run_path(k, "-choices.parquet"))
     tokenizer = services.policy_tokenizer(item.original.ref, item.original.revision)
     per_n = {}

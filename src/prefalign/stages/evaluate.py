@@ -37,10 +37,10 @@ from prefalign.models.loading import load_policy
 from prefalign.pipeline.items import Evaluation, Original, trusts_code
 from prefalign.pipeline.services import Services, release_memory
 from prefalign.pipeline.store import read_json, write_json
-from prefalign.stages.sample import sample_in_shards
+from prefalign.stages.sample import reusable_texts, reweigh, sample_in_shards
 
 # The fields of run-<k>.json that describe the run; every other field is a metric.
-RUN_INFO = ("key", "model", "run", "seed", "samples", "seconds", "phase_seconds", "world_size")
+RUN_INFO = ("key", "texts_key", "model", "run", "seed", "samples", "seconds", "phase_seconds", "world_size")
 
 
 def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
@@ -55,6 +55,8 @@ def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
         "distinct_2": distinct_n(ids, 2),
         "mean_tokens": float(df["n_tokens"].mean()),
         "broken_share": broken_share(df["text"].tolist()),
+        # reward.terms: each term's mean beside the sum's (columns reward_<term>)
+        **{f"{c}_mean": float(df[c].mean()) for c in df.columns if c.startswith("reward_")},
     }
     if "logp" in df.columns:
         out.update(kl_estimate(df["logp"].to_numpy(), df["logp_ref"].to_numpy(), df["n_scored"].to_numpy()))
@@ -64,6 +66,24 @@ def run_metrics(df, tokenizer, thresholds) -> dict[str, float]:
 def evaluate(item: Evaluation, services: Services) -> None:
     """Every run of one `Evaluation` item whose key is not already on disk."""
     todo = [k for k in range(item.runs) if not item.run_done(k)]
+    if not todo:
+        return
+    reweighed = [k for k in todo if _only_weights_changed(item, k)]
+    for k in reweighed:  # reward.terms' weights changed: the run's texts and term values stand
+        if services.ranks.main:
+            _write_run(
+                item,
+                k,
+                reweigh(
+                    item.run_path(k, ".parquet"), item.reward, services.term_stats() if item.reward.normalize else None
+                ),
+                services,
+            )
+    todo = [k for k in todo if k not in reweighed]
+    if reweighed:
+        services.log(
+            f"evaluate {item.model.name}: {len(reweighed)} run(s) re-weighed (only reward.terms' weights changed)"
+        )
     if not todo:
         return
     services.log(f"evaluate {item.model.name}: {item.runs} runs x {item.samples} samples")
@@ -92,21 +112,7 @@ def evaluate(item: Evaluation, services: Services) -> None:
         )
         if df is None:  # not the main process: it sampled its shard, the main process measures the run
             continue
-        metrics = run_metrics(df, policy_tokenizer, item.reward_thresholds)
-        if item.kl and reference is None:
-            metrics.update(kl_seq=0.0, kl_token=0.0)
-        run_info = dict(
-            key=item.run_key(k),
-            model=item.model.name,
-            run=k,
-            seed=seed,
-            samples=len(df),
-            seconds=round(df.attrs["seconds"], 2),
-            phase_seconds=df.attrs["phase_seconds"],
-            world_size=services.ranks.count,
-        )
-        assert tuple(run_info) == RUN_INFO
-        write_json(item.run_path(k, ".json"), {**run_info, **metrics})
+        metrics = _write_run(item, k, df, services, policy_tokenizer)
         kl = f", KL {metrics['kl_seq']:.2f}" if "kl_seq" in metrics else ""
         services.log(
             f"  {item.model.name} run {k}: reward {metrics['reward_mean']:.3f}, diversity "
@@ -115,6 +121,36 @@ def evaluate(item: Evaluation, services: Services) -> None:
         )
     del policy
     release_memory()
+
+
+def _only_weights_changed(item: Evaluation, k: int) -> bool:
+    """Whether run k's stored texts were scored with the same terms, only weighed otherwise."""
+    return bool(item.reward.terms) and reusable_texts(
+        item.run_path(k, ".json"), "texts_key", item.run_texts_key(k), item.run_path(k, ".parquet")
+    )
+
+
+def _write_run(item: Evaluation, k: int, df, services: Services, tokenizer=None) -> dict:
+    """run-<k>.json for run k's texts `df` (written last: it holds the run's key); returns its metrics."""
+    stored = read_json(item.run_path(k, ".json")) or {}
+    tokenizer = tokenizer or services.policy_tokenizer(item.model.ref, item.model.revision)
+    metrics = run_metrics(df, tokenizer, item.reward_thresholds)
+    if item.kl and "logp" not in df.columns:  # the original: KL 0 by definition
+        metrics.update(kl_seq=0.0, kl_token=0.0)
+    run_info = dict(
+        key=item.run_key(k),
+        texts_key=item.run_texts_key(k),
+        model=item.model.name,
+        run=k,
+        seed=item.seed + k,
+        samples=len(df),
+        seconds=round(df.attrs["seconds"], 2) if "seconds" in df.attrs else stored.get("seconds"),
+        phase_seconds=df.attrs.get("phase_seconds", stored.get("phase_seconds")),
+        world_size=services.ranks.count,
+    )
+    assert tuple(run_info) == RUN_INFO
+    write_json(item.run_path(k, ".json"), {**run_info, **metrics})
+    return metrics
 
 
 def stored_runs(item, what: str) -> list[dict]:

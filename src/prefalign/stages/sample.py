@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefalign.engine.decode_step import decode_step_mode
+from prefalign.engine.reward_terms import term_column, term_stats, weighted_reward
 from prefalign.engine.sample_file import sample_and_score
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.distributed import shard_seed
 from prefalign.pipeline.items import Samples, trusts_code
 from prefalign.pipeline.services import Services
-from prefalign.pipeline.store import atomic_path, scratch_beside, write_json
+from prefalign.pipeline.store import atomic_path, read_json, scratch_beside, write_json, write_parquet
 
 
 def corpus_prompts_for(sampling, tokenizer, n: int, seed: int):
@@ -55,7 +56,7 @@ def sample_in_shards(
     `prompts` given, one per row) into a part file;
     the main process merges the parts in shard order and returns the whole table (`attrs["seconds"]`:
     the wall time; `attrs["phase_seconds"]`: its own shard's, by phase), the others return None."""
-    classifier, ranks = services.classifier(), services.ranks
+    ranks = services.ranks
     if prompts is None:
         prompts = corpus_prompts_for(sampling, policy_tokenizer, n, seed)
     start, stop = ranks.shard(n)
@@ -64,17 +65,18 @@ def sample_in_shards(
     df = sample_and_score(
         policy,
         policy_tokenizer,
-        classifier.model,
-        classifier.tokenizer,
-        classifier.positive_index,
+        None,
+        None,
+        None,
         stop - start,
         sampling,
         shard_seed(seed, ranks.index, ranks.count),
-        services.reward_batch_size,
+        None,
         part,
         desc=desc,
         reference=reference,
         prompts=prompts[start:stop] if prompts is not None else None,
+        scorer=services.reward_scorer(),
     )
     if ranks.count == 1:
         return df
@@ -94,6 +96,14 @@ def sample_in_shards(
 
 def sample(item: Samples, services: Services) -> None:
     sampling = item.sampling
+    if reusable_texts(item.meta, "texts_key", item.texts_key, item.path) and item.reward.terms:
+        # Only the terms' weights changed: the texts and their term values stand, the sum is redone.
+        if services.ranks.main:
+            df = reweigh(item.path, item.reward, _stats_for(item, services))
+            _write_meta(item, df, services, read_json(item.meta) or {})
+            services.log(f"{item.name}: rewards re-weighed ({len(df)} texts kept: only reward.terms' weights changed)")
+        services.ranks.wait()
+        return
     services.log(f"{item.name}: {item.count} texts from {item.policy.ref} on {services.device}")
     policy, policy_tokenizer = load_policy(
         item.policy.ref,
@@ -113,20 +123,55 @@ def sample(item: Samples, services: Services) -> None:
     if df is None:  # not the main process: its shard is merged there
         return
     seconds = df.attrs["seconds"]
-    write_json(
-        item.meta,
-        {
-            "key": item.key,
-            "samples": len(df),
-            "seconds": round(seconds, 2),
-            "samples_per_second": round(len(df) / seconds, 1),
-            "reward_mean": float(df.reward.mean()),
-            "positive_rate": float(df.is_positive.mean()),
-            "world_size": services.ranks.count,
-            "phase_seconds": df.attrs["phase_seconds"],
-        },
-    )
+    timing = {
+        "seconds": round(seconds, 2),
+        "samples_per_second": round(len(df) / seconds, 1),
+        "world_size": services.ranks.count,
+        "phase_seconds": df.attrs["phase_seconds"],
+    }
+    if item.reward.terms:  # the sum, now that every text has its term values (and the stats exist)
+        df = reweigh(item.path, item.reward, _stats_for(item, services))
+    _write_meta(item, df, services, timing)
     services.log(
         f"{item.name}: done in {seconds:.1f}s ({len(df) / seconds:.0f} samples/s), mean reward "
         f"{df.reward.mean():.3f}, positive rate {df.is_positive.mean():.3f}"
     )
+
+
+def _write_meta(item: Samples, df: pd.DataFrame, services: Services, timing: dict) -> None:
+    """samples.meta.json: the key (written last), the texts key, timing, the reward's summary and, with
+    reward.terms, each term's mean and std over these texts (what `normalize` uses for the original's)."""
+    timing = {k: timing[k] for k in ("seconds", "samples_per_second", "world_size", "phase_seconds") if k in timing}
+    meta = {"key": item.key, "texts_key": item.texts_key, "samples": len(df), **timing}
+    meta.update(reward_mean=float(df.reward.mean()), positive_rate=float(df.is_positive.mean()))
+    if item.reward.terms:
+        meta["term_stats"] = term_stats({t.name: df[term_column(t.name)].to_numpy() for t in item.reward.terms})
+    write_json(item.meta, meta)
+
+
+def _stats_for(item: Samples, services: Services) -> dict | None:
+    """The stats that standardise the terms: None without normalize; these samples' own when they are the
+    original's samples the stats come from; else the original's (services.term_stats)."""
+    if not item.reward.normalize:
+        return None
+    if item.texts_key == item.reward.stats_key:
+        df = pd.read_parquet(item.path, columns=list(item.reward.columns))
+        return term_stats({t.name: df[term_column(t.name)].to_numpy() for t in item.reward.terms})
+    return services.term_stats()
+
+
+def reusable_texts(meta_path: Path, field: str, texts_key: str, path: Path) -> bool:
+    """Whether `path` holds texts scored under `texts_key` (as its metadata's `field` says)."""
+    meta = read_json(meta_path)
+    return meta is not None and meta.get(field) == texts_key and path.exists()
+
+
+def reweigh(path: Path, reward, stats: dict | None) -> pd.DataFrame:
+    """Rewrite `path`'s `reward` column as the weighted sum of its term columns (engine/reward_terms.py)
+    under `reward`'s weights (and `stats`, with normalize); returns the table written."""
+    df = pd.read_parquet(path)
+    values = {t.name: df[term_column(t.name)].to_numpy() for t in reward.terms}
+    weights = {t.name: t.weight for t in reward.terms}
+    df["reward"] = weighted_reward(values, weights, stats).astype("float32")
+    write_parquet(df, path)
+    return df

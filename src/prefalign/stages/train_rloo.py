@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from transformers import PrinterCallback, TrainerCallback
 
 from prefalign.engine.scoring import score_texts
@@ -104,6 +105,20 @@ class ClassifierReward:
         ].tolist()
 
 
+class TermsReward:
+    """TRL reward function for a composed reward (reward.terms): the scorer's weighted sum of each
+    completion's terms (engine/reward_terms.py), the completion scored as ClassifierReward scores it."""
+
+    def __init__(self, scorer, eos: int):
+        self.scorer, self.eos = scorer, eos
+        self.__name__ = REWARD_NAME
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        # TRL's completion ids run up to and including EOS: the length is the tokens before it.
+        n_tokens = np.array([sum(1 for t in ids if t != self.eos) for ids in completion_ids])
+        return self.scorer(list(completions), list(completions), n_tokens)["reward"].tolist()
+
+
 class _RewardLine(TrainerCallback):
     """One short line per logging step (reward, KL, loss, length; progress.LogLine prints DPO's pair metrics)."""
 
@@ -163,14 +178,16 @@ def train_rloo_model(item: RlooModel, services: Services) -> None:
     classifier = services.classifier()
     job = RlooJob.from_item(item, services, classifier.positive_label)
     callbacks = trajectory_callbacks(item, services)  # evaluate.during_training: stages/trajectory.py
-    train_rloo(job, classifier.model, classifier.tokenizer, log=services.log, callbacks=callbacks)
+    scorer = services.reward_scorer() if item.reward.terms else None
+    train_rloo(job, classifier.model, classifier.tokenizer, log=services.log, callbacks=callbacks, scorer=scorer)
     release_memory()
 
 
-def train_rloo(job: RlooJob, classifier, classifier_tokenizer, log=print, callbacks=()) -> dict:
+def train_rloo(job: RlooJob, classifier, classifier_tokenizer, log=print, callbacks=(), scorer=None) -> dict:
     """Train the policy from its original weights with RLOO for `job.steps` steps; write it, its card
     and its train.json to `job.out_dir` atomically, and return what train.json holds. `callbacks`:
-    extra transformers TrainerCallbacks.
+    extra transformers TrainerCallbacks; `scorer`: a composed reward (engine/reward_terms.TermScorer)
+    used instead of the classifier's logit.
 
     `classifier` / `classifier_tokenizer` is the reward model (on `job.device`). For example:
 
@@ -185,8 +202,13 @@ def train_rloo(job: RlooJob, classifier, classifier_tokenizer, log=print, callba
         fields = tracker.enter_context(reporting(job.tracking, job.run_name))
         settings = rloo_settings(job, scratch, fields)
         args = RLOOConfig(**settings)
-        reward = ClassifierReward(classifier, classifier_tokenizer, job.positive_label, single_logit=job.single_logit)
         model, tokenizer, loaded = _load_policy(job, args.max_completion_length)
+        if scorer is not None:
+            reward = TermsReward(scorer, tokenizer.eos_token_id)
+        else:
+            reward = ClassifierReward(
+                classifier, classifier_tokenizer, job.positive_label, single_logit=job.single_logit
+            )
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the original weights, frozen
         dataset = _prompts(tokenizer, job.steps, args)
         t0 = time.time()

@@ -145,7 +145,6 @@ class TrajectoryPoints(TrainerCallback):
         """run_metrics of `samples` texts of the model as it is now, and the texts (as sample_and_score
         gives them); its training mode is left as it was."""
         services, trajectory = self.services, self.trajectory
-        classifier = services.classifier()
         reference = None if at_start and self.start_is_original else services.reference_policy()
         # With LoRA the model is peft's wrapper: its base model holds the adapters, active.
         policy = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -157,17 +156,18 @@ class TrajectoryPoints(TrainerCallback):
                 df = sample_and_score(
                     policy,
                     self.tokenizer,
-                    classifier.model,
-                    classifier.tokenizer,
-                    classifier.positive_index,
+                    None,
+                    None,
+                    None,
                     trajectory.samples,
                     self.sampling,
                     trajectory.seed,
-                    services.reward_batch_size,
+                    None,
                     scratch,
                     desc=f"{self.name} point",
                     prompts=self.prompts,
                     reference=reference,
+                    scorer=services.reward_scorer(),
                 )
         finally:
             model.train(was_training)
