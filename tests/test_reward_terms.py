@@ -249,3 +249,20 @@ def test_normalize_standardises_each_term_on_the_original_s_samples(sampled):
     for table in (samples, norm["original_run"], norm["dpo_run"]):
         np.testing.assert_allclose(table["reward"], summed(table, weights, stats), rtol=1e-5, atol=1e-4)
     assert math.isclose(float(samples["reward"].mean()), 0.0, abs_tol=1e-4)  # every term centred on these texts
+
+
+def test_rloo_s_reward_function_scores_each_completion_with_its_length_before_eos():
+    from prefalign.stages.train_rloo import TermsReward
+
+    seen = {}
+
+    def scorer(full, completions, n_tokens):
+        seen.update(full=full, completions=completions, n_tokens=list(n_tokens))
+        return {"reward": np.array([0.5, -1.0], dtype=np.float32)}
+
+    reward = TermsReward(scorer, eos=0)
+    # TRL's completion ids run up to and including EOS; a completion cut at the length limit has none.
+    got = reward(["", ""], ["good film", "bad"], completion_ids=[[5, 6, 0], [7]])
+    assert got == [0.5, -1.0]
+    assert seen == {"full": ["good film", "bad"], "completions": ["good film", "bad"], "n_tokens": [2, 1]}
+    assert reward.__name__ == "classifier"  # the name TRL logs the reward under
