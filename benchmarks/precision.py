@@ -42,6 +42,14 @@ METRICS = ["reward_mean", "diversity", "kl_seq"]
 STRONG_SEEDS = 5
 
 
+EVIDENCE_OFF = (
+    "--set=baselines.best_of_n=[]",
+    "--set=evaluate.judges=[]",
+    "--set=evaluate.fluency=null",
+    "--set=evaluate.during_training=null",
+)
+
+
 def run_variant(
     workdir: Path,
     name: str,
@@ -66,6 +74,8 @@ def run_variant(
         f"train.precision={precision}",
         "--set",
         f"train.seed={seed}",
+        # The evidence settings (best-of-N, judges, fluency, training curves) measure nothing this compares.
+        *EVIDENCE_OFF,
         *(f"--set={s}" for s in extra),
     ]
     start = time.time()
