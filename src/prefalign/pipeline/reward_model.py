@@ -77,3 +77,15 @@ class RewardModel:
         from prefalign.engine.reward_terms import term_column
 
         return tuple(term_column(t.name) for t in self.terms)
+
+    def term_values(self, table) -> dict:
+        """{term name: its column of `table`} (a DataFrame with the term columns)."""
+        return {t.name: table[column].to_numpy() for t, column in zip(self.terms, self.columns)}
+
+    def weighted_sum(self, table, stats: dict | None):
+        """The reward of each row of `table` from its term columns: engine.reward_terms.weighted_reward
+        under these weights (and `stats`, with normalize), float32."""
+        from prefalign.engine.reward_terms import weighted_reward
+
+        weights = {t.name: t.weight for t in self.terms}
+        return weighted_reward(self.term_values(table), weights, stats).astype("float32")

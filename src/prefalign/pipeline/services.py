@@ -105,25 +105,33 @@ class Services:
                 )
             else:
                 loaded.append(LoadedTerm(t))
-        stats = self.term_stats() if r.normalize and self._stats_ready() else None
+        # The original's own samples are scored before their stats exist: their sum is filled in afterwards.
+        stats = self._stored_stats() if r.normalize else None
         return TermScorer(loaded, stats, r.normalize)
 
-    def _stats_ready(self) -> bool:
+    def _stored_stats(self) -> dict | None:
+        """The term stats samples.meta.json holds for the original's samples of these terms, or None."""
         from prefalign.pipeline.store import read_json
 
         meta = read_json(self.reward.stats_path) if self.reward.stats_path else None
-        return meta is not None and meta.get("texts_key") == self.reward.stats_key and "term_stats" in meta
+        return (
+            meta["term_stats"]
+            if meta and meta.get("texts_key") == self.reward.stats_key and "term_stats" in meta
+            else None
+        )
 
-    def term_stats(self) -> dict:
-        """reward.normalize: each term's mean and std over the original's samples (samples.meta.json)."""
-        from prefalign.pipeline.store import read_json
-
-        if not self._stats_ready():
+    def normalize_stats(self) -> dict | None:
+        """What standardises each term under reward.normalize (None without it): the terms' mean and std over
+        the original's samples, from samples.meta.json; NormalizeStatsMissing before those exist."""
+        if not self.reward.normalize:
+            return None
+        stats = self._stored_stats()
+        if stats is None:
             raise NormalizeStatsMissing(
                 "reward.normalize standardises each term on the original's samples (samples.parquet), which are "
                 "missing or were scored with other terms: run `prefalign sample` first"
             )
-        return read_json(self.reward.stats_path)["term_stats"]
+        return stats
 
     def judge(self, judge) -> Classifier:
         """An `evaluate.judges` classifier (a pipeline.evidence_items.Judge), loaded once."""

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from prefalign.engine.metrics import best_of_n_choice
-from prefalign.engine.reward_terms import term_column, weighted_reward
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.evidence_items import BestOfN, best_of_n_kl, pool_seed
 from prefalign.pipeline.services import Services, release_memory
@@ -101,11 +100,7 @@ def read_pool(item: BestOfN, k: int, services: Services) -> list[pd.DataFrame]:
     if item.draws > 1:
         pool = read_parquet(item.run_path(k, "-pool.parquet"))
         if item.reward.terms:
-            values = {t.name: pool[term_column(t.name)].to_numpy() for t in item.reward.terms}
-            stats = services.term_stats() if item.reward.normalize else None
-            pool["reward"] = weighted_reward(values, {t.name: t.weight for t in item.reward.terms}, stats).astype(
-                "float32"
-            )
+            pool["reward"] = item.reward.weighted_sum(pool, services.normalize_stats())
         draws += [pool.iloc[j * item.chosen : (j + 1) * item.chosen] for j in range(item.draws - 1)]
     columns = POOL_COLUMNS + item.reward.columns
     return [d[[c for c in columns if c in d.columns]].reset_index(drop=True) for d in draws]

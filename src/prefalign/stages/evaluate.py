@@ -72,12 +72,7 @@ def evaluate(item: Evaluation, services: Services) -> None:
     for k in reweighed:  # reward.terms' weights changed: the run's texts and term values stand
         if services.ranks.main:
             _write_run(
-                item,
-                k,
-                reweigh(
-                    item.run_path(k, ".parquet"), item.reward, services.term_stats() if item.reward.normalize else None
-                ),
-                services,
+                item, k, reweigh(item.run_path(k, ".parquet"), item.reward, services.normalize_stats()), services
             )
     todo = [k for k in todo if k not in reweighed]
     if reweighed:

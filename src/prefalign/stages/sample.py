@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefalign.engine.decode_step import decode_step_mode
-from prefalign.engine.reward_terms import term_column, term_stats, weighted_reward
+from prefalign.engine.reward_terms import term_stats
 from prefalign.engine.sample_file import sample_and_score
 from prefalign.models.loading import load_policy
 from prefalign.pipeline.distributed import shard_seed
@@ -145,19 +145,16 @@ def _write_meta(item: Samples, df: pd.DataFrame, services: Services, timing: dic
     meta = {"key": item.key, "texts_key": item.texts_key, "samples": len(df), **timing}
     meta.update(reward_mean=float(df.reward.mean()), positive_rate=float(df.is_positive.mean()))
     if item.reward.terms:
-        meta["term_stats"] = term_stats({t.name: df[term_column(t.name)].to_numpy() for t in item.reward.terms})
+        meta["term_stats"] = term_stats(item.reward.term_values(df))
     write_json(item.meta, meta)
 
 
 def _stats_for(item: Samples, services: Services) -> dict | None:
-    """The stats that standardise the terms: None without normalize; these samples' own when they are the
-    original's samples the stats come from; else the original's (services.term_stats)."""
-    if not item.reward.normalize:
-        return None
-    if item.texts_key == item.reward.stats_key:
-        df = pd.read_parquet(item.path, columns=list(item.reward.columns))
-        return term_stats({t.name: df[term_column(t.name)].to_numpy() for t in item.reward.terms})
-    return services.term_stats()
+    """The stats that standardise the terms: these samples' own when they are the original's samples the
+    stats come from; else services.normalize_stats (None without normalize)."""
+    if item.reward.normalize and item.texts_key == item.reward.stats_key:
+        return term_stats(item.reward.term_values(pd.read_parquet(item.path, columns=list(item.reward.columns))))
+    return services.normalize_stats()
 
 
 def reusable_texts(meta_path: Path, field: str, texts_key: str, path: Path) -> bool:
@@ -167,11 +164,9 @@ def reusable_texts(meta_path: Path, field: str, texts_key: str, path: Path) -> b
 
 
 def reweigh(path: Path, reward, stats: dict | None) -> pd.DataFrame:
-    """Rewrite `path`'s `reward` column as the weighted sum of its term columns (engine/reward_terms.py)
-    under `reward`'s weights (and `stats`, with normalize); returns the table written."""
+    """Rewrite `path`'s `reward` column as the weighted sum of its term columns under `reward`'s weights
+    (and `stats`, with normalize); returns the table written."""
     df = pd.read_parquet(path)
-    values = {t.name: df[term_column(t.name)].to_numpy() for t in reward.terms}
-    weights = {t.name: t.weight for t in reward.terms}
-    df["reward"] = weighted_reward(values, weights, stats).astype("float32")
+    df["reward"] = reward.weighted_sum(df, stats)
     write_parquet(df, path)
     return df
